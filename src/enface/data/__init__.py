@@ -1,0 +1,1 @@
+"""Data layer: the dataset folder, preprocessing, splits, augmentation and torch Datasets."""

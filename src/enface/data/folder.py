@@ -1,0 +1,502 @@
+"""The dataset folder of DESIGN.md: reader, writer and validation.
+
+Layout::
+
+    <dataset>/
+      dataset.json        name, modalities present, tasks (mask names), default spacing
+      splits.json         {"train": [patient ids], "val": [...], "test": [...], ...}
+      cases/<case_id>/
+        oct.npy           (H, W, D) volume, flattened and depth-resampled; memory-mappable
+        slo.png, faf.png  2D modalities on the (H, W) en-face grid, when present
+        mask_<task>.png   en-face labels; mask_<task>.<grader>.png for extra graders
+        meta.json         patient_id, eye, visit, spacing, device, source file
+
+Every case is written into a hidden temporary folder and renamed into place, so a case
+folder either is complete or does not exist. Every problem found while reading raises
+:class:`DatasetError` naming the file and what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from enface.fileio import atomic_save_npy, atomic_save_png, atomic_write_json
+
+__all__ = [
+    "DatasetError",
+    "CaseMeta",
+    "Case",
+    "MODALITIES",
+    "write_dataset_info",
+    "read_dataset_info",
+    "write_case",
+    "list_cases",
+    "load_case",
+    "write_splits",
+    "read_splits",
+    "check_patient_overlap",
+    "read_image",
+    "read_mask",
+]
+
+MODALITIES: tuple[str, ...] = ("slo", "faf")
+"""2D modalities a case may carry, stored as ``<name>.png``."""
+
+_MASK_RE = re.compile(r"^mask_(?P<task>[A-Za-z0-9-]+)(?:\.(?P<grader>[A-Za-z0-9_-]+))?\.png$")
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class DatasetError(ValueError):
+    """A dataset folder, case or file is missing, malformed or inconsistent."""
+
+
+@dataclass(frozen=True)
+class CaseMeta:
+    """What ``meta.json`` holds for one case (one eye at one visit).
+
+    Attributes:
+        case_id: folder name under ``cases/``.
+        patient_id: patient identifier; splits are made by patient.
+        eye: ``"OD"`` or ``"OS"``.
+        visit: visit day (0 for the first visit).
+        spacing: voxel spacing ``(sh, sw, sd)`` in mm: between B-scans, between A-scans,
+            between depth samples.
+        device: acquisition device or generator name.
+        source: file the case was prepared from.
+        extra: anything else (registration quality, BM offsets, ...).
+    """
+
+    case_id: str
+    patient_id: str
+    eye: str = "OD"
+    visit: int = 0
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    device: str = "unknown"
+    source: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "case_id": self.case_id,
+            "patient_id": self.patient_id,
+            "eye": self.eye,
+            "visit": int(self.visit),
+            "spacing": [float(s) for s in self.spacing],
+            "device": self.device,
+            "source": self.source,
+            **({"extra": self.extra} if self.extra else {}),
+        }
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any], where: str = "meta.json") -> "CaseMeta":
+        try:
+            spacing = tuple(float(s) for s in obj["spacing"])
+            if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
+                raise ValueError(f"spacing must be 3 positive numbers, got {obj['spacing']!r}")
+            eye = str(obj.get("eye", "OD"))
+            if eye not in ("OD", "OS"):
+                raise ValueError(f"eye must be 'OD' or 'OS', got {eye!r}")
+            return cls(
+                case_id=str(obj["case_id"]),
+                patient_id=str(obj["patient_id"]),
+                eye=eye,
+                visit=int(obj.get("visit", 0)),
+                spacing=spacing,  # type: ignore[arg-type]
+                device=str(obj.get("device", "unknown")),
+                source=str(obj.get("source", "")),
+                extra=dict(obj.get("extra", {})),
+            )
+        except KeyError as e:
+            raise DatasetError(f"{where}: missing key {e.args[0]!r}") from None
+        except (TypeError, ValueError) as e:
+            raise DatasetError(f"{where}: {e}") from None
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise DatasetError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: not valid JSON ({e})") from None
+
+
+# --------------------------------------------------------------------------- dataset.json
+
+
+def write_dataset_info(
+    root: str | os.PathLike,
+    name: str,
+    modalities: Sequence[str],
+    tasks: Sequence[str],
+    spacing: Sequence[float],
+    **extra: Any,
+) -> Path:
+    """Write ``dataset.json``.
+
+    Args:
+        root: dataset folder (created when missing).
+        name: dataset name (used in run folder names).
+        modalities: modalities present in at least one case, e.g. ``("oct", "slo", "faf")``.
+        tasks: mask names present in at least one case, e.g. ``("ga",)``.
+        spacing: default voxel spacing ``(sh, sw, sd)`` in mm.
+        **extra: further JSON-serialisable fields (generator settings, source, ...).
+    """
+    info = {
+        "name": name,
+        "modalities": list(modalities),
+        "tasks": list(tasks),
+        "spacing": [float(s) for s in spacing],
+        "format_version": 1,
+        **extra,
+    }
+    return atomic_write_json(Path(root) / "dataset.json", info)
+
+
+def read_dataset_info(root: str | os.PathLike) -> dict[str, Any]:
+    """Read and validate ``dataset.json``."""
+    path = Path(root) / "dataset.json"
+    info = _read_json(path)
+    if not isinstance(info, dict):
+        raise DatasetError(f"{path}: expected a JSON object")
+    for key in ("name", "modalities", "tasks"):
+        if key not in info:
+            raise DatasetError(f"{path}: missing key {key!r}")
+    return info
+
+
+# --------------------------------------------------------------------------- images
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read a 2D grayscale image as float32 in [0, 1].
+
+    8-bit images are divided by 255, 16-bit ones by 65535. RGB(A) images are converted to
+    luminance.
+
+    Raises:
+        DatasetError: the file is missing, unreadable or truncated.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: file not found")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(im, dtype=np.float64)
+                scale = 65535.0 if arr.max(initial=0) > 255 or im.mode.startswith("I;16") else 255.0
+                return (arr / scale).clip(0, 1).astype(np.float32)
+            if im.mode not in ("L", "1"):
+                im = im.convert("L")
+            return np.asarray(im, dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DatasetError(f"{path}: unreadable or truncated image ({e})") from None
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """Read a binary en-face mask as uint8 {0, 1}.
+
+    Accepted encodings: values in {0, 1} or in {0, 255}.
+
+    Raises:
+        DatasetError: the file is unreadable, not 2D or not binary.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: file not found")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode not in ("L", "1", "P", "I;16", "I"):
+                im = im.convert("L")
+            arr = np.asarray(im)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DatasetError(f"{path}: unreadable or truncated mask ({e})") from None
+    if arr.ndim != 2:
+        raise DatasetError(f"{path}: mask must be 2D, got shape {arr.shape}")
+    values = np.unique(arr)
+    if arr.dtype == bool or set(values.tolist()) <= {0, 1}:
+        return arr.astype(np.uint8)
+    if set(values.tolist()) <= {0, 255}:
+        return (arr > 0).astype(np.uint8)
+    shown = ", ".join(str(v) for v in values[:8]) + (", ..." if len(values) > 8 else "")
+    raise DatasetError(f"{path}: mask is not binary (values {shown}; expected 0/1 or 0/255)")
+
+
+def _to_uint8_image(image: np.ndarray, where: str) -> np.ndarray:
+    image = np.asarray(image)
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.uint16:
+        return image
+    image = image.astype(np.float64)
+    if not np.isfinite(image).all():
+        raise DatasetError(f"{where}: image has NaN or inf values")
+    if image.min() < -1e-6 or image.max() > 1 + 1e-6:
+        raise DatasetError(
+            f"{where}: float image must lie in [0, 1], got [{image.min():.3g}, {image.max():.3g}]"
+        )
+    return np.round(image.clip(0, 1) * 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- cases
+
+
+def _check_id(value: str, what: str) -> None:
+    if not _ID_RE.match(value):
+        raise DatasetError(
+            f"{what} {value!r} is not a valid identifier (letters, digits, '_', '-', '.')"
+        )
+
+
+def validate_case_arrays(
+    case_id: str,
+    oct_volume: np.ndarray,
+    images: Mapping[str, np.ndarray] | None = None,
+    masks: Mapping[str, np.ndarray] | None = None,
+) -> None:
+    """Check a case's arrays before anything is written.
+
+    Raises:
+        DatasetError: naming the case and the problem (wrong shape, NaN/inf voxels,
+            mismatched en-face sizes, non-binary masks, unknown modality).
+    """
+    vol = np.asarray(oct_volume)
+    if vol.ndim != 3 or min(vol.shape) < 1:
+        raise DatasetError(f"case {case_id}: OCT volume must be 3D (H, W, D), got shape {vol.shape}")
+    if not np.issubdtype(vol.dtype, np.number):
+        raise DatasetError(f"case {case_id}: OCT volume has non-numeric dtype {vol.dtype}")
+    if np.issubdtype(vol.dtype, np.floating) and not np.isfinite(vol).all():
+        n = int((~np.isfinite(vol)).sum())
+        raise DatasetError(f"case {case_id}: OCT volume has {n} NaN/inf voxels")
+    hw = vol.shape[:2]
+    for name, img in (images or {}).items():
+        if name not in MODALITIES:
+            raise DatasetError(f"case {case_id}: unknown modality {name!r} (known: {MODALITIES})")
+        if np.asarray(img).shape != hw:
+            raise DatasetError(
+                f"case {case_id}: {name} has shape {np.asarray(img).shape}, "
+                f"expected the en-face grid {hw} of the OCT volume"
+            )
+    for key, mask in (masks or {}).items():
+        m = np.asarray(mask)
+        if m.shape != hw:
+            raise DatasetError(
+                f"case {case_id}: mask {key!r} has shape {m.shape}, expected the en-face grid {hw}"
+            )
+        values = set(np.unique(m).tolist())
+        if not values <= {0, 1, True, False}:
+            raise DatasetError(f"case {case_id}: mask {key!r} is not binary (values {sorted(values)[:8]})")
+
+
+def mask_filename(task: str, grader: str | None = None) -> str:
+    """File name of a mask: ``mask_<task>.png`` or ``mask_<task>.<grader>.png``."""
+    return f"mask_{task}.png" if grader is None else f"mask_{task}.{grader}.png"
+
+
+def write_case(
+    root: str | os.PathLike,
+    meta: CaseMeta,
+    oct_volume: np.ndarray,
+    images: Mapping[str, np.ndarray] | None = None,
+    masks: Mapping[str, np.ndarray] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Validate and write one case atomically.
+
+    Args:
+        root: dataset folder.
+        meta: case metadata; ``meta.case_id`` names the folder.
+        oct_volume: ``(H, W, D)`` volume (float32, uint8 or uint16 are stored as given;
+            other floats are stored as float32).
+        images: ``{"slo": (H, W), "faf": (H, W)}`` in [0, 1] (float) or uint8/uint16.
+        masks: ``{"ga": (H, W)}`` binary masks; a key ``"ga.grader2"`` writes an extra
+            grader's mask ``mask_ga.grader2.png``.
+        overwrite: replace an existing case folder; otherwise an existing case is an error.
+
+    Returns:
+        The case folder.
+
+    Raises:
+        DatasetError: invalid arrays or ids, or the case exists and ``overwrite`` is False.
+    """
+    root = Path(root)
+    _check_id(meta.case_id, "case id")
+    _check_id(meta.patient_id, "patient id")
+    validate_case_arrays(meta.case_id, oct_volume, images, masks)
+    cases = root / "cases"
+    cases.mkdir(parents=True, exist_ok=True)
+    final = cases / meta.case_id
+    if final.exists() and not overwrite:
+        raise DatasetError(f"{final}: case already exists (use overwrite=True to replace it)")
+
+    vol = np.asarray(oct_volume)
+    if vol.dtype not in (np.float32, np.uint8, np.uint16):
+        vol = vol.astype(np.float32)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{meta.case_id}.", suffix=".tmp", dir=cases))
+    try:
+        atomic_save_npy(tmp / "oct.npy", vol)
+        for name, img in (images or {}).items():
+            atomic_save_png(tmp / f"{name}.png", _to_uint8_image(img, f"case {meta.case_id}: {name}"))
+        for key, mask in (masks or {}).items():
+            task, _, grader = key.partition(".")
+            png = (np.asarray(mask) > 0).astype(np.uint8) * 255
+            atomic_save_png(tmp / mask_filename(task, grader or None), png)
+        atomic_write_json(tmp / "meta.json", meta.to_json())
+        if final.exists():
+            old = cases / f".{meta.case_id}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+@dataclass(frozen=True)
+class Case:
+    """One case folder. Cheap to construct; files are read on demand.
+
+    Attributes:
+        path: the case folder.
+        meta: parsed ``meta.json``.
+    """
+
+    path: Path
+    meta: CaseMeta
+
+    @property
+    def case_id(self) -> str:
+        return self.meta.case_id
+
+    @property
+    def patient_id(self) -> str:
+        return self.meta.patient_id
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        return self.meta.spacing
+
+    def load_oct(self, mmap: bool = True) -> np.ndarray:
+        """The ``(H, W, D)`` volume (memory-mapped by default; dtype as stored)."""
+        path = self.path / "oct.npy"
+        if not path.is_file():
+            raise DatasetError(f"{path}: file not found")
+        try:
+            vol = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise DatasetError(f"{path}: unreadable or truncated volume ({e})") from None
+        if vol.ndim != 3:
+            raise DatasetError(f"{path}: volume must be 3D (H, W, D), got shape {vol.shape}")
+        return vol
+
+    def oct_shape(self) -> tuple[int, int, int]:
+        """Shape ``(H, W, D)`` read from the ``.npy`` header only."""
+        return tuple(self.load_oct(mmap=True).shape)  # type: ignore[return-value]
+
+    def has_image(self, modality: str) -> bool:
+        return (self.path / f"{modality}.png").is_file()
+
+    def load_image(self, modality: str) -> np.ndarray:
+        """The ``(H, W)`` float32 image of ``modality`` in [0, 1]."""
+        return read_image(self.path / f"{modality}.png")
+
+    def tasks(self) -> list[str]:
+        """Tasks with a primary mask in this case."""
+        out = []
+        for p in sorted(self.path.glob("mask_*.png")):
+            m = _MASK_RE.match(p.name)
+            if m and m.group("grader") is None:
+                out.append(m.group("task"))
+        return out
+
+    def graders(self, task: str) -> list[str | None]:
+        """Graders with a mask for ``task``: ``None`` is the primary mask."""
+        out: list[str | None] = []
+        for p in sorted(self.path.glob(f"mask_{task}*.png")):
+            m = _MASK_RE.match(p.name)
+            if m and m.group("task") == task:
+                out.append(m.group("grader"))
+        return sorted(out, key=lambda g: (g is not None, g or ""))
+
+    def has_mask(self, task: str, grader: str | None = None) -> bool:
+        return (self.path / mask_filename(task, grader)).is_file()
+
+    def load_mask(self, task: str, grader: str | None = None) -> np.ndarray:
+        """The ``(H, W)`` uint8 {0, 1} mask of ``task`` (primary grader by default)."""
+        return read_mask(self.path / mask_filename(task, grader))
+
+
+def load_case(path: str | os.PathLike) -> Case:
+    """Open a case folder (reads ``meta.json`` only)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise DatasetError(f"{path}: case folder not found")
+    meta = CaseMeta.from_json(_read_json(path / "meta.json"), where=str(path / "meta.json"))
+    if meta.case_id != path.name:
+        raise DatasetError(f"{path / 'meta.json'}: case_id {meta.case_id!r} does not match folder name")
+    return Case(path=path, meta=meta)
+
+
+def list_cases(root: str | os.PathLike) -> list[Case]:
+    """All complete cases of a dataset folder, sorted by case id (hidden temp folders skipped)."""
+    cases_dir = Path(root) / "cases"
+    if not cases_dir.is_dir():
+        raise DatasetError(f"{cases_dir}: folder not found (is {root} a dataset folder?)")
+    return [load_case(p) for p in sorted(cases_dir.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def check_patient_overlap(splits: Mapping[str, Iterable[str]], where: str = "splits") -> None:
+    """Raise :class:`DatasetError` when a patient appears in two splits (or twice in one)."""
+    seen: dict[str, str] = {}
+    for split in ("train", "val", "test"):
+        for pid in splits.get(split, ()):
+            if pid in seen:
+                other = seen[pid]
+                detail = f"twice in {split!r}" if other == split else f"in both {other!r} and {split!r}"
+                raise DatasetError(f"{where}: patient {pid!r} appears {detail}")
+            seen[pid] = split
+
+
+def write_splits(root: str | os.PathLike, splits: Mapping[str, Any]) -> Path:
+    """Validate and write ``splits.json`` (keys ``train``, ``val``, ``test`` plus extras)."""
+    path = Path(root) / "splits.json"
+    for key in ("train", "val", "test"):
+        if key not in splits:
+            raise DatasetError(f"{path}: missing split {key!r}")
+    check_patient_overlap(splits, where=str(path))
+    return atomic_write_json(path, dict(splits))
+
+
+def read_splits(root: str | os.PathLike) -> dict[str, Any]:
+    """Read ``splits.json``; a patient appearing in two splits raises an error naming it."""
+    path = Path(root) / "splits.json"
+    splits = _read_json(path)
+    if not isinstance(splits, dict):
+        raise DatasetError(f"{path}: expected a JSON object")
+    for key in ("train", "val", "test"):
+        if key not in splits or not isinstance(splits[key], list):
+            raise DatasetError(f"{path}: missing or invalid split {key!r}")
+    check_patient_overlap(splits, where=str(path))
+    return splits

@@ -1,0 +1,92 @@
+"""Atomic file writes: write to a temporary file in the same folder, then rename.
+
+A reader never sees a half-written file, and a crash mid-write never destroys the file that
+was there before.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, BinaryIO
+
+import numpy as np
+
+__all__ = [
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_write_json",
+    "atomic_save_npy",
+    "atomic_save_png",
+]
+
+
+def atomic_write(path: str | os.PathLike, writer: Callable[[BinaryIO], None]) -> Path:
+    """Call ``writer(fileobj)`` on a temporary file beside ``path``, then rename it over ``path``.
+
+    Args:
+        path: destination file.
+        writer: function that writes the content to the binary file object it is given.
+
+    Returns:
+        The destination path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            writer(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Atomically write ``data`` to ``path``."""
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Atomically write UTF-8 ``text`` to ``path``."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Atomically write ``obj`` as indented JSON (with a trailing newline)."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
+    """Atomically save ``array`` in ``.npy`` format (memory-mappable when read back)."""
+    return atomic_write(path, lambda f: np.save(f, np.ascontiguousarray(array), allow_pickle=False))
+
+
+def atomic_save_png(path: str | os.PathLike, image: np.ndarray) -> Path:
+    """Atomically save a 2D ``uint8`` or ``uint16`` image as a grayscale PNG.
+
+    Args:
+        path: destination ``.png`` file.
+        image: ``(H, W)`` array of dtype uint8 or uint16.
+    """
+    from PIL import Image
+
+    image = np.asarray(image)
+    if image.ndim != 2 or image.dtype not in (np.uint8, np.uint16):
+        raise ValueError(
+            f"{path}: expected a 2D uint8/uint16 image, got shape {image.shape} dtype {image.dtype}"
+        )
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return atomic_write_bytes(path, buf.getvalue())

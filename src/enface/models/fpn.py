@@ -1,0 +1,279 @@
+"""FPN: 3D encoder + 2D decoder joined by feature projection blocks (FPBs).
+
+Morano et al., "Self-supervised Learning via Inter-modal Reconstruction and Feature
+Projection Networks for Label-Efficient 3D-to-2D Segmentation", MICCAI 2023. Also
+``resensnet``, the same network with the projection of ReSensNet (Seeböck et al.,
+Ophthalmology Retina 2022), which only accepts the depth it was built for.
+
+Axes: input ``(N, C_in, H, W, D)`` = (batch, channels, B-scans, A-scans, depth); output
+logits ``(N, C_out, H, W)``. Kernel sizes below are over ``(H, W, D)``.
+
+Sizes: ``H`` and ``W`` may be anything >= 1 — the input is padded (replicate) to multiples
+of 4 in ``H`` and 16 in ``W`` and the output is cropped back. ``D`` must be >= 64 for
+``fpn`` (the deepest level needs 4 depth samples for its (1,1,4) projection kernel) and
+exactly the built depth (128 by default) for ``resensnet``.
+
+Departures from the paper's public code, and why:
+    * padding/cropping instead of requiring sizes divisible by 16 in every axis, so the
+      49 B-scans of a Spectralis volume run at full resolution;
+    * ``width`` scales every channel count (for tests and CPU demos).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from enface.models.blocks import crop_enface, init_weights, pad_to_multiple, scale_channels
+from enface.models.registry import register_model
+
+__all__ = ["FeatureProjectionNetwork"]
+
+
+# --------------------------------------------------------------------------- blocks
+
+
+def _conv_bn_3d(c_in: int, c_out: int, kernel: Sequence[int], stride: Sequence[int] = (1, 1, 1)) -> list[nn.Module]:
+    padding = tuple(k // 2 for k in kernel)
+    return [nn.Conv3d(c_in, c_out, tuple(kernel), stride=tuple(stride), padding=padding, bias=False), nn.BatchNorm3d(c_out)]
+
+
+class ResidualUnit3d(nn.Module):
+    """Residual unit: (conv -> BN -> ReLU) x (k-1), conv -> BN, + shortcut, ReLU.
+
+    Args:
+        c_in: input channels.
+        c_out: output channels.
+        kernels: one kernel size per conv, e.g. ``((1, 3, 3), (1, 3, 3))``.
+        strides: one stride per conv (default all 1).
+        shortcut_stride: stride of the 1x1x1 shortcut conv (used when the channel count
+            changes or the unit is strided).
+
+    Shapes:
+        ``(N, c_in, H, W, D)`` -> ``(N, c_out, H', W', D')``.
+    """
+
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        kernels: Sequence[Sequence[int]],
+        strides: Sequence[Sequence[int]] | None = None,
+        shortcut_stride: Sequence[int] = (1, 1, 1),
+    ) -> None:
+        super().__init__()
+        strides = strides or [(1, 1, 1)] * len(kernels)
+        layers: list[nn.Module] = []
+        c = c_in
+        for i, (k, s) in enumerate(zip(kernels, strides)):
+            layers += _conv_bn_3d(c, c_out, k, s)
+            if i < len(kernels) - 1:
+                layers.append(nn.ReLU(inplace=True))
+            c = c_out
+        self.body = nn.Sequential(*layers)
+        if c_in != c_out or any(s != 1 for s in shortcut_stride):
+            self.shortcut: nn.Module = nn.Sequential(
+                nn.Conv3d(c_in, c_out, 1, stride=tuple(shortcut_stride), bias=False), nn.BatchNorm3d(c_out)
+            )
+        else:
+            self.shortcut = nn.Identity()
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.body(x) + self.shortcut(x))
+
+
+class EncoderLevel(nn.Module):
+    """Two residual units: two (1,3,3) convs; then (1,3,3), (1,3,3), (3,1,1)."""
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        self.unit1 = ResidualUnit3d(c_in, c_out, [(1, 3, 3), (1, 3, 3)])
+        self.unit2 = ResidualUnit3d(c_out, c_out, [(1, 3, 3), (1, 3, 3), (3, 1, 1)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.unit2(self.unit1(x))
+
+
+class FeatureProjectionBlock(nn.Module):
+    """Project ``(N, C, H, W, D)`` features to ``(N, C, H, W)``.
+
+    ``n_strided`` stride-2 (1,1,3) depth convs in a residual unit (absent when 0), then a
+    ``(1,1,final_kernel)`` conv without padding + BN + ReLU, then (``reduce="mean"``) the
+    mean over the remaining depth. With ``reduce="none"`` the remaining depth must be 1
+    (ReSensNet's fixed-size projection).
+    """
+
+    def __init__(self, channels: int, n_strided: int, final_kernel: int = 4, reduce: str = "mean") -> None:
+        super().__init__()
+        if reduce not in ("mean", "none"):
+            raise ValueError(f"reduce must be 'mean' or 'none', got {reduce!r}")
+        self.reduce = reduce
+        self.final_kernel = final_kernel
+        if n_strided > 0:
+            self.downsample: nn.Module = ResidualUnit3d(
+                channels,
+                channels,
+                kernels=[(1, 1, 3)] * n_strided,
+                strides=[(1, 1, 2)] * n_strided,
+                shortcut_stride=(1, 1, 2**n_strided),
+            )
+        else:
+            self.downsample = nn.Identity()
+        self.project = nn.Sequential(
+            nn.Conv3d(channels, channels, (1, 1, final_kernel), bias=False),
+            nn.BatchNorm3d(channels),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        if x.shape[-1] < self.final_kernel:
+            raise ValueError(
+                f"feature depth {x.shape[-1]} is smaller than the projection kernel {self.final_kernel}; "
+                "the input volume is too shallow"
+            )
+        x = self.project(x)
+        if self.reduce == "none":
+            if x.shape[-1] != 1:
+                raise ValueError(f"fixed-size projection left depth {x.shape[-1]}, expected 1")
+            return x[..., 0]
+        return x.mean(dim=-1)
+
+
+class DecoderStage(nn.Module):
+    """Upsample (nearest), concatenate the skip, residual unit of two 3x3 convs.
+
+    Shapes:
+        ``x (N, c_in, h, w)``, ``skip (N, c_skip, h*sh, w*sw)`` -> ``(N, c_out, h*sh, w*sw)``.
+    """
+
+    def __init__(self, c_in: int, c_skip: int, c_out: int, scale: tuple[int, int]) -> None:
+        super().__init__()
+        self.up = nn.Upsample(scale_factor=scale, mode="nearest")
+        c = c_in + c_skip
+        self.body = nn.Sequential(
+            nn.Conv2d(c, c_out, 3, padding=1, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+            nn.BatchNorm2d(c_out),
+        )
+        self.shortcut = nn.Sequential(nn.Conv2d(c, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([self.up(x), skip], dim=1)
+        return self.act(self.body(x) + self.shortcut(x))
+
+
+# --------------------------------------------------------------------------- network
+
+
+class FeatureProjectionNetwork(nn.Module):
+    """FPN (and, with ``fixed_depth``, ReSensNet-style) 3D->2D network.
+
+    Args:
+        in_channels: input channels (1 for OCT; 2 for OCT + OCTA).
+        out_channels: output logit channels.
+        channels: channels of the 5 encoder levels (before ``width``).
+        width: channel multiplier.
+        final_kernel: depth kernel of each FPB's projection conv (4 for FPN, 8 for ReSensNet).
+        fixed_depth: if set, the FPBs do not average over depth and the network only
+            accepts volumes of exactly this depth (ReSensNet).
+
+    Shapes:
+        ``(N, in_channels, H, W, D)`` -> ``(N, out_channels, H, W)``.
+    """
+
+    pools: tuple[tuple[int, int, int], ...] = ((1, 2, 2), (1, 2, 2), (2, 2, 2), (2, 2, 2))
+    ups: tuple[tuple[int, int], ...] = ((2, 2), (2, 2), (1, 2), (1, 2))
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        channels: Sequence[int] = (16, 32, 64, 128, 256),
+        width: float = 1.0,
+        final_kernel: int = 4,
+        fixed_depth: int | None = None,
+    ) -> None:
+        super().__init__()
+        if len(channels) != 5:
+            raise ValueError(f"FPN has 5 levels, got channels={channels}")
+        chs = [scale_channels(c, width) for c in channels]
+        self.fixed_depth = fixed_depth
+        self.final_kernel = final_kernel
+        self.encoder = nn.ModuleList()
+        c_prev = in_channels
+        for c in chs:
+            self.encoder.append(EncoderLevel(c_prev, c))
+            c_prev = c
+        self.pool = nn.ModuleList(nn.MaxPool3d(p, stride=p) for p in self.pools)
+        reduce = "none" if fixed_depth is not None else "mean"
+        self.projections = nn.ModuleList(
+            FeatureProjectionBlock(c, n_strided=4 - i, final_kernel=final_kernel, reduce=reduce)
+            for i, c in enumerate(chs)
+        )
+        self.decoder = nn.ModuleList()
+        c_prev = chs[-1]
+        for level, scale in zip(range(3, -1, -1), self.ups):
+            self.decoder.append(DecoderStage(c_prev, chs[level], chs[level], scale))
+            c_prev = chs[level]
+        self.head = nn.Conv2d(c_prev, out_channels, 1)
+        self.apply(init_weights)
+
+    @property
+    def min_depth(self) -> int:
+        """Smallest accepted depth ``D``."""
+        return self.fixed_depth if self.fixed_depth is not None else 16 * self.final_kernel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 5:
+            raise ValueError(f"expected a volume batch (N, C, H, W, D), got shape {tuple(x.shape)}")
+        depth = x.shape[-1]
+        if self.fixed_depth is not None and depth != self.fixed_depth:
+            raise ValueError(
+                f"this network only accepts depth D = {self.fixed_depth} (got D = {depth}); "
+                "resample the volume depth or use 'fpn', which accepts any D >= 64"
+            )
+        if depth < self.min_depth:
+            raise ValueError(f"input depth D = {depth} is below this network's minimum of {self.min_depth}")
+        x, size = pad_to_multiple(x, (4, 16, 1))
+        skips = []
+        for i, level in enumerate(self.encoder):
+            if i > 0:
+                x = self.pool[i - 1](x)
+            x = level(x)
+            skips.append(self.projections[i](x))
+        y = skips[-1]
+        for stage, skip in zip(self.decoder, reversed(skips[:-1])):
+            y = stage(y, skip)
+        return crop_enface(self.head(y), size)
+
+
+# --------------------------------------------------------------------------- registered constructors
+
+
+@register_model
+def fpn(in_channels: int = 1, out_channels: int = 1, width: float = 1.0, **kwargs) -> FeatureProjectionNetwork:
+    """The paper's FPN (MICCAI 2023). 4,369,553 parameters at width 1, 1 in, 1 out. D >= 64."""
+    return FeatureProjectionNetwork(in_channels, out_channels, width=width, final_kernel=4, **kwargs)
+
+
+@register_model
+def resensnet(
+    in_channels: int = 1, out_channels: int = 1, width: float = 1.0, depth: int = 128, **kwargs
+) -> FeatureProjectionNetwork:
+    """ReSensNet projection (Seeböck et al. 2022): no mean; only the built depth D = ``depth``.
+
+    The projection conv's depth kernel spans the whole remaining depth (``depth / 16``: 8 for
+    the default D = 128). 4,718,737 parameters at width 1, 1 in, 1 out, D = 128.
+    """
+    if depth < 16 or depth % 16 != 0:
+        raise ValueError(f"resensnet needs a depth that is a multiple of 16 (got depth={depth})")
+    return FeatureProjectionNetwork(
+        in_channels, out_channels, width=width, final_kernel=depth // 16, fixed_depth=depth, **kwargs
+    )

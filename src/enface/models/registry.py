@@ -1,0 +1,85 @@
+"""Model registry: ``register_model`` / ``create_model`` / ``list_models``.
+
+Every registered constructor has the signature
+``fn(in_channels: int = 1, out_channels: int = 1, width: float = 1.0, **kwargs) -> nn.Module``
+and returns a model mapping ``(N, in_channels, H, W, D)`` to logits ``(N, out_channels, H, W)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from torch import nn
+
+__all__ = ["register_model", "create_model", "list_models", "count_parameters", "model_spec"]
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Decorator: register a model constructor under its function name."""
+    name = fn.__name__
+    if name in _REGISTRY:
+        raise ValueError(f"model {name!r} is already registered")
+    _REGISTRY[name] = fn
+    return fn
+
+
+def list_models() -> list[str]:
+    """Names of all registered models, sorted."""
+    return sorted(_REGISTRY)
+
+
+def create_model(
+    name: str,
+    in_channels: int = 1,
+    out_channels: int = 1,
+    width: float = 1.0,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build a registered model.
+
+    Args:
+        name: registered model name (see :func:`list_models`).
+        in_channels: channels of the input volume ``(N, in_channels, H, W, D)``.
+        out_channels: channels of the output logits ``(N, out_channels, H, W)``.
+        width: multiplier applied to every internal channel count (tests and CPU demos
+            use small widths such as 0.25).
+        **kwargs: model-specific options.
+
+    Returns:
+        The model, with ``model.spec`` set to ``{"name", "in_channels", "out_channels",
+        "width", "kwargs"}`` so that it can be rebuilt with :func:`create_model` from a
+        checkpoint alone.
+
+    Raises:
+        ValueError: unknown name (the message lists the known ones) or invalid arguments.
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    if in_channels < 1 or out_channels < 1:
+        raise ValueError(f"in_channels and out_channels must be >= 1, got {in_channels}, {out_channels}")
+    if not width > 0:
+        raise ValueError(f"width must be > 0, got {width}")
+    model = _REGISTRY[name](in_channels=in_channels, out_channels=out_channels, width=width, **kwargs)
+    model.spec = {
+        "name": name,
+        "in_channels": int(in_channels),
+        "out_channels": int(out_channels),
+        "width": float(width),
+        "kwargs": dict(kwargs),
+    }
+    return model
+
+
+def model_spec(model: nn.Module) -> dict[str, Any]:
+    """The spec :func:`create_model` attached to ``model`` (unwrapping DDP/compile wrappers)."""
+    for m in (model, getattr(model, "module", None), getattr(model, "_orig_mod", None)):
+        if m is not None and hasattr(m, "spec"):
+            return dict(m.spec)
+    raise ValueError("model was not built by enface.models.create_model (no .spec attribute)")
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters of ``model``."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
