@@ -80,7 +80,7 @@ def test_spec_rebuilds_the_model(name: str) -> None:
 def test_too_shallow_volume_is_a_clear_error(name: str) -> None:
     model = create_model(name, width=WIDTH)
     with pytest.raises(ValueError, match="depth"):
-        model(torch.randn(1, 1, 4, 16, 8))
+        model(torch.randn(1, 1, 4, 16, model.min_depth - 1))
 
 
 @pytest.mark.parametrize(
