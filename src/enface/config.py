@@ -1,0 +1,238 @@
+"""Typed run configuration, loaded from YAML plus command-line overrides, validated early.
+
+A YAML file may hold a ``common:`` section and one section per stage (``pretrain:``,
+``train:``); the fields of :class:`RunConfig` are resolved as
+defaults ← ``common`` ← stage section ← explicit overrides. Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+__all__ = ["RunConfig", "ConfigError", "load_config", "parse_overrides", "RECON_TARGETS"]
+
+RECON_TARGETS: tuple[str, ...] = ("slo", "faf", "faf_inv")
+"""2D modalities a reconstruction (pre-training) run can learn: SLO, FAF, inverted FAF."""
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid."""
+
+
+@dataclass
+class RunConfig:
+    """Everything one training run needs. Defaults are the paper's settings.
+
+    Attributes:
+        stage: ``"pretrain"`` (reconstruction) or ``"train"`` (segmentation).
+        dataset: dataset folder.
+        target: reconstruction target (``slo``, ``faf``, ``faf_inv``) for ``pretrain``;
+            mask task name (e.g. ``ga``) for ``train``.
+        model: registered model name.
+        width: channel multiplier.
+        model_kwargs: extra model constructor arguments.
+        init: checkpoint to initialise from (``train`` only), or None for scratch.
+        fraction: label fraction of the training patients (``train`` only), in (0, 1].
+        seed: random seed (weights, sampling, augmentation).
+        epochs: training epochs.
+        batch_size: batch size (paper: 4 reconstruction, 8 segmentation).
+        accumulate: gradient accumulation steps.
+        lr, momentum, weight_decay: SGD settings.
+        crop: training crop (B-scans, A-scans), clipped to each volume.
+        augment: random rotation/mirroring/intensity augmentation during training.
+        samples_per_epoch: random crops drawn per epoch (None: one per training case).
+        top_k: checkpoints kept by the validation metric (plus the last one).
+        val_every: validate every N epochs.
+        num_workers: DataLoader workers.
+        runs_dir: root of the run folders.
+        accelerator, devices, strategy, precision, num_nodes: passed to Lightning.
+        compile: wrap the model in ``torch.compile``.
+        deterministic: ask Lightning for deterministic algorithms.
+    """
+
+    stage: str = "train"
+    dataset: str = ""
+    target: str = "ga"
+    model: str = "fpn"
+    width: float = 1.0
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    init: str | None = None
+    fraction: float = 1.0
+    seed: int = 0
+    epochs: int = 800
+    batch_size: int = 8
+    accumulate: int = 1
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    crop: tuple[int, int] = (32, 256)
+    augment: bool = True
+    samples_per_epoch: int | None = None
+    top_k: int = 5
+    val_every: int = 1
+    num_workers: int = 2
+    runs_dir: str = "runs"
+    accelerator: str = "auto"
+    devices: Any = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    num_nodes: int = 1
+    compile: bool = False
+    deterministic: bool = False
+
+    @property
+    def task(self) -> str:
+        """``"reconstruct"`` or ``"segment"``."""
+        return "reconstruct" if self.stage == "pretrain" else "segment"
+
+    def validate(self) -> "RunConfig":
+        """Check every field; raise :class:`ConfigError` naming the first bad one."""
+        from enface.models import list_models
+
+        def bad(name: str, why: str) -> ConfigError:
+            return ConfigError(f"config field {name!r}: {why}")
+
+        if self.stage not in ("pretrain", "train"):
+            raise bad("stage", f"must be 'pretrain' or 'train', got {self.stage!r}")
+        if not self.dataset:
+            raise bad("dataset", "no dataset folder given")
+        if not (Path(self.dataset) / "dataset.json").is_file():
+            raise bad("dataset", f"{self.dataset} is not a dataset folder (no dataset.json)")
+        if self.stage == "pretrain" and self.target not in RECON_TARGETS:
+            raise bad("target", f"pre-training reconstructs one of {RECON_TARGETS}, got {self.target!r}")
+        if self.stage == "train" and (not self.target or self.target in RECON_TARGETS):
+            raise bad("target", f"training needs a mask task name (e.g. 'ga'), got {self.target!r}")
+        if self.model not in list_models():
+            raise bad("model", f"unknown model {self.model!r}; known: {', '.join(list_models())}")
+        if not self.width > 0:
+            raise bad("width", f"must be > 0, got {self.width}")
+        if not 0 < self.fraction <= 1:
+            raise bad("fraction", f"must be in (0, 1], got {self.fraction}")
+        if self.stage == "pretrain" and self.init:
+            raise bad("init", "pre-training starts from scratch")
+        if self.init and not Path(self.init).is_file():
+            raise bad("init", f"checkpoint {self.init} not found")
+        for name in ("epochs", "batch_size", "accumulate", "top_k", "val_every", "num_nodes"):
+            if int(getattr(self, name)) < 1:
+                raise bad(name, f"must be >= 1, got {getattr(self, name)}")
+        if self.num_workers < 0:
+            raise bad("num_workers", f"must be >= 0, got {self.num_workers}")
+        if self.samples_per_epoch is not None and self.samples_per_epoch < 1:
+            raise bad("samples_per_epoch", f"must be >= 1 or null, got {self.samples_per_epoch}")
+        for name in ("lr", "momentum", "weight_decay"):
+            if float(getattr(self, name)) < 0:
+                raise bad(name, f"must be >= 0, got {getattr(self, name)}")
+        if len(self.crop) != 2 or min(self.crop) < 1:
+            raise bad("crop", f"must be two positive sizes (B-scans, A-scans), got {self.crop}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["crop"] = list(self.crop)
+        return d
+
+
+_FIELDS = {f.name: f for f in fields(RunConfig)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Convert a YAML/CLI value to the type of field ``name``."""
+    if name not in _FIELDS:
+        raise ConfigError(f"unknown config field {name!r}; known: {', '.join(sorted(_FIELDS))}")
+    default = _FIELDS[name].default
+    if value is None:
+        return None
+    try:
+        if name == "crop":
+            seq = value.split(",") if isinstance(value, str) else value
+            return tuple(int(v) for v in seq)
+        if name == "model_kwargs":
+            if not isinstance(value, Mapping):
+                raise TypeError("must be a mapping")
+            return dict(value)
+        if name == "devices":
+            return int(value) if isinstance(value, str) and value.isdigit() else value
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if isinstance(default, int) and not isinstance(default, bool):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        if name in ("samples_per_epoch",):
+            return int(value)
+        return str(value) if not isinstance(value, (dict, list)) else value
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config field {name!r}: invalid value {value!r} ({e})") from None
+
+
+def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """Parse ``key=value`` strings (values parsed as YAML scalars)."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ConfigError(f"override {pair!r} is not of the form key=value")
+        key, _, raw = pair.partition("=")
+        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+    return out
+
+
+def load_config(
+    path: str | os.PathLike | None,
+    stage: str,
+    overrides: Mapping[str, Any] | None = None,
+) -> RunConfig:
+    """Resolve a :class:`RunConfig`: defaults ← YAML ``common`` ← YAML ``<stage>`` ← overrides.
+
+    Stage defaults differ from :class:`RunConfig` defaults where the paper's do:
+    ``pretrain`` uses batch 4, target ``faf_inv`` and the validation metric SSIM.
+
+    Args:
+        path: YAML file, or None for the defaults.
+        stage: ``"pretrain"`` or ``"train"``.
+        overrides: explicit values (None values are ignored).
+
+    Raises:
+        ConfigError: unreadable YAML, unknown keys, invalid values.
+    """
+    values: dict[str, Any] = {"stage": stage}
+    if stage == "pretrain":
+        values.update(batch_size=4, target="faf_inv")
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found")
+        try:
+            doc = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: invalid YAML ({e})") from None
+        if not isinstance(doc, dict):
+            raise ConfigError(f"{p}: expected a mapping at the top level")
+        extra = set(doc) - {"common", "pretrain", "train"}
+        if extra:
+            raise ConfigError(f"{p}: unknown top-level sections {sorted(extra)} (use common/pretrain/train)")
+        for section in ("common", stage):
+            part = doc.get(section) or {}
+            if not isinstance(part, dict):
+                raise ConfigError(f"{p}: section {section!r} must be a mapping")
+            for k, v in part.items():
+                try:
+                    values[k] = _coerce(k, v)
+                except ConfigError as e:
+                    raise ConfigError(f"{p} [{section}]: {e}") from None
+    for k, v in (overrides or {}).items():
+        if v is not None:
+            values[k] = _coerce(k, v)
+    values["stage"] = stage
+    return RunConfig(**values).validate()

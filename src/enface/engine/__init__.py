@@ -1,0 +1,1 @@
+"""Training engine: Lightning module, run folders, checkpoints, weight transfer, fitting."""

@@ -1,0 +1,132 @@
+"""Checkpoints: atomic writes, self-describing contents, rebuilding a model from a file.
+
+Every checkpoint written by the engine holds, besides Lightning's own keys, an ``"enface"``
+entry::
+
+    {"model": {"name", "in_channels", "out_channels", "width", "kwargs"},
+     "config": <the resolved RunConfig as a dict>,
+     "metric": {"name": "val_dice", "value": 0.83} | None,
+     "epoch": 12, "format_version": 1}
+
+so :func:`load_model` can rebuild the network from the file alone.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from enface.fileio import atomic_write
+
+__all__ = [
+    "AtomicCheckpointIO",
+    "CheckpointError",
+    "read_checkpoint",
+    "load_model",
+    "model_state_dict",
+    "strip_prefixes",
+    "topk_checkpoints",
+]
+
+WRAPPER_PREFIXES: tuple[str, ...] = ("model.", "module.", "_orig_mod.")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable or not an enface checkpoint."""
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint IO that writes to a temporary file and renames it into place."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        buf = io.BytesIO()
+        torch.save(checkpoint, buf)
+        atomic_write(Path(path), lambda f: f.write(buf.getbuffer()))
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint dict on the CPU.
+
+    Raises:
+        CheckpointError: missing or unreadable file.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{p}: checkpoint not found")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=False)
+    except Exception as e:  # torch raises many types for corrupt files
+        raise CheckpointError(f"{p}: unreadable checkpoint ({type(e).__name__}: {e})") from None
+
+
+def strip_prefixes(state: dict[str, torch.Tensor], prefixes: tuple[str, ...] = WRAPPER_PREFIXES) -> dict[str, torch.Tensor]:
+    """Remove wrapper prefixes (Lightning's ``model.``, DDP's ``module.``, compile's ``_orig_mod.``)."""
+    out = {}
+    for k, v in state.items():
+        changed = True
+        while changed:
+            changed = False
+            for pre in prefixes:
+                if k.startswith(pre):
+                    k = k[len(pre) :]
+                    changed = True
+        out[k] = v
+    return out
+
+
+def model_state_dict(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The network's state dict from a checkpoint (Lightning's or a plain one), prefixes stripped."""
+    state = ckpt.get("state_dict", ckpt)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError("checkpoint has no tensor state dict")
+    return strip_prefixes(state)
+
+
+def checkpoint_info(ckpt: dict[str, Any], where: str = "checkpoint") -> dict[str, Any]:
+    """The ``"enface"`` entry of a checkpoint (model spec, config, metric)."""
+    info = ckpt.get("enface")
+    if not isinstance(info, dict) or "model" not in info:
+        raise CheckpointError(f"{where}: not an enface checkpoint (no model description inside)")
+    return info
+
+
+def load_model(path: str | os.PathLike, eval_mode: bool = True) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the network stored in a checkpoint, from the file alone.
+
+    Returns:
+        ``(model, info)`` where ``info`` is the checkpoint's ``"enface"`` entry.
+    """
+    from enface.models import create_model
+
+    ckpt = read_checkpoint(path)
+    info = checkpoint_info(ckpt, str(path))
+    spec = info["model"]
+    model = create_model(spec["name"], spec["in_channels"], spec["out_channels"], spec["width"], **spec.get("kwargs", {}))
+    model.load_state_dict(model_state_dict(ckpt), strict=True)
+    return (model.eval() if eval_mode else model), info
+
+
+_METRIC_RE = re.compile(r"(?P<name>val_[a-z]+)=(?P<value>-?[0-9.]+)")
+
+
+def topk_checkpoints(run: str | os.PathLike, k: int | None = None) -> list[Path]:
+    """The best ``k`` checkpoints of a run folder, best first (by the metric in their names).
+
+    Checkpoint files are ``checkpoints/epoch=<e>-val_<metric>=<value>.ckpt``; ``last.ckpt``
+    is not ranked.
+    """
+    ckdir = Path(run) / "checkpoints"
+    scored = []
+    for p in ckdir.glob("epoch=*.ckpt"):
+        m = _METRIC_RE.search(p.stem)
+        if m:
+            scored.append((float(m.group("value").rstrip(".")), p))
+    scored.sort(key=lambda t: (-t[0], t[1].name))
+    paths = [p for _, p in scored]
+    return paths if k is None else paths[:k]

@@ -1,0 +1,104 @@
+"""Lightning module for the two tasks: ``reconstruct`` (pre-training) and ``segment``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+
+from enface.losses import DiceBCELoss, NegativeSSIMLoss
+from enface.metrics import dice_per_sample, ssim
+from enface.models import create_model, model_spec
+
+__all__ = ["EnfaceModule", "NonFiniteLossError", "TASK_METRIC"]
+
+TASK_METRIC: dict[str, str] = {"segment": "val_dice", "reconstruct": "val_ssim"}
+"""Validation metric (higher is better) that ranks the checkpoints of each task."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or inf; the run stops, the last good checkpoint remains."""
+
+
+class EnfaceModule(L.LightningModule):
+    """Train any registered model on a segmentation or reconstruction task.
+
+    Args:
+        model: registered model name.
+        task: ``"segment"`` (Dice + BCE; metric Dice at 0.5) or ``"reconstruct"``
+            (negative mean SSIM of sigmoid(logits); metric SSIM).
+        in_channels, out_channels, width, model_kwargs: passed to ``create_model``.
+        lr, momentum, weight_decay: SGD settings.
+        config: the resolved run config (stored in every checkpoint).
+        compile: wrap the network in ``torch.compile``.
+
+    Batches are dicts with ``volume (N, C_in, H, W, D)`` and ``target (N, C_out, H, W)``.
+    """
+
+    def __init__(
+        self,
+        model: str = "fpn",
+        task: str = "segment",
+        in_channels: int = 1,
+        out_channels: int = 1,
+        width: float = 1.0,
+        model_kwargs: dict[str, Any] | None = None,
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        weight_decay: float = 1e-4,
+        config: dict[str, Any] | None = None,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        if task not in TASK_METRIC:
+            raise ValueError(f"task must be one of {tuple(TASK_METRIC)}, got {task!r}")
+        self.save_hyperparameters()
+        self.task = task
+        self.metric_name = TASK_METRIC[task]
+        net = create_model(model, in_channels, out_channels, width, **(model_kwargs or {}))
+        self.spec = model_spec(net)
+        self.model = torch.compile(net) if compile else net
+        self.loss = DiceBCELoss() if task == "segment" else NegativeSSIMLoss()
+
+    def forward(self, volume: torch.Tensor) -> torch.Tensor:
+        """``(N, C_in, H, W, D)`` -> logits ``(N, C_out, H, W)``."""
+        return self.model(volume)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        logits = self(batch["volume"])
+        loss = self.loss(logits, batch["target"])
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"training loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step} "
+                f"(cases {list(batch.get('case_id', []))}); stopping. The last good checkpoint is kept."
+            )
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=logits.shape[0], sync_dist=True)
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        logits = self(batch["volume"])
+        target = batch["target"]
+        n = logits.shape[0]
+        self.log("val_loss", self.loss(logits, target), on_epoch=True, batch_size=n, sync_dist=True)
+        probs = torch.sigmoid(logits.float())
+        if self.task == "segment":
+            value = dice_per_sample(probs > 0.5, target > 0.5).mean()
+        else:
+            value = ssim(probs, target.float())
+        self.log(self.metric_name, value, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        hp = self.hparams
+        return torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        value = self.trainer.callback_metrics.get(self.metric_name) if self._trainer is not None else None
+        checkpoint["enface"] = {
+            "model": dict(self.spec),
+            "task": self.task,
+            "config": self.hparams.get("config"),
+            "metric": None if value is None else {"name": self.metric_name, "value": float(value)},
+            "epoch": int(self.current_epoch),
+            "format_version": 1,
+        }
