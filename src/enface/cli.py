@@ -37,6 +37,43 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- split
+
+
+def _add_split(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("split", help="patient-wise train/val/test splits and label fractions (splits.json)")
+    p.add_argument("dataset", help="dataset folder")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split and of the label fractions (default 0)")
+    p.add_argument("--ratios", type=float, nargs=3, default=(0.6, 0.1, 0.3), metavar=("TRAIN", "VAL", "TEST"),
+                   help="patient fractions of train/val/test when a split is made (default 0.6 0.1 0.3)")
+    p.add_argument("--fractions", type=float, nargs="+", default=(0.05, 0.1, 0.2, 1.0), metavar="F",
+                   help="label fractions in (0, 1] (default 0.05 0.1 0.2 1.0)")
+    p.add_argument("--tasks", nargs="+", metavar="TASK", help="tasks to make label fractions for (default: all with masks)")
+    p.add_argument("--redo", action="store_true", help="re-split train/val/test even if splits.json has an assignment")
+    p.set_defaults(handler=_cmd_split)
+
+
+def _cmd_split(args: argparse.Namespace) -> int:
+    from enface.data.folder import list_cases
+    from enface.data.splits import SPLITS, split_dataset
+
+    out = split_dataset(args.dataset, seed=args.seed, ratios=args.ratios, fractions=args.fractions,
+                        tasks=args.tasks, redo=args.redo)
+    n_cases = {k: 0 for k in SPLITS}
+    where = {pid: k for k in SPLITS for pid in out[k]}
+    for case in list_cases(args.dataset):
+        if case.patient_id in where:
+            n_cases[where[case.patient_id]] += 1
+    print(f"{'split':<8} {'patients':>9} {'cases':>7}")
+    for k in SPLITS:
+        print(f"{k:<8} {len(out[k]):>9} {n_cases[k]:>7}")
+    for task, table in out["fractions"].items():
+        counts = ", ".join(f"{key}%: {len(pids)}" for key, pids in table.items())
+        print(f"label fractions of {task!r} (labeled training patients): {counts}")
+    print(f"wrote {args.dataset}/splits.json (seed {out['seed']})")
+    return 0
+
+
 # --------------------------------------------------------------------------- pretrain / train
 
 
@@ -106,6 +143,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 # Each entry adds one sub-command to the parser; keep them in the order of DESIGN.md.
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_models,
+    _add_split,
     _add_pretrain,
     _add_train,
 ]

@@ -1,12 +1,31 @@
-"""Patient-wise splits of a dataset folder (train / val / test)."""
+"""Patient-wise splits of a dataset folder (train / val / test) and label fractions.
+
+``splits.json`` holds::
+
+    {"train": [patient ids], "val": [...], "test": [...], "seed": 0, "ratios": [0.6, 0.1, 0.3],
+     "fractions": {"<task>": {"5": [patient ids], "10": [...], "20": [...], "100": [...]}}}
+
+Label fractions are nested subsets of the *labeled* training patients of each task (a
+patient is labeled for a task when at least one of its cases has that task's mask). Every
+fraction holds at least one patient: ``n = max(1, round(f * n_labeled))``, rounded half up.
+"""
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+import logging
+import math
+import os
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["make_splits"]
+from enface.data.folder import DatasetError, MODALITIES, list_cases, read_splits, write_splits
+
+__all__ = ["make_splits", "fraction_key", "label_fractions", "split_dataset", "select_cases", "SPLITS"]
+
+log = logging.getLogger(__name__)
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 
 def make_splits(
@@ -50,3 +69,221 @@ def make_splits(
         "val": sorted(shuffled[n_train : n_train + n_val]),
         "test": sorted(shuffled[n_train + n_val :]),
     }
+
+
+def fraction_key(fraction: float) -> str:
+    """The ``splits.json`` key of a label fraction: its percentage, e.g. 0.05 -> ``"5"``.
+
+    Raises:
+        ValueError: the fraction is not in (0, 1].
+    """
+    f = float(fraction)
+    if not (math.isfinite(f) and 0.0 < f <= 1.0):
+        raise ValueError(f"label fraction must lie in (0, 1], got {fraction!r}")
+    return f"{round(f * 100.0, 6):g}"
+
+
+def _fraction_count(fraction: float, n: int) -> int:
+    # round half up (Python's round() would give round(0.5) == 0), at least one, at most n
+    return min(n, max(1, int(math.floor(fraction * n + 0.5 + 1e-9))))
+
+
+def label_fractions(
+    patients: Sequence[str],
+    fractions: Sequence[float] = (0.05, 0.1, 0.2, 1.0),
+    seed: int = 0,
+) -> dict[str, list[str]]:
+    """Nested subsets of patients, one per label fraction.
+
+    The patients are shuffled once with ``seed``; the subset of fraction ``f`` is the first
+    ``max(1, round(f * len(patients)))`` of that order, so a smaller fraction is always
+    contained in a larger one.
+
+    Args:
+        patients: patient ids (duplicates ignored; order irrelevant).
+        fractions: fractions in (0, 1].
+        seed: seed of the shuffle.
+
+    Returns:
+        ``{fraction_key(f): sorted patient ids}`` in increasing order of ``f``.
+
+    Raises:
+        ValueError: no patients, a fraction outside (0, 1], or two fractions with one key.
+    """
+    pids = sorted(set(patients))
+    if not pids:
+        raise ValueError("label fractions need at least one patient")
+    fracs = sorted(float(f) for f in fractions)
+    if not fracs:
+        raise ValueError("no label fractions given")
+    keys = [fraction_key(f) for f in fracs]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"label fractions must be distinct, got {list(fractions)}")
+    order = [pids[i] for i in np.random.default_rng(seed).permutation(len(pids))]
+    return {k: sorted(order[: _fraction_count(f, len(pids))]) for k, f in zip(keys, fracs)}
+
+
+def split_dataset(
+    root: str | os.PathLike,
+    seed: int = 0,
+    ratios: Sequence[float] = (0.6, 0.1, 0.3),
+    fractions: Sequence[float] = (0.05, 0.1, 0.2, 1.0),
+    tasks: Sequence[str] | None = None,
+    redo: bool = False,
+) -> dict[str, Any]:
+    """Write ``splits.json`` of a dataset folder: patient-wise splits and label fractions.
+
+    An existing train/val/test assignment (e.g. the official split written by
+    ``enface prepare``) is kept unless ``redo`` is set; the label fractions are always
+    recomputed from ``seed``. Other keys of an existing ``splits.json`` are preserved when
+    its assignment is kept, dropped when it is redone.
+
+    Args:
+        root: dataset folder.
+        seed: seed of the patient split (when made) and of the label fractions.
+        ratios: train / val / test fractions of patients, used when a split is made.
+        fractions: label fractions in (0, 1].
+        tasks: tasks to make label fractions for; ``None``: every task with a mask in any
+            case (tasks without a labeled training patient are then skipped with a warning).
+        redo: make a new train/val/test assignment even when one exists.
+
+    Returns:
+        The written content.
+
+    Raises:
+        DatasetError: unreadable dataset or splits, or a requested task has no labeled
+            training patient.
+    """
+    cases = list_cases(root)
+    if not cases:
+        raise DatasetError(f"{root}: dataset has no cases")
+    patients = sorted({c.patient_id for c in cases})
+    existing: dict[str, Any] = {}
+    if not redo and (os.path.isfile(os.path.join(root, "splits.json"))):
+        existing = read_splits(root)
+        assignment = {k: sorted(existing[k]) for k in SPLITS}
+        assigned = set().union(*assignment.values())
+        missing = [p for p in patients if p not in assigned]
+        if missing:
+            log.warning(
+                "%d patient(s) of %s are in no split and will not be used: %s%s (use redo to re-split)",
+                len(missing), root, ", ".join(missing[:5]), ", ..." if len(missing) > 5 else "",
+            )
+        unknown = sorted(assigned - set(patients))
+        if unknown:
+            log.warning("%d patient(s) in splits.json have no case in %s: %s", len(unknown), root, ", ".join(unknown[:5]))
+        n = max(1, len(assigned))
+        used_ratios = existing.get("ratios") or [round(len(assignment[k]) / n, 3) for k in SPLITS]
+        log.info("keeping the existing train/val/test assignment of %s", root)
+    else:
+        assignment = make_splits(patients, seed=seed, ratios=ratios)
+        used_ratios = [float(r) for r in ratios]
+
+    train = set(assignment["train"])
+    labeled: dict[str, set[str]] = {}
+    for case in cases:
+        if case.patient_id in train:
+            for task in case.tasks():
+                labeled.setdefault(task, set()).add(case.patient_id)
+    if tasks is None:
+        all_tasks = sorted({t for c in cases for t in c.tasks()})
+        for t in all_tasks:
+            if t not in labeled:
+                log.warning("task %r has no labeled training patient: no label fractions for it", t)
+        task_list = [t for t in all_tasks if t in labeled]
+    else:
+        task_list = list(dict.fromkeys(tasks))
+        for t in task_list:
+            if t not in labeled:
+                raise DatasetError(f"{root}: task {t!r} has no labeled case among the training patients")
+
+    out: dict[str, Any] = {k: v for k, v in existing.items() if k not in (*SPLITS, "seed", "ratios", "fractions")}
+    out.update(assignment)
+    out["seed"] = int(seed)
+    out["ratios"] = list(used_ratios)
+    out["fractions"] = {t: label_fractions(sorted(labeled[t]), fractions, seed=seed) for t in task_list}
+    write_splits(root, out)
+    log.info(
+        "splits of %s: %s",
+        root,
+        ", ".join(f"{k} {len(out[k])} patients" for k in SPLITS),
+    )
+    return out
+
+
+def _parse_requirement(req: str) -> tuple[str, str]:
+    if req in MODALITIES or req == "oct":
+        return "image", req
+    if req.startswith("mask:") and len(req) > len("mask:"):
+        return "mask", req[len("mask:") :]
+    raise ValueError(f"unknown requirement {req!r}: expected 'oct', one of {MODALITIES} or 'mask:<task>'")
+
+
+def select_cases(
+    root: str | os.PathLike,
+    split: str,
+    requires: Sequence[str] = (),
+    fraction: float | None = None,
+    task: str | None = None,
+) -> list[str]:
+    """Case ids of a split, filtered by the files they carry and by a label fraction.
+
+    Args:
+        root: dataset folder.
+        split: ``"train"``, ``"val"``, ``"test"`` or ``"all"`` (every case, no
+            ``splits.json`` needed).
+        requires: what every case must have: ``"slo"``, ``"faf"``, ``"oct"`` or
+            ``"mask:<task>"``. Give ``"mask:<task>"`` too when training on a label
+            fraction: a labeled patient may also have unlabeled visits.
+        fraction: keep only the patients of this label fraction of ``task`` (train only).
+        task: the task whose label fractions ``fraction`` refers to.
+
+    Returns:
+        Sorted case ids.
+
+    Raises:
+        ValueError: unknown split or requirement, or ``fraction`` without ``task`` or
+            outside the train split.
+        DatasetError: unreadable dataset, a patient in two splits (named), or the label
+            fraction is not in ``splits.json``.
+    """
+    if split not in (*SPLITS, "all"):
+        raise ValueError(f"unknown split {split!r}: expected one of {SPLITS + ('all',)}")
+    parsed = [_parse_requirement(r) for r in requires]
+    if fraction is not None:
+        if task is None:
+            raise ValueError("a label fraction needs the task it refers to (task=...)")
+        if split != "train":
+            raise ValueError(f"label fractions apply to the train split only, not {split!r}")
+    cases = list_cases(root)
+    if split == "all":
+        allowed: set[str] | None = None
+    else:
+        splits = read_splits(root)
+        allowed = set(splits[split])
+        if fraction is not None:
+            key = fraction_key(fraction)
+            table = splits.get("fractions", {}).get(task)
+            if not isinstance(table, dict) or key not in table:
+                raise DatasetError(
+                    f"{os.path.join(root, 'splits.json')}: no {key}% label fraction for task {task!r} "
+                    f"(run `enface split` with that fraction)"
+                )
+            allowed &= set(table[key])
+    out = []
+    for case in cases:
+        if allowed is not None and case.patient_id not in allowed:
+            continue
+        ok = True
+        for kind, name in parsed:
+            if kind == "mask":
+                ok = case.has_mask(name)
+            elif name == "oct":
+                ok = (case.path / "oct.npy").is_file()
+            else:
+                ok = case.has_image(name)
+            if not ok:
+                break
+        if ok:
+            out.append(case.case_id)
+    return sorted(out)

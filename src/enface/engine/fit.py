@@ -114,8 +114,8 @@ def _loaders(config: RunConfig, train_ids: Sequence[str], val_ids: Sequence[str]
     from enface.data.dataset import EnfaceDataset
 
     aug = AugmentConfig(crop=tuple(config.crop))
-    if not config.augment:
-        aug = aug.crop_only()
+    if not config.augment:  # random crops only
+        aug = dataclasses.replace(aug, rotate180=False, flip=False, noise_std=0.0, contrast=(1.0, 1.0), shift=(0.0, 0.0))
     target = _dataset_target(config)
     train_ds = EnfaceDataset(config.dataset, train_ids, target, augment=aug, seed=config.seed)
     val_ds = EnfaceDataset(config.dataset, val_ids, target, augment=None, seed=config.seed)

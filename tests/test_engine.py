@@ -1,0 +1,156 @@
+"""Training engine end to end on a tiny dataset: pre-train, fine-tune, resume, NaN stop, DDP, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from enface.cli import main
+from enface.config import load_config
+from enface.data.folder import CaseMeta, write_case, write_dataset_info
+from enface.data.splits import split_dataset
+from enface.engine.checkpoint import load_model, read_checkpoint, topk_checkpoints
+from enface.engine.fit import fit
+from enface.engine.module import NonFiniteLossError
+
+SHAPE = (8, 32, 64)
+FAST = {"width": 0.125, "crop": (8, 32), "batch_size": 2, "num_workers": 0, "accelerator": "cpu", "top_k": 2}
+
+
+def _make_dataset(root: Path, patients: int = 8, seed: int = 0) -> Path:
+    """Tiny cases whose FAF and mask both depend on a dark band in the volume."""
+    rng = np.random.default_rng(seed)
+    h, w, d = SHAPE
+    for p in range(patients):
+        vol = rng.normal(1.0, 0.1, SHAPE).astype(np.float32)
+        mask = np.zeros((h, w), np.uint8)
+        c = rng.integers(4, w - 12)
+        mask[:, c : c + 8] = 1
+        vol[:, c : c + 8, 30:40] += 2.0
+        faf = np.clip(0.6 - 0.4 * mask + 0.05 * rng.standard_normal((h, w)), 0, 1).astype(np.float32)
+        meta = CaseMeta(case_id=f"P{p:02d}_OD_v0", patient_id=f"P{p:02d}", spacing=(0.2, 0.02, 0.004))
+        write_case(root, meta, vol, images={"faf": faf}, masks={"ga": mask})
+    write_dataset_info(root, "tiny", ("oct", "faf"), ("ga",), (0.2, 0.02, 0.004))
+    split_dataset(root, seed=0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _make_dataset(tmp_path_factory.mktemp("engine") / "tiny")
+
+
+def _config(dataset: Path, runs: Path, stage: str, **kw):
+    return load_config(None, stage, {"dataset": str(dataset), "runs_dir": str(runs), **FAST, **kw})
+
+
+def test_pretrain_then_finetune(dataset: Path, tmp_path: Path) -> None:
+    pre = fit(_config(dataset, tmp_path, "pretrain", epochs=2, target="faf_inv"), progress=False)
+    assert pre.status == "finished" and pre.metric == "val_ssim"
+    assert pre.run_dir == tmp_path / "tiny/recon-faf_inv/fpn-w0.125/scratch/frac-100/seed-0"
+    best = topk_checkpoints(pre.run_dir)
+    assert 1 <= len(best) <= 2 and (pre.run_dir / "checkpoints/last.ckpt").is_file()
+    info = read_checkpoint(best[0])["enface"]
+    assert info["model"]["name"] == "fpn" and info["config"]["target"] == "faf_inv"
+    assert info["metric"]["name"] == "val_ssim" and np.isfinite(info["metric"]["value"])
+    model, _ = load_model(best[0])
+    assert model(torch.zeros(1, 1, *SHAPE)).shape == (1, 1, 8, 32)
+
+    ft = fit(_config(dataset, tmp_path, "train", epochs=1, init=str(best[0]), fraction=0.2), progress=False)
+    assert ft.run_dir == tmp_path / "tiny/ga/fpn-w0.125/ssl-faf_inv/frac-20/seed-0"
+    transfer = json.loads((ft.run_dir / "transfer.json").read_text())
+    assert transfer["not_loaded"] == [] and transfer["loaded"] == len(model.state_dict())
+    done = json.loads((ft.run_dir / "done.json").read_text())
+    assert done["epochs"] == 1 and len(done["train_cases"]) == 1  # 20 % of 5 training patients
+    assert (ft.run_dir / "logs/metrics.csv").is_file() and (ft.run_dir / "config.yaml").is_file()
+    # a finished run is skipped, an existing unfinished one needs --resume
+    assert fit(_config(dataset, tmp_path, "train", epochs=1, init=str(best[0]), fraction=0.2), progress=False).status == "skipped"
+
+
+class _Crash(Callback):
+    """Simulates the process being killed at the start of epoch ``at``."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.at:
+            raise RuntimeError("simulated kill")
+
+
+def test_resume_after_kill_keeps_topk_and_finishes(dataset: Path, tmp_path: Path) -> None:
+    cfg = _config(dataset, tmp_path, "train", epochs=4, top_k=2)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        fit(cfg, callbacks=[_Crash(at=2)], progress=False)
+    folder = tmp_path / "tiny/ga/fpn-w0.125/scratch/frac-100/seed-0"
+    last = folder / "checkpoints/last.ckpt"
+    assert read_checkpoint(last)["epoch"] == 1  # epochs 0 and 1 done, nothing more lost
+    before = {p.name for p in topk_checkpoints(folder)}
+    assert len(before) == 2 and not (folder / "done.json").exists()
+    with pytest.raises(ValueError, match="--resume"):
+        fit(cfg, progress=False)
+    result = fit(cfg, resume=True, progress=False)
+    assert result.status == "finished" and result.epochs == 4
+    after = topk_checkpoints(folder)
+    assert len(after) == 2
+    values = [v for _, v in result.best]
+    assert values == sorted(values, reverse=True) and len(values) == 2
+    assert {Path(p).name for p, _ in result.best} == {p.name for p in after}
+    assert read_checkpoint(last)["epoch"] == 3
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_last_good(dataset: Path, tmp_path: Path, monkeypatch) -> None:
+    from enface.losses import DiceBCELoss
+
+    cfg = _config(dataset, tmp_path, "train", epochs=3)
+    original = DiceBCELoss.forward
+    calls = {"n": 0}
+
+    def flaky(self, input, target):
+        calls["n"] += 1
+        loss = original(self, input, target)
+        return loss * float("nan") if calls["n"] > 3 else loss  # 3 steps per epoch: epoch 1 fails
+
+    monkeypatch.setattr(DiceBCELoss, "forward", flaky)
+    with pytest.raises(NonFiniteLossError, match="training loss is nan at epoch 1"):
+        fit(cfg, progress=False)
+    last = tmp_path / "tiny/ga/fpn-w0.125/scratch/frac-100/seed-0/checkpoints/last.ckpt"
+    ck = read_checkpoint(last)
+    assert ck["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in ck["state_dict"].values() if v.is_floating_point())
+
+
+def test_cli_pretrain_and_train(dataset: Path, tmp_path: Path, capsys) -> None:
+    common = ["--dataset", str(dataset), "--runs-dir", str(tmp_path), "--width", "0.125", "--epochs", "1",
+              "--batch-size", "2", "--accelerator", "cpu", "--no-progress", "--set", "crop=[8,32]", "num_workers=0"]
+    assert main(["pretrain", "--config", "configs/paper.yaml", "--target", "slo", *common]) == 2  # no SLO here
+    assert "no training cases" in capsys.readouterr().err
+    assert main(["pretrain", "--config", "configs/paper.yaml", "--target", "faf", *common]) == 0
+    out = capsys.readouterr().out
+    ckpt = out.split("best checkpoint: ")[1].strip()
+    assert main(["train", "--config", "configs/paper.yaml", "--task", "ga", "--init", ckpt, *common]) == 0
+    assert "ga/fpn-w0.125/ssl-faf/frac-100/seed-0" in capsys.readouterr().out
+    assert main(["train", "--task", "ga", "--fraction", "2", *common]) == 2
+    assert "fraction" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_one_epoch(dataset: Path, tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "enface.cli", "train", "--dataset", str(dataset), "--task", "ga",
+           "--runs-dir", str(tmp_path), "--width", "0.125", "--epochs", "1", "--batch-size", "2",
+           "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--no-progress",
+           "--set", "crop=[8,32]", "num_workers=0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PL_DISABLE_FORK": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=Path(__file__).parents[1])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    done = json.loads((tmp_path / "tiny/ga/fpn-w0.125/scratch/frac-100/seed-0/done.json").read_text())
+    assert done["epochs"] == 1
+    assert "GLOBAL_RANK: 1" in proc.stderr or "world_size=2" in (proc.stdout + proc.stderr) or "distributed" in proc.stderr.lower()
