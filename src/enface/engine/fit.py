@@ -96,7 +96,8 @@ def select_run_cases(config: RunConfig) -> tuple[list[str], list[str]]:
         val = select_cases(config.dataset, "val", requires=(modality,))
     else:
         req = (f"mask:{config.target}",)
-        train = select_cases(config.dataset, "train", requires=req, fraction=config.fraction, task=config.target)
+        fraction = None if config.fraction >= 1.0 else config.fraction  # 100 %: every labeled training case
+        train = select_cases(config.dataset, "train", requires=req, fraction=fraction, task=config.target)
         val = select_cases(config.dataset, "val", requires=req)
     if not train:
         raise DatasetError(f"{config.dataset}: no training cases for {config.stage} target {config.target!r}")

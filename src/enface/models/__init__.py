@@ -11,5 +11,6 @@ from enface.models.registry import count_parameters, create_model, list_models, 
 
 # Importing the architecture modules registers them.
 from enface.models import fpn  # noqa: F401,E402
+from enface.models import ipn, ipnv2, lachinov  # noqa: F401,E402
 
 __all__ = ["create_model", "list_models", "register_model", "count_parameters", "model_spec"]

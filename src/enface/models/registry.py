@@ -3,6 +3,8 @@
 Every registered constructor has the signature
 ``fn(in_channels: int = 1, out_channels: int = 1, width: float = 1.0, **kwargs) -> nn.Module``
 and returns a model mapping ``(N, in_channels, H, W, D)`` to logits ``(N, out_channels, H, W)``.
+The model exposes ``min_depth`` (smallest accepted ``D``) and names its final layer ``head``
+(weight transfer skips exactly that layer when the output channels differ).
 """
 
 from __future__ import annotations
