@@ -268,6 +268,7 @@ def validate_case_arrays(
     oct_volume: np.ndarray,
     images: Mapping[str, np.ndarray] | None = None,
     masks: Mapping[str, np.ndarray] | None = None,
+    volumes: Mapping[str, np.ndarray] | None = None,
 ) -> None:
     """Check a case's arrays before anything is written.
 
@@ -292,6 +293,16 @@ def validate_case_arrays(
                 f"case {case_id}: {name} has shape {np.asarray(img).shape}, "
                 f"expected the en-face grid {hw} of the OCT volume"
             )
+    for name, extra in (volumes or {}).items():
+        if name == "oct" or not _ID_RE.match(name) or "." in name:
+            raise DatasetError(f"case {case_id}: invalid extra volume name {name!r}")
+        ev = np.asarray(extra)
+        if ev.shape != vol.shape:
+            raise DatasetError(
+                f"case {case_id}: {name} volume has shape {ev.shape}, expected the OCT shape {vol.shape}"
+            )
+        if np.issubdtype(ev.dtype, np.floating) and not np.isfinite(ev).all():
+            raise DatasetError(f"case {case_id}: {name} volume has NaN/inf voxels")
     for key, mask in (masks or {}).items():
         m = np.asarray(mask)
         if m.shape != hw:
@@ -315,6 +326,7 @@ def write_case(
     images: Mapping[str, np.ndarray] | None = None,
     masks: Mapping[str, np.ndarray] | None = None,
     overwrite: bool = False,
+    volumes: Mapping[str, np.ndarray] | None = None,
 ) -> Path:
     """Validate and write one case atomically.
 
@@ -327,6 +339,8 @@ def write_case(
         masks: ``{"ga": (H, W)}`` binary masks; a key ``"ga.grader2"`` writes an extra
             grader's mask ``mask_ga.grader2.png``.
         overwrite: replace an existing case folder; otherwise an existing case is an error.
+        volumes: extra input channels on the OCT grid, ``{"octa": (H, W, D)}``, stored as
+            ``<name>.npy`` beside ``oct.npy`` (same dtype rules).
 
     Returns:
         The case folder.
@@ -337,7 +351,7 @@ def write_case(
     root = Path(root)
     _check_id(meta.case_id, "case id")
     _check_id(meta.patient_id, "patient id")
-    validate_case_arrays(meta.case_id, oct_volume, images, masks)
+    validate_case_arrays(meta.case_id, oct_volume, images, masks, volumes)
     cases = root / "cases"
     cases.mkdir(parents=True, exist_ok=True)
     final = cases / meta.case_id
@@ -350,6 +364,9 @@ def write_case(
     tmp = Path(tempfile.mkdtemp(prefix=f".{meta.case_id}.", suffix=".tmp", dir=cases))
     try:
         atomic_save_npy(tmp / "oct.npy", vol)
+        for name, extra in (volumes or {}).items():
+            ev = np.asarray(extra)
+            atomic_save_npy(tmp / f"{name}.npy", ev if ev.dtype in (np.float32, np.uint8, np.uint16) else ev.astype(np.float32))
         for name, img in (images or {}).items():
             atomic_save_png(tmp / f"{name}.png", _to_uint8_image(img, f"case {meta.case_id}: {name}"))
         for key, mask in (masks or {}).items():
@@ -411,6 +428,25 @@ class Case:
     def oct_shape(self) -> tuple[int, int, int]:
         """Shape ``(H, W, D)`` read from the ``.npy`` header only."""
         return tuple(self.load_oct(mmap=True).shape)  # type: ignore[return-value]
+
+    def has_volume(self, name: str) -> bool:
+        """Whether an extra input channel ``<name>.npy`` (e.g. ``octa``) is present."""
+        return (self.path / f"{name}.npy").is_file()
+
+    def load_volume(self, name: str, mmap: bool = True) -> np.ndarray:
+        """An extra ``(H, W, D)`` input channel ``<name>.npy`` (``"oct"`` gives the OCT)."""
+        if name == "oct":
+            return self.load_oct(mmap=mmap)
+        path = self.path / f"{name}.npy"
+        if not path.is_file():
+            raise DatasetError(f"{path}: file not found")
+        try:
+            vol = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise DatasetError(f"{path}: unreadable or truncated volume ({e})") from None
+        if vol.ndim != 3:
+            raise DatasetError(f"{path}: volume must be 3D (H, W, D), got shape {vol.shape}")
+        return vol
 
     def has_image(self, modality: str) -> bool:
         return (self.path / f"{modality}.png").is_file()

@@ -1,0 +1,190 @@
+"""Figures: plain functions that build matplotlib figures (Agg, no pyplot state) and save
+them atomically.
+
+* :func:`case_figure` / :func:`show_case` — one case like the paper's Fig. 1: a B-scan with
+  the en-face mask overlaid in green, the mask, the SLO with the B-scan position in yellow,
+  and the FAF.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from enface.fileio import atomic_write_bytes
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
+
+__all__ = ["new_figure", "save_figure", "default_bscan", "case_figure", "show_case"]
+
+GREEN = (0.1, 0.9, 0.2)
+YELLOW = (1.0, 0.9, 0.0)
+
+
+def new_figure(figsize: tuple[float, float]) -> "Figure":
+    """A matplotlib figure attached to an Agg canvas (safe without a display)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig: "Figure", out: str | os.PathLike, dpi: int = 150) -> Path:
+    """Render ``fig`` and write it atomically; the format follows the suffix (png, pdf, svg)."""
+    out = Path(out)
+    fmt = out.suffix.lstrip(".").lower() or "png"
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches="tight")
+    return atomic_write_bytes(out, buf.getvalue())
+
+
+def default_bscan(mask: np.ndarray | None, height: int) -> int:
+    """The B-scan to show: the one crossing the most labeled pixels, else the middle one."""
+    if mask is not None and mask.any():
+        return int(np.argmax(mask.reshape(mask.shape[0], -1).sum(axis=1)))
+    return height // 2
+
+
+def _display_range(image: np.ndarray) -> tuple[float, float]:
+    lo, hi = np.percentile(image, [1.0, 99.7])
+    return float(lo), float(max(hi, lo + 1e-6))
+
+
+def _empty_panel(ax, title: str, text: str) -> None:  # noqa: ANN001 - matplotlib Axes
+    ax.set_title(title)
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def case_figure(
+    volume: np.ndarray,
+    spacing: tuple[float, float, float],
+    bscan: int,
+    mask: np.ndarray | None = None,
+    slo: np.ndarray | None = None,
+    faf: np.ndarray | None = None,
+    task: str = "mask",
+    title: str | None = None,
+) -> "Figure":
+    """The four-panel figure of one case.
+
+    Args:
+        volume: ``(H, W, D)`` OCT volume.
+        spacing: ``(sh, sw, sd)`` in mm (axes are in mm; en-face panels keep the physical
+            aspect ratio).
+        bscan: index of the B-scan to show (0 <= bscan < H).
+        mask: ``(H, W)`` en-face mask, or None for an unlabeled case.
+        slo: ``(H, W)`` SLO in [0, 1], or None.
+        faf: ``(H, W)`` FAF in [0, 1], or None.
+        task: mask name for the titles.
+        title: figure title.
+
+    Returns:
+        The figure (not saved).
+
+    Raises:
+        ValueError: ``bscan`` out of range or en-face images not on the volume's grid.
+    """
+    h, w, d = volume.shape
+    if not 0 <= bscan < h:
+        raise ValueError(f"B-scan index {bscan} out of range: the volume has {h} B-scans (0..{h - 1})")
+    for label, img in (("mask", mask), ("slo", slo), ("faf", faf)):
+        if img is not None and img.shape != (h, w):
+            raise ValueError(f"{label} has shape {img.shape}, expected the en-face grid {(h, w)}")
+    sh, sw, sd = spacing
+    ew, eh, ed = w * sw, h * sh, d * sd
+    enface_extent = (0.0, ew, eh, 0.0)
+    y_line = (bscan + 0.5) * sh
+
+    fig = new_figure((16.0, 3.8))
+    axes = fig.subplots(1, 4, gridspec_kw={"width_ratios": [1.6, 1, 1, 1]})
+
+    ax = axes[0]
+    img = np.asarray(volume[bscan], dtype=np.float32).T
+    vmin, vmax = _display_range(img)
+    ax.imshow(img, cmap="gray", vmin=vmin, vmax=vmax, extent=(0.0, ew, ed, 0.0), aspect="auto",
+              interpolation="nearest")
+    if mask is not None:
+        overlay = np.zeros((1, w, 4), dtype=np.float32)
+        overlay[0, :, :3] = GREEN
+        overlay[0, :, 3] = 0.35 * (np.asarray(mask[bscan]) > 0)
+        ax.imshow(overlay, extent=(0.0, ew, ed, 0.0), aspect="auto", interpolation="nearest")
+    ax.set_title(f"B-scan {bscan} / {h}" + (f" with {task}" if mask is not None else ""))
+    ax.set_xlabel("mm")
+    ax.set_ylabel("depth (mm)")
+
+    if mask is not None:
+        axes[1].imshow(np.asarray(mask) > 0, cmap="gray", vmin=0, vmax=1, extent=enface_extent,
+                       interpolation="nearest")
+        axes[1].set_title(f"{task} mask")
+    else:
+        _empty_panel(axes[1], "mask", "unlabeled")
+
+    for ax, image, name in ((axes[2], slo, "SLO"), (axes[3], faf, "FAF")):
+        if image is None:
+            _empty_panel(ax, name, f"no {name}")
+            continue
+        ax.imshow(image, cmap="gray", vmin=0.0, vmax=1.0, extent=enface_extent, interpolation="nearest")
+        ax.set_title(name)
+    if slo is not None:
+        axes[2].axhline(y_line, color=YELLOW, linewidth=1.5)
+    for ax, image in zip(axes[1:], (mask, slo, faf)):
+        if image is not None:
+            ax.set_xlabel("mm")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def show_case(
+    case_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    bscan: int | None = None,
+    task: str | None = None,
+    dpi: int = 150,
+) -> Path:
+    """Write the figure of a dataset case folder (see :func:`case_figure`).
+
+    Args:
+        case_dir: ``<dataset>/cases/<case_id>``.
+        out: image file to write (png, pdf or svg).
+        bscan: B-scan index; default: the one crossing the most labeled pixels.
+        task: mask to show; default: the case's first task (none for unlabeled cases).
+        dpi: resolution.
+
+    Returns:
+        The written file.
+
+    Raises:
+        DatasetError: unreadable case; ValueError: unknown task or bad B-scan index.
+    """
+    from enface.data.folder import load_case
+
+    case = load_case(case_dir)
+    volume = case.load_oct(mmap=True)
+    tasks = case.tasks()
+    if task is not None and task not in tasks:
+        raise ValueError(f"case {case.case_id}: no mask for task {task!r} (has: {tasks or 'none'})")
+    task = task or (tasks[0] if tasks else None)
+    mask = case.load_mask(task) if task else None
+    index = default_bscan(mask, volume.shape[0]) if bscan is None else int(bscan)
+    fig = case_figure(
+        volume,
+        case.spacing,
+        index,
+        mask=mask,
+        slo=case.load_image("slo") if case.has_image("slo") else None,
+        faf=case.load_image("faf") if case.has_image("faf") else None,
+        task=task or "mask",
+        title=f"{case.case_id}  ({case.meta.eye}, day {case.meta.visit})",
+    )
+    return save_figure(fig, out, dpi=dpi)
