@@ -68,8 +68,8 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
                    help="do not register FAF to SLO (assume it covers the SLO's field)")
     p.add_argument("--faf-model", choices=("rigid", "similarity", "affine"), default="affine",
                    help="FAF-to-SLO registration model (default affine)")
-    p.add_argument("--faf-min-quality", type=float, default=0.2,
-                   help="drop FAF whose registration quality is below this (default 0.2)")
+    p.add_argument("--faf-min-quality", type=float, default=0.3,
+                   help="drop FAF whose registration quality is below this (default 0.3)")
     p.add_argument("--patient-regex", metavar="REGEX",
                    help="regex with a group (?P<patient>...) applied to file names when the input gives no patient id")
     p.add_argument("--eye", default="OD", choices=("OD", "OS"), help="eye when the input does not say (default OD)")
@@ -299,6 +299,102 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- evaluate
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="top-k ensemble of a run on a split: per-case CSV + summary")
+    p.add_argument("run", help="segmentation run folder")
+    p.add_argument("--split", default="test", choices=("train", "val", "test", "all"))
+    p.add_argument("--dataset", help="evaluate on another dataset folder (default: the run's)")
+    p.add_argument("--task", help="mask task (default: the run's)")
+    p.add_argument("--top-k", type=int, default=5, help="checkpoints averaged (default 5)")
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--out", help="output folder (default <run>/eval/<dataset>-<split>)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(handler=_cmd_evaluate)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from enface.evaluate import evaluate
+
+    res = evaluate(args.run, split=args.split, dataset=args.dataset, task=args.task, top_k=args.top_k,
+                   threshold=args.threshold, out_dir=args.out, device=args.device)
+    m = res.summary["metrics"]
+    print(f"{res.summary['n_cases']} cases, {len(res.summary['checkpoints'])} checkpoints averaged")
+    for name in ("dice", "area_diff_mm2", "hd95_mm"):
+        extra = f" ({m[name]['n_undefined']} undefined)" if m[name]["n_undefined"] else ""
+        print(f"  {name:<14} mean {m[name]['mean']:.4f}  std {m[name]['std']:.4f}  median {m[name]['median']:.4f}{extra}")
+    print(f"per-case table: {res.out_dir / 'cases.csv'}")
+    print(f"summary: {res.out_dir / 'summary.json'}")
+    return 0
+
+
+# --------------------------------------------------------------------------- experiment / demo
+
+
+def _add_experiment(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("experiment", help="the label-efficiency study from one YAML (resumable)")
+    p.add_argument("study", help="study YAML (see configs/phantom-study.yaml)")
+    p.add_argument("--out", help="study folder (default: the YAML's 'out' or studies/<name>)")
+    p.add_argument("--plan", action="store_true", help="list the runs and exit")
+    p.add_argument("--run-index", type=int, help="run only this index of the plan (e.g. a SLURM array task)")
+    p.add_argument("--report-only", action="store_true", help="only (re)write tables, figures and report")
+    p.add_argument("--no-progress", action="store_true", help="no per-epoch progress bars")
+    p.set_defaults(handler=_cmd_experiment)
+
+
+def _print_plan(study, plan) -> None:  # noqa: ANN001
+    from enface.experiment import run_folder
+
+    n_pre = sum(r.stage == "pretrain" for r in plan)
+    print(f"study {study.name}: {len(plan)} runs ({n_pre} pre-training, {len(plan) - n_pre} segmentation)")
+    for r in plan:
+        folder = run_folder(study, r)
+        state = "done" if (folder / "done.json").is_file() else "started" if folder.is_dir() else "todo"
+        print(f"  [{r.index:3d}] {state:<7} {r.label}")
+
+
+def _cmd_experiment(args: argparse.Namespace) -> int:
+    from enface.experiment import collect_results, ensure_dataset, load_study, plan_study, run_study, write_report
+
+    study = load_study(args.study, out=args.out)
+    if args.plan or args.report_only:
+        ensure_dataset(study)
+        plan = plan_study(study)
+        if args.plan:
+            _print_plan(study, plan)
+            return 0
+        print(f"report: {write_report(study, plan, collect_results(study, plan))}")
+        return 0
+    result = run_study(study, run_index=args.run_index, progress=not args.no_progress)
+    if result["report"]:
+        print(f"report: {result['report']} (HTML: {result['report'].with_suffix('.html')})")
+    return 0 if all(s != "interrupted" for s in result["statuses"].values()) else 1
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="phantom data + a reduced label-efficiency study, on a laptop CPU")
+    p.add_argument("--out", default="demo", help="demo folder (default demo)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=_cmd_demo)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from enface.experiment import demo_study, headline, run_study
+
+    study = demo_study(args.out, seed=args.seed)
+    print(f"enface demo: phantom dataset + study '{study.name}' in {args.out}/ "
+          f"(FPN from scratch vs pre-trained on inverted FAF; label fractions "
+          f"{', '.join(f'{100 * f:g} %' for f in study.fractions)})")
+    result = run_study(study, progress=not args.no_progress)
+    print(headline(study))
+    if result["report"]:
+        print(f"report: {result['report']} (HTML: {result['report'].with_suffix('.html')})")
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 # Each entry adds one sub-command to the parser; keep them in the order of DESIGN.md.
@@ -311,6 +407,9 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_split,
     _add_pretrain,
     _add_train,
+    _add_evaluate,
+    _add_experiment,
+    _add_demo,
 ]
 
 
@@ -331,12 +430,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_third_party(verbose: bool) -> None:
+    """Keep Lightning's start-up banners (accelerator availability, tips) out of the output."""
+    import warnings
+
+    if not verbose:
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+        warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
+        warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``enface`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(message)s")
+    _quiet_third_party(args.verbose)
     if not getattr(args, "handler", None):
         parser.print_help()
         return 1

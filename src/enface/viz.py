@@ -4,6 +4,10 @@ them atomically.
 * :func:`case_figure` / :func:`show_case` — one case like the paper's Fig. 1: a B-scan with
   the en-face mask overlaid in green, the mask, the SLO with the B-scan position in yellow,
   and the FAF.
+* :func:`confusion_rgb` / :func:`plot_overlay_grid` — predictions like the paper's Fig. 5:
+  true positives green, true negatives black, false positives red, false negatives blue.
+* :func:`plot_metric_vs_fraction` — Dice and area difference vs label fraction (Fig. 4).
+* :func:`plot_training_curves` — validation metric per epoch of several runs.
 """
 
 from __future__ import annotations
@@ -20,7 +24,17 @@ from enface.fileio import atomic_write_bytes
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
-__all__ = ["new_figure", "save_figure", "default_bscan", "case_figure", "show_case"]
+__all__ = [
+    "new_figure",
+    "save_figure",
+    "default_bscan",
+    "case_figure",
+    "show_case",
+    "confusion_rgb",
+    "plot_overlay_grid",
+    "plot_metric_vs_fraction",
+    "plot_training_curves",
+]
 
 GREEN = (0.1, 0.9, 0.2)
 YELLOW = (1.0, 0.9, 0.0)
@@ -188,3 +202,135 @@ def show_case(
         title=f"{case.case_id}  ({case.meta.eye}, day {case.meta.visit})",
     )
     return save_figure(fig, out, dpi=dpi)
+
+
+# --------------------------------------------------------------------------- study figures
+
+TP_COLOR = (0.0, 0.8, 0.0)
+FP_COLOR = (0.9, 0.0, 0.0)
+FN_COLOR = (0.0, 0.3, 1.0)
+
+
+def confusion_rgb(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Colour a binary prediction against the reference (the paper's Fig. 5 convention).
+
+    Args:
+        pred: ``(H, W)`` binary prediction.
+        truth: ``(H, W)`` binary reference.
+
+    Returns:
+        ``(H, W, 3)`` float RGB: TP green, TN black, FP red, FN blue.
+    """
+    p = np.asarray(pred).astype(bool)
+    t = np.asarray(truth).astype(bool)
+    if p.shape != t.shape:
+        raise ValueError(f"prediction {p.shape} and reference {t.shape} differ in shape")
+    rgb = np.zeros((*p.shape, 3), dtype=np.float32)
+    rgb[p & t] = TP_COLOR
+    rgb[p & ~t] = FP_COLOR
+    rgb[~p & t] = FN_COLOR
+    return rgb
+
+
+def plot_overlay_grid(
+    panels: dict[str, dict[str, np.ndarray]],
+    truths: dict[str, np.ndarray],
+    out: str | os.PathLike,
+    title: str = "",
+) -> Path:
+    """Grid of prediction overlays: one row per case, one column per configuration.
+
+    Args:
+        panels: ``{config label: {case id: (H, W) binary prediction}}``.
+        truths: ``{case id: (H, W) binary reference}``.
+        out: output image path.
+        title: figure title.
+    """
+    from enface.metrics import dice_score
+
+    cases = list(truths)
+    labels = list(panels)
+    fig = new_figure((2.6 * (len(labels) + 1), 2.2 * len(cases) + 0.6))
+    axes = fig.subplots(len(cases), len(labels) + 1, squeeze=False)
+    for i, cid in enumerate(cases):
+        truth = truths[cid]
+        aspect = truth.shape[1] / max(truth.shape[0], 1) / 2.5
+        axes[i, 0].imshow(truth, cmap="gray", interpolation="nearest", aspect=aspect)
+        axes[i, 0].set_title(f"{cid}\nreference", fontsize=8)
+        for j, label in enumerate(labels, 1):
+            ax = axes[i, j]
+            pred = panels[label].get(cid)
+            if pred is None:
+                _empty_panel(ax, label, "no prediction")
+                continue
+            ax.imshow(confusion_rgb(pred, truth), interpolation="nearest", aspect=aspect)
+            ax.set_title(f"{label}\nDice {dice_score(pred, truth):.2f}", fontsize=8)
+        for ax in axes[i]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return save_figure(fig, out)
+
+
+def plot_metric_vs_fraction(rows: list[dict], out: str | os.PathLike, title: str = "") -> Path:
+    """Dice and absolute area difference vs label fraction, one line per model + init.
+
+    Args:
+        rows: study table rows with ``model``, ``init``, ``fraction``, ``dice_mean``,
+            ``dice_seed_std``, ``area_diff_mm2_mean``, ``area_diff_mm2_seed_std``.
+        out: output image path.
+        title: figure title (e.g. the test set).
+    """
+    fig = new_figure((10, 4))
+    axes = fig.subplots(1, 2)
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        label = r["model"] + ("" if r["init"] == "scratch" else f" ({r['init'][4:]})")
+        groups.setdefault(label, []).append(r)
+    for label, rs in sorted(groups.items()):
+        rs = sorted(rs, key=lambda r: r["fraction"])
+        x = [100 * r["fraction"] for r in rs]
+        style = "--" if all(r["init"] == "scratch" for r in rs) else "-"
+        for ax, metric in zip(axes, ("dice", "area_diff_mm2")):
+            ax.errorbar(x, [r[f"{metric}_mean"] for r in rs], yerr=[r[f"{metric}_seed_std"] for r in rs],
+                        label=label, linestyle=style, marker="o", capsize=3)
+    for ax, ylabel in zip(axes, ("Dice", "absolute area difference (mm²)")):
+        ax.set_xscale("log")
+        ax.set_xlabel("labeled training data (%)")
+        ax.set_ylabel(ylabel)
+        ticks = sorted({100 * r["fraction"] for r in rows})
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([f"{t:g}" for t in ticks])
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return save_figure(fig, out)
+
+
+def plot_training_curves(curves: dict[str, str | os.PathLike], out: str | os.PathLike) -> Path:
+    """Validation metric (``val_dice`` or ``val_ssim``) per epoch from Lightning CSV logs.
+
+    Args:
+        curves: ``{run label: path of logs/metrics.csv}``.
+        out: output image path.
+    """
+    import csv
+
+    fig = new_figure((10, 4))
+    axes = fig.subplots(1, 2)
+    for label, path in curves.items():
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        for ax, metric in zip(axes, ("val_ssim", "val_dice")):
+            pts = sorted({int(float(r["epoch"])): float(r[metric]) for r in rows if r.get(metric)}.items())
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label, linewidth=1)
+    for ax, name in zip(axes, ("pre-training: validation SSIM", "segmentation: validation Dice")):
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=6)
+    return save_figure(fig, out)

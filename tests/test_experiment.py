@@ -1,0 +1,110 @@
+"""The label-efficiency study on the tiny phantom: plan, run-index, resume/skip, results, report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from enface.cli import main
+from enface.config import ConfigError
+from enface.experiment import collect_results, load_study, plan_study, run_folder, run_study
+
+FAST = {"width": 0.125, "crop": [8, 32], "batch_size": 2, "num_workers": 0, "accelerator": "cpu"}
+
+
+def _study_yaml(tmp_path: Path, dataset: Path, **extra) -> Path:
+    doc = {
+        "name": "tiny-study",
+        "dataset": str(dataset),
+        "task": "ga",
+        "models": ["fpn"],
+        "inits": ["scratch", "ssl-faf_inv"],
+        "fractions": [0.2, 1.0],
+        "seeds": [0],
+        "common": FAST,
+        "pretrain": {"epochs": 1},
+        "train": {"epochs": 1},
+        "top_k": 2,
+        "out": str(tmp_path / "study"),
+        **extra,
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@pytest.fixture()
+def dataset(phantom_dataset: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "data"
+    shutil.copytree(phantom_dataset, copy)
+    return copy
+
+
+def test_plan_puts_pretraining_first(dataset: Path, tmp_path: Path) -> None:
+    study = load_study(_study_yaml(tmp_path, dataset, models=["fpn", "lachinov"], inits=["scratch", "ssl-faf_inv", "ssl-slo"], seeds=[0, 1]))
+    plan = plan_study(study)
+    stages = [r.stage for r in plan]
+    assert stages[:4] == ["pretrain"] * 4 and set(stages[4:]) == {"train"}
+    assert len(plan) == 4 + 2 * 3 * 2 * 2
+    assert {(r.model, r.target) for r in plan[:4]} == {(m, t) for m in ("fpn", "lachinov") for t in ("faf_inv", "slo")}
+    assert [r.index for r in plan] == list(range(len(plan)))
+
+
+def test_study_runs_resumes_and_reports(dataset: Path, tmp_path: Path, capsys) -> None:
+    path = _study_yaml(tmp_path, dataset)
+    study = load_study(path)
+    plan = plan_study(study)
+    assert len(plan) == 1 + 2 * 2
+
+    # a segmentation run that needs a pre-training that has not run is a clear error
+    with pytest.raises(ConfigError, match="run the pre-training"):
+        run_study(study, run_index=3, progress=False)
+    assert main(["experiment", str(path), "--run-index", "0", "--no-progress"]) == 0
+    assert (run_folder(study, plan[0]) / "done.json").is_file()
+    assert main(["experiment", str(path), "--plan"]) == 0
+    out = capsys.readouterr().out
+    assert "[  0] done" in out and "[  1] todo" in out
+
+    result = run_study(study, progress=False)
+    assert result["statuses"][0] == "skipped"
+    assert all(result["statuses"][i] == "finished" for i in range(1, 5))
+    out_dir = tmp_path / "study"
+    for name in ("results/table.csv", "results/table.md", "results/wilcoxon.csv", "report.md", "report.html",
+                 "figures/test-vs-fraction.png", "figures/overlays.png", "figures/training-curves.png"):
+        assert (out_dir / name).is_file(), name
+    with open(out_dir / "results/table.csv") as f:
+        table = list(csv.DictReader(f))
+    assert {(r["init"], float(r["fraction"])) for r in table} == {(i, f) for i in ("scratch", "ssl-faf_inv") for f in (0.2, 1.0)}
+    assert all(0 <= float(r["dice_mean"]) <= 1 for r in table)
+    html = (out_dir / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 3 and "<table>" in html
+    # the table agrees with the per-run evaluation files
+    run = [r for r in plan if r.stage == "train" and r.init == "scratch" and r.fraction == 1.0][0]
+    summary = json.loads((run_folder(study, run) / "eval/test/summary.json").read_text())
+    row = [r for r in table if r["init"] == "scratch" and float(r["fraction"]) == 1.0][0]
+    assert float(row["dice_mean"]) == pytest.approx(summary["metrics"]["dice"]["mean"], abs=1e-5)
+    results = collect_results(study, plan)
+    assert len(results["wilcoxon"]) == 2 and not results["missing"]
+    assert all(w["reference"] == "fpn (ssl-faf_inv)" for w in results["wilcoxon"])
+
+    # re-running skips everything and rewrites the report
+    again = run_study(study, progress=False)
+    assert set(again["statuses"].values()) == {"skipped"}
+
+
+def test_bad_study_files(tmp_path: Path, dataset: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown study keys"):
+        load_study(_study_yaml(tmp_path, dataset, epochs=3))
+    with pytest.raises(ConfigError, match="init 'imagenet'"):
+        load_study(_study_yaml(tmp_path, dataset, inits=["imagenet"]))
+    with pytest.raises(ConfigError, match="fractions"):
+        load_study(_study_yaml(tmp_path, dataset, fractions=[0, 0.5]))
+    study = load_study(_study_yaml(tmp_path, dataset))
+    with pytest.raises(ConfigError, match="outside the plan"):
+        run_study(study, run_index=99, progress=False)
