@@ -82,16 +82,16 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    from enface.data.prepare import PrepareOptions, parse_pair, parse_triple, prepare_dataset
+    from enface.data.prepare import PrepareOptions, parse_numbers, prepare_dataset
     from enface.data.preprocess import FlattenParams
 
-    above, below = parse_pair(args.window_mm, "--window-mm")
+    above, below = parse_numbers(args.window_mm, 2, "--window-mm")
     opts = PrepareOptions(
         fmt=args.fmt,
         flatten=FlattenParams(above_mm=above, below_mm=below, depth=args.depth),
         bm=args.bm,
         axes=args.axes,
-        spacing=parse_triple(args.spacing, "--spacing") if args.spacing else None,
+        spacing=parse_numbers(args.spacing, 3, "--spacing") if args.spacing else None,  # type: ignore[arg-type]
         octa=args.octa,
         tasks=tuple(t for t in args.tasks.split(",") if t) if args.tasks else None,
         register_faf=not args.no_register_faf,
@@ -101,7 +101,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         default_eye=args.eye,
         name=args.name,
         seed=args.seed,
-        ratios=parse_triple(args.ratios, "--ratios"),
+        ratios=parse_numbers(args.ratios, 3, "--ratios"),  # type: ignore[arg-type]
         overwrite=args.overwrite,
         resplit=args.resplit,
     )

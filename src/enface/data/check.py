@@ -1,0 +1,282 @@
+"""``enface check``: validate a dataset folder and report every problem found.
+
+Unlike the readers of :mod:`enface.data.folder`, which stop at the first problem, the
+check walks the whole folder and collects:
+
+* problems (the dataset is not usable as is): missing or invalid ``dataset.json``,
+  ``splits.json`` with a patient in two splits, a case folder without ``oct.npy`` or
+  ``meta.json``, unreadable or truncated files, a volume that is not 3D or has NaN/inf
+  voxels, 2D images or masks not on the volume's ``(H, W)`` grid, non-binary masks,
+  tasks/modalities present in cases but not declared in ``dataset.json``;
+* warnings (worth a look): left-over temporary folders from an interrupted write,
+  patients in no split, split patients without cases, declared tasks with no mask,
+  mixed depths, unknown files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from enface.data.folder import (
+    MODALITIES,
+    CaseMeta,
+    DatasetError,
+    read_dataset_info,
+    read_image,
+    read_mask,
+    read_splits,
+)
+
+__all__ = ["CheckReport", "check_dataset", "check_case"]
+
+_MASK_RE = re.compile(r"^mask_(?P<task>[A-Za-z0-9-]+)(?:\.(?P<grader>[A-Za-z0-9_-]+))?\.png$")
+_CHUNK_VOXELS = 1 << 24  # finiteness is checked in chunks of ~16 M voxels
+
+
+@dataclass
+class CheckReport:
+    """Result of :func:`check_dataset`.
+
+    Attributes:
+        root: the dataset folder.
+        problems: ``(where, message)`` that make the dataset unusable as is.
+        warnings: ``(where, message)`` worth a look.
+        n_cases: number of case folders examined.
+        stats: counts (patients, modalities, tasks, shapes) for the summary.
+    """
+
+    root: Path
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[tuple[str, str]] = field(default_factory=list)
+    n_cases: int = 0
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """No problem found (warnings allowed)."""
+        return not self.problems
+
+    def problem(self, where: str | Path, message: str) -> None:
+        self.problems.append((str(where), message))
+
+    def warn(self, where: str | Path, message: str) -> None:
+        self.warnings.append((str(where), message))
+
+    def format(self) -> str:
+        """A readable report."""
+        s = self.stats
+        lines = [f"dataset {self.root}"]
+        lines.append(
+            f"  {self.n_cases} case(s), {s.get('patients', 0)} patient(s); "
+            f"modalities: {', '.join(f'{k} {v}' for k, v in sorted(s.get('modalities', {}).items())) or 'none'}; "
+            f"tasks: {', '.join(f'{k} {v}' for k, v in sorted(s.get('tasks', {}).items())) or 'none'}"
+        )
+        if s.get("shapes"):
+            shapes = ", ".join(f"{'x'.join(map(str, k))} ({v})" for k, v in sorted(s["shapes"].items()))
+            lines.append(f"  volume shapes: {shapes}")
+        if s.get("splits"):
+            lines.append("  splits: " + ", ".join(f"{k} {v} patient(s)" for k, v in s["splits"].items()))
+        if self.problems:
+            lines.append(f"PROBLEMS ({len(self.problems)}):")
+            lines += [f"  {w}: {m}" for w, m in self.problems]
+        if self.warnings:
+            lines.append(f"warnings ({len(self.warnings)}):")
+            lines += [f"  {w}: {m}" for w, m in self.warnings]
+        lines.append("OK" if self.ok else f"FAILED: {len(self.problems)} problem(s)")
+        return "\n".join(lines)
+
+
+def _count_nonfinite(vol: np.ndarray) -> int:
+    if not np.issubdtype(vol.dtype, np.floating):
+        return 0
+    flat = vol.reshape(-1)
+    n = 0
+    for start in range(0, flat.size, _CHUNK_VOXELS):
+        n += int((~np.isfinite(flat[start : start + _CHUNK_VOXELS])).sum())
+    return n
+
+
+def _check_volume(
+    path: Path, report: CheckReport, deep: bool, shape: tuple[int, ...] | None = None
+) -> tuple[int, ...] | None:
+    """Check one ``.npy`` volume; returns its shape, or None when unusable."""
+    if not path.is_file():
+        report.problem(path, "file not found")
+        return None
+    try:
+        vol = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        report.problem(path, f"unreadable or truncated volume ({e})")
+        return None
+    if vol.ndim != 3 or min(vol.shape) < 1:
+        report.problem(path, f"volume must be 3D (H, W, D), got shape {vol.shape}")
+        return None
+    if not np.issubdtype(vol.dtype, np.number):
+        report.problem(path, f"non-numeric dtype {vol.dtype}")
+        return None
+    if shape is not None and tuple(vol.shape) != shape:
+        report.problem(path, f"shape {vol.shape} differs from oct.npy {shape}")
+    if deep:
+        try:
+            bad = _count_nonfinite(vol)
+        except (ValueError, OSError) as e:
+            report.problem(path, f"unreadable or truncated volume ({e})")
+            return None
+        if bad:
+            report.problem(path, f"{bad} NaN/inf voxel(s)")
+    return tuple(int(n) for n in vol.shape)
+
+
+def check_case(case_dir: Path, report: CheckReport, deep: bool = True) -> dict[str, Any] | None:
+    """Check one case folder, adding its problems to ``report``.
+
+    Returns:
+        ``{"meta": CaseMeta, "shape": (H, W, D), "modalities": [...], "tasks": [...]}``
+        or None when the case is unusable.
+    """
+    meta_path = case_dir / "meta.json"
+    meta = None
+    if not meta_path.is_file():
+        report.problem(case_dir, "meta.json missing")
+    else:
+        try:
+            obj = json.loads(meta_path.read_text(encoding="utf-8"))
+            if not isinstance(obj, dict):
+                raise DatasetError(f"{meta_path}: expected a JSON object")
+            meta = CaseMeta.from_json(obj, where=str(meta_path))
+            if meta.case_id != case_dir.name:
+                report.problem(meta_path, f"case_id {meta.case_id!r} does not match the folder name")
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            report.problem(meta_path, f"not valid JSON ({e})")
+        except DatasetError as e:
+            report.problem(meta_path, str(e).removeprefix(f"{meta_path}: "))
+    shape = _check_volume(case_dir / "oct.npy", report, deep)
+    info: dict[str, Any] = {"meta": meta, "shape": shape, "modalities": [], "tasks": [], "volumes": []}
+    hw = None if shape is None else shape[:2]
+    for p in sorted(case_dir.iterdir()):
+        name = p.name
+        if name in ("oct.npy", "meta.json"):
+            continue
+        if p.is_dir() or name.startswith("."):
+            report.warn(p, "unexpected entry in a case folder")
+            continue
+        if name.endswith(".npy"):
+            info["volumes"].append(p.stem)
+            _check_volume(p, report, deep, shape)
+            continue
+        if name.endswith(".png") and p.stem in MODALITIES:
+            try:
+                img = read_image(p)
+            except DatasetError as e:
+                report.problem(p, str(e).removeprefix(f"{p}: "))
+                continue
+            info["modalities"].append(p.stem)
+            if hw is not None and img.shape != hw:
+                report.problem(p, f"{p.stem} has shape {img.shape}, expected the en-face grid {hw} of oct.npy")
+            continue
+        m = _MASK_RE.match(name)
+        if m:
+            try:
+                mask = read_mask(p)
+            except DatasetError as e:
+                report.problem(p, str(e).removeprefix(f"{p}: "))
+                continue
+            if m.group("grader") is None:
+                info["tasks"].append(m.group("task"))
+            if hw is not None and mask.shape != hw:
+                report.problem(p, f"mask has shape {mask.shape}, expected the en-face grid {hw} of oct.npy")
+            continue
+        report.warn(p, "unknown file")
+    if meta is None or shape is None:
+        return None
+    return info
+
+
+def check_dataset(root: str | os.PathLike, deep: bool = True) -> CheckReport:
+    """Validate a dataset folder.
+
+    Args:
+        root: the dataset folder.
+        deep: read every voxel (NaN/inf check); otherwise only headers and images.
+
+    Returns:
+        The report (``report.ok`` is False when problems were found).
+    """
+    root = Path(root)
+    report = CheckReport(root=root)
+    if not root.is_dir():
+        report.problem(root, "dataset folder not found")
+        return report
+    info: dict[str, Any] | None = None
+    try:
+        info = read_dataset_info(root)
+    except DatasetError as e:
+        report.problem(root / "dataset.json", str(e).removeprefix(f"{root / 'dataset.json'}: "))
+
+    cases_dir = root / "cases"
+    results = []
+    if not cases_dir.is_dir():
+        report.problem(cases_dir, "folder not found")
+    else:
+        for p in sorted(cases_dir.iterdir()):
+            if p.name.startswith("."):
+                report.warn(p, "left-over temporary entry of an interrupted write (safe to delete)")
+                continue
+            if not p.is_dir():
+                report.warn(p, "unexpected file in cases/")
+                continue
+            report.n_cases += 1
+            r = check_case(p, report, deep)
+            if r is not None:
+                results.append(r)
+        if report.n_cases == 0:
+            report.problem(cases_dir, "no case")
+
+    patients = sorted({r["meta"].patient_id for r in results})
+    modalities = Counter(m for r in results for m in r["modalities"])
+    tasks = Counter(t for r in results for t in r["tasks"])
+    shapes = Counter(r["shape"] for r in results)
+    report.stats.update(patients=len(patients), modalities=dict(modalities), tasks=dict(tasks), shapes=dict(shapes))
+    if len({s[2] for s in shapes}) > 1:
+        report.warn(cases_dir, f"cases have different depths {sorted({s[2] for s in shapes})}")
+
+    if info is not None:
+        declared_mod = set(info.get("modalities", []))
+        declared_tasks = set(info.get("tasks", []))
+        for m in sorted(set(modalities) - declared_mod):
+            report.problem(root / "dataset.json", f"modality {m!r} is present in cases but not declared")
+        for t in sorted(set(tasks) - declared_tasks):
+            report.problem(root / "dataset.json", f"task {t!r} is present in cases but not declared")
+        for t in sorted(declared_tasks - set(tasks)):
+            report.warn(root / "dataset.json", f"task {t!r} is declared but no case has its mask")
+        for m in sorted((declared_mod - {"oct"}) - set(modalities)):
+            report.warn(root / "dataset.json", f"modality {m!r} is declared but no case has it")
+
+    splits_path = root / "splits.json"
+    if not splits_path.is_file():
+        report.warn(splits_path, "no splits.json (run enface split)")
+    else:
+        try:
+            splits = read_splits(root)
+        except DatasetError as e:
+            report.problem(splits_path, str(e).removeprefix(f"{splits_path}: "))
+        else:
+            report.stats["splits"] = {k: len(splits[k]) for k in ("train", "val", "test")}
+            assigned = set().union(*(set(splits[k]) for k in ("train", "val", "test")))
+            missing = [p for p in patients if p not in assigned]
+            if missing:
+                report.warn(splits_path, f"{len(missing)} patient(s) in no split: {', '.join(missing[:8])}"
+                            f"{', ...' if len(missing) > 8 else ''}")
+            unknown = sorted(assigned - set(patients))
+            if unknown and results:
+                report.warn(splits_path, f"{len(unknown)} split patient(s) have no case: {', '.join(unknown[:8])}"
+                            f"{', ...' if len(unknown) > 8 else ''}")
+    return report

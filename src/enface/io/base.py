@@ -1,0 +1,201 @@
+"""The common in-memory record every reader returns: :class:`Scan`.
+
+A reader turns one device export (or one file of a common format) into a :class:`Scan`:
+the raw, un-flattened OCT volume on the ``(H, W, D)`` axes of DESIGN.md, its spacing, the 2D
+modalities in their native pixel spaces, where each B-scan lies on the reference 2D image,
+a Bruch's membrane (BM) segmentation when the export has one, en-face masks and metadata.
+:mod:`enface.data.prepare` turns a :class:`Scan` into a case of the dataset folder.
+
+Coordinates on 2D images are ``(x, y)`` = (column, row) in pixels, pixel centres at integers.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from enface.data.folder import DatasetError
+
+__all__ = [
+    "Scan",
+    "MASK_SPACES",
+    "positions_from_box",
+    "full_image_box",
+    "safe_id",
+    "normalise_eye",
+    "source_str",
+]
+
+MASK_SPACES: tuple[str, ...] = ("oct", "slo", "faf")
+"""Where an en-face mask may be drawn: on the OCT grid, on the SLO or on the FAF image."""
+
+
+@dataclass
+class Scan:
+    """One OCT scan with everything that belongs to it, as read from disk.
+
+    Attributes:
+        volume: ``(H, W, D)`` OCT volume (float32, or uint8/uint16 as stored), not
+            flattened; depth index 0 is the vitreous side.
+        spacing: voxel spacing ``(sh, sw, sd)`` in mm.
+        source: the file or folder the scan was read from (named in every error).
+        slo: ``(h, w)`` float32 SLO / infrared localizer in [0, 1], native resolution.
+        faf: ``(h', w')`` float32 FAF image in [0, 1], native resolution.
+        bscan_positions: ``(H, 2, 2)`` start and end ``(x, y)`` of each B-scan on the
+            reference image (the SLO when there is one), in pixels. ``positions[i, 0]`` is
+            A-scan 0 of B-scan ``i`` and ``positions[i, 1]`` is A-scan ``W - 1``.
+        faf_to_slo: ``(3, 3)`` affine mapping FAF pixel ``(x, y, 1)`` to the reference space,
+            when known (e.g. identity when the FAF is already aligned); ``None`` means it
+            must be found by registration against the SLO.
+        bm: ``(H, W)`` BM depth (in voxels of ``volume``, float, NaN where missing) from
+            the export, or ``None`` to estimate it.
+        extra_volumes: further channels on the same grid as ``volume``, e.g.
+            ``{"octa": (H, W, D)}``; flattened exactly like the OCT.
+        masks: en-face masks by key (``"ga"`` or ``"ga.<grader>"``).
+        mask_spaces: for each mask key, the space it is drawn in (one of
+            :data:`MASK_SPACES`; ``"oct"`` when missing).
+        flattened: the volume is already flattened (BM at a constant depth); flattening
+            is then skipped.
+        meta: ``patient_id``, ``eye`` (``OD``/``OS``), ``visit`` (int day) or
+            ``visit_date`` (ISO date), ``device``, and anything else worth keeping.
+    """
+
+    volume: np.ndarray
+    spacing: tuple[float, float, float]
+    source: str
+    slo: np.ndarray | None = None
+    faf: np.ndarray | None = None
+    bscan_positions: np.ndarray | None = None
+    faf_to_slo: np.ndarray | None = None
+    bm: np.ndarray | None = None
+    extra_volumes: dict[str, np.ndarray] = field(default_factory=dict)
+    masks: dict[str, np.ndarray] = field(default_factory=dict)
+    mask_spaces: dict[str, str] = field(default_factory=dict)
+    flattened: bool = False
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        """The en-face grid ``(H, W)``."""
+        return int(self.volume.shape[0]), int(self.volume.shape[1])
+
+    def validate(self) -> None:
+        """Check shapes, finiteness and spaces before any processing.
+
+        Raises:
+            DatasetError: naming :attr:`source` and the problem.
+        """
+        where = self.source
+        vol = self.volume
+        if vol.ndim != 3 or min(vol.shape) < 2:
+            raise DatasetError(f"{where}: OCT volume must be 3D (H, W, D) with every axis >= 2, got shape {vol.shape}")
+        if not np.isfinite(vol).all():
+            n = int((~np.isfinite(vol)).sum())
+            raise DatasetError(f"{where}: OCT volume has {n} NaN/inf voxels")
+        sp = tuple(float(s) for s in self.spacing)
+        if len(sp) != 3 or not all(np.isfinite(s) and s > 0 for s in sp):
+            raise DatasetError(f"{where}: spacing must be 3 positive numbers (mm), got {self.spacing!r}")
+        hw = self.grid_shape
+        for name, extra in self.extra_volumes.items():
+            if extra.shape != vol.shape:
+                raise DatasetError(
+                    f"{where}: {name} volume has shape {extra.shape}, expected the OCT shape {vol.shape}"
+                )
+            if not np.isfinite(extra).all():
+                raise DatasetError(f"{where}: {name} volume has NaN/inf voxels")
+        for name in ("slo", "faf"):
+            img = getattr(self, name)
+            if img is None:
+                continue
+            if img.ndim != 2 or min(img.shape) < 2:
+                raise DatasetError(f"{where}: {name} image must be 2D, got shape {img.shape}")
+            if not np.isfinite(img).all():
+                raise DatasetError(f"{where}: {name} image has NaN/inf pixels")
+        if self.bscan_positions is not None:
+            pos = np.asarray(self.bscan_positions)
+            if pos.shape != (hw[0], 2, 2) or not np.isfinite(pos).all():
+                raise DatasetError(
+                    f"{where}: B-scan positions must be finite with shape {(hw[0], 2, 2)}, got {pos.shape}"
+                )
+        if self.bm is not None and np.asarray(self.bm).shape != hw:
+            raise DatasetError(f"{where}: BM segmentation has shape {np.asarray(self.bm).shape}, expected {hw}")
+        for key, mask in self.masks.items():
+            space = self.mask_spaces.get(key, "oct")
+            if space not in MASK_SPACES:
+                raise DatasetError(f"{where}: mask {key!r} has unknown space {space!r} (known: {MASK_SPACES})")
+            expected = {"oct": hw, "slo": None if self.slo is None else self.slo.shape,
+                        "faf": None if self.faf is None else self.faf.shape}[space]
+            if expected is None:
+                raise DatasetError(
+                    f"{where}: mask {key!r} is drawn on the {space.upper()} but the scan has no {space.upper()} image"
+                )
+            if mask.shape != expected:
+                raise DatasetError(
+                    f"{where}: mask {key!r} has shape {mask.shape}, expected {expected} ({space} space)"
+                )
+            values = np.unique(mask)
+            if not set(values.tolist()) <= {0, 1}:
+                raise DatasetError(f"{where}: mask {key!r} is not binary (values {values[:8].tolist()})")
+
+
+def positions_from_box(box: tuple[float, float, float, float] | np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """B-scan positions of a regular raster covering an axis-aligned box.
+
+    Args:
+        box: ``(x0, y0, x1, y1)``: centre of A-scan 0 of B-scan 0 and of the last A-scan of
+            the last B-scan, in pixels of the reference image.
+        shape: the en-face grid ``(H, W)``.
+
+    Returns:
+        ``(H, 2, 2)`` start/end ``(x, y)`` of each B-scan; B-scan ``i`` lies at
+        ``y = y0 + i (y1 - y0) / (H - 1)``.
+    """
+    x0, y0, x1, y1 = (float(v) for v in box)
+    n = int(shape[0])
+    ys = np.full(n, y0) if n == 1 else np.linspace(y0, y1, n)
+    pos = np.empty((n, 2, 2), dtype=np.float64)
+    pos[:, 0, 0] = x0
+    pos[:, 1, 0] = x1
+    pos[:, 0, 1] = ys
+    pos[:, 1, 1] = ys
+    return pos
+
+
+def full_image_box(image_shape: tuple[int, int], grid: tuple[int, int]) -> tuple[float, float, float, float]:
+    """The box of a raster of ``grid`` samples whose cells tile the whole image.
+
+    For an image of the grid's own size this is the identity (``(0, 0, W-1, H-1)``).
+    """
+    h, w = image_shape
+    gh, gw = grid
+    return (0.5 * w / gw - 0.5, 0.5 * h / gh - 0.5, w - 0.5 * w / gw - 0.5, h - 0.5 * h / gh - 0.5)
+
+
+_BAD_ID_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def safe_id(text: str) -> str:
+    """Turn ``text`` into a valid case / patient identifier (letters, digits, ``_.-``)."""
+    out = _BAD_ID_CHARS.sub("_", str(text).strip()).strip("_.-")
+    return out or "unknown"
+
+
+def normalise_eye(value: Any) -> str | None:
+    """``"OD"``/``"OS"`` from the spellings devices use (R, L, right, OD, ...), else None."""
+    if value is None:
+        return None
+    text = str(value).strip().upper()
+    if text in ("OD", "R", "RIGHT", "RE"):
+        return "OD"
+    if text in ("OS", "L", "LEFT", "LE"):
+        return "OS"
+    return None
+
+
+def source_str(path: str | Path) -> str:
+    """The string stored as a case's ``source``."""
+    return str(Path(path))

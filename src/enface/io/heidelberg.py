@@ -1,0 +1,258 @@
+"""Heidelberg Spectralis exports through eyepy: ``.vol``, HEYEX XML and ``.e2e``.
+
+eyepy parses the files; this module only converts its :class:`eyepy.EyeVolume` into a
+:class:`~enface.io.base.Scan`:
+
+* eyepy's ``(n_bscans, depth, width)`` data become ``(H, W, D)``;
+* each B-scan's start/end on the localizer (mm, or degrees for ``.e2e``) become SLO pixel
+  coordinates, with eyepy's own unit convention (degrees are relative to the centre of a
+  30 degree field of view);
+* the en-face grid is put in the orientation of the SLO: B-scan 0 is the topmost one on
+  the SLO and A-scan 0 the leftmost (Spectralis stores them bottom-up, so the volume is
+  usually flipped along ``H``; the flips are recorded in ``meta``);
+* the BM segmentation (layer ``"BM"``) is used when the export has one.
+
+``.e2e`` files do not state the voxel spacing in a form eyepy reads, so it must be given.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from enface.data.folder import DatasetError
+from enface.io.base import Scan, normalise_eye, safe_id, source_str
+
+log = logging.getLogger(__name__)
+
+__all__ = ["read_heidelberg", "eyevolume_to_scan", "HEIDELBERG_FORMATS"]
+
+HEIDELBERG_FORMATS: tuple[str, ...] = ("vol", "xml", "e2e")
+
+
+def _iso_date(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, (_dt.date, _dt.datetime)):
+        return value.date().isoformat() if isinstance(value, _dt.datetime) else value.isoformat()
+    text = str(value).strip()
+    if not text:
+        return None
+    try:
+        return _dt.datetime.fromisoformat(text).date().isoformat()
+    except ValueError:
+        return None
+
+
+def _clean_id(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip().strip("\x00").strip()
+    if not text or text.lower() in ("unknown", "none", "0"):
+        return None
+    return safe_id(text)
+
+
+def _to_unit_float(arr: np.ndarray) -> np.ndarray:
+    arr = np.asarray(arr)
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / 255.0
+    if arr.dtype == np.uint16:
+        return arr.astype(np.float32) / 65535.0
+    out = arr.astype(np.float32)
+    if out.size and np.isfinite(out).all() and (out.min() < 0 or out.max() > 1):
+        lo, hi = float(out.min()), float(out.max())
+        out = (out - lo) / (hi - lo) if hi > lo else np.zeros_like(out)
+    return out
+
+
+def _positions_px(bscan_meta: list[Any], localizer_meta: Any) -> np.ndarray | None:
+    """``(n, 2, 2)`` B-scan start/end on the localizer in pixels, or None when unknown."""
+    try:
+        scale = np.array([float(localizer_meta["scale_x"]), float(localizer_meta["scale_y"])])
+        unit = str(localizer_meta["scale_unit"])
+        pos = np.array(
+            [[bm["start_pos"], bm["end_pos"]] for bm in bscan_meta], dtype=np.float64
+        )  # (n, 2, 2) in the localizer's unit
+    except (KeyError, TypeError, ValueError):
+        return None
+    if pos.ndim != 3 or not np.isfinite(pos).all() or not (scale > 0).all():
+        return None
+    offset = np.array([15.0, 15.0]) if unit == "°" else np.zeros(2)  # eyepy: 30° FOV, centred
+    return (pos + offset) / scale
+
+
+def eyevolume_to_scan(
+    ev: Any,
+    source: str,
+    *,
+    patient_id: str | None = None,
+    visit_date: str | None = None,
+    device: str = "Heidelberg Spectralis",
+    spacing: tuple[float, float, float] | None = None,
+    default_spacing: tuple[float, float, float] | None = None,
+) -> Scan:
+    """Convert an :class:`eyepy.EyeVolume` into a :class:`Scan`.
+
+    Args:
+        ev: the eyepy volume (data ``(n_bscans, depth, width)``).
+        source: file name used in errors and stored in ``meta.json``.
+        patient_id: patient identifier from the export, if any.
+        visit_date: ISO date of the visit, if known.
+        device: device name stored in ``meta.json``.
+        spacing: ``(sh, sw, sd)`` in mm overriding the export's.
+        default_spacing: ``(sh, sw, sd)`` in mm used when the export does not state its
+            spacing in mm (``.e2e``).
+
+    Returns:
+        The scan on ``(H, W, D)`` axes in SLO orientation.
+
+    Raises:
+        DatasetError: unusable data (not 3D, unknown spacing, ...).
+    """
+    data = np.asarray(ev.data)
+    if data.ndim != 3:
+        raise DatasetError(f"{source}: expected a 3D OCT volume, got shape {data.shape}")
+    volume = _to_unit_float(np.transpose(data, (0, 2, 1)))  # (H, W, D)
+    meta = ev.meta
+    if spacing is None and str(meta.get("scale_unit", "")) != "mm":
+        spacing = default_spacing
+    if spacing is None:
+        unit = str(meta.get("scale_unit", ""))
+        if unit != "mm":
+            raise DatasetError(
+                f"{source}: the export gives no spacing in mm (unit {unit!r}); pass the spacing "
+                "explicitly (--spacing SH,SW,SD in mm)"
+            )
+        spacing = (float(meta["scale_z"]), float(meta["scale_x"]), float(meta["scale_y"]))
+        if not all(np.isfinite(s) and s > 0 for s in spacing):
+            raise DatasetError(f"{source}: invalid spacing in the export {spacing}")
+
+    slo = None
+    positions = None
+    localizer = getattr(ev, "localizer", None)
+    if localizer is not None:
+        slo_data = np.asarray(localizer.data)
+        if slo_data.ndim == 3:
+            slo_data = slo_data[..., 0]
+        slo = _to_unit_float(slo_data)
+        positions = _positions_px(list(meta["bscan_meta"]), localizer.meta)
+        if positions is not None and positions.shape[0] != volume.shape[0]:
+            log.warning("%s: %d B-scan positions for %d B-scans; ignoring them", source,
+                        positions.shape[0], volume.shape[0])
+            positions = None
+
+    bm = None
+    layers = getattr(ev, "layers", {})
+    if "BM" in layers:
+        cand = np.asarray(layers["BM"].data, dtype=np.float64)
+        if cand.shape == volume.shape[:2]:
+            valid = np.isfinite(cand) & (cand > 0) & (cand < volume.shape[2])
+            if valid.mean() >= 0.5:
+                bm = np.where(valid, cand, np.nan).astype(np.float32)
+            elif valid.any():
+                log.info("%s: BM segmentation covers only %.0f%% of A-scans; estimating BM instead",
+                         source, 100 * valid.mean())
+
+    flip_h = flip_w = False
+    if positions is not None and volume.shape[0] > 1:
+        centre_y = positions[:, :, 1].mean(axis=1)
+        flip_h = bool(centre_y[0] > centre_y[-1])
+        flip_w = bool(np.mean(positions[:, 1, 0] - positions[:, 0, 0]) < 0)
+    if flip_h:
+        volume = volume[::-1]
+        positions = positions[::-1] if positions is not None else None
+        bm = bm[::-1] if bm is not None else None
+    if flip_w:
+        volume = volume[:, ::-1]
+        positions = positions[:, ::-1] if positions is not None else None
+        bm = bm[:, ::-1] if bm is not None else None
+
+    eye = normalise_eye(meta.get("laterality"))
+    if eye is None and localizer is not None:
+        eye = normalise_eye(localizer.meta.get("laterality"))
+    info: dict[str, Any] = {
+        "device": device,
+        "patient_id": patient_id,
+        "eye": eye,
+        "visit_date": visit_date or _iso_date(meta.get("visit_date")) or _iso_date(meta.get("exam_time")),
+        "flipped_bscans": flip_h,
+        "flipped_ascans": flip_w,
+    }
+    return Scan(
+        volume=np.ascontiguousarray(volume, dtype=np.float32),
+        spacing=tuple(float(s) for s in spacing),  # type: ignore[arg-type]
+        source=source,
+        slo=slo,
+        bscan_positions=None if positions is None else np.ascontiguousarray(positions),
+        bm=None if bm is None else np.ascontiguousarray(bm),
+        meta=info,
+    )
+
+
+def read_heidelberg(
+    path: str | os.PathLike,
+    fmt: Literal["vol", "xml", "e2e"] | None = None,
+    spacing: tuple[float, float, float] | None = None,
+    default_spacing: tuple[float, float, float] | None = None,
+) -> Scan:
+    """Read a Heidelberg export with eyepy.
+
+    Args:
+        path: a ``.vol`` file, a HEYEX XML file (or the folder holding exactly one), or an
+            ``.e2e`` file (its first OCT volume series).
+        fmt: ``"vol"``, ``"xml"`` or ``"e2e"``; guessed from the suffix when omitted.
+        spacing: ``(sh, sw, sd)`` in mm overriding the export's.
+        default_spacing: ``(sh, sw, sd)`` in mm when the export states none in mm (``.e2e``
+            needs one of the two).
+
+    Returns:
+        The scan, with SLO, B-scan positions and BM when the export has them.
+
+    Raises:
+        DatasetError: the file is missing, truncated or not a supported export.
+    """
+    path = Path(path)
+    source = source_str(path)
+    if fmt is None:
+        fmt = "xml" if path.is_dir() else path.suffix.lower().lstrip(".")  # type: ignore[assignment]
+    if fmt not in HEIDELBERG_FORMATS:
+        raise DatasetError(f"{source}: unknown Heidelberg format {fmt!r} (known: {HEIDELBERG_FORMATS})")
+    if not path.exists():
+        raise DatasetError(f"{source}: file not found")
+    try:
+        if fmt == "vol":
+            from eyepy.io.he import HeVolReader
+
+            reader = HeVolReader(path)
+            ev = reader.volume
+            pf = reader.parsed_file
+            patient = _clean_id(pf.patient_id) or _clean_id(pf.pid)
+            visit = _iso_date(pf.visit_date) or _iso_date(pf.exam_time)
+        elif fmt == "xml":
+            from eyepy.io.he import HeXmlReader
+
+            reader = HeXmlReader(path)
+            ev = reader.volume
+            pv = reader.parsed_values
+            patient = _clean_id(pv.get("patient_id")) or _clean_id(pv.get("pid"))
+            visit = _iso_date(pv.get("visit_date")) or _iso_date(pv.get("exam_time"))
+        else:
+            from eyepy.io.he import HeE2eReader
+
+            with HeE2eReader(path) as reader:
+                ev = reader.volume
+            heyex = ev.meta.get("e2e_metadata", {}).get("heyex", {}) if hasattr(ev.meta, "get") else {}
+            patient = _clean_id(heyex.get("Patient", {}).get("Patient ID"))
+            visit = _iso_date(heyex.get("Container", {}).get("Series Date"))
+    except DatasetError:
+        raise
+    except Exception as e:  # eyepy / construct raise many types on truncated or foreign files
+        raise DatasetError(f"{source}: unreadable or truncated {fmt} export ({type(e).__name__}: {e})") from None
+    return eyevolume_to_scan(ev, source, patient_id=patient, visit_date=visit, spacing=spacing,
+                             default_spacing=default_spacing)

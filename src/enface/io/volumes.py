@@ -1,0 +1,391 @@
+"""Generic volumes (NumPy ``.npy``, NIfTI ``.nii``/``.nii.gz``) and companion files.
+
+The generic input layout (one scan = one volume file plus optional companions with the
+same stem, all in one folder)::
+
+    <src>/
+      <scan>.npy | <scan>.nii | <scan>.nii.gz   the OCT volume
+      <scan>.json              optional sidecar (keys below)
+      <scan>_slo.png           optional SLO / infrared image (PNG, TIFF, BMP, JPEG)
+      <scan>_faf.png           optional FAF image
+      <scan>_mask_<task>.png   optional en-face mask(s); <task>.<grader> for extra graders
+      <scan>_bm.npy            optional (H, W) BM depth (voxels of the reordered volume)
+
+Sidecar keys (all optional): ``axes`` (order of the stored axes as letters ``H`` =
+B-scans, ``W`` = A-scans, ``D`` = depth, e.g. ``"DWH"``; default ``"HWD"``),
+``spacing`` (``[sh, sw, sd]`` in mm, in ``H, W, D`` order), ``patient_id``, ``eye``
+(``OD``/``OS``), ``visit`` (day, int) or ``visit_date`` (ISO date), ``device``,
+``flattened`` (the volume is already flattened; no BM needed), ``depth_flipped`` (depth
+index 0 is the choroid side), ``slo_box`` (``[x0, y0, x1, y1]``: SLO pixel centres of the
+first A-scan of the first B-scan and of the last A-scan of the last B-scan; default: the
+grid tiles the whole SLO), ``faf_box`` (the same for a FAF without SLO), ``faf_registered``
+(the FAF is already pixel-aligned with the SLO), ``faf_to_slo`` (3 x 3 matrix from FAF to
+SLO pixels), ``mask_space`` (``{task: "oct" | "slo" | "faf"}``; by default a mask of the
+grid's size is on the OCT grid, and one of the SLO's or FAF's size on that image).
+
+The same companions (except ``_slo``) may sit beside a Heidelberg export.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from enface.data.folder import DatasetError
+from enface.io.base import MASK_SPACES, Scan, full_image_box, normalise_eye, positions_from_box, safe_id, source_str
+from enface.io.images import IMAGE_SUFFIXES, read_image, read_mask
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "VOLUME_SUFFIXES",
+    "SIDECAR_KEYS",
+    "parse_axes",
+    "scan_stem",
+    "find_volume_files",
+    "read_numpy_volume",
+    "read_nifti_volume",
+    "read_sidecar",
+    "find_companions",
+    "attach_companions",
+    "read_volume_scan",
+]
+
+VOLUME_SUFFIXES: dict[str, tuple[str, ...]] = {"numpy": (".npy",), "nifti": (".nii", ".nii.gz")}
+"""File suffixes of each generic volume format."""
+
+SIDECAR_KEYS: frozenset[str] = frozenset(
+    {
+        "axes", "spacing", "patient_id", "eye", "visit", "visit_date", "device", "flattened",
+        "depth_flipped", "slo_box", "faf_box", "faf_registered", "faf_to_slo", "mask_space",
+    }
+)
+"""Keys a sidecar JSON may hold (anything else is an error: it is probably a typo)."""
+
+_COMPANION_RE = re.compile(r"^_(?:(?P<mod>slo|faf|bm)|mask_(?P<key>[A-Za-z0-9-]+(?:\.[A-Za-z0-9_-]+)?))$")
+
+
+def parse_axes(axes: str, where: str = "axes") -> tuple[int, int, int]:
+    """Permutation that brings stored axes ``axes`` (e.g. ``"DWH"``) to ``(H, W, D)``.
+
+    Raises:
+        DatasetError: not a permutation of ``H``, ``W``, ``D``.
+    """
+    a = str(axes).upper()
+    if sorted(a) != ["D", "H", "W"]:
+        raise DatasetError(f"{where}: axes must be a permutation of 'HWD' (e.g. 'HWD', 'DWH'), got {axes!r}")
+    return (a.index("H"), a.index("W"), a.index("D"))
+
+
+def scan_stem(path: Path) -> str:
+    """File name without its volume suffix (``a.nii.gz`` -> ``a``)."""
+    name = path.name
+    for suffix in (".nii.gz", ".nii", ".npy", ".vol", ".xml", ".e2e"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def find_volume_files(root: str | os.PathLike, fmt: str) -> list[Path]:
+    """Volume files of ``fmt`` (``numpy``/``nifti``) under ``root`` (recursive), companions excluded."""
+    root = Path(root)
+    suffixes = VOLUME_SUFFIXES[fmt]
+    out = []
+    for p in sorted(root.rglob("*")):
+        if not p.is_file() or p.name.startswith("."):
+            continue
+        if not p.name.lower().endswith(suffixes):
+            continue
+        if fmt == "numpy" and p.name.endswith("_bm.npy"):
+            continue
+        out.append(p)
+    return out
+
+
+def _squeeze_to_3d(arr: np.ndarray, where: str) -> np.ndarray:
+    if arr.ndim > 3:
+        arr = arr.reshape([n for n in arr.shape if n != 1] or [1])
+    if arr.ndim != 3:
+        raise DatasetError(f"{where}: expected a 3D volume, got shape {arr.shape}")
+    return arr
+
+
+def read_numpy_volume(path: str | os.PathLike, axes: str = "HWD") -> np.ndarray:
+    """Read a ``.npy`` volume and reorder it to ``(H, W, D)``.
+
+    Raises:
+        DatasetError: missing, unreadable or truncated file, not 3D, non-numeric.
+    """
+    path = Path(path)
+    where = source_str(path)
+    if not path.is_file():
+        raise DatasetError(f"{where}: file not found")
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise DatasetError(f"{where}: unreadable or truncated .npy file ({e})") from None
+    if not isinstance(arr, np.ndarray) or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+        raise DatasetError(f"{where}: expected a real numeric array, got dtype {getattr(arr, 'dtype', type(arr))}")
+    arr = _squeeze_to_3d(arr, where)
+    return np.ascontiguousarray(np.transpose(arr, parse_axes(axes, where)))
+
+
+_NIFTI_UNIT_TO_MM = {"mm": 1.0, "micron": 1e-3, "meter": 1e3}
+
+
+def read_nifti_volume(
+    path: str | os.PathLike, axes: str = "HWD"
+) -> tuple[np.ndarray, tuple[float, float, float] | None]:
+    """Read a NIfTI volume (nibabel), reorder it to ``(H, W, D)``.
+
+    Returns:
+        The volume and its spacing ``(sh, sw, sd)`` in mm from the header (None when the
+        header's zooms are not usable).
+
+    Raises:
+        DatasetError: missing, unreadable or truncated file, not 3D.
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    where = source_str(path)
+    if not path.is_file():
+        raise DatasetError(f"{where}: file not found")
+    try:
+        img = nib.load(str(path))
+        arr = np.asarray(img.dataobj)
+        zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+        unit = img.header.get_xyzt_units()[0]
+    except Exception as e:  # nibabel raises many types on damaged files
+        raise DatasetError(f"{where}: unreadable or truncated NIfTI file ({type(e).__name__}: {e})") from None
+    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+        raise DatasetError(f"{where}: expected a real numeric volume, got dtype {arr.dtype}")
+    arr = _squeeze_to_3d(arr, where)
+    perm = parse_axes(axes, where)
+    spacing = None
+    if len(zooms) == 3 and all(np.isfinite(z) and z > 0 for z in zooms):
+        f = _NIFTI_UNIT_TO_MM.get(unit, 1.0)
+        spacing = tuple(zooms[i] * f for i in perm)
+    return np.ascontiguousarray(np.transpose(arr, perm)), spacing  # type: ignore[return-value]
+
+
+def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and check a sidecar JSON (empty dict when the file does not exist).
+
+    Raises:
+        DatasetError: invalid JSON, not an object, unknown keys or invalid values.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise DatasetError(f"{path}: expected a JSON object")
+    unknown = sorted(set(obj) - SIDECAR_KEYS)
+    if unknown:
+        raise DatasetError(f"{path}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(SIDECAR_KEYS))})")
+    if "spacing" in obj:
+        sp = obj["spacing"]
+        if not (isinstance(sp, list) and len(sp) == 3 and all(isinstance(v, (int, float)) and v > 0 for v in sp)):
+            raise DatasetError(f"{path}: spacing must be [sh, sw, sd] in mm (positive numbers), got {sp!r}")
+    if "eye" in obj and normalise_eye(obj["eye"]) is None:
+        raise DatasetError(f"{path}: eye must be 'OD' or 'OS', got {obj['eye']!r}")
+    if "visit" in obj and not isinstance(obj["visit"], int):
+        raise DatasetError(f"{path}: visit must be an integer (day), got {obj['visit']!r}")
+    for key in ("slo_box", "faf_box"):
+        if key in obj and not (isinstance(obj[key], list) and len(obj[key]) == 4):
+            raise DatasetError(f"{path}: {key} must be [x0, y0, x1, y1], got {obj[key]!r}")
+    if "faf_to_slo" in obj:
+        m = np.asarray(obj["faf_to_slo"], dtype=float)
+        if m.shape != (3, 3) or not np.isfinite(m).all() or abs(np.linalg.det(m)) < 1e-9:
+            raise DatasetError(f"{path}: faf_to_slo must be an invertible 3 x 3 matrix")
+    for key, space in dict(obj.get("mask_space", {})).items():
+        if space not in MASK_SPACES:
+            raise DatasetError(f"{path}: mask_space of {key!r} must be one of {MASK_SPACES}, got {space!r}")
+    obj["_path"] = str(path)
+    return obj
+
+
+def find_companions(folder: Path, stem: str) -> dict[str, Any]:
+    """Companion files of scan ``stem`` in ``folder``.
+
+    Returns:
+        ``{"slo": Path|None, "faf": Path|None, "bm": Path|None, "masks": {key: Path},
+        "sidecar": Path}``.
+
+    Raises:
+        DatasetError: two files claim the same role (e.g. ``a_slo.png`` and ``a_slo.tif``).
+    """
+    found: dict[str, Any] = {"slo": None, "faf": None, "bm": None, "masks": {}, "sidecar": folder / f"{stem}.json"}
+    for p in sorted(folder.glob(f"{glob_escape(stem)}_*")):
+        if not p.is_file():
+            continue
+        rest = p.name[len(stem):]
+        suffix = "".join(p.suffixes[-1:]).lower()
+        m = _COMPANION_RE.match(rest[: -len(suffix)] if suffix else rest)
+        if not m:
+            continue
+        mod, key = m.group("mod"), m.group("key")
+        if mod == "bm":
+            if suffix != ".npy":
+                continue
+            role, slot = "bm", found
+        elif suffix not in IMAGE_SUFFIXES:
+            continue
+        elif mod:
+            role, slot = mod, found
+        else:
+            role, slot = key, found["masks"]
+        if slot.get(role) is not None:
+            raise DatasetError(f"{p}: two companion files for {role!r} of scan {stem!r} ({slot[role].name}, {p.name})")
+        slot[role] = p
+    return found
+
+
+def glob_escape(text: str) -> str:
+    """Escape glob metacharacters in a file name."""
+    return re.sub(r"([\[\]*?])", r"[\1]", text)
+
+
+def _infer_mask_space(key: str, mask: np.ndarray, scan: Scan, path: Path, declared: dict[str, str]) -> str:
+    task = key.partition(".")[0]
+    if key in declared or task in declared:
+        return declared.get(key, declared.get(task))  # type: ignore[return-value]
+    if mask.shape == scan.grid_shape:
+        return "oct"
+    slo_fit = scan.slo is not None and mask.shape == scan.slo.shape
+    faf_fit = scan.faf is not None and mask.shape == scan.faf.shape
+    if slo_fit and faf_fit:
+        raise DatasetError(
+            f"{path}: mask matches both the SLO and the FAF size {mask.shape}; say which one it is "
+            f"drawn on with \"mask_space\": {{\"{task}\": \"slo\" | \"faf\"}} in the sidecar JSON"
+        )
+    if slo_fit:
+        return "slo"
+    if faf_fit:
+        return "faf"
+    sizes = [f"OCT grid {scan.grid_shape}"]
+    if scan.slo is not None:
+        sizes.append(f"SLO {scan.slo.shape}")
+    if scan.faf is not None:
+        sizes.append(f"FAF {scan.faf.shape}")
+    raise DatasetError(f"{path}: mask has shape {mask.shape}, which matches none of: {', '.join(sizes)}")
+
+
+def attach_companions(scan: Scan, comp: dict[str, Any], sidecar: dict[str, Any], use_slo: bool = True) -> Scan:
+    """Add companion images, masks, BM and sidecar metadata to ``scan`` (in place).
+
+    Args:
+        scan: the scan read from the volume file or export.
+        comp: result of :func:`find_companions`.
+        sidecar: result of :func:`read_sidecar`.
+        use_slo: take ``<scan>_slo.*`` (False for exports that carry their own SLO).
+
+    Returns:
+        The same scan.
+
+    Raises:
+        DatasetError: unreadable companions, inconsistent sizes or settings.
+    """
+    where = sidecar.get("_path", scan.source)
+    grid = scan.grid_shape
+    if use_slo and comp["slo"] is not None:
+        scan.slo = read_image(comp["slo"])
+        box = sidecar.get("slo_box") or full_image_box(scan.slo.shape, grid)
+        scan.bscan_positions = positions_from_box(box, grid)
+    if comp["faf"] is not None:
+        scan.faf = read_image(comp["faf"])
+        if "faf_to_slo" in sidecar:
+            scan.faf_to_slo = np.asarray(sidecar["faf_to_slo"], dtype=np.float64)
+        elif sidecar.get("faf_registered"):
+            scan.faf_to_slo = np.eye(3)
+        elif scan.slo is None:
+            # no SLO: the FAF itself is the reference image of the grid
+            box = sidecar.get("faf_box") or full_image_box(scan.faf.shape, grid)
+            scan.bscan_positions = positions_from_box(box, grid)
+            scan.faf_to_slo = np.eye(3)
+    if comp["bm"] is not None:
+        bm_path = comp["bm"]
+        try:
+            bm = np.load(bm_path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise DatasetError(f"{bm_path}: unreadable or truncated BM file ({e})") from None
+        if bm.shape != grid:
+            raise DatasetError(f"{bm_path}: BM map has shape {bm.shape}, expected the en-face grid {grid}")
+        scan.bm = np.asarray(bm, dtype=np.float32)
+    declared = dict(sidecar.get("mask_space", {}))
+    for key, path in sorted(comp["masks"].items()):
+        mask = read_mask(path)
+        scan.masks[key] = mask
+        scan.mask_spaces[key] = _infer_mask_space(key, mask, scan, path, declared)
+    if sidecar.get("flattened"):
+        scan.flattened = True
+    for key in ("patient_id", "device", "visit", "visit_date"):
+        if key in sidecar:
+            scan.meta[key] = safe_id(sidecar[key]) if key == "patient_id" else sidecar[key]
+    if "patient_id" in sidecar:
+        scan.meta["patient_from_sidecar"] = True
+    if "eye" in sidecar:
+        scan.meta["eye"] = normalise_eye(sidecar["eye"])
+    if scan.bscan_positions is None and scan.slo is not None:
+        raise DatasetError(f"{where}: SLO present but its B-scan positions are unknown")
+    return scan
+
+
+def read_volume_scan(
+    path: str | os.PathLike,
+    fmt: str,
+    axes: str | None = None,
+    spacing: tuple[float, float, float] | None = None,
+) -> Scan:
+    """Read one scan of the generic layout: volume, sidecar and companions.
+
+    Args:
+        path: the ``.npy`` / ``.nii`` / ``.nii.gz`` file.
+        fmt: ``"numpy"`` or ``"nifti"``.
+        axes: default axis order when the sidecar gives none (``"HWD"`` when None).
+        spacing: default spacing ``(sh, sw, sd)`` in mm when neither the sidecar nor (for
+            NIfTI) the header gives one.
+
+    Returns:
+        The scan.
+
+    Raises:
+        DatasetError: any missing, unreadable or inconsistent file, or no spacing at all.
+    """
+    path = Path(path)
+    stem = scan_stem(path)
+    sidecar = read_sidecar(path.parent / f"{stem}.json")
+    comp = find_companions(path.parent, stem)
+    ax = sidecar.get("axes", axes or "HWD")
+    header_spacing = None
+    if fmt == "numpy":
+        vol = read_numpy_volume(path, ax)
+    elif fmt == "nifti":
+        vol, header_spacing = read_nifti_volume(path, ax)
+    else:
+        raise DatasetError(f"{path}: unknown volume format {fmt!r} (numpy, nifti)")
+    if sidecar.get("depth_flipped"):
+        vol = np.ascontiguousarray(vol[:, :, ::-1])
+    sp = sidecar.get("spacing") or spacing or header_spacing
+    if sp is None:
+        raise DatasetError(
+            f"{path}: voxel spacing unknown; give \"spacing\": [sh, sw, sd] (mm) in {stem}.json "
+            "or --spacing on the command line"
+        )
+    scan = Scan(
+        volume=vol,
+        spacing=tuple(float(s) for s in sp),  # type: ignore[arg-type]
+        source=source_str(path),
+        meta={"device": "unknown"},
+    )
+    return attach_companions(scan, comp, sidecar)
