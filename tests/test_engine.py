@@ -154,3 +154,28 @@ def test_ddp_two_processes_one_epoch(dataset: Path, tmp_path: Path) -> None:
     done = json.loads((tmp_path / "tiny/ga/fpn-w0.125/scratch/frac-100/seed-0/done.json").read_text())
     assert done["epochs"] == 1
     assert "GLOBAL_RANK: 1" in proc.stderr or "world_size=2" in (proc.stdout + proc.stderr) or "distributed" in proc.stderr.lower()
+
+
+def test_two_channel_dataset_trains_and_evaluates(tmp_path: Path) -> None:
+    """OCT + OCTA (as `enface prepare --octa` writes them) become a 2-channel input."""
+    from enface.evaluate import evaluate
+
+    root = tmp_path / "octa"
+    rng = np.random.default_rng(1)
+    h, w, d = SHAPE
+    for p in range(5):
+        vol = rng.normal(1.0, 0.1, SHAPE).astype(np.float32)
+        mask = np.zeros((h, w), np.uint8)
+        mask[:, 10:16] = 1
+        octa = vol + 2.0 * mask[..., None]
+        meta = CaseMeta(case_id=f"P{p}", patient_id=f"P{p}", spacing=(0.2, 0.02, 0.004))
+        write_case(root, meta, vol, masks={"ga": mask}, volumes={"octa": octa})
+    write_dataset_info(root, "octa", ("oct",), ("ga",), (0.2, 0.02, 0.004), channels=["oct", "octa"])
+    split_dataset(root, seed=0)
+    cfg = _config(root, tmp_path / "runs", "train", epochs=1)
+    assert cfg.input_channels() == ("oct", "octa")
+    result = fit(cfg, progress=False)
+    model, info = load_model(topk_checkpoints(result.run_dir)[0])
+    assert info["model"]["in_channels"] == 2 and info["config"]["channels"] == ["oct", "octa"]
+    res = evaluate(result.run_dir, split="all", progress=False)
+    assert res.summary["n_cases"] == 5

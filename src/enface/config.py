@@ -37,6 +37,9 @@ class RunConfig:
         model: registered model name.
         width: channel multiplier.
         model_kwargs: extra model constructor arguments.
+        channels: input volumes stacked as channels (``("oct",)``; ``("oct", "octa")`` for
+            OCTA-500 prepared with ``--octa``). None: the dataset's ``channels`` entry in
+            ``dataset.json``, else ``("oct",)``.
         init: checkpoint to initialise from (``train`` only), or None for scratch.
         fraction: label fraction of the training patients (``train`` only), in (0, 1].
         seed: random seed (weights, sampling, augmentation).
@@ -62,6 +65,7 @@ class RunConfig:
     model: str = "fpn"
     width: float = 1.0
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    channels: tuple[str, ...] | None = None
     init: str | None = None
     fraction: float = 1.0
     seed: int = 0
@@ -132,9 +136,18 @@ class RunConfig:
             raise bad("crop", f"must be two positive sizes (B-scans, A-scans), got {self.crop}")
         return self
 
+    def input_channels(self) -> tuple[str, ...]:
+        """The input channels: ``channels`` or the dataset's, else ``("oct",)``."""
+        if self.channels:
+            return tuple(self.channels)
+        from enface.data.folder import read_dataset_info
+
+        return tuple(read_dataset_info(self.dataset).get("channels") or ("oct",))
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["crop"] = list(self.crop)
+        d["channels"] = list(self.input_channels()) if self.dataset else d["channels"]
         return d
 
 
@@ -152,6 +165,9 @@ def _coerce(name: str, value: Any) -> Any:
         if name == "crop":
             seq = value.split(",") if isinstance(value, str) else value
             return tuple(int(v) for v in seq)
+        if name == "channels":
+            seq = value.split(",") if isinstance(value, str) else value
+            return tuple(str(v).strip() for v in seq)
         if name == "model_kwargs":
             if not isinstance(value, Mapping):
                 raise TypeError("must be a mapping")

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import yaml
 
-from enface.data.folder import DatasetError, list_cases, load_case, read_dataset_info
+from enface.data.folder import DatasetError, load_case, read_dataset_info
 from enface.engine.checkpoint import CheckpointError, load_model, topk_checkpoints
 from enface.fileio import atomic_write, atomic_write_json
 from enface.metrics import abs_area_difference, area_mm2, dice_score, hd95_mm
@@ -87,6 +87,11 @@ class Ensemble:
     @property
     def config(self) -> dict[str, Any]:
         return dict(self.infos[0].get("config") or {})
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        """Input channels the members were trained on (``("oct",)`` for older checkpoints)."""
+        return tuple(self.config.get("channels") or ("oct",))
 
     @torch.no_grad()
     def __call__(self, volume: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -208,7 +213,7 @@ def evaluate(
         raise DatasetError(f"{dataset}: no cases with a {task!r} mask in split {split!r}")
     ensemble = Ensemble.from_run(run, top_k, device)
     out = Path(out_dir) if out_dir else run / "eval" / f"{info['name']}-{split}"
-    ds = EnfaceDataset(dataset, ids, "none", augment=None)
+    ds = EnfaceDataset(dataset, ids, "none", augment=None, channels=ensemble.channels)
     rows: list[dict[str, Any]] = []
     probs: dict[str, np.ndarray] = {}
     for i, cid in enumerate(ids):

@@ -68,10 +68,13 @@ class EnfaceDataset(Dataset):
         augment: training augmentation (random crop, rotation, mirroring, intensity);
             ``None`` serves the full en-face grid, unaugmented, never resampled.
         seed: mixed into every sample's random generator.
+        channels: input volumes stacked as channels: ``"oct"`` (``oct.npy``) and extra
+            volumes stored beside it (e.g. ``"octa"`` -> ``octa.npy``, written by
+            ``enface prepare --octa``). Each channel is z-scored per B-scan on its own.
 
     Each item is a dict:
-        ``volume``: float32 ``(1, h, w, D)``, z-scored per B-scan (then intensity-augmented
-        when training); ``target``: float32 ``(1, h, w)`` (absent for ``"none"``);
+        ``volume``: float32 ``(C, h, w, D)``, z-scored per B-scan (then intensity-augmented
+        when training, with one noise draw per channel); ``target``: float32 ``(1, h, w)`` (absent for ``"none"``);
         ``case_id``: str; ``spacing``: float32 ``(3,)`` ``(sh, sw, sd)`` in mm.
 
     With ``augment``, every random number of an item comes from
@@ -92,8 +95,12 @@ class EnfaceDataset(Dataset):
         target: str,
         augment: AugmentConfig | None = None,
         seed: int = 0,
+        channels: Sequence[str] = ("oct",),
     ) -> None:
         self.root = Path(root)
+        self.channels = tuple(channels)
+        if not self.channels:
+            raise ValueError("at least one input channel is needed")
         self.target = target
         self.kind, self.task = parse_target(target)
         self.augment = augment
@@ -110,12 +117,20 @@ class EnfaceDataset(Dataset):
             if fname is not None and not (folder / fname).is_file():
                 raise DatasetError(f"case {cid}: target {target!r} needs {folder / fname}, which is missing")
             shape = case.load_oct(mmap=True).shape
+            for name in (c for c in self.channels if c != "oct"):
+                if not case.has_volume(name):
+                    raise DatasetError(f"case {cid}: input channel {name!r} needs {folder / (name + '.npy')}, which is missing")
+                other = case.load_volume(name, mmap=True).shape
+                if other != shape:
+                    raise DatasetError(f"case {cid}: {name}.npy has shape {other}, expected the OCT shape {shape}")
             shapes.append(tuple(int(s) for s in shape))  # type: ignore[arg-type]
             self.cases.append(case)
         self.shapes = shapes
-        # per-B-scan (mean, std) table, NaN until computed; shared with DataLoader workers
+        # per-B-scan, per-channel (mean, std) table, NaN until computed; shared with workers
         self._offsets = np.concatenate([[0], np.cumsum([s[0] for s in shapes], dtype=np.int64)])
-        self._stats = torch.full((int(self._offsets[-1]), 2), float("nan"), dtype=torch.float64)
+        self._stats = torch.full(
+            (int(self._offsets[-1]), len(self.channels), 2), float("nan"), dtype=torch.float64
+        )
         try:
             self._stats.share_memory_()
         except (RuntimeError, OSError) as e:  # pragma: no cover - platform without shared memory
@@ -130,22 +145,23 @@ class EnfaceDataset(Dataset):
 
     # ------------------------------------------------------------------ loading
 
-    def _volume(self, i: int) -> np.ndarray:
+    def _volume(self, i: int, channel: int = 0) -> np.ndarray:
         case = self.cases[i]
-        vol = case.load_oct(mmap=True)
+        name = self.channels[channel]
+        vol = case.load_oct(mmap=True) if name == "oct" else case.load_volume(name, mmap=True)
         if tuple(vol.shape) != self.shapes[i]:
-            raise DatasetError(f"case {case.case_id}: oct.npy changed shape from {self.shapes[i]} to {vol.shape}")
+            raise DatasetError(f"case {case.case_id}: {name}.npy changed shape from {self.shapes[i]} to {vol.shape}")
         return vol
 
-    def bscan_stats(self, i: int, volume: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """``(mean, std)`` ``(H,)`` float64 of case ``i``'s B-scans (computed once, then cached)."""
+    def bscan_stats(self, i: int, volume: np.ndarray | None = None, channel: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """``(mean, std)`` ``(H,)`` float64 of case ``i``'s B-scans of one channel (computed once, then cached)."""
         lo, hi = int(self._offsets[i]), int(self._offsets[i + 1])
-        cached = self._stats[lo:hi].numpy()
+        cached = self._stats[lo:hi, channel].numpy()
         if not np.isnan(cached).any():
             return cached[:, 0].copy(), cached[:, 1].copy()
-        mean, std = bscan_stats(self._volume(i) if volume is None else volume)
+        mean, std = bscan_stats(self._volume(i, channel) if volume is None else volume)
         # mean and std are written entry by entry; a reader uses them only once none is NaN
-        self._stats[lo:hi] = torch.from_numpy(np.stack([mean, std], axis=1))
+        self._stats[lo:hi, channel] = torch.from_numpy(np.stack([mean, std], axis=1))
         return mean, std
 
     def _target(self, i: int, hw: tuple[int, int]) -> np.ndarray | None:
@@ -171,23 +187,25 @@ class EnfaceDataset(Dataset):
         if not 0 <= i < len(self.cases):
             raise IndexError(f"index {i} out of range for {len(self.cases)} cases")
         case = self.cases[i]
-        vol = self._volume(i)
-        h, w, _ = vol.shape
+        h, w, _ = self.shapes[i]
         target = self._target(i, (h, w))
-        if self.augment is None:
-            full = np.asarray(vol)
-            mean, std = self.bscan_stats(i, full)
-            out = _affine_per_bscan(full, 1.0 / np.maximum(std, EPS), -mean / np.maximum(std, EPS))
-        else:
-            mean, std = self.bscan_stats(i)
-            params = draw_params((h, w), 1, self.augment, self.item_rng())
-            view = apply_geometry(vol[None], params)[0]
-            scale, offset = _fused_coefficients(mean, std, params)
-            out = _affine_per_bscan(view, scale, offset)
-            if target is not None:
-                target = np.ascontiguousarray(apply_geometry(target[None], params)[0])
+        params = None if self.augment is None else draw_params((h, w), len(self.channels), self.augment, self.item_rng())
+        outs = []
+        for c in range(len(self.channels)):
+            vol = self._volume(i, c)
+            if params is None:
+                full = np.asarray(vol)
+                mean, std = self.bscan_stats(i, full, channel=c)
+                outs.append(_affine_per_bscan(full, 1.0 / np.maximum(std, EPS), -mean / np.maximum(std, EPS)))
+            else:
+                mean, std = self.bscan_stats(i, channel=c)
+                view = apply_geometry(vol[None], params)[0]
+                scale, offset = _fused_coefficients(mean, std, params, channel=c)
+                outs.append(_affine_per_bscan(view, scale, offset))
+        if params is not None and target is not None:
+            target = np.ascontiguousarray(apply_geometry(target[None], params)[0])
         item: dict[str, Any] = {
-            "volume": torch.from_numpy(out[None]),
+            "volume": torch.from_numpy(outs[0][None] if len(outs) == 1 else np.stack(outs)),
             "case_id": case.case_id,
             "spacing": torch.tensor(case.spacing, dtype=torch.float32),
         }
@@ -196,7 +214,9 @@ class EnfaceDataset(Dataset):
         return item
 
 
-def _fused_coefficients(mean: np.ndarray, std: np.ndarray, params: AugmentParams) -> tuple[np.ndarray, np.ndarray]:
+def _fused_coefficients(
+    mean: np.ndarray, std: np.ndarray, params: AugmentParams, channel: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-B-scan ``(scale, offset)`` of z-score followed by ``(z + noise) * contrast + shift``.
 
     Returned in the order of the cropped (and possibly reversed) B-scans.
@@ -207,7 +227,7 @@ def _fused_coefficients(mean: np.ndarray, std: np.ndarray, params: AugmentParams
         inv, m = inv[::-1], m[::-1]
     c = params.contrast
     scale = inv * c
-    offset = (params.noise[0] - m * inv) * c + params.shift
+    offset = (params.noise[channel] - m * inv) * c + params.shift
     return scale, offset
 
 

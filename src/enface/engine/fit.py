@@ -118,8 +118,9 @@ def _loaders(config: RunConfig, train_ids: Sequence[str], val_ids: Sequence[str]
     if not config.augment:  # random crops only
         aug = dataclasses.replace(aug, rotate180=False, flip=False, noise_std=0.0, contrast=(1.0, 1.0), shift=(0.0, 0.0))
     target = _dataset_target(config)
-    train_ds = EnfaceDataset(config.dataset, train_ids, target, augment=aug, seed=config.seed)
-    val_ds = EnfaceDataset(config.dataset, val_ids, target, augment=None, seed=config.seed)
+    channels = config.input_channels()
+    train_ds = EnfaceDataset(config.dataset, train_ids, target, augment=aug, seed=config.seed, channels=channels)
+    val_ds = EnfaceDataset(config.dataset, val_ids, target, augment=None, seed=config.seed, channels=channels)
     sampler = (
         RandomSampler(train_ds, replacement=True, num_samples=config.samples_per_epoch)
         if config.samples_per_epoch
@@ -188,6 +189,7 @@ def fit(
     module = EnfaceModule(
         model=config.model,
         task=config.task,
+        in_channels=len(config.input_channels()),
         width=config.width,
         model_kwargs=config.model_kwargs,
         lr=config.lr,
