@@ -319,6 +319,17 @@ def mask_filename(task: str, grader: str | None = None) -> str:
     return f"mask_{task}.png" if grader is None else f"mask_{task}.{grader}.png"
 
 
+def _old_path(final: Path) -> Path:
+    return final.parent / f".{final.name}.old"
+
+
+def _recover_replaced_case(final: Path) -> None:
+    """Undo a replacement interrupted between its two renames (the old case is put back)."""
+    old = _old_path(final)
+    if old.is_dir() and not final.exists():
+        os.replace(old, final)
+
+
 def write_case(
     root: str | os.PathLike,
     meta: CaseMeta,
@@ -355,6 +366,7 @@ def write_case(
     cases = root / "cases"
     cases.mkdir(parents=True, exist_ok=True)
     final = cases / meta.case_id
+    _recover_replaced_case(final)
     if final.exists() and not overwrite:
         raise DatasetError(f"{final}: case already exists (use overwrite=True to replace it)")
 
@@ -375,9 +387,9 @@ def write_case(
             atomic_save_png(tmp / mask_filename(task, grader or None), png)
         atomic_write_json(tmp / "meta.json", meta.to_json())
         if final.exists():
-            old = cases / f".{meta.case_id}.old"
+            old = _old_path(final)
             shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
+            os.replace(final, old)  # a crash from here until the next rename is undone by _recover_replaced_case
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
         else:
@@ -497,6 +509,8 @@ def list_cases(root: str | os.PathLike) -> list[Case]:
     cases_dir = Path(root) / "cases"
     if not cases_dir.is_dir():
         raise DatasetError(f"{cases_dir}: folder not found (is {root} a dataset folder?)")
+    for old in cases_dir.glob(".*.old"):
+        _recover_replaced_case(cases_dir / old.name[1 : -len(".old")])
     return [load_case(p) for p in sorted(cases_dir.iterdir()) if p.is_dir() and not p.name.startswith(".")]
 
 
