@@ -179,3 +179,10 @@ def test_two_channel_dataset_trains_and_evaluates(tmp_path: Path) -> None:
     assert info["model"]["in_channels"] == 2 and info["config"]["channels"] == ["oct", "octa"]
     res = evaluate(result.run_dir, split="all", progress=False)
     assert res.summary["n_cases"] == 5
+
+
+def test_bf16_autocast_on_cpu(dataset: Path, tmp_path: Path) -> None:
+    result = fit(_config(dataset, tmp_path, "train", epochs=1, precision="bf16-mixed"), progress=False)
+    assert result.status == "finished"
+    values = [v for _, v in result.best]
+    assert values and all(0.0 <= v <= 1.0 for v in values)

@@ -118,3 +118,13 @@ def test_init_follows_paper_code() -> None:
     weights = torch.cat([m.weight.detach().flatten() for m in bns])
     assert abs(weights.mean().item() - 1.0) < 0.01 and 0.01 < weights.std().item() < 0.03
     assert all(torch.all(m.bias == 0) for m in bns)
+
+
+def test_cli_lists_every_model_with_its_parameter_count(capsys) -> None:
+    from enface.cli import main
+
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name in ALL:
+        assert name in out
+    assert "4,369,553" in out and "4,718,737" in out and "1,513,697" in out

@@ -247,15 +247,22 @@ def _pretrained_checkpoint(study: StudyConfig, model: str, target: str) -> str:
 
 
 def ensure_dataset(study: StudyConfig) -> None:
-    """Generate the study's phantom dataset when it is missing and ``synth`` is configured."""
-    if (Path(study.dataset) / "dataset.json").is_file():
-        return
-    if not study.synth:
-        raise ConfigError(f"study: dataset {study.dataset} not found (and no 'synth' section to generate it)")
+    """Generate the study's phantom datasets (training and test sets) that are missing.
+
+    The training dataset is generated from the study's ``synth`` section, a test set from
+    its own ``synth`` entry (e.g. an external phantom cohort from another seed).
+    """
     from enface.synth import synthesize_dataset
 
-    log.info("generating phantom dataset %s", study.dataset)
-    synthesize_dataset(Path(study.dataset), **study.synth)
+    wanted = [("dataset", study.dataset, study.synth)]
+    wanted += [(f"test set {name!r}", ts["dataset"], ts.get("synth")) for name, ts in study.test_sets.items()]
+    for what, folder, synth in wanted:
+        if (Path(folder) / "dataset.json").is_file():
+            continue
+        if not synth:
+            raise ConfigError(f"study: {what} {folder} not found (and no 'synth' entry to generate it)")
+        log.info("generating phantom %s in %s", what, folder)
+        synthesize_dataset(Path(folder), **synth)
 
 
 def execute_run(study: StudyConfig, run: PlannedRun, progress: bool = True) -> str:
