@@ -581,8 +581,14 @@ def _overlay_figure(study: StudyConfig, plan: Sequence[PlannedRun], fig_dir: Pat
             panels[_config_label(run.model, run.init)] = {c: data[c] >= 128 for c in case_ids if c in data.files}
     if not panels or not case_ids:
         return None
-    truths = {c: load_case(Path(ts["dataset"]) / "cases" / c).load_mask(study.task) for c in case_ids}
-    return viz.plot_overlay_grid(panels, truths, fig_dir / "overlays.png", title=f"{ts_name}, {format_fraction(fraction)} % labels, seed {seed}")
+    cases = {c: load_case(Path(ts["dataset"]) / "cases" / c) for c in case_ids}
+    return viz.plot_overlay_grid(
+        panels,
+        {c: case.load_mask(study.task) for c, case in cases.items()},
+        fig_dir / "overlays.png",
+        title=f"{ts_name}, {format_fraction(fraction)} % labels, seed {seed}",
+        spacings={c: case.spacing for c, case in cases.items()},
+    )
 
 
 def _curves_figure(study: StudyConfig, plan: Sequence[PlannedRun], fig_dir: Path) -> Path | None:

@@ -237,6 +237,7 @@ def plot_overlay_grid(
     truths: dict[str, np.ndarray],
     out: str | os.PathLike,
     title: str = "",
+    spacings: dict[str, tuple[float, ...]] | None = None,
 ) -> Path:
     """Grid of prediction overlays: one row per case, one column per configuration.
 
@@ -245,6 +246,8 @@ def plot_overlay_grid(
         truths: ``{case id: (H, W) binary reference}``.
         out: output image path.
         title: figure title.
+        spacings: ``{case id: (sh, sw, ...)}`` in mm, to draw pixels at their physical
+            aspect ratio (B-scans are usually much farther apart than A-scans).
     """
     from enface.metrics import dice_score
 
@@ -254,7 +257,8 @@ def plot_overlay_grid(
     axes = fig.subplots(len(cases), len(labels) + 1, squeeze=False)
     for i, cid in enumerate(cases):
         truth = truths[cid]
-        aspect = truth.shape[1] / max(truth.shape[0], 1) / 2.5
+        sp = (spacings or {}).get(cid)
+        aspect = float(sp[0]) / float(sp[1]) if sp else 1.0
         axes[i, 0].imshow(truth, cmap="gray", interpolation="nearest", aspect=aspect)
         axes[i, 0].set_title(f"{cid}\nreference", fontsize=8)
         for j, label in enumerate(labels, 1):
@@ -286,7 +290,7 @@ def plot_metric_vs_fraction(rows: list[dict], out: str | os.PathLike, title: str
     axes = fig.subplots(1, 2)
     groups: dict[str, list[dict]] = {}
     for r in rows:
-        label = r["model"] + ("" if r["init"] == "scratch" else f" ({r['init'][4:]})")
+        label = r["model"] + (" (scratch)" if r["init"] == "scratch" else f" (SSL {r['init'][4:]})")
         groups.setdefault(label, []).append(r)
     for label, rs in sorted(groups.items()):
         rs = sorted(rs, key=lambda r: r["fraction"])
