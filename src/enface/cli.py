@@ -395,6 +395,58 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- predict
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="one scan or a folder -> masks, probabilities, uncertainty, overlays, areas (mm²)",
+        description="Apply a segmentation checkpoint, or the top-k ensemble of a run folder, to case folders, "
+        "dataset folders or device exports (any format `enface prepare` reads, prepared the same way). "
+        "Writes OUT/<scan id>/{mask,probability,uncertainty,overlay}.png, probability.npy, uncertainty.npy, "
+        "prediction.json and OUT/summary.csv. Failing scans are listed; exit status 1 if any failed.",
+    )
+    p.add_argument("model", metavar="MODEL_OR_RUN", help="segmentation checkpoint (.ckpt) or run folder")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="case folder, dataset folder, export file or folder")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--top-k", type=int, default=5, help="checkpoints of a run folder averaged (default 5)")
+    p.add_argument("--threshold", type=float, default=0.5, help="probability threshold of the mask (default 0.5)")
+    p.add_argument("--format", dest="fmt", choices=PREPARE_FORMATS,
+                   help="format of device exports (default: from the file suffixes; octa500 must be given)")
+    p.add_argument("--depth", type=int, help="depth samples of prepared exports (default: the model's training depth)")
+    p.add_argument("--window-mm", metavar="ABOVE,BELOW",
+                   help="depth window around Bruch's membrane in mm (default: the training dataset's)")
+    p.add_argument("--bm", choices=("auto", "export", "estimate"), default="auto", help="BM for flattening (as in prepare)")
+    p.add_argument("--axes", help="stored axis order of numpy/nifti volumes, e.g. DWH (default HWD)")
+    p.add_argument("--spacing", metavar="SH,SW,SD", help="voxel spacing in mm when the input does not give it")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.set_defaults(handler=_cmd_predict)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from enface.data.prepare import parse_numbers
+    from enface.predict import PredictOptions, predict
+
+    opts = PredictOptions(
+        fmt=args.fmt,
+        threshold=args.threshold,
+        depth=args.depth,
+        window_mm=parse_numbers(args.window_mm, 2, "--window-mm") if args.window_mm else None,  # type: ignore[arg-type]
+        bm=args.bm,
+        axes=args.axes,
+        spacing=parse_numbers(args.spacing, 3, "--spacing") if args.spacing else None,  # type: ignore[arg-type]
+        device=args.device,
+    )
+    report = predict(args.model, args.inputs, args.out, top_k=args.top_k, options=opts, progress=not args.quiet)
+    if report.failed:
+        print(f"enface predict: {len(report.failed)} scan(s) failed:", file=sys.stderr)
+        for r in report.failed:
+            print(f"  {r.scan_id} ({r.source}): {r.reason}", file=sys.stderr)
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
 # --------------------------------------------------------------------------- parser
 
 # Each entry adds one sub-command to the parser; keep them in the order of DESIGN.md.
@@ -410,6 +462,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_evaluate,
     _add_experiment,
     _add_demo,
+    _add_predict,
 ]
 
 
@@ -430,13 +483,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _quiet_third_party(verbose: bool) -> None:
-    """Keep Lightning's start-up banners (accelerator availability, tips) out of the output."""
+_TRAINING_COMMANDS = frozenset({"pretrain", "train", "evaluate", "experiment", "demo", "predict"})
+
+
+def _quiet_third_party(command: str | None, verbose: bool) -> None:
+    """Route Lightning's messages through our logging, without its start-up banners.
+
+    Lightning sets its loggers' levels and adds its own handler when imported, so for the
+    commands that use it, it is imported here first and then adjusted.
+    """
     import warnings
 
+    if command not in _TRAINING_COMMANDS:
+        return
+    import lightning  # noqa: F401  (its import configures the loggers we adjust)
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()  # messages propagate to our handler: printed once
+        logger.setLevel(logging.DEBUG if verbose else logging.WARNING)
     if not verbose:
-        for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
-            logging.getLogger(name).setLevel(logging.WARNING)
         warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
         warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
         warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
@@ -448,7 +514,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(message)s")
-    _quiet_third_party(args.verbose)
+    _quiet_third_party(args.command, args.verbose)
     if not getattr(args, "handler", None):
         parser.print_help()
         return 1

@@ -1,0 +1,639 @@
+"""``enface predict``: a segmentation model (or a run's top-k ensemble) applied to new scans.
+
+Inputs may be mixed freely:
+
+* a case folder of a dataset (``<dataset>/cases/<id>/`` with ``oct.npy``): used as stored
+  (it is already flattened and depth-resampled);
+* a dataset folder (``dataset.json`` / ``cases/``): every case in it;
+* a device export file, or a folder of them, in any format ``enface prepare`` reads: each
+  scan goes through :func:`enface.data.prepare.scan_to_case`, i.e. exactly the preparation
+  of ``enface prepare`` (flattening along Bruch's membrane, depth window and resampling, SLO
+  onto the en-face grid), with the depth and window the model's training data were prepared
+  with (read from the training dataset's ``dataset.json``, or given explicitly).
+
+Every volume is then z-scored per B-scan (as in training) and passed through every member
+of the ensemble; the member probabilities are averaged (the prediction) and their standard
+deviation kept (the uncertainty). Per scan, ``<out>/<scan id>/`` receives:
+
+* ``mask.png``: the binary prediction (``probability >= threshold``), 0/255;
+* ``probability.npy`` (float32 ``(H, W)``) and ``probability.png`` (16-bit, ``p * 65535``);
+* ``uncertainty.npy`` (float32 ensemble standard deviation) and ``uncertainty.png``
+  (16-bit, ``std / 0.5 * 65535``: 0.5 is the largest possible std of probabilities);
+* ``overlay.png``: the mask (tinted, outlined) over an en-face projection of the OCT, and
+  over the SLO beside it when the scan has one, with physically square pixels;
+* ``prediction.json``: area in mm², pixel count, spacing, threshold, checkpoints, notes.
+
+``<out>/summary.csv`` has one row per scan (failed ones included, with the reason). A scan
+that cannot be read or predicted is reported and the others still run. Only segmentation
+checkpoints are accepted: a reconstruction checkpoint is refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from enface.data.folder import DatasetError, load_case
+from enface.data.normalize import zscore_per_bscan
+from enface.data.prepare import FORMATS, PrepareOptions, _unique_ids, discover_sources, scan_to_case
+from enface.data.preprocess import FlattenParams
+from enface.engine.checkpoint import CheckpointError
+from enface.evaluate import Ensemble
+from enface.fileio import atomic_save_npy, atomic_save_png, atomic_write, atomic_write_json
+
+__all__ = [
+    "PredictOptions",
+    "PreparedScan",
+    "PredictInput",
+    "ScanResult",
+    "PredictReport",
+    "Predictor",
+    "SUMMARY_COLUMNS",
+    "find_inputs",
+    "infer_format",
+    "enface_projection",
+    "mask_overlay",
+    "predict",
+]
+
+log = logging.getLogger(__name__)
+
+SUMMARY_COLUMNS: tuple[str, ...] = (
+    "scan_id", "source", "status", "area_mm2", "n_pixels", "mean_uncertainty_in_mask", "reason",
+)
+"""Columns of ``summary.csv``."""
+
+_SUFFIX_FORMATS: tuple[tuple[str, str], ...] = (
+    (".nii.gz", "nifti"), (".nii", "nifti"), (".npy", "numpy"), (".vol", "vol"), (".xml", "xml"), (".e2e", "e2e"),
+)
+MASK_COLOR: tuple[int, int, int] = (255, 40, 40)
+"""RGB colour of the predicted lesion in ``overlay.png``."""
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """Settings of :func:`predict`.
+
+    Attributes:
+        fmt: format of device exports (one of :data:`enface.data.prepare.FORMATS`); ``None``
+            infers it from the file suffixes (``octa500`` must be given).
+        threshold: probability threshold of the binary mask.
+        depth: depth samples of prepared exports (default: the model's training depth).
+        window_mm: ``(above, below)`` flattening window around BM in mm (default: the
+            training dataset's).
+        bm: BM for flattening, as in ``enface prepare`` (``auto``, ``export``, ``estimate``).
+        axes: stored axis order of NumPy/NIfTI volumes without a sidecar ``axes``.
+        spacing: ``(sh, sw, sd)`` in mm for inputs that do not state it.
+        device: torch device of the ensemble.
+    """
+
+    fmt: str | None = None
+    threshold: float = 0.5
+    depth: int | None = None
+    window_mm: tuple[float, float] | None = None
+    bm: str = "auto"
+    axes: str | None = None
+    spacing: tuple[float, float, float] | None = None
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.fmt is not None and self.fmt not in FORMATS:
+            raise ValueError(f"unknown format {self.fmt!r} (known: {', '.join(FORMATS)})")
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must lie in (0, 1), got {self.threshold}")
+        if self.depth is not None and self.depth < 2:
+            raise ValueError(f"depth must be >= 2, got {self.depth}")
+        if self.bm not in ("auto", "export", "estimate"):
+            raise ValueError(f"bm must be 'auto', 'export' or 'estimate', got {self.bm!r}")
+
+
+@dataclass
+class PreparedScan:
+    """One scan ready for the network.
+
+    Attributes:
+        volumes: ``(C, H, W, D)`` flattened, depth-resampled input channels (not normalised).
+        spacing: ``(sh, sw, sd)`` in mm.
+        slo: ``(H, W)`` SLO on the en-face grid in [0, 1], or ``None``.
+        notes: remarks worth keeping (flattening, depth mismatch, ...).
+    """
+
+    volumes: np.ndarray
+    spacing: tuple[float, float, float]
+    slo: np.ndarray | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PredictInput:
+    """One scan to predict: its id, where it comes from and how to load it."""
+
+    scan_id: str
+    source: str
+    load: Callable[[], PreparedScan]
+
+
+@dataclass
+class ScanResult:
+    """The outcome for one scan (one row of ``summary.csv``)."""
+
+    scan_id: str
+    source: str
+    status: str
+    area_mm2: float | None = None
+    n_pixels: int | None = None
+    mean_uncertainty_in_mask: float | None = None
+    reason: str = ""
+    out_dir: Path | None = None
+
+    def row(self) -> dict[str, Any]:
+        """The ``summary.csv`` row (empty cells for missing values)."""
+        out: dict[str, Any] = {}
+        for c in SUMMARY_COLUMNS:
+            v = getattr(self, c)
+            out[c] = "" if v is None or (isinstance(v, float) and math.isnan(v)) else (f"{v:.6g}" if isinstance(v, float) else v)
+        return out
+
+
+@dataclass
+class PredictReport:
+    """What :func:`predict` did.
+
+    Attributes:
+        out: the output folder.
+        results: one :class:`ScanResult` per scan, in input order.
+        summary_csv: path of ``summary.csv``.
+    """
+
+    out: Path
+    results: list[ScanResult]
+    summary_csv: Path
+
+    @property
+    def failed(self) -> list[ScanResult]:
+        return [r for r in self.results if r.status != "ok"]
+
+    @property
+    def ok(self) -> bool:
+        """Every scan was predicted."""
+        return not self.failed
+
+    def summary(self) -> str:
+        """One line: counts and where the outputs are."""
+        n_ok = len(self.results) - len(self.failed)
+        return (f"predicted {n_ok} of {len(self.results)} scan(s) ({len(self.failed)} failed); "
+                f"outputs in {self.out}/<scan id>/, summary {self.summary_csv}")
+
+
+# --------------------------------------------------------------------------- the model
+
+
+def _training_preparation(config: dict[str, Any]) -> tuple[int | None, tuple[float, float] | None, str]:
+    """Depth and window the training dataset was prepared with, and where that was read."""
+    ds = config.get("dataset")
+    if not ds:
+        return None, None, "no training dataset named in the checkpoint"
+    root = Path(ds)
+    info_path = root / "dataset.json"
+    if not info_path.is_file():
+        return None, None, f"training dataset {root} not found"
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None, None, f"{info_path} unreadable"
+    prep = info.get("preparation") or {}
+    if prep.get("depth"):
+        window = (float(prep["above_mm"]), float(prep["below_mm"])) if "above_mm" in prep and "below_mm" in prep else None
+        return int(prep["depth"]), window, str(info_path)
+    cases = root / "cases"
+    for case_dir in sorted(cases.iterdir()) if cases.is_dir() else ():
+        npy = case_dir / "oct.npy"
+        if npy.is_file() and not case_dir.name.startswith("."):
+            try:
+                return int(np.load(npy, mmap_mode="r", allow_pickle=False).shape[2]), None, str(npy)
+            except (ValueError, OSError, EOFError, IndexError):
+                continue
+    return None, None, f"no readable case in {root}"
+
+
+class Predictor:
+    """A segmentation ensemble with the preparation its training data had.
+
+    Args:
+        ensemble: the checkpoints (all of task ``segment``, one output channel).
+        flatten: flattening window and depth applied to device exports.
+
+    Raises:
+        CheckpointError: a member is not a single-output segmentation checkpoint.
+    """
+
+    def __init__(self, ensemble: Ensemble, flatten: FlattenParams) -> None:
+        for path, info in zip(ensemble.paths, ensemble.infos):
+            task = info.get("task")
+            if task != "segment":
+                target = (info.get("config") or {}).get("target")
+                what = f"a {task} checkpoint" + (f" (target {target!r})" if target else "") if task else "a checkpoint without a task"
+                raise CheckpointError(
+                    f"{path}: {what}; predict needs a segmentation model (a checkpoint of `enface train`)"
+                )
+            if int(info["model"]["out_channels"]) != 1:
+                raise CheckpointError(f"{path}: predict supports single-output models, this one has "
+                                      f"{info['model']['out_channels']} output channels")
+        channels = {int(i["model"]["in_channels"]) for i in ensemble.infos}
+        if len(channels) > 1:
+            raise CheckpointError(f"ensemble members disagree on input channels: {sorted(channels)}")
+        self.ensemble = ensemble
+        self.flatten = flatten
+        self.in_channels = channels.pop()
+        if len(ensemble.channels) != self.in_channels:
+            raise CheckpointError(
+                f"{ensemble.paths[0]}: the run config lists input channels {list(ensemble.channels)}, "
+                f"but the model takes {self.in_channels}"
+            )
+        self.channels = ensemble.channels
+        fixed = {getattr(m, "fixed_depth", None) for m in ensemble.models} - {None}
+        if len(fixed) > 1:
+            raise CheckpointError(f"ensemble members need different fixed depths: {sorted(fixed)}")
+        self.fixed_depth: int | None = fixed.pop() if fixed else None
+        self.min_depth = max(int(getattr(m, "min_depth", 1)) for m in ensemble.models)
+        self.task = str(ensemble.config.get("target") or "lesion")
+
+    @classmethod
+    def load(
+        cls,
+        model_or_run: str | os.PathLike,
+        top_k: int = 5,
+        device: str = "cpu",
+        depth: int | None = None,
+        window_mm: tuple[float, float] | None = None,
+    ) -> "Predictor":
+        """Load a checkpoint file or the top-k checkpoints of a run folder.
+
+        The depth of prepared exports is, in order: ``depth``; the fixed depth of the
+        network (ReSensNet); the training dataset's preparation depth (its ``dataset.json``,
+        else its first case); 128. The window is ``window_mm``, else the training dataset's,
+        else the ``enface prepare`` default.
+
+        Raises:
+            CheckpointError: missing or unusable checkpoint(s), not a segmentation model.
+            ValueError: ``depth`` contradicts the network's fixed depth.
+        """
+        path = Path(model_or_run)
+        if path.is_dir():
+            ensemble = Ensemble.from_run(path, top_k, device)
+        elif path.is_file():
+            ensemble = Ensemble([path], device)
+        else:
+            raise CheckpointError(f"{path}: no such checkpoint file or run folder")
+        train_depth, train_window, where = _training_preparation(ensemble.config)
+        probe = cls(ensemble, FlattenParams())
+        if depth is not None and probe.fixed_depth is not None and depth != probe.fixed_depth:
+            raise ValueError(f"--depth {depth} contradicts the model, which only accepts depth {probe.fixed_depth}")
+        chosen = depth or probe.fixed_depth or train_depth
+        if chosen is None:
+            chosen = FlattenParams().depth
+            log.warning("training depth unknown (%s): exports are resampled to depth %d (use --depth)", where, chosen)
+        elif depth is None and probe.fixed_depth is None:
+            log.info("depth %d (from %s)", chosen, where)
+        above, below = window_mm or train_window or (FlattenParams().above_mm, FlattenParams().below_mm)
+        probe.flatten = FlattenParams(above_mm=above, below_mm=below, depth=int(chosen))
+        return probe
+
+    @property
+    def checkpoints(self) -> list[Path]:
+        return list(self.ensemble.paths)
+
+    def check_input(self, volumes: np.ndarray) -> list[str]:
+        """Check a ``(C, H, W, D)`` input against the network; returns notes.
+
+        Raises:
+            DatasetError: wrong number of channels, depth other than a fixed-depth network's,
+                depth below the network's minimum.
+        """
+        c, _, _, d = volumes.shape
+        if c != self.in_channels:
+            raise DatasetError(f"the model expects {self.in_channels} input channel(s), the scan has {c}")
+        if self.fixed_depth is not None and d != self.fixed_depth:
+            raise DatasetError(
+                f"depth mismatch: the scan has depth {d}, the model only accepts depth {self.fixed_depth} "
+                f"(re-prepare the scan with --depth {self.fixed_depth}, or give the raw export)"
+            )
+        if d < self.min_depth:
+            raise DatasetError(f"depth {d} is below the model's minimum of {self.min_depth}")
+        if d != self.flatten.depth:
+            return [f"scan depth {d} differs from the training depth {self.flatten.depth}: predictions may be off"]
+        return []
+
+    def __call__(self, volumes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Predict one scan.
+
+        Args:
+            volumes: ``(C, H, W, D)`` input channels, not normalised.
+
+        Returns:
+            ``(probability, std)``: ``(H, W)`` float32 ensemble mean and standard deviation.
+        """
+        x = np.stack([zscore_per_bscan(np.asarray(v, dtype=np.float32)) for v in volumes])
+        mean, std = self.ensemble(torch.from_numpy(x)[None])
+        return mean[0].astype(np.float32), std[0].astype(np.float32)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def infer_format(path: Path) -> str:
+    """The export format of a file (by suffix) or a folder (by the suffixes it holds).
+
+    Raises:
+        DatasetError: unknown suffix, nothing recognisable, or several formats in a folder.
+    """
+    def of(name: str) -> str | None:
+        low = name.lower()
+        return next((fmt for suf, fmt in _SUFFIX_FORMATS if low.endswith(suf)), None)
+
+    if path.is_file():
+        fmt = of(path.name)
+        if fmt is None:
+            known = ", ".join(s for s, _ in _SUFFIX_FORMATS)
+            raise DatasetError(f"{path}: not an OCT volume or export (suffix {''.join(path.suffixes) or 'none'}; "
+                               f"known: {known}; give --format)")
+        return fmt
+    found = {of(p.name) for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")} - {None}
+    if not found:
+        raise DatasetError(f"{path}: no case, dataset or OCT export found in this folder "
+                           "(give --format for OCTA-500 or unusual suffixes)")
+    if len(found) > 1:
+        raise DatasetError(f"{path}: files of several formats ({', '.join(sorted(found))}); give --format")
+    return found.pop()  # type: ignore[return-value]
+
+
+def _load_case(path: Path, predictor: Predictor) -> PreparedScan:
+    case = load_case(path)
+    names = list(predictor.channels)
+    missing = [n for n in names if not (path / f"{n}.npy").is_file()]
+    if missing:
+        raise DatasetError(f"{path}: the model needs input channels {names}; missing {', '.join(m + '.npy' for m in missing)}")
+    vols = [np.asarray(case.load_volume(n, mmap=True)) for n in names]
+    shapes = {v.shape for v in vols}
+    if len(shapes) > 1:
+        raise DatasetError(f"{path}: input channels {names} differ in shape {sorted(shapes)}")
+    slo = case.load_image("slo") if case.has_image("slo") else None
+    return PreparedScan(np.stack(vols), tuple(case.spacing), slo)  # type: ignore[arg-type]
+
+
+def _prepare_options(opts: PredictOptions, fmt: str, predictor: Predictor) -> PrepareOptions:
+    return PrepareOptions(
+        fmt=fmt, flatten=predictor.flatten, bm=opts.bm, axes=opts.axes,  # type: ignore[arg-type]
+        spacing=opts.spacing, octa=fmt == "octa500" and predictor.in_channels > 1, tasks=(),
+    )
+
+
+def _load_export(read: Callable[[], Any], scan_id: str, popts: PrepareOptions) -> PreparedScan:
+    scan = read()
+    # no FAF (only the SLO is shown) and no masks: nothing to register, nothing to validate
+    scan = replace(scan, faf=None, faf_to_slo=None, masks={}, mask_spaces={})
+    arrays = scan_to_case(scan, scan_id, popts)
+    vols = [arrays.oct, *(arrays.volumes[k] for k in sorted(arrays.volumes))]
+    notes = [n for n in arrays.notes if not n.startswith("no patient id")]
+    return PreparedScan(np.stack(vols), tuple(arrays.meta.spacing), arrays.images.get("slo"), notes)  # type: ignore[arg-type]
+
+
+def _failing(reason: str) -> Callable[[], PreparedScan]:
+    def load() -> PreparedScan:
+        raise DatasetError(reason)
+
+    return load
+
+
+def find_inputs(inputs: Sequence[str | os.PathLike], predictor: Predictor, opts: PredictOptions) -> list[PredictInput]:
+    """Expand the inputs into scans; inputs that cannot be expanded become failing scans.
+
+    Args:
+        inputs: case folders, dataset folders, export files or folders.
+        predictor: the model (its depth, window and channels drive the preparation).
+        opts: prediction settings.
+
+    Returns:
+        One :class:`PredictInput` per scan, ids made unique across inputs.
+    """
+    items: list[PredictInput] = []
+    for raw in inputs:
+        path = Path(raw)
+        if path.name == "cases" and (path.parent / "dataset.json").is_file():
+            path = path.parent  # the cases folder of a dataset: the dataset
+        if not path.exists():
+            items.append(PredictInput(path.name or str(path), str(path), _failing(f"{path}: input not found")))
+        elif path.is_dir() and (path / "oct.npy").is_file():
+            items.append(PredictInput(path.name, str(path), lambda p=path: _load_case(p, predictor)))
+        elif path.is_dir() and ((path / "cases").is_dir() or (path / "dataset.json").is_file()):
+            cases = path / "cases"
+            dirs = sorted(p for p in cases.iterdir() if p.is_dir() and not p.name.startswith(".")) if cases.is_dir() else []
+            if not dirs:
+                items.append(PredictInput(path.name, str(path), _failing(f"{path}: dataset folder without cases")))
+            items += [PredictInput(d.name, str(d), lambda p=d: _load_case(p, predictor)) for d in dirs]
+        else:
+            try:
+                fmt = opts.fmt or infer_format(path)
+                popts = _prepare_options(opts, fmt, predictor)
+                sources = discover_sources(path, popts)
+            except (DatasetError, ValueError) as e:
+                items.append(PredictInput(path.stem or str(path), str(path), _failing(str(e))))
+                continue
+            items += [PredictInput(s.case_id, str(s.source), lambda s=s, o=popts: _load_export(s.read, s.case_id, o))
+                      for s in sources]
+    unique = _unique_ids([(it.scan_id, Path(it.source)) for it in items])
+    return [replace(it, scan_id=uid) for it, (uid, _) in zip(items, unique)]
+
+
+# --------------------------------------------------------------------------- pictures
+
+
+def _stretch(image: np.ndarray) -> np.ndarray:
+    lo, hi = np.percentile(image, [1.0, 99.5])
+    return np.clip((image - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0).astype(np.float32)
+
+
+def enface_projection(volume: np.ndarray) -> np.ndarray:
+    """Mean-intensity projection of a ``(H, W, D)`` volume along depth, stretched to [0, 1]."""
+    return _stretch(np.asarray(volume, dtype=np.float32).mean(axis=-1))
+
+
+def _square_pixels(image: np.ndarray, spacing: tuple[float, float], max_factor: int = 16) -> np.ndarray:
+    """Repeat rows (or columns) so that a pixel covers about the same length on both axes."""
+    sh, sw = spacing
+    ratio = sh / sw
+    if ratio >= 1.5:
+        return np.repeat(image, min(max_factor, int(round(ratio))), axis=0)
+    if ratio <= 1 / 1.5:
+        return np.repeat(image, min(max_factor, int(round(1 / ratio))), axis=1)
+    return image
+
+
+def mask_overlay(
+    background: np.ndarray,
+    mask: np.ndarray,
+    spacing: tuple[float, float] = (1.0, 1.0),
+    color: tuple[int, int, int] = MASK_COLOR,
+    alpha: float = 0.3,
+) -> np.ndarray:
+    """The mask tinted and outlined over a grayscale image.
+
+    Args:
+        background: ``(H, W)`` image in [0, 1].
+        mask: ``(H, W)`` binary mask on the same grid.
+        spacing: ``(sh, sw)`` in mm; rows or columns are repeated for square pixels.
+        color: RGB of the tint and outline.
+        alpha: opacity of the tint inside the mask (the outline is opaque).
+
+    Returns:
+        ``(H', W', 3)`` uint8 RGB image.
+    """
+    from scipy.ndimage import binary_erosion
+
+    bg = _square_pixels(np.clip(np.asarray(background, dtype=np.float32), 0, 1), spacing)
+    m = _square_pixels(np.asarray(mask).astype(bool), spacing)
+    rgb = np.repeat(bg[..., None] * 255.0, 3, axis=-1)
+    col = np.asarray(color, dtype=np.float32)
+    rgb[m] = (1 - alpha) * rgb[m] + alpha * col
+    edge = m & ~binary_erosion(m, border_value=0)
+    rgb[edge] = col
+    return np.round(rgb).clip(0, 255).astype(np.uint8)
+
+
+def _save_rgb_png(path: Path, rgb: np.ndarray) -> Path:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb, mode="RGB").save(buf, format="PNG")
+    return atomic_write(path, lambda f: f.write(buf.getvalue()))
+
+
+def _overlay(scan: PreparedScan, mask: np.ndarray) -> np.ndarray:
+    sp = (scan.spacing[0], scan.spacing[1])
+    panels = [mask_overlay(enface_projection(scan.volumes[0]), mask, sp)]
+    if scan.slo is not None:
+        panels.append(mask_overlay(_stretch(scan.slo), mask, sp))
+    if len(panels) == 1:
+        return panels[0]
+    gap = np.full((panels[0].shape[0], 4, 3), 255, dtype=np.uint8)
+    return np.concatenate([panels[0], gap, panels[1]], axis=1)
+
+
+# --------------------------------------------------------------------------- one scan, the batch
+
+
+def _write_outputs(
+    out: Path,
+    scan: PreparedScan,
+    prob: np.ndarray,
+    std: np.ndarray,
+    predictor: Predictor,
+    item: PredictInput,
+    threshold: float,
+) -> ScanResult:
+    mask = prob >= threshold
+    n = int(mask.sum())
+    sh, sw = float(scan.spacing[0]), float(scan.spacing[1])
+    area = n * sh * sw
+    mean_unc = float(std[mask].mean()) if n else math.nan
+    overlay = _overlay(scan, mask)  # computed before anything is written
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_save_png(out / "mask.png", mask.astype(np.uint8) * 255)
+    atomic_save_npy(out / "probability.npy", prob.astype(np.float32))
+    atomic_save_png(out / "probability.png", np.round(np.clip(prob, 0, 1) * 65535).astype(np.uint16))
+    atomic_save_npy(out / "uncertainty.npy", std.astype(np.float32))
+    atomic_save_png(out / "uncertainty.png", np.round(np.clip(std / 0.5, 0, 1) * 65535).astype(np.uint16))
+    _save_rgb_png(out / "overlay.png", overlay)
+    atomic_write_json(out / "prediction.json", {
+        "scan_id": item.scan_id,
+        "source": item.source,
+        "task": predictor.task,
+        "area_mm2": area,
+        "n_pixels": n,
+        "mean_uncertainty_in_mask": None if math.isnan(mean_unc) else mean_unc,
+        "threshold": threshold,
+        "shape": [int(s) for s in scan.volumes.shape[1:]],
+        "spacing": [float(s) for s in scan.spacing],
+        "checkpoints": [str(p) for p in predictor.checkpoints],
+        "notes": scan.notes,
+    })
+    return ScanResult(item.scan_id, item.source, "ok", area, n, mean_unc, out_dir=out)
+
+
+def _write_summary(path: Path, results: Sequence[ScanResult]) -> Path:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(SUMMARY_COLUMNS))
+    writer.writeheader()
+    for r in results:
+        writer.writerow(r.row())
+    return atomic_write(path, lambda f: f.write(buf.getvalue().encode("utf-8")))
+
+
+def predict(
+    model_or_run: str | os.PathLike | Predictor,
+    inputs: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    top_k: int = 5,
+    options: PredictOptions = PredictOptions(),
+    progress: bool = True,
+) -> PredictReport:
+    """Predict lesion masks, probabilities, uncertainties, overlays and areas for scans.
+
+    Args:
+        model_or_run: a segmentation checkpoint, a run folder (its top-k checkpoints are
+            averaged) or a loaded :class:`Predictor`.
+        inputs: case folders, dataset folders, export files or folders of exports.
+        out: output folder: ``<out>/<scan id>/`` per scan and ``<out>/summary.csv``.
+        top_k: checkpoints of a run folder averaged.
+        options: preparation and threshold settings.
+        progress: log one line per scan.
+
+    Returns:
+        The report; scans that failed carry their reason (and are logged as warnings).
+
+    Raises:
+        CheckpointError: the model cannot be loaded or is not a segmentation model.
+        ValueError: invalid options or no inputs.
+    """
+    if not inputs:
+        raise ValueError("no inputs to predict")
+    predictor = model_or_run if isinstance(model_or_run, Predictor) else Predictor.load(
+        model_or_run, top_k, options.device, options.depth, options.window_mm)
+    out = Path(out)
+    items = find_inputs(inputs, predictor, options)
+    log.info("predicting %d scan(s) with %d checkpoint(s) (task %s, depth %d)",
+             len(items), len(predictor.checkpoints), predictor.task, predictor.flatten.depth)
+    results: list[ScanResult] = []
+    for i, item in enumerate(items, 1):
+        try:
+            scan = item.load()
+            scan.notes += predictor.check_input(scan.volumes)
+            prob, std = predictor(scan.volumes)
+            res = _write_outputs(out / item.scan_id, scan, prob, std, predictor, item, options.threshold)
+        except Exception as e:  # one bad scan must not stop the batch
+            reason = str(e) if isinstance(e, (DatasetError, ValueError)) else f"{type(e).__name__}: {e}"
+            reason = reason.removeprefix(f"{item.source}: ")
+            log.warning("[%d/%d] %s: failed: %s (%s)", i, len(items), item.scan_id, reason, item.source)
+            log.debug("traceback of %s", item.source, exc_info=True)
+            results.append(ScanResult(item.scan_id, item.source, "failed", reason=reason))
+            continue
+        for note in scan.notes:
+            log.warning("%s: %s", item.scan_id, note)
+        if progress:
+            unc = "" if res.n_pixels == 0 else f", mean uncertainty {res.mean_uncertainty_in_mask:.3f}"
+            log.info("[%d/%d] %s: %.3f mm² (%d px)%s", i, len(items), item.scan_id, res.area_mm2, res.n_pixels, unc)
+        results.append(res)
+    out.mkdir(parents=True, exist_ok=True)
+    report = PredictReport(out, results, _write_summary(out / "summary.csv", results))
+    log.debug("%s", report.summary())  # the CLI prints it
+    return report

@@ -1,0 +1,212 @@
+"""``enface predict``: case folders, dataset folders and exports in; masks, maps, areas out."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from enface.cli import main
+from enface.data.folder import load_case, read_mask
+from enface.data.normalize import zscore_per_bscan
+from enface.engine.checkpoint import CheckpointError
+from enface.models import create_model, model_spec
+from enface.predict import PredictOptions, Predictor, predict
+
+from formats_helpers import layered_volume
+
+WIDTH = 0.125
+EXPORT_SPACING = [0.2, 0.05, 0.01]
+CASE = "P0001_OD_V1"
+
+
+def _save_checkpoint(path: Path, dataset: Path, seed: int, name: str = "fpn", task: str = "segment",
+                     **kwargs) -> Path:
+    """A hand-made engine checkpoint whose head bias centres the logits on a phantom case."""
+    torch.manual_seed(seed)
+    model = create_model(name, width=WIDTH, **kwargs).eval()
+    if name == "fpn":
+        vol = np.load(dataset / "cases" / CASE / "oct.npy").astype(np.float32)
+        with torch.no_grad():
+            logits = model(torch.from_numpy(zscore_per_bscan(vol))[None, None])
+            model.head.bias -= logits.median()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({
+        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+        "enface": {"model": model_spec(model), "task": task, "metric": None, "epoch": 0, "format_version": 1,
+                   "config": {"dataset": str(dataset), "target": "ga" if task == "segment" else "faf_inv"}},
+    }, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(phantom_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder with two ranked checkpoints (different weights)."""
+    root = tmp_path_factory.mktemp("run") / "run"
+    _save_checkpoint(root / "checkpoints" / "epoch=1-val_dice=0.40.ckpt", phantom_dataset, seed=1)
+    _save_checkpoint(root / "checkpoints" / "epoch=2-val_dice=0.60.ckpt", phantom_dataset, seed=2)
+    return root
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two un-flattened NumPy exports (stored D, W, H) with sidecars; one has an SLO."""
+    src = tmp_path_factory.mktemp("export")
+    for i, name in enumerate(("scanA", "scanB")):
+        vol, _, _ = layered_volume((8, 32, 96), seed=i, ga=True)
+        np.save(src / f"{name}.npy", vol.transpose(2, 1, 0))
+        (src / f"{name}.json").write_text(json.dumps({"axes": "DWH", "spacing": EXPORT_SPACING}))
+    slo = (np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8)
+    Image.fromarray(slo).save(src / "scanA_slo.png")
+    return src
+
+
+def _check_scan_outputs(folder: Path, spacing: tuple[float, float], threshold: float = 0.5) -> dict:
+    for name in ("mask.png", "probability.png", "probability.npy", "uncertainty.npy", "uncertainty.png",
+                 "overlay.png", "prediction.json"):
+        assert (folder / name).is_file(), folder / name
+    prob = np.load(folder / "probability.npy")
+    std = np.load(folder / "uncertainty.npy")
+    assert prob.dtype == np.float32 and prob.ndim == 2 and std.shape == prob.shape
+    assert 0.0 <= prob.min() and prob.max() <= 1.0 and std.min() >= 0.0
+    raw = np.asarray(Image.open(folder / "mask.png"))
+    assert set(np.unique(raw).tolist()) <= {0, 255}
+    mask = read_mask(folder / "mask.png")
+    np.testing.assert_array_equal(mask, prob >= threshold)
+    p16 = np.asarray(Image.open(folder / "probability.png"))
+    assert p16.shape == prob.shape and p16.max() <= 65535
+    np.testing.assert_allclose(p16 / 65535.0, prob, atol=1e-4)
+    info = json.loads((folder / "prediction.json").read_text())
+    assert info["n_pixels"] == int(mask.sum())
+    assert info["area_mm2"] == pytest.approx(mask.sum() * spacing[0] * spacing[1])
+    overlay = Image.open(folder / "overlay.png")
+    assert overlay.mode == "RGB"
+    return {"prob": prob, "std": std, "mask": mask, "info": info, "overlay": overlay}
+
+
+def _summary(out: Path) -> dict[str, dict[str, str]]:
+    with open(out / "summary.csv", newline="") as f:
+        return {r["scan_id"]: r for r in csv.DictReader(f)}
+
+
+def test_case_folder_and_numpy_export(run: Path, phantom_dataset: Path, export_dir: Path, tmp_path: Path) -> None:
+    case_dir = phantom_dataset / "cases" / CASE
+    report = predict(run, [case_dir, export_dir], tmp_path / "out")
+    assert report.ok and [r.scan_id for r in report.results] == [CASE, "scanA", "scanB"]
+
+    case = load_case(case_dir)
+    c = _check_scan_outputs(tmp_path / "out" / CASE, case.spacing[:2])
+    assert 0 < c["mask"].sum() < c["mask"].size  # centred logits: a real partial mask
+    assert c["std"].max() > 1e-4  # two different checkpoints disagree somewhere
+    assert c["info"]["shape"] == list(case.oct_shape())
+    sh, sw = case.spacing[:2]
+    # the case has an SLO: projection and SLO panels side by side, rows repeated for square pixels
+    assert c["overlay"].size == (2 * 32 + 4, 8 * round(sh / sw))
+
+    a = _check_scan_outputs(tmp_path / "out" / "scanA", EXPORT_SPACING[:2])
+    b = _check_scan_outputs(tmp_path / "out" / "scanB", EXPORT_SPACING[:2])
+    # the export was flattened and resampled to the training depth of the phantom dataset (64)
+    assert a["info"]["shape"] == [8, 32, 64] and a["info"]["spacing"][:2] == EXPORT_SPACING[:2]
+    assert a["overlay"].size[0] > b["overlay"].size[0]  # scanA has an SLO panel, scanB not
+
+    rows = _summary(tmp_path / "out")
+    assert [r["status"] for r in rows.values()] == ["ok"] * 3
+    for sid, res in zip(rows, report.results):
+        assert float(rows[sid]["area_mm2"]) == pytest.approx(res.area_mm2, rel=1e-5)
+        assert int(rows[sid]["n_pixels"]) == res.n_pixels
+    inside = c["std"][c["mask"].astype(bool)].mean()
+    assert float(rows[CASE]["mean_uncertainty_in_mask"]) == pytest.approx(inside, rel=1e-4)
+
+
+def test_dataset_folder_with_one_checkpoint(run: Path, phantom_dataset: Path, tmp_path: Path) -> None:
+    small = tmp_path / "small"
+    shutil.copytree(phantom_dataset, small, ignore=lambda d, names: [n for n in names if n.startswith("P0003")
+                                                                     or n.startswith("P0004") or n.startswith("P0005")
+                                                                     or n.startswith("P0006")])
+    ids = sorted(p.name for p in (small / "cases").iterdir())
+    ckpt = next((run / "checkpoints").glob("epoch=2*.ckpt"))
+    report = predict(ckpt, [small], tmp_path / "out")
+    assert report.ok and [r.scan_id for r in report.results] == ids and len(ids) >= 3
+    for sid in ids:
+        out = _check_scan_outputs(tmp_path / "out" / sid, load_case(small / "cases" / sid).spacing[:2])
+        assert out["std"].max() == 0.0  # a single checkpoint has no spread
+    assert report.results[0].area_mm2 == pytest.approx(report.results[0].n_pixels * 0.75 * 0.1875)
+
+
+def test_bad_inputs_are_reported_and_the_rest_still_run(
+    run: Path, phantom_dataset: Path, export_dir: Path, tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "corrupt.npy").write_bytes(b"\x93NUMPY garbage")
+    np.save(bad / "flat.npy", np.zeros((8, 32), np.float32))  # 2D: not a volume
+    (bad / "flat.json").write_text(json.dumps({"spacing": EXPORT_SPACING}))
+    picture = tmp_path / "picture.png"
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(picture)
+    inputs = [bad, tmp_path / "missing", picture, phantom_dataset / "cases" / CASE]
+    report = predict(run, inputs, tmp_path / "out", options=PredictOptions(fmt=None))
+    assert not report.ok
+    status = {r.scan_id: (r.status, r.reason) for r in report.results}
+    assert status[CASE][0] == "ok" and (tmp_path / "out" / CASE / "mask.png").is_file()
+    assert status["corrupt"][0] == "failed" and "unreadable" in status["corrupt"][1]
+    assert status["flat"][0] == "failed" and "3D" in status["flat"][1]
+    assert status["missing"] == ("failed", "input not found")
+    assert "not an OCT volume" in status["picture"][1]
+    rows = _summary(tmp_path / "out")
+    assert {k: v["status"] for k, v in rows.items()} == {k: s for k, (s, _) in status.items()}
+    assert rows["missing"]["reason"] == "input not found" and rows["missing"]["area_mm2"] == ""
+    assert not (tmp_path / "out" / "corrupt").exists()
+
+
+def test_fixed_depth_model(phantom_dataset: Path, export_dir: Path, tmp_path: Path) -> None:
+    ckpt = _save_checkpoint(tmp_path / "resens.ckpt", phantom_dataset, seed=0, name="resensnet", depth=32)
+    predictor = Predictor.load(ckpt)
+    assert predictor.fixed_depth == 32 and predictor.flatten.depth == 32  # the network's depth wins
+    report = predict(predictor, [phantom_dataset / "cases" / CASE, export_dir / "scanB.npy"], tmp_path / "out")
+    status = {r.scan_id: r for r in report.results}
+    assert status["scanB"].status == "ok"  # the export is prepared at depth 32
+    assert status[CASE].status == "failed" and "depth mismatch" in status[CASE].reason
+    with pytest.raises(ValueError, match="only accepts depth 32"):
+        Predictor.load(ckpt, depth=64)
+
+
+def test_training_preparation_is_read(run: Path, tmp_path: Path) -> None:
+    ds = tmp_path / "prepared"
+    ds.mkdir()
+    (ds / "dataset.json").write_text(json.dumps({"name": "x", "modalities": ["oct"], "tasks": ["ga"],
+                                                 "preparation": {"depth": 96, "above_mm": 0.5, "below_mm": 0.2}}))
+    ckpt = tmp_path / "c.ckpt"
+    obj = torch.load(next((run / "checkpoints").glob("*.ckpt")), weights_only=False)
+    obj["enface"]["config"]["dataset"] = str(ds)
+    torch.save(obj, ckpt)
+    f = Predictor.load(ckpt).flatten
+    assert (f.depth, f.above_mm, f.below_mm) == (96, 0.5, 0.2)
+    f = Predictor.load(ckpt, depth=80, window_mm=(0.4, 0.1)).flatten
+    assert (f.depth, f.above_mm, f.below_mm) == (80, 0.4, 0.1)
+
+
+def test_reconstruction_checkpoint_is_refused(phantom_dataset: Path, tmp_path: Path) -> None:
+    ckpt = _save_checkpoint(tmp_path / "rec.ckpt", phantom_dataset, seed=0, task="reconstruct")
+    with pytest.raises(CheckpointError, match="reconstruct checkpoint .*segmentation model"):
+        Predictor.load(ckpt)
+
+
+def test_cli_exit_codes(run: Path, phantom_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    case_dir = str(phantom_dataset / "cases" / CASE)
+    out = tmp_path / "out"
+    assert main(["predict", str(run), case_dir, "--out", str(out), "--top-k", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "predicted 1 of 1" in text and str(out) in text
+    assert main(["predict", str(run), case_dir, str(tmp_path / "nope"), "--out", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert "nope" in captured.err and "input not found" in captured.err
+    rec = _save_checkpoint(tmp_path / "rec.ckpt", phantom_dataset, seed=0, task="reconstruct")
+    assert main(["predict", str(rec), case_dir, "--out", str(out)]) == 2
+    assert "segmentation model" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "no-run"), case_dir, "--out", str(out)]) == 2
