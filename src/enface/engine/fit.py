@@ -259,6 +259,7 @@ def fit(
                 "metric": metric,
                 "best": best,
                 "epochs": epochs,
+                "world_size": int(trainer.world_size),
                 "train_cases": list(train_ids),
                 "val_cases": list(val_ids),
                 "seconds": round(time.time() - t0, 1),
