@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import yaml
 
-__all__ = ["RunConfig", "ConfigError", "load_config", "parse_overrides", "RECON_TARGETS"]
+__all__ = ["RunConfig", "ConfigError", "load_config", "parse_overrides", "read_yaml_mapping", "RECON_TARGETS"]
 
 RECON_TARGETS: tuple[str, ...] = ("slo", "faf", "faf_inv")
 """2D modalities a reconstruction (pre-training) run can learn: SLO, FAF, inverted FAF."""
@@ -154,6 +154,19 @@ class RunConfig:
 _FIELDS = {f.name: f for f in fields(RunConfig)}
 
 
+def read_yaml_mapping(path: Path, what: str = "file") -> dict[str, Any]:
+    """Read a YAML file whose top level is a mapping; :class:`ConfigError` names the file otherwise."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: {what} not found")
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML ({e})") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return doc
+
+
 def _coerce(name: str, value: Any) -> Any:
     """Convert a YAML/CLI value to the type of field ``name``."""
     if name not in _FIELDS:
@@ -227,14 +240,7 @@ def load_config(
         values.update(batch_size=4, target="faf_inv")
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{p}: config file not found")
-        try:
-            doc = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: invalid YAML ({e})") from None
-        if not isinstance(doc, dict):
-            raise ConfigError(f"{p}: expected a mapping at the top level")
+        doc = read_yaml_mapping(p, "config file")
         extra = set(doc) - {"common", "pretrain", "train"}
         if extra:
             raise ConfigError(f"{p}: unknown top-level sections {sorted(extra)} (use common/pretrain/train)")

@@ -40,7 +40,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import yaml
 
-from enface.config import RECON_TARGETS, ConfigError, RunConfig, load_config
+from enface.config import RECON_TARGETS, ConfigError, RunConfig, load_config, read_yaml_mapping
 from enface.data.folder import read_dataset_info
 from enface.engine.checkpoint import topk_checkpoints
 from enface.engine.runs import RunKey, format_fraction, run_dir
@@ -128,14 +128,7 @@ def load_study(path: str | os.PathLike, out: str | os.PathLike | None = None) ->
         out: study folder (default: the YAML's ``out`` or ``studies/<name>``).
     """
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: study file not found")
-    try:
-        doc = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: invalid YAML ({e})") from None
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{p}: expected a mapping")
+    doc = read_yaml_mapping(p, "study file")
     extra = set(doc) - _STUDY_KEYS
     if extra:
         raise ConfigError(f"{p}: unknown study keys {sorted(extra)}; known: {sorted(_STUDY_KEYS)}")

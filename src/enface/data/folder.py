@@ -426,16 +426,7 @@ class Case:
 
     def load_oct(self, mmap: bool = True) -> np.ndarray:
         """The ``(H, W, D)`` volume (memory-mapped by default; dtype as stored)."""
-        path = self.path / "oct.npy"
-        if not path.is_file():
-            raise DatasetError(f"{path}: file not found")
-        try:
-            vol = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
-            raise DatasetError(f"{path}: unreadable or truncated volume ({e})") from None
-        if vol.ndim != 3:
-            raise DatasetError(f"{path}: volume must be 3D (H, W, D), got shape {vol.shape}")
-        return vol
+        return self.load_volume("oct", mmap=mmap)
 
     def oct_shape(self) -> tuple[int, int, int]:
         """Shape ``(H, W, D)`` read from the ``.npy`` header only."""
@@ -446,9 +437,7 @@ class Case:
         return (self.path / f"{name}.npy").is_file()
 
     def load_volume(self, name: str, mmap: bool = True) -> np.ndarray:
-        """An extra ``(H, W, D)`` input channel ``<name>.npy`` (``"oct"`` gives the OCT)."""
-        if name == "oct":
-            return self.load_oct(mmap=mmap)
+        """An ``(H, W, D)`` input channel ``<name>.npy``: ``"oct"`` or an extra one (``"octa"``)."""
         path = self.path / f"{name}.npy"
         if not path.is_file():
             raise DatasetError(f"{path}: file not found")
