@@ -186,3 +186,18 @@ def test_bf16_autocast_on_cpu(dataset: Path, tmp_path: Path) -> None:
     assert result.status == "finished"
     values = [v for _, v in result.best]
     assert values and all(0.0 <= v <= 1.0 for v in values)
+
+
+@pytest.mark.slow
+def test_torch_compile_run_checkpoints_load_and_transfer(dataset: Path, tmp_path: Path) -> None:
+    """torch.compile (off by default on CPU) trains, and its checkpoints rebuild and transfer."""
+    from enface.engine.transfer import transfer_weights
+    from enface.models import create_model
+
+    result = fit(_config(dataset, tmp_path, "train", epochs=1, compile=True), progress=False)
+    best = topk_checkpoints(result.run_dir)[0]
+    assert any("_orig_mod." in k for k in read_checkpoint(best)["state_dict"])
+    model, _ = load_model(best)
+    assert model(torch.zeros(1, 1, *SHAPE)).shape == (1, 1, 8, 32)
+    report = transfer_weights(create_model("fpn", width=0.125), best)
+    assert report.not_loaded == []
