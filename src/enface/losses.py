@@ -54,8 +54,12 @@ class DiceBCELoss(nn.Module):
         self.batch_dice = batch_dice
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """``input``: logits ``(N, C, H, W)``; ``target``: ``(N, C, H, W)`` in {0, 1}."""
-        target = target.to(input.dtype)
+        """``input``: logits ``(N, C, H, W)``; ``target``: ``(N, C, H, W)`` in {0, 1}.
+
+        Computed in float32 whatever the autocast dtype (bf16 sums over a mask are too coarse).
+        """
+        input = input.float()
+        target = target.float()
         dice = soft_dice_loss(torch.sigmoid(input), target, self.smooth, self.batch_dice)
         bce = F.binary_cross_entropy_with_logits(input, target)
         return self.dice_weight * dice + self.bce_weight * bce
