@@ -215,6 +215,7 @@ def evaluate(
     out = Path(out_dir) if out_dir else run / "eval" / f"{info['name']}-{split}"
     ds = EnfaceDataset(dataset, ids, "none", augment=None, channels=ensemble.channels)
     rows: list[dict[str, Any]] = []
+    inter_grader: list[dict[str, Any]] = []
     probs: dict[str, np.ndarray] = {}
     for i, cid in enumerate(ids):
         item = ds[i]
@@ -222,8 +223,16 @@ def evaluate(
         prob = mean[0]
         pred = prob >= threshold
         case = load_case(dataset / "cases" / cid)
-        for grader in case.graders(task):
-            ref = case.load_mask(task, grader)
+        graders = case.graders(task)
+        refs = {g: case.load_mask(task, g) for g in graders}
+        for g in graders[1:]:  # agreement of each extra grader with the primary one
+            inter_grader.append({
+                "dice": dice_score(refs[g], refs[None]),
+                "area_diff_mm2": abs_area_difference(refs[g], refs[None], case.spacing),
+                "hd95_mm": hd95_mm(refs[g], refs[None], case.spacing),
+            })
+        for grader in graders:
+            ref = refs[grader]
             rows.append(
                 {
                     "case_id": cid,
@@ -238,10 +247,10 @@ def evaluate(
             )
         probs[cid] = prob
         if progress:
-            r = rows[-len(case.graders(task))]
+            r = rows[-len(graders)]
             log.info("[%d/%d] %s: Dice %.3f, area diff %.3f mm²", i + 1, len(ids), cid, r["dice"], r["area_diff_mm2"])
     primary = [r for r in rows if r["grader"] == ""]
-    graders = sorted({r["grader"] for r in rows if r["grader"]})
+    extra_graders = sorted({r["grader"] for r in rows if r["grader"]})
     summary = {
         "run": str(run),
         "dataset": str(dataset),
@@ -252,7 +261,8 @@ def evaluate(
         "checkpoints": [str(p) for p in ensemble.paths],
         "n_cases": len(primary),
         "metrics": summarize(primary),
-        "graders": {g: summarize([r for r in rows if r["grader"] == g]) for g in graders},
+        "graders": {g: summarize([r for r in rows if r["grader"] == g]) for g in extra_graders},
+        "inter_grader": summarize(inter_grader) if inter_grader else None,
     }
     out.mkdir(parents=True, exist_ok=True)
     columns = ["case_id", "patient_id", "grader", "dice", "area_pred_mm2", "area_true_mm2", "area_diff_mm2", "hd95_mm"]
