@@ -254,7 +254,8 @@ def ensure_dataset(study: StudyConfig) -> None:
         if not synth:
             raise ConfigError(f"study: {what} {folder} not found (and no 'synth' entry to generate it)")
         log.info("generating phantom %s in %s", what, folder)
-        synthesize_dataset(Path(folder), **synth)
+        # no dataset.json: nothing there, or a generation that was killed -> (re)generate it
+        synthesize_dataset(Path(folder), **{"overwrite": True, **synth})
 
 
 def execute_run(study: StudyConfig, run: PlannedRun, progress: bool = True) -> str:
