@@ -17,7 +17,7 @@ from enface.data.folder import load_case, read_mask
 from enface.data.normalize import zscore_per_bscan
 from enface.engine.checkpoint import CheckpointError
 from enface.models import create_model, model_spec
-from enface.predict import PredictOptions, Predictor, predict
+from enface.predict import OVERLAY_MIN_SIZE, PredictOptions, Predictor, predict
 
 from formats_helpers import layered_volume
 
@@ -107,7 +107,9 @@ def test_case_folder_and_numpy_export(run: Path, phantom_dataset: Path, export_d
     assert c["info"]["shape"] == list(case.oct_shape())
     sh, sw = case.spacing[:2]
     # the case has an SLO: projection and SLO panels side by side, rows repeated for square pixels
-    assert c["overlay"].size == (2 * 32 + 4, 8 * round(sh / sw))
+    h_sq = 8 * round(sh / sw)  # B-scan rows repeated for square pixels, then enlarged
+    f = -(-OVERLAY_MIN_SIZE // max(h_sq, 32))
+    assert c["overlay"].size == (2 * 32 * f + 4, h_sq * f)
 
     a = _check_scan_outputs(tmp_path / "out" / "scanA", EXPORT_SPACING[:2])
     b = _check_scan_outputs(tmp_path / "out" / "scanB", EXPORT_SPACING[:2])

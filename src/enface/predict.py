@@ -518,11 +518,17 @@ def _save_rgb_png(path: Path, rgb: np.ndarray) -> Path:
     return atomic_write(path, lambda f: f.write(buf.getvalue()))
 
 
+OVERLAY_MIN_SIZE = 384
+"""Overlay panels smaller than this (longer side, px) are enlarged by an integer factor."""
+
+
 def _overlay(scan: PreparedScan, mask: np.ndarray) -> np.ndarray:
     sp = (scan.spacing[0], scan.spacing[1])
     panels = [mask_overlay(enface_projection(scan.volumes[0]), mask, sp)]
     if scan.slo is not None:
         panels.append(mask_overlay(_stretch(scan.slo), mask, sp))
+    factor = max(1, -(-OVERLAY_MIN_SIZE // max(panels[0].shape[:2])))
+    panels = [p.repeat(factor, axis=0).repeat(factor, axis=1) for p in panels]
     if len(panels) == 1:
         return panels[0]
     gap = np.full((panels[0].shape[0], 4, 3), 255, dtype=np.uint8)
