@@ -245,7 +245,11 @@ def fit(
     )
     train_dl, val_dl = _loaders(config, train_ids, val_ids)
     t0 = time.time()
-    trainer.fit(module, train_dl, val_dl, ckpt_path=resume_from)
+    try:
+        trainer.fit(module, train_dl, val_dl, ckpt_path=resume_from)
+    except SystemExit:  # Lightning exits on Ctrl+C after a graceful shutdown
+        log.warning("interrupted: %s keeps its last checkpoint; continue with --resume (or re-run the study)", folder)
+        raise
     best = sorted(((str(p), float(v)) for p, v in best_cb.best_k_models.items()), key=lambda t: -t[1])
     epochs = int(trainer.current_epoch)
     if trainer.interrupted:
