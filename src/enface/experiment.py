@@ -388,8 +388,10 @@ def collect_results(study: StudyConfig, plan: Sequence[PlannedRun] | None = None
         for m in METRICS:
             row[f"{m}_mean"] = summ[m]["mean"]
             row[f"{m}_std"] = summ[m]["std"]
+            row[f"{m}_undefined"] = summ[m]["n_undefined"]
             finite = [v for v in seed_means[key][m] if math.isfinite(v)]
             row[f"{m}_seed_std"] = float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
+        row["dice_per_seed"] = "/".join(f"{v:.3f}" for v in seed_means[key]["dice"])
         table.append(row)
     wilcoxon = []
     ref_model, ref_init = study.reference["model"], study.reference["init"]
@@ -423,15 +425,17 @@ def _fmt(v: float, digits: int = 3) -> str:
 
 def _table_markdown(table: Sequence[Mapping[str, Any]]) -> str:
     lines = [
-        "| test set | model | init | fraction | seeds | cases | Dice | area diff (mm²) | HD95 (mm) |",
-        "|---|---|---|---:|---:|---:|---|---|---|",
+        "| test set | model | init | fraction | seeds | cases | Dice | Dice per seed | area diff (mm²) | HD95 (mm) |",
+        "|---|---|---|---:|---:|---:|---|---|---|---|",
     ]
     for r in table:
+        hd95 = f"{_fmt(r['hd95_mm_mean'], 2)} ± {_fmt(r['hd95_mm_std'], 2)}"
+        if r.get("hd95_mm_undefined"):
+            hd95 += f" ({r['hd95_mm_undefined']} undefined)"
         lines.append(
             f"| {r['test_set']} | {r['model']} | {r['init']} | {format_fraction(r['fraction'])} % | {r['n_seeds']} | "
-            f"{r['n_cases']} | {_fmt(r['dice_mean'])} ± {_fmt(r['dice_std'])} | "
-            f"{_fmt(r['area_diff_mm2_mean'])} ± {_fmt(r['area_diff_mm2_std'])} | "
-            f"{_fmt(r['hd95_mm_mean'], 2)} ± {_fmt(r['hd95_mm_std'], 2)} |"
+            f"{r['n_cases']} | {_fmt(r['dice_mean'])} ± {_fmt(r['dice_std'])} | {r['dice_per_seed']} | "
+            f"{_fmt(r['area_diff_mm2_mean'])} ± {_fmt(r['area_diff_mm2_std'])} | {hd95} |"
         )
     return "\n".join(lines)
 
@@ -498,7 +502,13 @@ def write_report(study: StudyConfig, plan: Sequence[PlannedRun], results: Mappin
         f"{', '.join(study.inits)}; label fractions {', '.join(format_fraction(f) + ' %' for f in study.fractions)}; "
         f"seeds {', '.join(map(str, study.seeds))}. Top-{study.top_k} checkpoint ensembles, threshold 0.5."
     )
-    md += ["", "## Results (mean ± std over test cases; per-case values averaged over seeds)", "", _table_markdown(table), ""]
+    md += [
+        "", "## Results", "",
+        "Mean ± std over test cases of per-case values averaged over seeds; 'Dice per seed' gives each "
+        "seed's mean test Dice. HD95 is undefined for a case where exactly one of prediction and "
+        "reference is empty in some seed (it is then infinite); such cases are counted, not averaged.",
+        "", _table_markdown(table), "",
+    ]
     md += [f"## Paired Wilcoxon signed-rank tests on per-case Dice (reference: {_config_label(study.reference['model'], study.reference['init'])})", "", _wilcoxon_markdown(wil), ""]
     if results["missing"]:
         md += ["## Missing evaluations", "", *[f"- {m}" for m in results["missing"]], ""]
