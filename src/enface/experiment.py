@@ -393,19 +393,27 @@ def collect_results(study: StudyConfig, plan: Sequence[PlannedRun] | None = None
             row[f"{m}_seed_std"] = float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
         row["dice_per_seed"] = "/".join(f"{v:.3f}" for v in seed_means[key]["dice"])
         table.append(row)
-    wilcoxon = []
     ref_model, ref_init = study.reference["model"], study.reference["init"]
-    for key, cases in sorted(averaged.items()):
+    pairs = []  # (reference key, compared key): the reference vs every other configuration,
+    for key in sorted(averaged):  # then, per model, each pre-training vs that model from scratch
         ts, model, init, fraction = key
-        ref_key = (ts, ref_model, ref_init, fraction)
-        if key == ref_key or ref_key not in averaged:
+        pairs.append(((ts, ref_model, ref_init, fraction), key))
+    for key in sorted(averaged):
+        ts, model, init, fraction = key
+        if init != "scratch":
+            pairs.append(((ts, model, "scratch", fraction), key))
+    wilcoxon = []
+    seen = set()
+    for ref_key, key in pairs:
+        if key == ref_key or ref_key not in averaged or (ref_key, key) in seen or (key, ref_key) in seen:
             continue
+        seen.add((ref_key, key))
         ref = {c: v["dice"] for c, v in averaged[ref_key].items()}
-        other = {c: v["dice"] for c, v in cases.items()}
+        other = {c: v["dice"] for c, v in averaged[key].items()}
         res = paired_wilcoxon(ref, other)
         wilcoxon.append({
-            "test_set": ts, "fraction": fraction, "reference": _config_label(ref_model, ref_init),
-            "other": _config_label(model, init), "n": res["n"],
+            "test_set": key[0], "fraction": key[3], "reference": _config_label(ref_key[1], ref_key[2]),
+            "other": _config_label(key[1], key[2]), "n": res["n"],
             "median_dice_difference": res["median_difference"], "p_value": res["p_value"],
         })
     return {
@@ -421,6 +429,12 @@ def collect_results(study: StudyConfig, plan: Sequence[PlannedRun] | None = None
 
 def _fmt(v: float, digits: int = 3) -> str:
     return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{digits}f}"
+
+
+def _fmt_p(p: float) -> str:
+    if p is None or not math.isfinite(p):
+        return "n/a"
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
 
 
 def _table_markdown(table: Sequence[Mapping[str, Any]]) -> str:
@@ -448,7 +462,7 @@ def _wilcoxon_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     for r in rows:
         lines.append(
             f"| {r['test_set']} | {format_fraction(r['fraction'])} % | {r['reference']} | {r['other']} | {r['n']} | "
-            f"{_fmt(r['median_dice_difference'])} | {_fmt(r['p_value'], 4)} |"
+            f"{_fmt(r['median_dice_difference'])} | {_fmt_p(r['p_value'])} |"
         )
     return "\n".join(lines)
 
@@ -509,7 +523,13 @@ def write_report(study: StudyConfig, plan: Sequence[PlannedRun], results: Mappin
         "reference is empty in some seed (it is then infinite); such cases are counted, not averaged.",
         "", _table_markdown(table), "",
     ]
-    md += [f"## Paired Wilcoxon signed-rank tests on per-case Dice (reference: {_config_label(study.reference['model'], study.reference['init'])})", "", _wilcoxon_markdown(wil), ""]
+    md += [
+        "## Paired Wilcoxon signed-rank tests on per-case Dice", "",
+        f"The reference configuration ({_config_label(study.reference['model'], study.reference['init'])}) against "
+        "every other one, then each pre-trained model against the same model from scratch; per test set and "
+        "label fraction, pairing the seed-averaged Dice of each test case. Cases of one patient (eyes, "
+        "visits) are not independent, so p-values are optimistic.", "", _wilcoxon_markdown(wil), "",
+    ]
     if results["missing"]:
         md += ["## Missing evaluations", "", *[f"- {m}" for m in results["missing"]], ""]
     md += ["## Figures", ""]
