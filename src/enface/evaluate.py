@@ -23,7 +23,7 @@ import yaml
 
 from enface.data.folder import DatasetError, load_case, read_dataset_info
 from enface.engine.checkpoint import CheckpointError, load_model, topk_checkpoints
-from enface.fileio import atomic_write, atomic_write_json
+from enface.fileio import atomic_write, atomic_write_csv, atomic_write_json
 from enface.metrics import abs_area_difference, area_mm2, dice_score, hd95_mm
 
 __all__ = [
@@ -138,15 +138,6 @@ def summarize(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] = METRIC
             "n_undefined": int(len(raw) - vals.size),
         }
     return out
-
-
-def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    atomic_write(path, lambda f: f.write(buf.getvalue().encode("utf-8")))
 
 
 def read_cases_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -265,7 +256,7 @@ def evaluate(
     }
     out.mkdir(parents=True, exist_ok=True)
     columns = ["case_id", "patient_id", "grader", "dice", "area_pred_mm2", "area_true_mm2", "area_diff_mm2", "hd95_mm"]
-    _write_csv(out / "cases.csv", rows, columns)
+    atomic_write_csv(out / "cases.csv", rows, columns)
     atomic_write_json(out / "summary.json", summary)
     if save_probabilities:
         buf = io.BytesIO()

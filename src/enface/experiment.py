@@ -44,7 +44,7 @@ from enface.data.folder import read_dataset_info
 from enface.engine.checkpoint import topk_checkpoints
 from enface.engine.runs import RunKey, format_fraction, run_dir
 from enface.evaluate import METRICS, paired_wilcoxon, read_cases_csv, summarize
-from enface.fileio import atomic_write_json, atomic_write_text
+from enface.fileio import atomic_write_csv, atomic_write_json, atomic_write_text
 
 __all__ = [
     "StudyConfig",
@@ -467,16 +467,6 @@ def _wilcoxon_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _csv(rows: Sequence[Mapping[str, Any]]) -> str:
-    if not rows:
-        return ""
-    cols = list(rows[0])
-    out = [",".join(cols)]
-    for r in rows:
-        out.append(",".join(f"{r[c]:.6g}" if isinstance(r[c], float) else str(r[c]) for c in cols))
-    return "\n".join(out) + "\n"
-
-
 def write_report(study: StudyConfig, plan: Sequence[PlannedRun], results: Mapping[str, Any]) -> Path:
     """Write ``results/`` tables, ``figures/`` and ``report.md`` + ``report.html``.
 
@@ -491,9 +481,9 @@ def write_report(study: StudyConfig, plan: Sequence[PlannedRun], results: Mappin
     res_dir.mkdir(parents=True, exist_ok=True)
     fig_dir.mkdir(parents=True, exist_ok=True)
     table, wil = results["table"], results["wilcoxon"]
-    atomic_write_text(res_dir / "table.csv", _csv(table))
+    atomic_write_csv(res_dir / "table.csv", table)
     atomic_write_text(res_dir / "table.md", _table_markdown(table) + "\n")
-    atomic_write_text(res_dir / "wilcoxon.csv", _csv(wil))
+    atomic_write_csv(res_dir / "wilcoxon.csv", wil)
     atomic_write_text(res_dir / "wilcoxon.md", _wilcoxon_markdown(wil) + "\n")
     atomic_write_json(res_dir / "per_case.json", results["per_case"])
 

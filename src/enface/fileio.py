@@ -6,18 +6,20 @@ was there before.
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, BinaryIO
+from typing import Any, BinaryIO, Callable, Mapping, Sequence
 
 import numpy as np
 
 __all__ = [
     "atomic_write",
+    "atomic_write_csv",
     "atomic_write_bytes",
     "atomic_write_text",
     "atomic_write_json",
@@ -80,24 +82,46 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(_strict_json(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
+def atomic_write_csv(
+    path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None
+) -> Path:
+    """Atomically write ``rows`` as CSV (floats as ``%.6g``; keys outside ``columns`` ignored).
+
+    Args:
+        path: destination file.
+        rows: one mapping per row.
+        columns: column order (default: the keys of the first row).
+    """
+    cols = list(columns) if columns is not None else (list(rows[0]) if rows else [])
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+    if cols:
+        writer.writeheader()
+    for r in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    return atomic_write_text(path, buf.getvalue())
+
+
 def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
     """Atomically save ``array`` in ``.npy`` format (memory-mappable when read back)."""
     return atomic_write(path, lambda f: np.save(f, np.ascontiguousarray(array), allow_pickle=False))
 
 
 def atomic_save_png(path: str | os.PathLike, image: np.ndarray) -> Path:
-    """Atomically save a 2D ``uint8`` or ``uint16`` image as a grayscale PNG.
+    """Atomically save a grayscale (uint8 or uint16) or RGB (uint8) image as PNG.
 
     Args:
         path: destination ``.png`` file.
-        image: ``(H, W)`` array of dtype uint8 or uint16.
+        image: ``(H, W)`` uint8/uint16 array, or ``(H, W, 3)`` uint8 array.
     """
     from PIL import Image
 
     image = np.asarray(image)
-    if image.ndim != 2 or image.dtype not in (np.uint8, np.uint16):
+    gray = image.ndim == 2 and image.dtype in (np.uint8, np.uint16)
+    rgb = image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8
+    if not (gray or rgb):
         raise ValueError(
-            f"{path}: expected a 2D uint8/uint16 image, got shape {image.shape} dtype {image.dtype}"
+            f"{path}: expected a 2D uint8/uint16 or (H, W, 3) uint8 image, got shape {image.shape} dtype {image.dtype}"
         )
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG")

@@ -30,8 +30,6 @@ checkpoints are accepted: a reconstruction checkpoint is refused with a clear er
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import math
@@ -49,7 +47,7 @@ from enface.data.prepare import FORMATS, PrepareOptions, _unique_ids, discover_s
 from enface.data.preprocess import FlattenParams
 from enface.engine.checkpoint import CheckpointError
 from enface.evaluate import Ensemble
-from enface.fileio import atomic_save_npy, atomic_save_png, atomic_write, atomic_write_json
+from enface.fileio import atomic_save_npy, atomic_save_png, atomic_write_csv, atomic_write_json
 
 __all__ = [
     "PredictOptions",
@@ -510,14 +508,6 @@ def mask_overlay(
     return np.round(rgb).clip(0, 255).astype(np.uint8)
 
 
-def _save_rgb_png(path: Path, rgb: np.ndarray) -> Path:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(rgb, mode="RGB").save(buf, format="PNG")
-    return atomic_write(path, lambda f: f.write(buf.getvalue()))
-
-
 OVERLAY_MIN_SIZE = 384
 """Overlay panels smaller than this (longer side, px) are enlarged by an integer factor."""
 
@@ -559,7 +549,7 @@ def _write_outputs(
     atomic_save_png(out / "probability.png", np.round(np.clip(prob, 0, 1) * 65535).astype(np.uint16))
     atomic_save_npy(out / "uncertainty.npy", std.astype(np.float32))
     atomic_save_png(out / "uncertainty.png", np.round(np.clip(std / 0.5, 0, 1) * 65535).astype(np.uint16))
-    _save_rgb_png(out / "overlay.png", overlay)
+    atomic_save_png(out / "overlay.png", overlay)
     atomic_write_json(out / "prediction.json", {
         "scan_id": item.scan_id,
         "source": item.source,
@@ -577,12 +567,7 @@ def _write_outputs(
 
 
 def _write_summary(path: Path, results: Sequence[ScanResult]) -> Path:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(SUMMARY_COLUMNS))
-    writer.writeheader()
-    for r in results:
-        writer.writerow(r.row())
-    return atomic_write(path, lambda f: f.write(buf.getvalue().encode("utf-8")))
+    return atomic_write_csv(path, [r.row() for r in results], SUMMARY_COLUMNS)
 
 
 def predict(
