@@ -13,7 +13,8 @@ from PIL import Image
 
 from enface.cli import main
 from enface.data.check import check_dataset
-from enface.data.folder import DatasetError, list_cases
+from enface.data.folder import list_cases
+from enface.errors import DatasetError
 from enface.data.prepare import PrepareOptions, prepare_dataset
 from enface.data.preprocess import FlattenParams
 from enface.io.heidelberg import read_heidelberg

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from enface.config import ConfigError, load_config, parse_overrides
+from enface.config import load_config, parse_overrides
+from enface.errors import ConfigError
 from enface.engine.runs import RunKey, format_fraction, parse_run_dir, run_dir
 
 ROOT = Path(__file__).resolve().parents[1]

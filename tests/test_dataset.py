@@ -11,7 +11,8 @@ from torch.utils.data import DataLoader
 
 from enface.data.augment import AugmentConfig, augment_pair
 from enface.data.dataset import EnfaceDataset
-from enface.data.folder import CaseMeta, DatasetError, load_case, write_case
+from enface.data.folder import CaseMeta, load_case, write_case
+from enface.errors import DatasetError
 from enface.data.normalize import bscan_stats, zscore_per_bscan
 from enface.fileio import atomic_save_png
 

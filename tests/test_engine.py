@@ -19,7 +19,7 @@ from enface.data.folder import CaseMeta, write_case, write_dataset_info
 from enface.data.splits import split_dataset
 from enface.engine.checkpoint import load_model, read_checkpoint, topk_checkpoints
 from enface.engine.fit import fit
-from enface.engine.module import NonFiniteLossError
+from enface.errors import NonFiniteLossError
 
 SHAPE = (8, 32, 64)
 FAST = {"width": 0.125, "crop": (8, 32), "batch_size": 2, "num_workers": 0, "accelerator": "cpu", "top_k": 2}

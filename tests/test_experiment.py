@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from enface.cli import main
-from enface.config import ConfigError
+from enface.errors import ConfigError
 from enface.experiment import collect_results, load_study, plan_study, run_folder, run_study
 
 FAST = {"width": 0.125, "crop": [8, 32], "batch_size": 2, "num_workers": 0, "accelerator": "cpu"}

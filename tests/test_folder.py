@@ -11,7 +11,6 @@ import pytest
 
 from enface.data.folder import (
     CaseMeta,
-    DatasetError,
     list_cases,
     load_case,
     read_mask,
@@ -20,6 +19,7 @@ from enface.data.folder import (
     write_dataset_info,
     write_splits,
 )
+from enface.errors import DatasetError
 from enface.fileio import atomic_save_png, atomic_write
 
 META = CaseMeta(case_id="P1_OD_v0", patient_id="P1", eye="OD", visit=0, spacing=(0.12, 0.01, 0.004))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from enface.data.folder import DatasetError
+from enface.errors import DatasetError
 from enface.io.base import positions_from_box
 from enface.io.heidelberg import read_heidelberg
 from enface.io.images import read_bscan_stack, read_image, read_mask

@@ -13,9 +13,10 @@ import torch
 from PIL import Image
 
 from enface.cli import main
-from enface.data.folder import load_case, read_mask
+from enface.data.folder import load_case
+from enface.io.images import read_mask
 from enface.data.normalize import zscore_per_bscan
-from enface.engine.checkpoint import CheckpointError
+from enface.errors import CheckpointError
 from enface.models import create_model, model_spec
 from enface.predict import OVERLAY_MIN_SIZE, PredictOptions, Predictor, predict
 

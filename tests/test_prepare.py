@@ -13,7 +13,8 @@ from PIL import Image
 from enface.cli import PREPARE_FORMATS, main
 from enface.data.check import check_dataset
 from enface.data.folder import list_cases, read_dataset_info, read_splits
-from enface.data.prepare import FORMATS, PrepareOptions, prepare_dataset
+from enface.data.prepare import PrepareOptions, prepare_dataset
+from enface.io.formats import FORMATS
 from enface.data.preprocess import FlattenParams, enface_points, sample_enface, sample_enface_mask
 from enface.data.register import apply_matrix, warp_image
 from enface.io.base import full_image_box, positions_from_box

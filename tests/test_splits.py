@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from enface.cli import main
-from enface.data.folder import CaseMeta, DatasetError, list_cases, read_splits, write_case
+from enface.data.folder import CaseMeta, list_cases, read_splits, write_case
+from enface.errors import DatasetError
 from enface.data.splits import fraction_key, label_fractions, make_splits, select_cases, split_dataset
 
 N_PATIENTS = 20

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from enface.engine.checkpoint import CheckpointError, load_model
+from enface.engine.checkpoint import load_model
+from enface.errors import CheckpointError
 from enface.engine.transfer import transfer_weights
 from enface.models import create_model, list_models, model_spec
 

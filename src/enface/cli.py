@@ -40,7 +40,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- prepare / check
 
 
-PREPARE_FORMATS = ("vol", "xml", "e2e", "octa500", "nifti", "numpy")  # = enface.data.prepare.FORMATS
+from enface.io.formats import FORMATS as PREPARE_FORMATS  # noqa: E402  (light: no numpy)
 
 
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
@@ -214,7 +214,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         if value is not None:
             overrides[name] = value
     config = load_config(args.config, args.stage, overrides)
-    from enface.engine.module import NonFiniteLossError
+    from enface.errors import NonFiniteLossError
 
     try:
         result = fit(config, resume=args.resume, progress=not args.no_progress)
@@ -518,7 +518,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 1
-    from enface.data.folder import DatasetError
+    from enface.errors import DatasetError
 
     try:
         return int(args.handler(args) or 0)

@@ -14,15 +14,13 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
+from enface.errors import ConfigError
 
 __all__ = ["RunConfig", "ConfigError", "load_config", "parse_overrides", "read_yaml_mapping", "RECON_TARGETS"]
 
 RECON_TARGETS: tuple[str, ...] = ("slo", "faf", "faf_inv")
 """2D modalities a reconstruction (pre-training) run can learn: SLO, FAF, inverted FAF."""
 
-
-class ConfigError(ValueError):
-    """A configuration file or override is invalid."""
 
 
 @dataclass

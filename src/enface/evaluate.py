@@ -21,8 +21,10 @@ import numpy as np
 import torch
 import yaml
 
-from enface.data.folder import DatasetError, load_case, read_dataset_info
-from enface.engine.checkpoint import CheckpointError, load_model, topk_checkpoints
+from enface.data.folder import load_case, read_dataset_info
+from enface.errors import DatasetError
+from enface.engine.checkpoint import load_model, topk_checkpoints
+from enface.errors import CheckpointError
 from enface.fileio import atomic_write, atomic_write_csv, atomic_write_json
 from enface.metrics import abs_area_difference, area_mm2, dice_score, hd95_mm
 

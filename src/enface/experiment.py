@@ -39,7 +39,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import yaml
 
-from enface.config import RECON_TARGETS, ConfigError, RunConfig, load_config, read_yaml_mapping
+from enface.config import RECON_TARGETS, RunConfig, load_config, read_yaml_mapping
+from enface.errors import ConfigError
 from enface.data.folder import read_dataset_info
 from enface.engine.checkpoint import topk_checkpoints
 from enface.engine.runs import RunKey, format_fraction, run_dir

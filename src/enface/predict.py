@@ -41,11 +41,14 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from enface.data.folder import DatasetError, load_case
+from enface.data.folder import load_case
+from enface.errors import DatasetError
 from enface.data.normalize import zscore_per_bscan
-from enface.data.prepare import FORMATS, PrepareOptions, _unique_ids, discover_sources, scan_to_case
+from enface.data.prepare import PrepareOptions, discover_sources, scan_to_case
+from enface.io.base import unique_ids
+from enface.io.formats import FORMATS, infer_format
 from enface.data.preprocess import FlattenParams
-from enface.engine.checkpoint import CheckpointError
+from enface.errors import CheckpointError
 from enface.evaluate import Ensemble
 from enface.fileio import atomic_save_npy, atomic_save_png, atomic_write_csv, atomic_write_json
 
@@ -71,9 +74,6 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
 )
 """Columns of ``summary.csv``."""
 
-_SUFFIX_FORMATS: tuple[tuple[str, str], ...] = (
-    (".nii.gz", "nifti"), (".nii", "nifti"), (".npy", "numpy"), (".vol", "vol"), (".xml", "xml"), (".e2e", "e2e"),
-)
 MASK_COLOR: tuple[int, int, int] = (255, 40, 40)
 """RGB colour of the predicted lesion in ``overlay.png``."""
 
@@ -83,7 +83,7 @@ class PredictOptions:
     """Settings of :func:`predict`.
 
     Attributes:
-        fmt: format of device exports (one of :data:`enface.data.prepare.FORMATS`); ``None``
+        fmt: format of device exports (one of :data:`enface.io.formats.FORMATS`); ``None``
             infers it from the file suffixes (``octa500`` must be given).
         threshold: probability threshold of the binary mask.
         depth: depth samples of prepared exports (default: the model's training depth).
@@ -349,32 +349,6 @@ class Predictor:
 # --------------------------------------------------------------------------- inputs
 
 
-def infer_format(path: Path) -> str:
-    """The export format of a file (by suffix) or a folder (by the suffixes it holds).
-
-    Raises:
-        DatasetError: unknown suffix, nothing recognisable, or several formats in a folder.
-    """
-    def of(name: str) -> str | None:
-        low = name.lower()
-        return next((fmt for suf, fmt in _SUFFIX_FORMATS if low.endswith(suf)), None)
-
-    if path.is_file():
-        fmt = of(path.name)
-        if fmt is None:
-            known = ", ".join(s for s, _ in _SUFFIX_FORMATS)
-            raise DatasetError(f"{path}: not an OCT volume or export (suffix {''.join(path.suffixes) or 'none'}; "
-                               f"known: {known}; give --format)")
-        return fmt
-    found = {of(p.name) for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")} - {None}
-    if not found:
-        raise DatasetError(f"{path}: no case, dataset or OCT export found in this folder "
-                           "(give --format for OCTA-500 or unusual suffixes)")
-    if len(found) > 1:
-        raise DatasetError(f"{path}: files of several formats ({', '.join(sorted(found))}); give --format")
-    return found.pop()  # type: ignore[return-value]
-
-
 def _load_case(path: Path, predictor: Predictor) -> PreparedScan:
     case = load_case(path)
     names = list(predictor.channels)
@@ -449,8 +423,8 @@ def find_inputs(inputs: Sequence[str | os.PathLike], predictor: Predictor, opts:
                 continue
             items += [PredictInput(s.case_id, str(s.source), lambda s=s, o=popts: _load_export(s.read, s.case_id, o))
                       for s in sources]
-    unique = _unique_ids([(it.scan_id, Path(it.source)) for it in items])
-    return [replace(it, scan_id=uid) for it, (uid, _) in zip(items, unique)]
+    unique = unique_ids([it.scan_id for it in items])
+    return [replace(it, scan_id=uid) for it, uid in zip(items, unique)]
 
 
 # --------------------------------------------------------------------------- pictures

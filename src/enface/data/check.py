@@ -25,19 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from enface.data.folder import (
-    MODALITIES,
-    CaseMeta,
-    DatasetError,
-    read_dataset_info,
-    read_image,
-    read_mask,
-    read_splits,
-)
+from enface.data.folder import MASK_RE, MODALITIES, CaseMeta, list_ids, read_dataset_info, read_splits, split_coverage
+from enface.io.images import read_image, read_mask
+from enface.errors import DatasetError
 
 __all__ = ["CheckReport", "check_dataset", "check_case"]
 
-_MASK_RE = re.compile(r"^mask_(?P<task>[A-Za-z0-9-]+)(?:\.(?P<grader>[A-Za-z0-9_-]+))?\.png$")
 _CHUNK_VOXELS = 1 << 24  # finiteness is checked in chunks of ~16 M voxels
 
 
@@ -182,7 +175,7 @@ def check_case(case_dir: Path, report: CheckReport, deep: bool = True) -> dict[s
             if hw is not None and img.shape != hw:
                 report.problem(p, f"{p.stem} has shape {img.shape}, expected the en-face grid {hw} of oct.npy")
             continue
-        m = _MASK_RE.match(name)
+        m = MASK_RE.match(name)
         if m:
             try:
                 mask = read_mask(p)
@@ -270,13 +263,9 @@ def check_dataset(root: str | os.PathLike, deep: bool = True) -> CheckReport:
             report.problem(splits_path, str(e).removeprefix(f"{splits_path}: "))
         else:
             report.stats["splits"] = {k: len(splits[k]) for k in ("train", "val", "test")}
-            assigned = set().union(*(set(splits[k]) for k in ("train", "val", "test")))
-            missing = [p for p in patients if p not in assigned]
+            missing, unknown = split_coverage(splits, patients)
             if missing:
-                report.warn(splits_path, f"{len(missing)} patient(s) in no split: {', '.join(missing[:8])}"
-                            f"{', ...' if len(missing) > 8 else ''}")
-            unknown = sorted(assigned - set(patients))
+                report.warn(splits_path, f"{len(missing)} patient(s) in no split: {list_ids(missing)}")
             if unknown and results:
-                report.warn(splits_path, f"{len(unknown)} split patient(s) have no case: {', '.join(unknown[:8])}"
-                            f"{', ...' if len(unknown) > 8 else ''}")
+                report.warn(splits_path, f"{len(unknown)} split patient(s) have no case: {list_ids(unknown)}")
     return report

@@ -24,7 +24,8 @@ import torch
 from torch.utils.data import Dataset
 
 from enface.data.augment import AugmentConfig, AugmentParams, apply_geometry, draw_params
-from enface.data.folder import MODALITIES, Case, DatasetError, load_case
+from enface.data.folder import MODALITIES, Case, load_case
+from enface.errors import DatasetError
 from enface.data.normalize import EPS, bscan_stats
 
 __all__ = ["EnfaceDataset", "TARGETS", "parse_target"]

@@ -30,6 +30,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from enface.fileio import atomic_save_npy, atomic_save_png, atomic_write_json
+from enface.errors import DatasetError
+from enface.io.images import read_image, read_mask
 
 __all__ = [
     "DatasetError",
@@ -44,19 +46,16 @@ __all__ = [
     "write_splits",
     "read_splits",
     "check_patient_overlap",
-    "read_image",
-    "read_mask",
+    "split_coverage",
+    "list_ids",
 ]
 
 MODALITIES: tuple[str, ...] = ("slo", "faf")
 """2D modalities a case may carry, stored as ``<name>.png``."""
 
-_MASK_RE = re.compile(r"^mask_(?P<task>[A-Za-z0-9-]+)(?:\.(?P<grader>[A-Za-z0-9_-]+))?\.png$")
+MASK_RE = re.compile(r"^mask_(?P<task>[A-Za-z0-9-]+)(?:\.(?P<grader>[A-Za-z0-9_-]+))?\.png$")
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
-
-class DatasetError(ValueError):
-    """A dataset folder, case or file is missing, malformed or inconsistent."""
 
 
 @dataclass(frozen=True)
@@ -175,66 +174,6 @@ def read_dataset_info(root: str | os.PathLike) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- images
-
-
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read a 2D grayscale image as float32 in [0, 1].
-
-    8-bit images are divided by 255, 16-bit ones by 65535. RGB(A) images are converted to
-    luminance.
-
-    Raises:
-        DatasetError: the file is missing, unreadable or truncated.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: file not found")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(im, dtype=np.float64)
-                scale = 65535.0 if arr.max(initial=0) > 255 or im.mode.startswith("I;16") else 255.0
-                return (arr / scale).clip(0, 1).astype(np.float32)
-            if im.mode not in ("L", "1"):
-                im = im.convert("L")
-            return np.asarray(im, dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DatasetError(f"{path}: unreadable or truncated image ({e})") from None
-
-
-def read_mask(path: str | os.PathLike) -> np.ndarray:
-    """Read a binary en-face mask as uint8 {0, 1}.
-
-    Accepted encodings: values in {0, 1} or in {0, 255}.
-
-    Raises:
-        DatasetError: the file is unreadable, not 2D or not binary.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: file not found")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode not in ("L", "1", "P", "I;16", "I"):
-                im = im.convert("L")
-            arr = np.asarray(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DatasetError(f"{path}: unreadable or truncated mask ({e})") from None
-    if arr.ndim != 2:
-        raise DatasetError(f"{path}: mask must be 2D, got shape {arr.shape}")
-    values = np.unique(arr)
-    if arr.dtype == bool or set(values.tolist()) <= {0, 1}:
-        return arr.astype(np.uint8)
-    if set(values.tolist()) <= {0, 255}:
-        return (arr > 0).astype(np.uint8)
-    shown = ", ".join(str(v) for v in values[:8]) + (", ..." if len(values) > 8 else "")
-    raise DatasetError(f"{path}: mask is not binary (values {shown}; expected 0/1 or 0/255)")
 
 
 def _to_uint8_image(image: np.ndarray, where: str) -> np.ndarray:
@@ -460,7 +399,7 @@ class Case:
         """Tasks with a primary mask in this case."""
         out = []
         for p in sorted(self.path.glob("mask_*.png")):
-            m = _MASK_RE.match(p.name)
+            m = MASK_RE.match(p.name)
             if m and m.group("grader") is None:
                 out.append(m.group("task"))
         return out
@@ -469,7 +408,7 @@ class Case:
         """Graders with a mask for ``task``: ``None`` is the primary mask."""
         out: list[str | None] = []
         for p in sorted(self.path.glob(f"mask_{task}*.png")):
-            m = _MASK_RE.match(p.name)
+            m = MASK_RE.match(p.name)
             if m and m.group("task") == task:
                 out.append(m.group("grader"))
         return sorted(out, key=lambda g: (g is not None, g or ""))
@@ -516,6 +455,26 @@ def check_patient_overlap(splits: Mapping[str, Iterable[str]], where: str = "spl
                 detail = f"twice in {split!r}" if other == split else f"in both {other!r} and {split!r}"
                 raise DatasetError(f"{where}: patient {pid!r} appears {detail}")
             seen[pid] = split
+
+
+def split_coverage(splits: Mapping[str, Iterable[str]], patients: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Patients of the cases that are in no split, and split patients that have no case.
+
+    Args:
+        splits: the content of ``splits.json``.
+        patients: the patient ids of the dataset's cases.
+
+    Returns:
+        ``(in_no_split, without_case)``, each sorted.
+    """
+    assigned = set().union(*(set(splits.get(k, ())) for k in ("train", "val", "test")))
+    present = set(patients)
+    return sorted(present - assigned), sorted(assigned - present)
+
+
+def list_ids(ids: Sequence[str], limit: int = 8) -> str:
+    """``"a, b, c, ..."``: the first ``limit`` ids of a list, for messages."""
+    return ", ".join(ids[:limit]) + (", ..." if len(ids) > limit else "")
 
 
 def write_splits(root: str | os.PathLike, splits: Mapping[str, Any]) -> Path:

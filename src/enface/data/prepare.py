@@ -30,14 +30,8 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 
-from enface.data.folder import (
-    CaseMeta,
-    DatasetError,
-    list_cases,
-    write_case,
-    write_dataset_info,
-    write_splits,
-)
+from enface.data.folder import CaseMeta, list_cases, write_case, write_dataset_info, write_splits
+from enface.errors import DatasetError
 from enface.data.preprocess import (
     FlattenParams,
     enface_points,
@@ -50,12 +44,12 @@ from enface.data.preprocess import (
 )
 from enface.data.register import apply_matrix, register_images
 from enface.fileio import atomic_write_json
-from enface.io.base import Scan, normalise_eye, safe_id
+from enface.io.base import Scan, normalise_eye, safe_id, unique_ids
+from enface.io.formats import FORMATS
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "FORMATS",
     "PrepareOptions",
     "PrepareReport",
     "ScanSource",
@@ -63,9 +57,6 @@ __all__ = [
     "scan_to_case",
     "prepare_dataset",
 ]
-
-FORMATS: tuple[str, ...] = ("vol", "xml", "e2e", "octa500", "nifti", "numpy")
-"""Input formats of ``enface prepare``."""
 
 
 @dataclass(frozen=True)
@@ -194,16 +185,6 @@ class PrepareReport:
 # --------------------------------------------------------------------------- discovery
 
 
-def _unique_ids(items: list[tuple[str, Path]]) -> list[tuple[str, Path]]:
-    seen: dict[str, int] = {}
-    out = []
-    for cid, path in items:
-        n = seen.get(cid, 0)
-        seen[cid] = n + 1
-        out.append((cid if n == 0 else f"{cid}-{n + 1}", path))
-    return out
-
-
 def _relative_id(path: Path, root: Path, stem: str) -> str:
     rel = path.parent.relative_to(root).parts if path.parent != root else ()
     return safe_id("_".join((*rel, stem)))
@@ -244,7 +225,7 @@ def discover_sources(src: str | os.PathLike, opts: PrepareOptions) -> list[ScanS
         else:
             files = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() == f".{fmt}")
             root = src
-        ids = _unique_ids([(_relative_id(p, root, scan_stem(p)), p) for p in files])
+        ids = list(zip(unique_ids([_relative_id(p, root, scan_stem(p)) for p in files]), files))
         for cid, path in ids:
             sources.append(ScanSource(cid, path, lambda p=path: _read_file_scan(p, opts)))
     if not sources:
@@ -514,15 +495,13 @@ def _write_splits(out: Path, opts: PrepareOptions, patients: list[str], report: 
 
     path = out / "splits.json"
     if path.is_file() and not opts.resplit:
-        from enface.data.folder import read_splits
+        from enface.data.folder import list_ids, read_splits, split_coverage
 
-        existing = read_splits(out)
-        assigned = set().union(*(set(existing[k]) for k in ("train", "val", "test")))
-        missing = [p for p in patients if p not in assigned]
+        missing, _ = split_coverage(read_splits(out), patients)
         if missing:
             report.notes.append(
-                ("splits.json", f"{len(missing)} patient(s) in no split: {', '.join(missing[:5])}"
-                 f"{', ...' if len(missing) > 5 else ''} (re-run with --resplit, or enface split)")
+                ("splits.json", f"{len(missing)} patient(s) in no split: {list_ids(missing, 5)} "
+                 "(re-run with --resplit, or enface split)")
             )
         report.splits = "kept"
         return

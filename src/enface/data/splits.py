@@ -19,7 +19,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from enface.data.folder import DatasetError, MODALITIES, list_cases, read_splits, write_splits
+from enface.data.folder import MODALITIES, list_cases, list_ids, read_splits, split_coverage, write_splits
+from enface.errors import DatasetError
 
 __all__ = ["make_splits", "fraction_key", "label_fractions", "split_dataset", "select_cases", "SPLITS"]
 
@@ -162,17 +163,13 @@ def split_dataset(
     if not redo and (os.path.isfile(os.path.join(root, "splits.json"))):
         existing = read_splits(root)
         assignment = {k: sorted(existing[k]) for k in SPLITS}
-        assigned = set().union(*assignment.values())
-        missing = [p for p in patients if p not in assigned]
+        missing, unknown = split_coverage(assignment, patients)
         if missing:
-            log.warning(
-                "%d patient(s) of %s are in no split and will not be used: %s%s (use redo to re-split)",
-                len(missing), root, ", ".join(missing[:5]), ", ..." if len(missing) > 5 else "",
-            )
-        unknown = sorted(assigned - set(patients))
+            log.warning("%d patient(s) of %s are in no split and will not be used: %s (use redo to re-split)",
+                        len(missing), root, list_ids(missing, 5))
         if unknown:
-            log.warning("%d patient(s) in splits.json have no case in %s: %s", len(unknown), root, ", ".join(unknown[:5]))
-        n = max(1, len(assigned))
+            log.warning("%d patient(s) in splits.json have no case in %s: %s", len(unknown), root, list_ids(unknown, 5))
+        n = max(1, sum(len(v) for v in assignment.values()))
         used_ratios = existing.get("ratios") or [round(len(assignment[k]) / n, 3) for k in SPLITS]
         log.info("keeping the existing train/val/test assignment of %s", root)
     else:

@@ -23,6 +23,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from enface.fileio import atomic_write
+from enface.errors import CheckpointError
 
 __all__ = [
     "AtomicCheckpointIO",
@@ -36,9 +37,6 @@ __all__ = [
 
 WRAPPER_PREFIXES: tuple[str, ...] = ("model.", "module.", "_orig_mod.")
 
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, unreadable or not an enface checkpoint."""
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -31,8 +31,10 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader, RandomSampler
 
-from enface.config import ConfigError, RunConfig
-from enface.data.folder import DatasetError, read_dataset_info
+from enface.config import RunConfig
+from enface.errors import ConfigError
+from enface.data.folder import read_dataset_info
+from enface.errors import DatasetError
 from enface.engine.checkpoint import AtomicCheckpointIO, checkpoint_info, read_checkpoint
 from enface.engine.module import TASK_METRIC, EnfaceModule
 from enface.engine.runs import RunKey, run_dir

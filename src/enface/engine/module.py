@@ -10,15 +10,13 @@ import torch
 from enface.losses import DiceBCELoss, NegativeSSIMLoss
 from enface.metrics import dice_per_sample, ssim
 from enface.models import create_model, model_spec
+from enface.errors import NonFiniteLossError
 
 __all__ = ["EnfaceModule", "NonFiniteLossError", "TASK_METRIC"]
 
 TASK_METRIC: dict[str, str] = {"segment": "val_dice", "reconstruct": "val_ssim"}
 """Validation metric (higher is better) that ranks the checkpoints of each task."""
 
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or inf; the run stops, the last good checkpoint remains."""
 
 
 class EnfaceModule(L.LightningModule):

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from enface.engine.checkpoint import CheckpointError, model_state_dict, read_checkpoint
+from enface.engine.checkpoint import model_state_dict, read_checkpoint
+from enface.errors import CheckpointError
 from enface.models import model_spec
 
 __all__ = ["TransferReport", "transfer_weights", "HEAD_PREFIX"]

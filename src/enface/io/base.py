@@ -14,11 +14,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
-from enface.data.folder import DatasetError
+from enface.errors import DatasetError
 
 __all__ = [
     "Scan",
@@ -26,6 +26,7 @@ __all__ = [
     "positions_from_box",
     "full_image_box",
     "safe_id",
+    "unique_ids",
     "normalise_eye",
     "source_str",
 ]
@@ -182,6 +183,21 @@ def safe_id(text: str) -> str:
     """Turn ``text`` into a valid case / patient identifier (letters, digits, ``_.-``)."""
     out = _BAD_ID_CHARS.sub("_", str(text).strip()).strip("_.-")
     return out or "unknown"
+
+
+def unique_ids(ids: Sequence[str]) -> list[str]:
+    """The ids made unique, in order: a repeated id gets ``-2``, ``-3``, ... (never an id in use)."""
+    taken = set(ids)
+    used: set[str] = set()
+    out = []
+    for cid in ids:
+        new, n = cid, 1
+        while new in used or (new != cid and new in taken):
+            n += 1
+            new = f"{cid}-{n}"
+        used.add(new)
+        out.append(new)
+    return out
 
 
 def normalise_eye(value: Any) -> str | None:

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from enface.data.folder import DatasetError
+from enface.errors import DatasetError
 from enface.io.base import Scan, normalise_eye, safe_id, source_str
 
 log = logging.getLogger(__name__)

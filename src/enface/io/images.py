@@ -2,9 +2,10 @@
 
 Images come back as float32 in [0, 1]: 8-bit divided by 255, 16-bit by 65535, float
 images (TIFF mode ``F``) min-max scaled; colour is converted to luminance. Masks come back
-as uint8 {0, 1}; a mask must be binary (0/1 or 0/255, in any channel layout where all
-channels agree). Every problem raises :class:`~enface.data.folder.DatasetError` naming the
-file.
+as uint8 {0, 1}, read by what they show (:func:`read_mask` gives the rules for palette,
+alpha and colour images). Every problem raises :class:`~enface.errors.DatasetError` naming
+the file. These are the only image and mask readers of enface: the dataset folder reads its
+``slo.png``/``faf.png``/``mask_*.png`` with them too.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from enface.data.folder import DatasetError
+from enface.errors import DatasetError
 
 __all__ = ["IMAGE_SUFFIXES", "read_image", "read_mask", "read_bscan_stack"]
 
@@ -23,6 +24,11 @@ IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jp
 
 
 def _open_array(path: Path, what: str) -> tuple[np.ndarray, str]:
+    """Pixels as stored, except that palette and 1-bit images become what they show.
+
+    A palette image becomes RGB (RGBA when the palette has transparency), so that a mask is
+    read by its colours, never by its palette indices.
+    """
     from PIL import Image, UnidentifiedImageError
 
     if not path.is_file():
@@ -30,15 +36,13 @@ def _open_array(path: Path, what: str) -> tuple[np.ndarray, str]:
     try:
         with Image.open(path) as im:
             im.load()
-            mode = im.mode
-            if mode in ("RGB", "RGBA", "LA", "P", "CMYK", "YCbCr", "1"):
-                if mode == "1":
-                    im = im.convert("L")
-                elif mode == "P":
-                    im = im.convert("RGB")
-                arr = np.asarray(im)
-                return arr, im.mode
-            return np.asarray(im), mode
+            if im.mode == "1":
+                im = im.convert("L")
+            elif im.mode == "P":
+                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+            elif im.mode in ("CMYK", "YCbCr"):
+                im = im.convert("RGB")
+            return np.asarray(im), im.mode
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DatasetError(f"{path}: unreadable or truncated {what} ({e})") from None
 
@@ -77,30 +81,56 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
-def read_mask(path: str | os.PathLike) -> np.ndarray:
-    """Read a binary en-face mask as ``(h, w)`` uint8 {0, 1}.
+def _describe_colours(pixels: np.ndarray, limit: int = 6) -> str:
+    """The distinct colours of ``(n, c)`` pixels with their counts, most frequent first."""
+    colours, counts = np.unique(pixels.reshape(-1, pixels.shape[-1]), axis=0, return_counts=True)
+    order = np.argsort(-counts)
+    shown = [f"{tuple(int(v) for v in colours[i])} x{int(counts[i])}" for i in order[:limit]]
+    more = f", ... ({len(colours)} colours)" if len(colours) > limit else ""
+    return ", ".join(shown) + more
 
-    Accepted: values {0, 1} or {0, 255} (any other pair of values is rejected, so is a
-    grey-level image); colour masks whose channels agree.
+
+def _mask_plane(arr: np.ndarray, path: Path) -> np.ndarray:
+    """The single plane of a mask image that carries the lesion (see :func:`read_mask`)."""
+    if arr.ndim == 2:
+        return arr
+    if arr.ndim != 3:
+        raise DatasetError(f"{path}: mask must be 2D, got shape {arr.shape}")
+    has_alpha = arr.shape[2] in (2, 4)
+    colour = arr[..., :-1] if has_alpha else arr
+    if has_alpha and arr[..., -1].min() != arr[..., -1].max():
+        return arr[..., -1]  # lesion painted on a transparent layer: alpha is the mask
+    if not (colour == colour[..., :1]).all():
+        raise DatasetError(
+            f"{path}: colour mask (colours {_describe_colours(colour)}); expected a binary mask: "
+            "black/white, 0/1, or a lesion painted on a transparent layer"
+        )
+    return colour[..., 0]
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """Read a binary en-face mask as ``(h, w)`` uint8 {0, 1}, by what the image shows.
+
+    Rules, in order:
+
+    * palette images are read by their colours (never by palette indices);
+    * an image with an alpha channel that is not uniform is a lesion painted on a
+      transparent layer: the alpha channel is the mask (opaque = lesion);
+    * otherwise the colour channels must be grey (all equal) and are the mask;
+    * the values of the plane read must be {0, 1} or {0, 255} (lesion = the non-zero value).
 
     Raises:
-        DatasetError: missing, unreadable or truncated file, or a non-binary mask.
+        DatasetError: missing, unreadable or truncated file; a colour mask (the message lists
+            its colours); grey levels other than two binary values.
     """
     path = Path(path)
     arr, _ = _open_array(path, "mask")
-    if arr.ndim == 3:
-        if arr.shape[2] in (2, 4):
-            arr = arr[..., :-1]
-        if not (arr == arr[..., :1]).all():
-            raise DatasetError(f"{path}: colour mask whose channels differ; expected a binary mask")
-        arr = arr[..., 0]
-    if arr.ndim != 2:
-        raise DatasetError(f"{path}: mask must be 2D, got shape {arr.shape}")
-    values = set(np.unique(arr).tolist())
-    if values <= {0, 1} or arr.dtype == bool:
-        return arr.astype(np.uint8)
+    plane = _mask_plane(arr, path)
+    values = set(np.unique(plane).tolist())
+    if values <= {0, 1} or plane.dtype == bool:
+        return plane.astype(np.uint8)
     if values <= {0, 255}:
-        return (arr > 0).astype(np.uint8)
+        return (plane > 0).astype(np.uint8)
     shown = ", ".join(str(v) for v in sorted(values)[:8]) + (", ..." if len(values) > 8 else "")
     raise DatasetError(f"{path}: mask is not binary (values {shown}; expected 0/1 or 0/255)")
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from enface.data.folder import DatasetError
+from enface.errors import DatasetError
 from enface.io.base import Scan, source_str
 from enface.io.images import read_bscan_stack, read_mask
 

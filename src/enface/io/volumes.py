@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from enface.data.folder import DatasetError
+from enface.errors import DatasetError
 from enface.io.base import MASK_SPACES, Scan, full_image_box, normalise_eye, positions_from_box, safe_id, source_str
 from enface.io.images import IMAGE_SUFFIXES, read_image, read_mask
 

@@ -1,0 +1,42 @@
+"""The error types every layer of enface raises.
+
+This is the ground floor of the package: it imports nothing of enface, so readers (``io``),
+the dataset layer (``data``), the engine and the command line can all raise and catch the
+same types without importing each other. The command line prints every :class:`EnfaceError`
+as one line naming the file or field, without a traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "EnfaceError",
+    "DatasetError",
+    "ConfigError",
+    "CheckpointError",
+    "RunFolderError",
+    "NonFiniteLossError",
+]
+
+
+class EnfaceError(Exception):
+    """Base of the errors that concern the user's input, files or folders."""
+
+
+class DatasetError(EnfaceError, ValueError):
+    """A dataset folder, case, device export or file is missing, malformed or inconsistent."""
+
+
+class ConfigError(EnfaceError, ValueError):
+    """A configuration file, override or command-line value is invalid."""
+
+
+class CheckpointError(EnfaceError, ValueError):
+    """A checkpoint file is missing, unreadable or not an enface checkpoint."""
+
+
+class RunFolderError(EnfaceError, ValueError):
+    """A run or study folder cannot be used as asked (another run's record, locked, incomplete)."""
+
+
+class NonFiniteLossError(EnfaceError, RuntimeError):
+    """The training loss became NaN or inf; the run stops, the last good checkpoint remains."""
