@@ -7,8 +7,11 @@ from pathlib import Path
 import pytest
 
 from enface.config import load_config, parse_overrides
-from enface.errors import ConfigError
-from enface.engine.runs import RunKey, format_fraction, parse_run_dir, run_dir
+from enface.data.splits import fraction_key
+from enface.engine.fit import resolve_run
+from enface.engine.runs import RunSpec
+from enface.errors import ConfigError, RunFolderError
+from enface.targets import Target
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,28 +25,44 @@ def dataset(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize(
-    "key",
+    "spec",
     [
-        RunKey("ds", "ga", "fpn", "scratch", 0.05, 0),
-        RunKey("GA-S_1", "recon-faf_inv", "lachinov", "scratch", 1.0, 3, width=0.25),
-        RunKey("ds", "rpd", "ipnv2", "ssl-slo", 0.125, 12, width=0.5),
+        RunSpec("ds", Target.segment("ga"), "fpn", 1.0, "scratch", 0.05, 0),
+        RunSpec("GA-S_1", Target.reconstruct("faf_inv"), "lachinov", 0.25, "scratch", 1.0, 3),
+        RunSpec("ds", Target.segment("rpd"), "ipnv2", 0.5, "ssl-slo", 0.125, 12),
     ],
 )
-def test_run_dir_roundtrip(key: RunKey, tmp_path: Path) -> None:
-    path = run_dir(tmp_path / "runs", key)
-    root, parsed = parse_run_dir(path)
-    assert parsed == key
+def test_run_dir_roundtrip(spec: RunSpec, tmp_path: Path) -> None:
+    path = spec.folder(tmp_path / "runs")
+    root, parsed = RunSpec.parse(path)
+    assert parsed == spec
     assert root == tmp_path / "runs"
 
 
 def test_run_dir_layout_and_errors(tmp_path: Path) -> None:
-    path = run_dir("runs", RunKey("ds", "ga", "fpn", "ssl-faf_inv", 0.05, 1))
+    path = RunSpec("ds", Target.segment("ga"), "fpn", 1.0, "ssl-faf_inv", 0.05, 1).folder("runs")
     assert path == Path("runs/ds/ga/fpn/ssl-faf_inv/frac-5/seed-1")
-    assert format_fraction(0.1) == "10" and format_fraction(1.0) == "100"
-    with pytest.raises(ValueError, match="not a run folder"):
-        parse_run_dir("runs/ds/ga/fpn/scratch/five/seed-1")
-    with pytest.raises(ValueError, match="cannot be parsed"):
-        run_dir("runs", RunKey("my data", "ga", "fpn"))
+    assert fraction_key(0.1) == "10" and fraction_key(1.0) == "100"
+    with pytest.raises(RunFolderError, match="not a run folder"):
+        RunSpec.parse("runs/ds/ga/fpn/scratch/five/seed-1")
+    with pytest.raises(ConfigError, match="not a valid name"):
+        RunSpec("my data", Target.segment("ga"), "fpn")
+    with pytest.raises(ConfigError, match="not a valid name"):
+        RunSpec("../../etc", Target.segment("ga"), "fpn")
+
+
+def test_target_spellings() -> None:
+    """One value, every spelling: config name, dataset label, case file, run folder, init label."""
+    inv = Target.reconstruct("faf_inv")
+    assert (inv.label, inv.modality, inv.inverted, inv.filename) == ("faf_inv", "faf", True, "faf.png")
+    assert (inv.folder_name, inv.init_label, inv.stage, inv.requires) == ("recon-faf_inv", "ssl-faf_inv", "pretrain", ("faf",))
+    ga = Target.segment("ga")
+    assert (ga.label, ga.filename, ga.folder_name, ga.requires, ga.stage) == ("mask:ga", "mask_ga.png", "ga", ("mask:ga",), "train")
+    for t in (inv, ga, Target.reconstruct("slo")):
+        assert Target.parse(t.label) == t and Target.from_folder_name(t.folder_name) == t
+    assert Target.from_init_label("ssl-slo") == Target.reconstruct("slo") and Target.from_init_label("scratch") is None
+    with pytest.raises(ConfigError):
+        Target.from_init_label("ssl-ga")
 
 
 def test_paper_config_loads(dataset: Path) -> None:
@@ -72,15 +91,16 @@ def test_overrides_win_and_are_typed(dataset: Path) -> None:
     ],
 )
 def test_invalid_train_configs(dataset: Path, overrides: dict, match: str) -> None:
+    """Refused before anything is written: by the pure config, or where the run starts (the disk)."""
     with pytest.raises(ConfigError, match=match):
-        load_config(None, "train", {"dataset": str(dataset), **overrides})
+        resolve_run(load_config(None, "train", {"dataset": str(dataset), **overrides}))
 
 
 def test_invalid_pretrain_target_and_dataset(dataset: Path, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="reconstructs one of"):
+    with pytest.raises(ConfigError, match="reconstruction target must be one of"):
         load_config(None, "pretrain", {"dataset": str(dataset), "target": "ga"})
     with pytest.raises(ConfigError, match="not a dataset folder"):
-        load_config(None, "pretrain", {"dataset": str(tmp_path)})
+        resolve_run(load_config(None, "pretrain", {"dataset": str(tmp_path)}))
 
 
 def test_bad_yaml_files(dataset: Path, tmp_path: Path) -> None:

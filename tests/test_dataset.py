@@ -107,7 +107,7 @@ def test_full_grid_shapes_dtypes_zscored(root: Path) -> None:
         torch.testing.assert_close(item["spacing"], torch.tensor([0.12, 0.011, 0.004]))
         vol = load_case(root / "cases" / cid).load_oct(mmap=False)
         np.testing.assert_allclose(item["volume"][0].numpy(), _reference_zscore(vol), atol=1e-4)
-    none = EnfaceDataset(root, IDS, "none")[0]
+    none = EnfaceDataset(root, IDS, None)[0]
     assert "target" not in none and none["volume"].shape == (1, *SHAPE)
 
 
@@ -182,8 +182,8 @@ def test_errors_name_the_case(root: Path, tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="nofaf.*faf.png"):
         EnfaceDataset(root, ["c0", "nofaf"], "faf_inv")
     with pytest.raises(DatasetError, match="missing-case"):
-        EnfaceDataset(root, ["missing-case"], "none")
-    with pytest.raises(ValueError, match="unknown target"):
+        EnfaceDataset(root, ["missing-case"], None)
+    with pytest.raises(ValueError, match="mask task .* is not a valid name"):
         EnfaceDataset(root, IDS, "mask:")
     # an SLO whose size differs from the volume's en-face grid
     rng = np.random.default_rng(3)
@@ -194,4 +194,4 @@ def test_errors_name_the_case(root: Path, tmp_path: Path) -> None:
         ds[0]
     (tmp_path / "cases" / "bad" / "oct.npy").write_bytes(b"garbage")
     with pytest.raises(DatasetError, match="bad.*oct.npy"):
-        EnfaceDataset(tmp_path, ["bad"], "none")
+        EnfaceDataset(tmp_path, ["bad"], None)

@@ -18,7 +18,7 @@ from enface.config import load_config
 from enface.data.folder import CaseMeta, write_case, write_dataset_info
 from enface.data.splits import split_dataset
 from enface.engine.checkpoint import load_model, read_checkpoint, topk_checkpoints
-from enface.engine.fit import fit
+from enface.engine.fit import fit, resolve_run
 from enface.errors import NonFiniteLossError
 
 SHAPE = (8, 32, 64)
@@ -173,7 +173,7 @@ def test_two_channel_dataset_trains_and_evaluates(tmp_path: Path) -> None:
     write_dataset_info(root, "octa", ("oct",), ("ga",), (0.2, 0.02, 0.004), channels=["oct", "octa"])
     split_dataset(root, seed=0)
     cfg = _config(root, tmp_path / "runs", "train", epochs=1)
-    assert cfg.input_channels() == ("oct", "octa")
+    assert resolve_run(cfg).config.channels == ("oct", "octa")  # from dataset.json
     result = fit(cfg, progress=False)
     model, info = load_model(topk_checkpoints(result.run_dir)[0])
     assert info["model"]["in_channels"] == 2 and info["config"]["channels"] == ["oct", "octa"]

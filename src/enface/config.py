@@ -8,6 +8,7 @@ defaults ← ``common`` ← stage section ← explicit overrides. Unknown keys a
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -15,11 +16,9 @@ from typing import Any, Mapping
 
 import yaml
 from enface.errors import ConfigError
+from enface.targets import Target
 
-__all__ = ["RunConfig", "ConfigError", "load_config", "parse_overrides", "read_yaml_mapping", "RECON_TARGETS"]
-
-RECON_TARGETS: tuple[str, ...] = ("slo", "faf", "faf_inv")
-"""2D modalities a reconstruction (pre-training) run can learn: SLO, FAF, inverted FAF."""
+__all__ = ["RunConfig", "load_config", "parse_overrides", "read_yaml_mapping"]
 
 
 
@@ -93,9 +92,18 @@ class RunConfig:
         """``"reconstruct"`` or ``"segment"``."""
         return "reconstruct" if self.stage == "pretrain" else "segment"
 
+    @property
+    def target_spec(self) -> Target:
+        """The :class:`~enface.targets.Target` this run learns."""
+        return Target.for_stage(self.stage, self.target)
+
     def validate(self) -> "RunConfig":
-        """Check every field; raise :class:`ConfigError` naming the first bad one."""
-        from enface.models import list_models
+        """Check every field's value; raise :class:`ConfigError` naming the first bad one.
+
+        Pure: nothing is read from disk and no model is built. Whether the dataset, the init
+        checkpoint and the model exist is checked where a run starts
+        (:func:`enface.engine.fit.resolve_run`).
+        """
 
         def bad(name: str, why: str) -> ConfigError:
             return ConfigError(f"config field {name!r}: {why}")
@@ -104,48 +112,41 @@ class RunConfig:
             raise bad("stage", f"must be 'pretrain' or 'train', got {self.stage!r}")
         if not self.dataset:
             raise bad("dataset", "no dataset folder given")
-        if not (Path(self.dataset) / "dataset.json").is_file():
-            raise bad("dataset", f"{self.dataset} is not a dataset folder (no dataset.json)")
-        if self.stage == "pretrain" and self.target not in RECON_TARGETS:
-            raise bad("target", f"pre-training reconstructs one of {RECON_TARGETS}, got {self.target!r}")
-        if self.stage == "train" and (not self.target or self.target in RECON_TARGETS):
-            raise bad("target", f"training needs a mask task name (e.g. 'ga'), got {self.target!r}")
-        if self.model not in list_models():
-            raise bad("model", f"unknown model {self.model!r}; known: {', '.join(list_models())}")
+        try:
+            self.target_spec
+        except ConfigError as e:
+            raise bad("target", str(e)) from None
+        if not self.model or not isinstance(self.model, str):
+            raise bad("model", f"must be a model name, got {self.model!r}")
         if not self.width > 0:
             raise bad("width", f"must be > 0, got {self.width}")
         if not 0 < self.fraction <= 1:
             raise bad("fraction", f"must be in (0, 1], got {self.fraction}")
         if self.stage == "pretrain" and self.init:
             raise bad("init", "pre-training starts from scratch")
-        if self.init and not Path(self.init).is_file():
-            raise bad("init", f"checkpoint {self.init} not found")
         for name in ("epochs", "batch_size", "accumulate", "top_k", "val_every", "num_nodes"):
-            if int(getattr(self, name)) < 1:
-                raise bad(name, f"must be >= 1, got {getattr(self, name)}")
-        if self.num_workers < 0:
+            value = getattr(self, name)
+            if value is None or int(value) < 1:
+                raise bad(name, f"must be >= 1, got {value}")
+        if self.num_workers is None or self.num_workers < 0:
             raise bad("num_workers", f"must be >= 0, got {self.num_workers}")
         if self.samples_per_epoch is not None and self.samples_per_epoch < 1:
             raise bad("samples_per_epoch", f"must be >= 1 or null, got {self.samples_per_epoch}")
         for name in ("lr", "momentum", "weight_decay"):
-            if float(getattr(self, name)) < 0:
-                raise bad(name, f"must be >= 0, got {getattr(self, name)}")
-        if len(self.crop) != 2 or min(self.crop) < 1:
+            value = getattr(self, name)
+            if value is None or not math.isfinite(float(value)) or float(value) < 0:
+                raise bad(name, f"must be a finite number >= 0, got {value}")
+        if self.crop is None or len(self.crop) != 2 or min(self.crop) < 1:
             raise bad("crop", f"must be two positive sizes (B-scans, A-scans), got {self.crop}")
+        if self.channels is not None and not self.channels:
+            raise bad("channels", "must name at least one input volume, or be null (the dataset's)")
         return self
 
-    def input_channels(self) -> tuple[str, ...]:
-        """The input channels: ``channels`` or the dataset's, else ``("oct",)``."""
-        if self.channels:
-            return tuple(self.channels)
-        from enface.data.folder import read_dataset_info
-
-        return tuple(read_dataset_info(self.dataset).get("channels") or ("oct",))
-
     def to_dict(self) -> dict[str, Any]:
+        """Plain values (lists for tuples), as written to ``config.yaml``."""
         d = dataclasses.asdict(self)
         d["crop"] = list(self.crop)
-        d["channels"] = list(self.input_channels()) if self.dataset else d["channels"]
+        d["channels"] = None if self.channels is None else list(self.channels)
         return d
 
 

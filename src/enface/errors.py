@@ -14,6 +14,7 @@ __all__ = [
     "ConfigError",
     "CheckpointError",
     "RunFolderError",
+    "UnsafePathError",
     "NonFiniteLossError",
 ]
 
@@ -36,6 +37,10 @@ class CheckpointError(EnfaceError, ValueError):
 
 class RunFolderError(EnfaceError, ValueError):
     """A run or study folder cannot be used as asked (another run's record, locked, incomplete)."""
+
+
+class UnsafePathError(EnfaceError, ValueError):
+    """A name given by a user or a file would make a writer leave its root folder."""
 
 
 class NonFiniteLossError(EnfaceError, RuntimeError):

@@ -205,7 +205,7 @@ def evaluate(
         raise DatasetError(f"{dataset}: no cases with a {task!r} mask in split {split!r}")
     ensemble = Ensemble.from_run(run, top_k, device)
     out = Path(out_dir) if out_dir else run / "eval" / f"{info['name']}-{split}"
-    ds = EnfaceDataset(dataset, ids, "none", augment=None, channels=ensemble.channels)
+    ds = EnfaceDataset(dataset, ids, None, augment=None, channels=ensemble.channels)
     rows: list[dict[str, Any]] = []
     inter_grader: list[dict[str, Any]] = []
     probs: dict[str, np.ndarray] = {}

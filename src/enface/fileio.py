@@ -1,23 +1,36 @@
-"""Atomic file writes: write to a temporary file in the same folder, then rename.
+"""Safe file writes: atomic replacement, paths that stay under their root, folder locks.
 
-A reader never sees a half-written file, and a crash mid-write never destroys the file that
-was there before.
+* Atomic writes go to a temporary file in the same folder, then are renamed over the
+  target: a reader never sees a half-written file, and a crash mid-write never destroys the
+  file that was there before. Files get the permissions the umask allows (``0644`` under
+  ``umask 022``), like any file a program creates, so colleagues can read shared outputs.
+* :func:`path_under` joins user-given names onto a root and refuses any result that would
+  leave it (``..``, absolute names, symbolic links pointing out).
+* :class:`FolderLock` keeps two processes from writing one run or study folder at once.
 """
 
 from __future__ import annotations
 
 import csv
+import datetime
+import fcntl
 import io
 import json
 import math
 import os
+import socket
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Mapping, Sequence
 
 import numpy as np
 
+from enface.errors import RunFolderError, UnsafePathError
+
 __all__ = [
+    "FolderLock",
+    "path_under",
     "atomic_write",
     "atomic_write_csv",
     "atomic_write_bytes",
@@ -42,6 +55,7 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[BinaryIO], None]) ->
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; give what open() would
         with os.fdopen(fd, "wb") as f:
             writer(f)
             f.flush()
@@ -54,6 +68,12 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[BinaryIO], None]) ->
             pass
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -126,3 +146,75 @@ def atomic_save_png(path: str | os.PathLike, image: np.ndarray) -> Path:
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG")
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def path_under(root: str | os.PathLike, *names: str) -> Path:
+    """``root / name / ...``, refusing any result outside ``root``.
+
+    Args:
+        root: the folder every output must stay in.
+        *names: path components, typically derived from names a user or a file gave.
+
+    Raises:
+        UnsafePathError: a component is empty, absolute, ``.``/``..``, contains a separator,
+            or the resolved path (symbolic links followed) leaves ``root``.
+    """
+    base = Path(root)
+    for name in names:
+        text = str(name)
+        if not text or text in (".", "..") or "/" in text or "\\" in text or "\0" in text:
+            raise UnsafePathError(f"{text!r} cannot be used as a file or folder name under {base}")
+    path = base.joinpath(*names)
+    real_root = base.resolve()
+    real = path.resolve()
+    if real != real_root and real_root not in real.parents:
+        raise UnsafePathError(f"{path} lies outside {base}; refusing to write there")
+    return path
+
+
+class FolderLock:
+    """An exclusive, advisory lock on a folder while one process writes it.
+
+    The lock is ``<folder>/.lock`` held with ``flock``: the operating system releases it
+    when the process ends, however it ends, so a killed run never leaves a stale lock. The
+    file records who holds it, for the message the next process gets.
+
+    Args:
+        folder: the folder (created when missing).
+        what: what the folder is, for messages (``"run folder"``, ``"study"``).
+
+    Raises:
+        RunFolderError: (on entering) another process holds the lock; the message names it.
+    """
+
+    def __init__(self, folder: str | os.PathLike, what: str = "run folder") -> None:
+        self.folder = Path(folder)
+        self.what = what
+        self._fd: int | None = None
+
+    def __enter__(self) -> "FolderLock":
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / ".lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown process"
+            os.close(fd)
+            raise RunFolderError(
+                f"{self.folder}: this {self.what} is being written by another process ({holder}); "
+                "wait for it to finish, or stop it first"
+            ) from None
+        os.ftruncate(fd, 0)
+        since = datetime.datetime.now().isoformat(timespec="seconds")
+        command = " ".join(sys.argv[:4])
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {since} ({command})\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None

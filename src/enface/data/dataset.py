@@ -24,38 +24,14 @@ import torch
 from torch.utils.data import Dataset
 
 from enface.data.augment import AugmentConfig, AugmentParams, apply_geometry, draw_params
-from enface.data.folder import MODALITIES, Case, load_case
+from enface.data.folder import Case, load_case
 from enface.errors import DatasetError
 from enface.data.normalize import EPS, bscan_stats
+from enface.targets import Target
 
-__all__ = ["EnfaceDataset", "TARGETS", "parse_target"]
+__all__ = ["EnfaceDataset"]
 
 log = logging.getLogger(__name__)
-
-TARGETS: tuple[str, ...] = ("none", "slo", "faf", "faf_inv", "mask:<task>")
-"""Accepted values of ``EnfaceDataset(target=...)``."""
-
-
-def parse_target(target: str) -> tuple[str, str | None]:
-    """Split a target name into ``(kind, task)``: ``("mask", "ga")``, ``("faf_inv", None)``, ...
-
-    Raises:
-        ValueError: unknown target.
-    """
-    if target in ("none", "faf_inv", *MODALITIES):
-        return target, None
-    if target.startswith("mask:") and len(target) > len("mask:"):
-        return "mask", target[len("mask:") :]
-    raise ValueError(f"unknown target {target!r}: expected one of {TARGETS}")
-
-
-def _target_file(kind: str, task: str | None) -> str | None:
-    if kind == "none":
-        return None
-    if kind == "mask":
-        return f"mask_{task}.png"
-    return "faf.png" if kind == "faf_inv" else f"{kind}.png"
-
 
 class EnfaceDataset(Dataset):
     """Cases of a dataset folder as ``(volume, en-face target)`` samples.
@@ -64,8 +40,9 @@ class EnfaceDataset(Dataset):
         root: dataset folder.
         case_ids: cases to serve, in this order (e.g. from
             :func:`enface.data.splits.select_cases`).
-        target: ``"mask:<task>"`` (binary {0, 1}), ``"slo"``, ``"faf"``, ``"faf_inv"``
-            (``1 - faf``) or ``"none"`` (inference: no target).
+        target: what each item carries as ``target``: a :class:`~enface.targets.Target`
+            or its dataset label (``"mask:<task>"``: binary {0, 1}; ``"slo"``, ``"faf"``,
+            ``"faf_inv"`` = ``1 - faf``), or None (inference: no target).
         augment: training augmentation (random crop, rotation, mirroring, intensity);
             ``None`` serves the full en-face grid, unaugmented, never resampled.
         seed: mixed into every sample's random generator.
@@ -75,7 +52,7 @@ class EnfaceDataset(Dataset):
 
     Each item is a dict:
         ``volume``: float32 ``(C, h, w, D)``, z-scored per B-scan (then intensity-augmented
-        when training, with one noise draw per channel); ``target``: float32 ``(1, h, w)`` (absent for ``"none"``);
+        when training, with one noise draw per channel); ``target``: float32 ``(1, h, w)`` (absent without a target);
         ``case_id``: str; ``spacing``: float32 ``(3,)`` ``(sh, sw, sd)`` in mm.
 
     With ``augment``, every random number of an item comes from
@@ -93,7 +70,7 @@ class EnfaceDataset(Dataset):
         self,
         root: str | os.PathLike,
         case_ids: Sequence[str],
-        target: str,
+        target: Target | str | None,
         augment: AugmentConfig | None = None,
         seed: int = 0,
         channels: Sequence[str] = ("oct",),
@@ -102,21 +79,20 @@ class EnfaceDataset(Dataset):
         self.channels = tuple(channels)
         if not self.channels:
             raise ValueError("at least one input channel is needed")
-        self.target = target
-        self.kind, self.task = parse_target(target)
+        self.target: Target | None = Target.parse(target) if isinstance(target, str) else target
         self.augment = augment
         self.seed = int(seed)
         self.case_ids = [str(c) for c in case_ids]
         self.cases: list[Case] = []
         shapes: list[tuple[int, int, int]] = []
-        fname = _target_file(self.kind, self.task)
+        fname = None if self.target is None else self.target.filename
         for cid in self.case_ids:
             folder = self.root / "cases" / cid
             if not folder.is_dir():
                 raise DatasetError(f"case {cid}: folder {folder} not found")
             case = load_case(folder)
             if fname is not None and not (folder / fname).is_file():
-                raise DatasetError(f"case {cid}: target {target!r} needs {folder / fname}, which is missing")
+                raise DatasetError(f"case {cid}: target {self.target.label!r} needs {folder / fname}, which is missing")
             shape = case.load_oct(mmap=True).shape
             for name in (c for c in self.channels if c != "oct"):
                 if not case.has_volume(name):
@@ -166,18 +142,18 @@ class EnfaceDataset(Dataset):
         return mean, std
 
     def _target(self, i: int, hw: tuple[int, int]) -> np.ndarray | None:
-        case = self.cases[i]
-        if self.kind == "none":
+        case, target = self.cases[i], self.target
+        if target is None:
             return None
-        if self.kind == "mask":
-            t = case.load_mask(self.task).astype(np.float32)  # type: ignore[arg-type]
-        elif self.kind == "faf_inv":
-            t = 1.0 - case.load_image("faf")
+        if target.kind == "segment":
+            t = case.load_mask(target.name).astype(np.float32)
         else:
-            t = case.load_image(self.kind)
+            t = case.load_image(target.modality)  # type: ignore[arg-type]
+            if target.inverted:
+                t = 1.0 - t
         if t.shape != hw:
             raise DatasetError(
-                f"case {case.case_id}: target {self.target!r} has shape {t.shape}, "
+                f"case {case.case_id}: target {target.label!r} has shape {t.shape}, "
                 f"expected the volume's en-face grid {hw}"
             )
         return t.astype(np.float32, copy=False)

@@ -21,6 +21,7 @@ import numpy as np
 
 from enface.data.folder import MODALITIES, list_cases, list_ids, read_splits, split_coverage, write_splits
 from enface.errors import DatasetError
+from enface.targets import Target
 
 __all__ = ["make_splits", "fraction_key", "label_fractions", "split_dataset", "select_cases", "SPLITS"]
 
@@ -211,8 +212,8 @@ def split_dataset(
 def _parse_requirement(req: str) -> tuple[str, str]:
     if req in MODALITIES or req == "oct":
         return "image", req
-    if req.startswith("mask:") and len(req) > len("mask:"):
-        return "mask", req[len("mask:") :]
+    if req.startswith("mask:"):
+        return "mask", Target.parse(req).name
     raise ValueError(f"unknown requirement {req!r}: expected 'oct', one of {MODALITIES} or 'mask:<task>'")
 
 

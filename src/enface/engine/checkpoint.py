@@ -8,13 +8,17 @@ entry::
      "metric": {"name": "val_dice", "value": 0.83} | None,
      "epoch": 12, "format_version": 1}
 
-so :func:`load_model` can rebuild the network from the file alone.
+so :func:`load_model` can rebuild the network from the file alone. Everything in it is plain
+data (tensors, numbers, strings, lists, dicts), and every checkpoint is read with
+``torch.load(weights_only=True)``: a file whose pickle would run code is refused, never run
+(Lightning's own resume goes through :class:`AtomicCheckpointIO`, which reads the same way).
 """
 
 from __future__ import annotations
 
 import io
 import os
+import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -27,7 +31,7 @@ from enface.errors import CheckpointError
 
 __all__ = [
     "AtomicCheckpointIO",
-    "CheckpointError",
+    "checkpoint_info",
     "read_checkpoint",
     "load_model",
     "model_state_dict",
@@ -40,27 +44,43 @@ WRAPPER_PREFIXES: tuple[str, ...] = ("model.", "module.", "_orig_mod.")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoint IO that writes to a temporary file and renames it into place."""
+    """Lightning checkpoint IO: atomic writes (temporary file + rename), safe reads (weights only)."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         buf = io.BytesIO()
         torch.save(checkpoint, buf)
         atomic_write(Path(path), lambda f: f.write(buf.getbuffer()))
 
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        return read_checkpoint(path)
+
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint dict on the CPU.
+    """Load a checkpoint dict on the CPU, without executing any code it may hold.
 
     Raises:
-        CheckpointError: missing or unreadable file.
+        CheckpointError: missing or unreadable file, or a file whose pickle holds anything
+            but plain data (it is refused, not run).
     """
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"{p}: checkpoint not found")
     try:
-        return torch.load(p, map_location="cpu", weights_only=False)
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "GLOBAL" not in str(e):  # not a refused object: a corrupt or foreign file
+            raise CheckpointError(f"{p}: unreadable checkpoint ({type(e).__name__}: {e})") from None
+        found = re.search(r"(?:unsupported global|unsupported GLOBAL):? (?:GLOBAL )?([\w.]+)", str(e), re.IGNORECASE)
+        what = f"it names {found.group(1)}" if found else "it holds objects that are not plain data"
+        raise CheckpointError(
+            f"{p}: refused: {what}, and loading it could run code; only checkpoints written by "
+            "enface (or plain state dicts) are read"
+        ) from None
     except Exception as e:  # torch raises many types for corrupt files
         raise CheckpointError(f"{p}: unreadable checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{p}: not a checkpoint (a {type(ckpt).__name__}, expected a dict)")
+    return ckpt
 
 
 def strip_prefixes(state: dict[str, torch.Tensor], prefixes: tuple[str, ...] = WRAPPER_PREFIXES) -> dict[str, torch.Tensor]:

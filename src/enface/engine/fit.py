@@ -1,25 +1,34 @@
 """Fit one run: pre-training (reconstruction) or segmentation training, resumable.
 
-``fit(config)`` resolves the run folder, selects the cases, builds data loaders, the
-Lightning module and trainer, optionally transfers weights from ``config.init``, trains,
-and writes ``done.json``. A killed run resumes from ``checkpoints/last.ckpt`` (saved every
-epoch) with ``resume=True``; a finished run is skipped.
+``fit(config)`` resolves the run (:func:`resolve_run`: the dataset, the cases, the init
+checkpoint read once, the run folder and the run's identity) before it touches the disk,
+then, holding the run folder's lock, starts, resumes or skips the run, trains and writes
+``done.json``.
 
 Run folder contents::
 
-    config.yaml            the resolved config
+    config.yaml            the resolved config (dataset path absolute)
+    identity.json          what the run is (config + fingerprints of its cases and init weights)
     transfer.json          which weights were (not) loaded from the init checkpoint
     checkpoints/           top-k ``epoch=<e>-val_<metric>=<v>.ckpt`` and ``last.ckpt``
-    logs/metrics.csv       per-epoch train/val curves (and tb/ when TensorBoard is installed)
+    logs/metrics.csv       one row per epoch: losses, validation metric, seconds; a resumed
+                           run appends, so the history survives any number of interruptions
     done.json              summary written when training finished
+
+The same call on a finished run with the same identity returns it (``"skipped"``); with a
+different identity it is refused, naming the fields that differ. A killed run continues
+with ``resume=True`` from ``last.ckpt`` (or, when that file is unreadable, from the newest
+readable checkpoint), losing at most the epoch that was running.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,20 +37,20 @@ from typing import Any, Sequence
 import lightning as L
 import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader, RandomSampler
 
 from enface.config import RunConfig
-from enface.errors import ConfigError
 from enface.data.folder import read_dataset_info
-from enface.errors import DatasetError
 from enface.engine.checkpoint import AtomicCheckpointIO, checkpoint_info, read_checkpoint
+from enface.engine.history import MetricsHistory
 from enface.engine.module import TASK_METRIC, EnfaceModule
-from enface.engine.runs import RunKey, run_dir
+from enface.engine.runs import RunSpec, dataset_fingerprint, file_sha256, identity_diff, run_identity
 from enface.engine.transfer import transfer_weights
-from enface.fileio import atomic_write_json, atomic_write_text
+from enface.errors import CheckpointError, ConfigError, DatasetError, RunFolderError
+from enface.fileio import FolderLock, atomic_write_json, atomic_write_text
+from enface.targets import check_name
 
-__all__ = ["FitResult", "fit", "run_key", "select_run_cases", "init_name"]
+__all__ = ["FitResult", "ResolvedRun", "fit", "resolve_run", "select_run_cases", "resumable_checkpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -65,22 +74,26 @@ class FitResult:
     epochs: int
 
 
-def init_name(init: str | None) -> str:
-    """Run-folder label of an initialisation: ``scratch`` or ``ssl-<target>`` from the checkpoint."""
-    if not init:
-        return "scratch"
-    info = checkpoint_info(read_checkpoint(init), init)
-    cfg = info.get("config") or {}
-    if info.get("task") == "reconstruct" and cfg.get("target"):
-        return f"ssl-{cfg['target']}"
-    return f"init-{Path(init).stem.replace('=', '').replace('.', '_')}"
+@dataclass
+class ResolvedRun:
+    """A run with everything it needs from the disk read once, before anything is written.
 
+    Attributes:
+        config: the config with the dataset path made absolute and the input channels filled in.
+        spec: the run's name (:class:`~enface.engine.runs.RunSpec`).
+        folder: the run folder.
+        train_ids, val_ids: the cases it trains and validates on.
+        init: the init checkpoint's content (None from scratch).
+        identity: what the run is (see :func:`~enface.engine.runs.run_identity`).
+    """
 
-def run_key(config: RunConfig, dataset_name: str | None = None) -> RunKey:
-    """The :class:`RunKey` of a config (reads the init checkpoint to name the init)."""
-    name = dataset_name or read_dataset_info(config.dataset)["name"]
-    task = f"recon-{config.target}" if config.stage == "pretrain" else config.target
-    return RunKey(name, task, config.model, init_name(config.init), config.fraction, config.seed, config.width)
+    config: RunConfig
+    spec: RunSpec
+    folder: Path
+    train_ids: list[str]
+    val_ids: list[str]
+    init: dict[str, Any] | None
+    identity: dict[str, Any]
 
 
 def select_run_cases(config: RunConfig) -> tuple[list[str], list[str]]:
@@ -92,15 +105,13 @@ def select_run_cases(config: RunConfig) -> tuple[list[str], list[str]]:
     """
     from enface.data.splits import select_cases
 
-    if config.stage == "pretrain":
-        modality = "faf" if config.target == "faf_inv" else config.target
-        train = select_cases(config.dataset, "train", requires=(modality,))
-        val = select_cases(config.dataset, "val", requires=(modality,))
+    target = config.target_spec
+    if target.kind == "reconstruct":
+        train = select_cases(config.dataset, "train", requires=target.requires)
     else:
-        req = (f"mask:{config.target}",)
         fraction = None if config.fraction >= 1.0 else config.fraction  # 100 %: every labeled training case
-        train = select_cases(config.dataset, "train", requires=req, fraction=fraction, task=config.target)
-        val = select_cases(config.dataset, "val", requires=req)
+        train = select_cases(config.dataset, "train", requires=target.requires, fraction=fraction, task=target.name)
+    val = select_cases(config.dataset, "val", requires=target.requires)
     if not train:
         raise DatasetError(f"{config.dataset}: no training cases for {config.stage} target {config.target!r}")
     if not val:
@@ -108,8 +119,126 @@ def select_run_cases(config: RunConfig) -> tuple[list[str], list[str]]:
     return train, val
 
 
-def _dataset_target(config: RunConfig) -> str:
-    return config.target if config.stage == "pretrain" else f"mask:{config.target}"
+def resolve_run(config: RunConfig) -> ResolvedRun:
+    """Check a config against the disk and read what the run needs; writes nothing.
+
+    Raises:
+        ConfigError: the dataset folder, the model or the init checkpoint does not exist.
+        DatasetError: the dataset is unreadable, its name is unsafe, or it has no cases for the run.
+        CheckpointError: the init checkpoint is unreadable or not an enface checkpoint.
+    """
+    from enface.models import list_models
+
+    config.validate()
+    if config.model not in list_models():
+        raise ConfigError(f"config field 'model': unknown model {config.model!r}; known: {', '.join(list_models())}")
+    root = Path(config.dataset).expanduser()
+    if not (root / "dataset.json").is_file():
+        raise ConfigError(f"config field 'dataset': {config.dataset} is not a dataset folder (no dataset.json)")
+    info = read_dataset_info(root)
+    try:
+        name = check_name(str(info["name"]), "dataset name")
+    except ConfigError as e:
+        raise DatasetError(f"{root / 'dataset.json'}: {e}") from None
+    channels = tuple(config.channels or info.get("channels") or ("oct",))
+    config = dataclasses.replace(config, dataset=str(root.resolve()), channels=channels)
+    init_ckpt, init_sha = None, None
+    if config.init:
+        init_path = Path(config.init).expanduser()
+        if not init_path.is_file():
+            raise ConfigError(f"config field 'init': checkpoint {config.init} not found")
+        init_ckpt = read_checkpoint(init_path)
+        init_sha = file_sha256(init_path)
+        config = dataclasses.replace(config, init=str(init_path.resolve()))
+    info_init = checkpoint_info(init_ckpt, str(config.init)) if init_ckpt is not None and "enface" in init_ckpt else None
+    spec = RunSpec.from_config(config, name, RunSpec.init_label(info_init, config.init))
+    train_ids, val_ids = select_run_cases(config)
+    fingerprint = dataset_fingerprint(root, [*train_ids, *val_ids])
+    identity = run_identity(config.to_dict(), fingerprint, init_sha)
+    return ResolvedRun(config, spec, spec.folder(config.runs_dir), train_ids, val_ids, init_ckpt, identity)
+
+
+def _checkpoint_usable(path: Path) -> str | None:
+    """None if ``path`` is a complete training checkpoint, else why not."""
+    try:
+        ckpt = read_checkpoint(path)
+        checkpoint_info(ckpt, str(path))
+    except CheckpointError as e:
+        return str(e).removeprefix(f"{path}: ")
+    missing = [k for k in ("state_dict", "optimizer_states", "loops", "epoch") if k not in ckpt]
+    return f"incomplete (no {', '.join(missing)})" if missing else None
+
+
+def resumable_checkpoint(folder: Path) -> Path:
+    """The checkpoint a killed run continues from: ``last.ckpt``, else the newest readable one.
+
+    Raises:
+        RunFolderError: no readable checkpoint (the folder is left as it is).
+    """
+    ckdir = folder / "checkpoints"
+    candidates = [ckdir / "last.ckpt"] + sorted(ckdir.glob("epoch=*.ckpt"), key=lambda p: p.name, reverse=True)
+    problems = []
+    for path in candidates:
+        if not path.is_file():
+            continue
+        why = _checkpoint_usable(path)
+        if why is None:
+            if problems:
+                log.warning("%s; resuming from %s instead", "; ".join(problems), path.name)
+            return path
+        problems.append(f"{path.name} unusable: {why}")
+    raise RunFolderError(
+        f"{folder}: no readable checkpoint to resume from ({'; '.join(problems) or 'none written'}); "
+        "the folder was left as it is (remove it to start the run again)"
+    )
+
+
+def _launched_worker() -> bool:
+    """Whether this process is a worker that Lightning launched for a multi-process run.
+
+    Rank 0 (the process the user started) holds the run folder's lock for all of them.
+    """
+    return any(os.environ.get(v, "0") not in ("", "0") for v in ("LOCAL_RANK", "NODE_RANK", "RANK"))
+
+
+def _existing_state(run: ResolvedRun, resume: bool) -> tuple[str, Path | None]:
+    """``("new" | "finished" | "resume", checkpoint)`` of the run folder, checked against the run.
+
+    Raises:
+        RunFolderError: the folder holds another run (differing fields named), or holds
+            checkpoints and ``resume`` is False, or nothing readable to resume from.
+    """
+    folder = run.folder
+    ident_path = folder / "identity.json"
+    ckpts = list((folder / "checkpoints").glob("*.ckpt")) if (folder / "checkpoints").is_dir() else []
+    done = (folder / "done.json").is_file()
+    if not (done or ckpts):
+        return "new", None  # nothing learned yet: (re)start
+    stored = json.loads(ident_path.read_text(encoding="utf-8")) if ident_path.is_file() else None
+    if stored is None:
+        raise RunFolderError(f"{folder}: run folder without identity.json (written by an older enface?); "
+                             "use another --runs-dir, or remove the folder to start over")
+    diff = identity_diff(stored, run.identity)
+    if diff:
+        raise RunFolderError(
+            f"{folder}: this run folder holds a different run ({'; '.join(diff)}); "
+            "use another --runs-dir for the new run, or remove the folder to start over"
+        )
+    if done:
+        return "finished", None
+    if not resume:
+        raise RunFolderError(f"{folder}: run folder already holds checkpoints; pass --resume to continue it")
+    return "resume", resumable_checkpoint(folder)
+
+
+def _start_folder(run: ResolvedRun, module: EnfaceModule) -> None:
+    """Write a new run's config, identity and (with an init) transferred weights."""
+    atomic_write_text(run.folder / "config.yaml", yaml.safe_dump(run.config.to_dict(), sort_keys=False))
+    atomic_write_json(run.folder / "identity.json", run.identity)
+    if run.init is not None:
+        report = transfer_weights(module.model, run.init, where=str(run.config.init))
+        atomic_write_json(run.folder / "transfer.json",
+                          {"source": run.config.init, "loaded": len(report.loaded), "not_loaded": report.not_loaded})
 
 
 def _loaders(config: RunConfig, train_ids: Sequence[str], val_ids: Sequence[str]) -> tuple[DataLoader, DataLoader]:
@@ -119,8 +248,7 @@ def _loaders(config: RunConfig, train_ids: Sequence[str], val_ids: Sequence[str]
     aug = AugmentConfig(crop=tuple(config.crop))
     if not config.augment:  # random crops only
         aug = dataclasses.replace(aug, rotate180=False, flip=False, noise_std=0.0, contrast=(1.0, 1.0), shift=(0.0, 0.0))
-    target = _dataset_target(config)
-    channels = config.input_channels()
+    target, channels = config.target_spec, tuple(config.channels or ("oct",))
     train_ds = EnfaceDataset(config.dataset, train_ids, target, augment=aug, seed=config.seed, channels=channels)
     val_ds = EnfaceDataset(config.dataset, val_ids, target, augment=None, seed=config.seed, channels=channels)
     sampler = (
@@ -134,11 +262,58 @@ def _loaders(config: RunConfig, train_ids: Sequence[str], val_ids: Sequence[str]
     return train_dl, val_dl
 
 
-def _loggers(folder: Path) -> list[Any]:
-    loggers: list[Any] = [CSVLogger(save_dir=str(folder), name="logs", version="")]
+def _build_module(config: RunConfig) -> EnfaceModule:
+    return EnfaceModule(
+        model_name=config.model,
+        task=config.task,
+        in_channels=len(config.channels or ("oct",)),
+        width=config.width,
+        model_kwargs=config.model_kwargs,
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        config=config.to_dict(),
+        compile=config.compile,
+    )
+
+
+def _checkpoint_callbacks(ckdir: Path, metric: str, top_k: int) -> tuple[ModelCheckpoint, ModelCheckpoint]:
+    best = ModelCheckpoint(
+        dirpath=str(ckdir), filename="epoch={epoch:04d}-" + metric + "={" + metric + ":.4f}",
+        auto_insert_metric_name=False, monitor=metric, mode="max", save_top_k=top_k,
+        save_last=False, enable_version_counter=False,
+    )
+    last = ModelCheckpoint(
+        dirpath=str(ckdir), filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
+        save_on_train_epoch_end=True, enable_version_counter=False,
+    )
+    return best, last
+
+
+def _trainer(config: RunConfig, folder: Path, callbacks: Sequence[Callback], progress: bool) -> L.Trainer:
+    loggers: list[Any] = []
     if importlib.util.find_spec("tensorboard") is not None:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
         loggers.append(TensorBoardLogger(save_dir=str(folder), name="tb", version="", default_hp_metric=False))
-    return loggers
+    return L.Trainer(
+        default_root_dir=str(folder), max_epochs=config.epochs, accelerator=config.accelerator,
+        devices=config.devices, strategy=config.strategy, num_nodes=config.num_nodes,
+        precision=config.precision, accumulate_grad_batches=config.accumulate,
+        check_val_every_n_epoch=config.val_every, deterministic=config.deterministic,
+        callbacks=list(callbacks), logger=loggers or False, plugins=[AtomicCheckpointIO()],
+        num_sanity_val_steps=0, log_every_n_steps=1, enable_progress_bar=progress, enable_model_summary=False,
+    )
+
+
+def _finished(run: ResolvedRun, trainer: L.Trainer, best: list[tuple[str, float]], metric: str, seconds: float) -> None:
+    if not trainer.is_global_zero:
+        return
+    atomic_write_json(run.folder / "done.json", {
+        "run": str(run.folder), "spec": run.spec.label, "metric": metric, "best": best,
+        "epochs": int(trainer.current_epoch), "world_size": int(trainer.world_size),
+        "train_cases": list(run.train_ids), "val_cases": list(run.val_ids), "seconds": round(seconds, 1),
+    })
 
 
 def fit(
@@ -150,126 +325,57 @@ def fit(
     """Train one run described by ``config``.
 
     Args:
-        config: a validated :class:`RunConfig`.
-        resume: continue from ``checkpoints/last.ckpt`` when it exists. Without it, a run
-            folder that already holds checkpoints is an error (nothing is overwritten).
+        config: a :class:`RunConfig`.
+        resume: continue a killed run from its checkpoints. Without it, a run folder that
+            already holds checkpoints is an error (nothing is overwritten).
         callbacks: extra Lightning callbacks (e.g. for tests).
         progress: show Lightning's progress bar.
 
-    Returns:
-        A :class:`FitResult`.
-
     Raises:
-        ConfigError: the run folder holds another run's checkpoints and ``resume`` is False.
+        ConfigError, DatasetError, CheckpointError: the run cannot start (nothing written).
+        RunFolderError: the folder holds another run, is locked by another process, or
+            holds checkpoints and ``resume`` is False.
         NonFiniteLossError: the loss became NaN/inf (the last good checkpoint remains).
+        KeyboardInterrupt: training was interrupted (Ctrl+C); ``last.ckpt`` remains.
     """
-    config.validate()
-    key = run_key(config)
-    folder = run_dir(config.runs_dir, key)
+    run = resolve_run(config)
+    metric = TASK_METRIC[run.config.task]
+    lock = FolderLock(run.folder, "run folder") if not _launched_worker() else contextlib.nullcontext()
+    with lock:
+        state, resume_from = _existing_state(run, resume)
+        if state == "finished":
+            summary = json.loads((run.folder / "done.json").read_text(encoding="utf-8"))
+            log.info("run already finished: %s", run.folder)
+            return FitResult(run.folder, "skipped", [tuple(b) for b in summary.get("best", [])], metric,
+                             summary.get("epochs", 0))
+        return _train(run, resume_from, callbacks, progress)
+
+
+def _train(run: ResolvedRun, resume_from: Path | None, callbacks: Sequence[Callback], progress: bool) -> FitResult:
+    config, folder = run.config, run.folder
     metric = TASK_METRIC[config.task]
-    done = folder / "done.json"
-    if done.is_file():
-        summary = json.loads(done.read_text())
-        log.info("run already finished: %s", folder)
-        return FitResult(folder, "skipped", [tuple(b) for b in summary.get("best", [])], metric, summary.get("epochs", 0))
-    ckdir = folder / "checkpoints"
-    last = ckdir / "last.ckpt"
-    if ckdir.is_dir() and any(ckdir.glob("*.ckpt")) and not resume:
-        raise ConfigError(f"{folder}: run folder already holds checkpoints; pass --resume to continue it")
-    resume_from = str(last) if resume and last.is_file() else None
-
-    train_ids, val_ids = select_run_cases(config)
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(folder / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
-    log.info(
-        "%s %s: %d training / %d validation cases -> %s%s",
-        config.stage, key.task, len(train_ids), len(val_ids), folder,
-        f" (resuming from {last})" if resume_from else "",
-    )
-
+    log.info("%s: %d training / %d validation cases -> %s%s", run.spec.label, len(run.train_ids),
+             len(run.val_ids), folder, f" (resuming from {resume_from.name})" if resume_from else "")
     L.seed_everything(config.seed, workers=True, verbose=False)
-    module = EnfaceModule(
-        model=config.model,
-        task=config.task,
-        in_channels=len(config.input_channels()),
-        width=config.width,
-        model_kwargs=config.model_kwargs,
-        lr=config.lr,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-        config=config.to_dict(),
-        compile=config.compile,
-    )
-    if config.init and not resume_from:
-        report = transfer_weights(module.model, config.init)
-        atomic_write_json(
-            folder / "transfer.json",
-            {"source": config.init, "loaded": len(report.loaded), "not_loaded": report.not_loaded},
-        )
-
-    best_cb = ModelCheckpoint(
-        dirpath=str(ckdir),
-        filename="epoch={epoch:04d}-" + metric + "={" + metric + ":.4f}",
-        auto_insert_metric_name=False,
-        monitor=metric,
-        mode="max",
-        save_top_k=config.top_k,
-        save_last=False,
-        enable_version_counter=False,
-    )
-    last_cb = ModelCheckpoint(
-        dirpath=str(ckdir),
-        filename="last",
-        monitor=None,
-        save_top_k=1,
-        every_n_epochs=1,
-        save_on_train_epoch_end=True,
-        enable_version_counter=False,
-    )
-    trainer = L.Trainer(
-        default_root_dir=str(folder),
-        max_epochs=config.epochs,
-        accelerator=config.accelerator,
-        devices=config.devices,
-        strategy=config.strategy,
-        num_nodes=config.num_nodes,
-        precision=config.precision,
-        accumulate_grad_batches=config.accumulate,
-        check_val_every_n_epoch=config.val_every,
-        deterministic=config.deterministic,
-        callbacks=[best_cb, last_cb, *callbacks],
-        logger=_loggers(folder),
-        plugins=[AtomicCheckpointIO()],
-        num_sanity_val_steps=0,
-        log_every_n_steps=1,
-        enable_progress_bar=progress,
-        enable_model_summary=False,
-    )
-    train_dl, val_dl = _loaders(config, train_ids, val_ids)
+    module = _build_module(config)
+    if resume_from is None:
+        _start_folder(run, module)
+    best_cb, last_cb = _checkpoint_callbacks(folder / "checkpoints", metric, config.top_k)
+    history = MetricsHistory(folder / "logs" / "metrics.csv", metric)
+    trainer = _trainer(config, folder, [history, best_cb, last_cb, *callbacks], progress)
+    train_dl, val_dl = _loaders(config, run.train_ids, run.val_ids)
     t0 = time.time()
     try:
-        trainer.fit(module, train_dl, val_dl, ckpt_path=resume_from)
-    except SystemExit:  # Lightning exits on Ctrl+C after a graceful shutdown
-        log.warning("interrupted: %s keeps its last checkpoint; continue with --resume (or re-run the study)", folder)
+        trainer.fit(module, train_dl, val_dl, ckpt_path=str(resume_from) if resume_from else None, weights_only=True)
+    except SystemExit:  # Lightning exits after a graceful shutdown on Ctrl+C
+        if trainer.interrupted:
+            log.warning("interrupted: %s keeps its last checkpoint; continue with --resume (or re-run the study)", folder)
+            raise KeyboardInterrupt from None
         raise
     best = sorted(((str(p), float(v)) for p, v in best_cb.best_k_models.items()), key=lambda t: -t[1])
-    epochs = int(trainer.current_epoch)
     if trainer.interrupted:
-        return FitResult(folder, "interrupted", best, metric, epochs)
-    if trainer.is_global_zero:
-        atomic_write_json(
-            done,
-            {
-                "run": str(folder),
-                "key": dataclasses.asdict(key),
-                "metric": metric,
-                "best": best,
-                "epochs": epochs,
-                "world_size": int(trainer.world_size),
-                "train_cases": list(train_ids),
-                "val_cases": list(val_ids),
-                "seconds": round(time.time() - t0, 1),
-            },
-        )
-    log.info("finished %s: best %s %s; checkpoints in %s", folder, metric, f"{best[0][1]:.4f}" if best else "n/a", ckdir)
-    return FitResult(folder, "finished", best, metric, epochs)
+        return FitResult(folder, "interrupted", best, metric, int(trainer.current_epoch))
+    _finished(run, trainer, best, metric, time.time() - t0)
+    log.info("finished %s: best %s %s; checkpoints in %s", folder, metric,
+             f"{best[0][1]:.4f}" if best else "n/a", folder / "checkpoints")
+    return FitResult(folder, "finished", best, metric, int(trainer.current_epoch))

@@ -12,7 +12,7 @@ from enface.metrics import dice_per_sample, ssim
 from enface.models import create_model, model_spec
 from enface.errors import NonFiniteLossError
 
-__all__ = ["EnfaceModule", "NonFiniteLossError", "TASK_METRIC"]
+__all__ = ["EnfaceModule", "TASK_METRIC"]
 
 TASK_METRIC: dict[str, str] = {"segment": "val_dice", "reconstruct": "val_ssim"}
 """Validation metric (higher is better) that ranks the checkpoints of each task."""
@@ -23,7 +23,7 @@ class EnfaceModule(L.LightningModule):
     """Train any registered model on a segmentation or reconstruction task.
 
     Args:
-        model: registered model name.
+        model_name: registered model name (the network itself is :attr:`model`).
         task: ``"segment"`` (Dice + BCE; metric Dice at 0.5) or ``"reconstruct"``
             (negative mean SSIM of sigmoid(logits); metric SSIM).
         in_channels, out_channels, width, model_kwargs: passed to ``create_model``.
@@ -36,7 +36,7 @@ class EnfaceModule(L.LightningModule):
 
     def __init__(
         self,
-        model: str = "fpn",
+        model_name: str = "fpn",
         task: str = "segment",
         in_channels: int = 1,
         out_channels: int = 1,
@@ -54,9 +54,9 @@ class EnfaceModule(L.LightningModule):
         self.save_hyperparameters()
         self.task = task
         self.metric_name = TASK_METRIC[task]
-        net = create_model(model, in_channels, out_channels, width, **(model_kwargs or {}))
+        net = create_model(model_name, in_channels, out_channels, width, **(model_kwargs or {}))
         self.spec = model_spec(net)
-        self.model = torch.compile(net) if compile else net
+        self.model: torch.nn.Module = torch.compile(net) if compile else net
         self.loss = DiceBCELoss() if task == "segment" else NegativeSSIMLoss()
 
     def forward(self, volume: torch.Tensor) -> torch.Tensor:

@@ -56,13 +56,16 @@ class TransferReport:
         return s + (f"; not loaded (shape differs): {', '.join(self.skipped)}" if self.skipped else "; nothing skipped")
 
 
-def transfer_weights(model: nn.Module, checkpoint: str | os.PathLike | dict[str, Any]) -> TransferReport:
+def transfer_weights(
+    model: nn.Module, checkpoint: str | os.PathLike | dict[str, Any], where: str | None = None
+) -> TransferReport:
     """Load a checkpoint's weights into ``model`` (in place).
 
     Args:
         model: target model built by :func:`enface.models.create_model`.
         checkpoint: path to, or already-loaded dict of, a checkpoint (an enface/Lightning
             checkpoint, or a plain state dict).
+        where: the checkpoint's name in messages (default: its path).
 
     Returns:
         A :class:`TransferReport`.
@@ -71,7 +74,7 @@ def transfer_weights(model: nn.Module, checkpoint: str | os.PathLike | dict[str,
         CheckpointError: the checkpoint is of another architecture, width or input channel
             count, or keys other than the head do not match.
     """
-    where = str(checkpoint) if not isinstance(checkpoint, dict) else "checkpoint"
+    where = where or (str(checkpoint) if not isinstance(checkpoint, dict) else "checkpoint")
     ckpt = read_checkpoint(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
     target_spec = model_spec(model)
     info = ckpt.get("enface") if isinstance(ckpt.get("enface"), dict) else None

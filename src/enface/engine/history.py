@@ -1,0 +1,84 @@
+"""``logs/metrics.csv``: one row per epoch, appended, surviving any number of resumes.
+
+Lightning's CSV logger starts a new file when a run is resumed, so a run killed at epoch
+359 would keep only the epochs after it. :class:`MetricsHistory` instead keeps the rows of
+every epoch whose checkpoint survived: on (re)start it drops the rows of epochs that will be
+trained again (those after the checkpoint the run resumes from), and after each epoch it
+rewrites the file atomically with the new row appended.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+
+from enface.errors import RunFolderError
+from enface.fileio import atomic_write_csv
+
+__all__ = ["MetricsHistory", "read_history"]
+
+log = logging.getLogger(__name__)
+
+
+def read_history(path: str | Path) -> list[dict[str, str]]:
+    """The rows of a ``metrics.csv`` (an empty list when the file does not exist).
+
+    Raises:
+        RunFolderError: the file is not a metrics history (no ``epoch`` column).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or "epoch" not in reader.fieldnames:
+            raise RunFolderError(f"{path}: not a metrics history (no 'epoch' column)")
+        return list(reader)
+
+
+class MetricsHistory(Callback):
+    """Append ``epoch, step, train_loss, val_loss, <metric>, seconds`` per epoch to ``path``.
+
+    Args:
+        path: the CSV file (``<run>/logs/metrics.csv``).
+        metric: the validation metric column (``val_dice`` or ``val_ssim``).
+    """
+
+    def __init__(self, path: str | Path, metric: str) -> None:
+        self.path = Path(path)
+        self.columns = ("epoch", "step", "train_loss", "val_loss", metric, "seconds")
+        self.rows: list[dict[str, Any]] = []
+        self._t0 = 0.0
+        self._validated = False
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        start = int(trainer.current_epoch)  # restored from the checkpoint on resume, else 0
+        old = read_history(self.path)
+        self.rows = [r for r in old if r.get("epoch", "") != "" and int(float(r["epoch"])) < start]
+        if len(self.rows) < len(old):
+            log.info("%s: dropping %d row(s) of epochs that are trained again", self.path, len(old) - len(self.rows))
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._t0 = time.perf_counter()
+        self._validated = False
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._validated = True
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        metrics = trainer.callback_metrics
+        row: dict[str, Any] = {"epoch": int(trainer.current_epoch), "step": int(trainer.global_step)}
+        for name in self.columns[2:-1]:
+            value = metrics.get(name) if name == "train_loss" or self._validated else None
+            row[name] = "" if value is None else float(value)
+        row["seconds"] = round(time.perf_counter() - self._t0, 3)
+        self.rows.append(row)
+        atomic_write_csv(self.path, self.rows, self.columns)
