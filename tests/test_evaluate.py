@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from scipy.stats import wilcoxon
 
 from enface.cli import main
 from enface.config import load_config
 from enface.data.folder import load_case
 from enface.engine.checkpoint import load_model, topk_checkpoints
 from enface.engine.fit import fit
-from enface.evaluate import Ensemble, evaluate, paired_wilcoxon, read_cases_csv, summarize
+from enface.engine.inference import Ensemble
+from enface.evaluate import evaluate, read_cases_csv, summarize
 
 
 @pytest.fixture(scope="module")
@@ -79,17 +79,3 @@ def test_summarize_counts_undefined_hd95_apart() -> None:
     s = summarize(rows)
     assert s["hd95_mm"] == {"mean": 2.0, "std": 0.0, "median": 2.0, "n": 1, "n_undefined": 1}
     assert s["dice"]["mean"] == 0.25 and s["dice"]["std"] == pytest.approx(np.std([0.5, 0.0], ddof=1))
-
-
-def test_paired_wilcoxon_matches_scipy_on_paired_cases() -> None:
-    rng = np.random.default_rng(0)
-    ref = {f"c{i}": float(v) for i, v in enumerate(rng.random(20))}
-    other = {k: v + 0.05 + 0.01 * rng.standard_normal() for k, v in ref.items()}
-    other["extra"] = 0.3  # unpaired cases are ignored
-    res = paired_wilcoxon(ref, other)
-    keys = sorted(ref)
-    expected = wilcoxon([other[k] for k in keys], [ref[k] for k in keys])
-    assert res["n"] == 20 and res["p_value"] == pytest.approx(expected.pvalue)
-    assert res["median_difference"] > 0
-    same = paired_wilcoxon(ref, dict(ref))
-    assert math.isnan(same["p_value"]) and same["median_difference"] == 0

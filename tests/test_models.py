@@ -128,3 +128,43 @@ def test_cli_lists_every_model_with_its_parameter_count(capsys) -> None:
     for name in ALL:
         assert name in out
     assert "4,369,553" in out and "4,718,737" in out and "1,513,697" in out
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_model_interface(name: str) -> None:
+    """Every model offers head / min_depth / fixed_depth and honours them at the boundary."""
+    from torch import nn
+
+    model = create_model(name, out_channels=3, width=WIDTH).eval()
+    assert isinstance(model.head, nn.Module)
+    assert isinstance(model.min_depth, int) and model.min_depth >= 1
+    assert model.fixed_depth is None or model.fixed_depth == model.min_depth
+    head_shapes = {k: v.shape for k, v in model.head.state_dict().items()}
+    assert any(s[0] == 3 for s in head_shapes.values()), "the head produces the output channels"
+    with torch.no_grad():
+        assert model(torch.randn(1, 1, 3, 5, model.min_depth)).shape == (1, 3, 3, 5)
+        if model.min_depth > 1:
+            with pytest.raises(ValueError, match="depth"):
+                model(torch.randn(1, 1, 3, 5, model.min_depth - 1))
+        if model.fixed_depth is not None:
+            with pytest.raises(ValueError, match="depth"):
+                model(torch.randn(1, 1, 3, 5, model.fixed_depth + 16))
+        else:
+            assert model(torch.randn(1, 1, 3, 5, model.min_depth + 16)).shape == (1, 3, 3, 5)
+
+
+def test_registry_refuses_a_model_without_the_interface() -> None:
+    from torch import nn
+
+    from enface.models import register_model
+    from enface.models.registry import _REGISTRY
+
+    @register_model
+    def _no_interface(in_channels: int = 1, out_channels: int = 1, width: float = 1.0) -> nn.Module:
+        return nn.Conv3d(in_channels, out_channels, 1)
+
+    try:
+        with pytest.raises(TypeError, match="no 'head' layer.*min_depth.*fixed_depth"):
+            create_model("_no_interface")
+    finally:
+        _REGISTRY.pop("_no_interface")

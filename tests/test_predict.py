@@ -18,7 +18,8 @@ from enface.io.images import read_mask
 from enface.data.normalize import zscore_per_bscan
 from enface.errors import CheckpointError
 from enface.models import create_model, model_spec
-from enface.predict import OVERLAY_MIN_SIZE, PredictOptions, Predictor, predict
+from enface.predict import PredictOptions, Predictor, predict
+from enface.viz import OVERLAY_MIN_SIZE
 
 from formats_helpers import layered_volume
 

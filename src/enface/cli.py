@@ -345,22 +345,23 @@ def _add_experiment(sub: argparse._SubParsersAction) -> None:
 
 
 def _print_plan(study, plan) -> None:  # noqa: ANN001
-    from enface.experiment import run_folder
+    from enface.study.plan import run_spec
 
     n_pre = sum(r.stage == "pretrain" for r in plan)
     print(f"study {study.name}: {len(plan)} runs ({n_pre} pre-training, {len(plan) - n_pre} segmentation)")
     for r in plan:
-        folder = run_folder(study, r)
+        spec = run_spec(study, r)
+        folder = spec.folder(study.runs_dir)
         state = "done" if (folder / "done.json").is_file() else "started" if folder.is_dir() else "todo"
-        print(f"  [{r.index:3d}] {state:<7} {r.label}")
+        print(f"  [{r.index:3d}] {state:<7} {spec.label}")
 
 
 def _cmd_experiment(args: argparse.Namespace) -> int:
-    from enface.experiment import collect_results, ensure_dataset, load_study, plan_study, run_study, write_report
+    from enface.study import collect_results, ensure_datasets, load_study, plan_study, run_study, write_report
 
     study = load_study(args.study, out=args.out)
     if args.plan or args.report_only:
-        ensure_dataset(study)
+        ensure_datasets(study)
         plan = plan_study(study)
         if args.plan:
             _print_plan(study, plan)
@@ -382,7 +383,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from enface.experiment import demo_study, headline, run_study
+    from enface.study import demo_study, headline, run_study
 
     study = demo_study(args.out, seed=args.seed)
     print(f"enface demo: phantom dataset + study '{study.name}' in {args.out}/ "

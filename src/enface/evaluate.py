@@ -1,9 +1,10 @@
-"""Evaluation: top-k checkpoint ensembling, per-case tables, summaries, paired tests.
+"""Evaluation: a run's top-k ensemble on a split, per-case tables and summaries.
 
 The paper averages the probabilities of the top-5 checkpoints (by validation Dice) of a
-run to reduce inference variability, then thresholds at 0.5. Per case we report Dice,
-absolute area difference in mm² and HD95 in mm (MONAI, anisotropic en-face spacing), for
-every grader that annotated the case.
+run to reduce inference variability, then thresholds at 0.5
+(:class:`enface.engine.inference.Ensemble`). Per case we report Dice, absolute area
+difference in mm² and HD95 in mm (MONAI, anisotropic en-face spacing), for every grader
+that annotated the case, plus the agreement between graders.
 """
 
 from __future__ import annotations
@@ -18,87 +19,25 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
-import torch
-import yaml
 
-from enface.data.folder import load_case, read_dataset_info
+from enface.data.folder import Case, load_case, read_dataset_info
+from enface.engine.inference import Ensemble, read_run_config
 from enface.errors import DatasetError
-from enface.engine.checkpoint import load_model, topk_checkpoints
-from enface.errors import CheckpointError
-from enface.fileio import atomic_write, atomic_write_csv, atomic_write_json
+from enface.fileio import atomic_write, atomic_write_csv, atomic_write_json, path_under
 from enface.metrics import abs_area_difference, area_mm2, dice_score, hd95_mm
+from enface.targets import Target
 
-__all__ = [
-    "Ensemble",
-    "EvalResult",
-    "evaluate",
-    "summarize",
-    "paired_wilcoxon",
-    "read_cases_csv",
-    "METRICS",
-]
+__all__ = ["EvalResult", "evaluate", "summarize", "read_cases_csv", "METRICS", "CASE_COLUMNS"]
 
 log = logging.getLogger(__name__)
 
 METRICS: tuple[str, ...] = ("dice", "area_diff_mm2", "hd95_mm")
 """Per-case metrics written to ``cases.csv``."""
 
-
-class Ensemble:
-    """Average the sigmoid probabilities of several checkpoints of the same task.
-
-    Args:
-        checkpoints: checkpoint files (each rebuilt from its own description).
-        device: torch device for inference.
-
-    Call with a normalised volume ``(1, C_in, H, W, D)``; returns ``(mean, std)`` of the
-    member probabilities, each ``(C_out, H, W)`` float32 numpy arrays.
-    """
-
-    def __init__(self, checkpoints: Sequence[str | os.PathLike], device: str | torch.device = "cpu") -> None:
-        if not checkpoints:
-            raise CheckpointError("no checkpoints to ensemble")
-        self.device = torch.device(device)
-        self.paths = [Path(p) for p in checkpoints]
-        self.models = []
-        self.infos = []
-        for p in self.paths:
-            model, info = load_model(p)
-            self.models.append(model.to(self.device))
-            self.infos.append(info)
-        names = {i["model"]["name"] for i in self.infos}
-        if len(names) > 1:
-            log.info("ensembling different architectures: %s", sorted(names))
-
-    @classmethod
-    def from_run(cls, run: str | os.PathLike, top_k: int = 5, device: str | torch.device = "cpu") -> "Ensemble":
-        """The top-k checkpoints of a run folder (falls back to ``last.ckpt`` when none is ranked)."""
-        paths = topk_checkpoints(run, top_k)
-        if not paths:
-            last = Path(run) / "checkpoints" / "last.ckpt"
-            if not last.is_file():
-                raise CheckpointError(f"{run}: no checkpoints found")
-            paths = [last]
-        return cls(paths, device)
-
-    @property
-    def task(self) -> str | None:
-        return self.infos[0].get("task")
-
-    @property
-    def config(self) -> dict[str, Any]:
-        return dict(self.infos[0].get("config") or {})
-
-    @property
-    def channels(self) -> tuple[str, ...]:
-        """Input channels the members were trained on (``("oct",)`` for older checkpoints)."""
-        return tuple(self.config.get("channels") or ("oct",))
-
-    @torch.no_grad()
-    def __call__(self, volume: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        x = volume.to(self.device, torch.float32)
-        probs = torch.stack([torch.sigmoid(m(x).float())[0] for m in self.models])
-        return probs.mean(0).cpu().numpy(), probs.std(0, unbiased=False).cpu().numpy()
+CASE_COLUMNS: tuple[str, ...] = (
+    "case_id", "patient_id", "grader", "dice", "area_pred_mm2", "area_true_mm2", "area_diff_mm2", "hd95_mm",
+)
+"""Columns of ``cases.csv``: one row per (case, grader); the primary grader is ``""``."""
 
 
 @dataclass
@@ -109,6 +48,7 @@ class EvalResult:
         rows: one dict per (case, grader) with the columns of ``cases.csv``.
         summary: the content of ``summary.json``.
         out_dir: where ``cases.csv``, ``summary.json`` and ``predictions.npz`` were written.
+        probabilities: ``{case_id: (H, W) float32}`` ensemble probabilities.
     """
 
     rows: list[dict[str, Any]]
@@ -153,11 +93,63 @@ def read_cases_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
     return rows
 
 
-def _run_config(run: Path) -> dict[str, Any]:
-    path = run / "config.yaml"
-    if not path.is_file():
-        raise DatasetError(f"{run}: not a run folder (no config.yaml)")
-    return yaml.safe_load(path.read_text(encoding="utf-8"))
+def _run_dataset(run: Path, cfg: Mapping[str, Any], dataset: str | os.PathLike | None) -> Path:
+    """The dataset to evaluate on: the given one, else the run's (relative paths: from the run's config)."""
+    if dataset is not None:
+        return Path(dataset)
+    stored = Path(str(cfg.get("dataset") or ""))
+    if stored.is_absolute() or (stored / "dataset.json").is_file():
+        return stored
+    raise DatasetError(
+        f"{run / 'config.yaml'}: the run's dataset {str(stored)!r} is a relative path that does not lead to "
+        f"a dataset from here ({Path.cwd()}); give --dataset"
+    )
+
+
+def _case_rows(case: Case, task: str, pred: np.ndarray) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Rows of ``cases.csv`` for one case (one per grader), and inter-grader agreement rows."""
+    graders = case.graders(task)
+    refs = {g: case.load_mask(task, g) for g in graders}
+    for g, ref in refs.items():
+        if ref.shape != pred.shape:
+            name = f"mask_{task}" + (f".{g}" if g else "") + ".png"
+            raise DatasetError(f"case {case.case_id}: {name} has shape {ref.shape}, the prediction {pred.shape} "
+                               "(the volume's en-face grid)")
+    sp = case.spacing
+    agreement = [
+        {"dice": dice_score(refs[g], refs[None]), "area_diff_mm2": abs_area_difference(refs[g], refs[None], sp),
+         "hd95_mm": hd95_mm(refs[g], refs[None], sp)}
+        for g in graders[1:]
+    ]
+    rows = [
+        {"case_id": case.case_id, "patient_id": case.patient_id, "grader": g or "", "dice": dice_score(pred, ref),
+         "area_pred_mm2": area_mm2(pred, sp), "area_true_mm2": area_mm2(ref, sp),
+         "area_diff_mm2": abs_area_difference(pred, ref, sp), "hd95_mm": hd95_mm(pred, ref, sp)}
+        for g, ref in refs.items()
+    ]
+    return rows, agreement
+
+
+def _write_outputs(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any],
+                   probs: Mapping[str, np.ndarray], save_probabilities: bool) -> None:
+    atomic_write_csv(out / "cases.csv", rows, CASE_COLUMNS)
+    atomic_write_json(out / "summary.json", summary)
+    if save_probabilities:
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **{k: np.round(v * 255).astype(np.uint8) for k, v in probs.items()})
+        atomic_write(out / "predictions.npz", lambda f: f.write(buf.getvalue()))
+
+
+def _summary(rows: list[dict[str, Any]], agreement: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:
+    primary = [r for r in rows if r["grader"] == ""]
+    extra_graders = sorted({r["grader"] for r in rows if r["grader"]})
+    return {
+        **fields,
+        "n_cases": len(primary),
+        "metrics": summarize(primary),
+        "graders": {g: summarize([r for r in rows if r["grader"] == g]) for g in extra_graders},
+        "inter_grader": summarize(agreement) if agreement else None,
+    }
 
 
 def evaluate(
@@ -180,8 +172,8 @@ def evaluate(
         dataset: evaluate on another dataset folder (an external test set); default the
             run's own dataset.
         task: mask task (default the run's).
-        top_k: checkpoints averaged.
-        threshold: probability threshold of the binary prediction.
+        top_k: checkpoints averaged (>= 1).
+        threshold: probability threshold of the binary prediction, in (0, 1).
         out_dir: output folder (default ``<run>/eval/<dataset name>-<split>``).
         device: torch device.
         save_probabilities: also write ``predictions.npz`` (probabilities as uint8).
@@ -189,115 +181,47 @@ def evaluate(
 
     Returns:
         An :class:`EvalResult`; files ``cases.csv`` and ``summary.json`` are written atomically.
+
+    Raises:
+        DatasetError: not a segmentation run folder, no cases, or a case that does not fit.
+        ValueError: ``top_k`` < 1 or ``threshold`` outside (0, 1).
     """
     from enface.data.dataset import EnfaceDataset
     from enface.data.splits import select_cases
 
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold must lie in (0, 1), got {threshold}")
     run = Path(run)
-    cfg = _run_config(run)
+    cfg = read_run_config(run)
     if cfg.get("stage") != "train":
         raise DatasetError(f"{run}: evaluate needs a segmentation run (this one is {cfg.get('stage')!r})")
-    dataset = Path(dataset or cfg["dataset"])
-    task = task or cfg["target"]
-    info = read_dataset_info(dataset)
-    ids = select_cases(dataset, split, requires=(f"mask:{task}",))
+    root = _run_dataset(run, cfg, dataset)
+    target = Target.segment(task or str(cfg["target"]))
+    info = read_dataset_info(root)
+    name = str(info["name"])
+    ids = select_cases(root, split, requires=target.requires)
     if not ids:
-        raise DatasetError(f"{dataset}: no cases with a {task!r} mask in split {split!r}")
+        raise DatasetError(f"{root}: no cases with a {target.name!r} mask in split {split!r}")
     ensemble = Ensemble.from_run(run, top_k, device)
-    out = Path(out_dir) if out_dir else run / "eval" / f"{info['name']}-{split}"
-    ds = EnfaceDataset(dataset, ids, None, augment=None, channels=ensemble.channels)
+    out = Path(out_dir) if out_dir else path_under(run, "eval", f"{name}-{split}")
+    ds = EnfaceDataset(root, ids, None, augment=None, channels=ensemble.channels)
     rows: list[dict[str, Any]] = []
-    inter_grader: list[dict[str, Any]] = []
+    agreement: list[dict[str, Any]] = []
     probs: dict[str, np.ndarray] = {}
     for i, cid in enumerate(ids):
-        item = ds[i]
-        mean, _ = ensemble(item["volume"][None])
-        prob = mean[0]
-        pred = prob >= threshold
-        case = load_case(dataset / "cases" / cid)
-        graders = case.graders(task)
-        refs = {g: case.load_mask(task, g) for g in graders}
-        for g in graders[1:]:  # agreement of each extra grader with the primary one
-            inter_grader.append({
-                "dice": dice_score(refs[g], refs[None]),
-                "area_diff_mm2": abs_area_difference(refs[g], refs[None], case.spacing),
-                "hd95_mm": hd95_mm(refs[g], refs[None], case.spacing),
-            })
-        for grader in graders:
-            ref = refs[grader]
-            rows.append(
-                {
-                    "case_id": cid,
-                    "patient_id": case.patient_id,
-                    "grader": grader or "",
-                    "dice": dice_score(pred, ref),
-                    "area_pred_mm2": area_mm2(pred, case.spacing),
-                    "area_true_mm2": area_mm2(ref, case.spacing),
-                    "area_diff_mm2": abs_area_difference(pred, ref, case.spacing),
-                    "hd95_mm": hd95_mm(pred, ref, case.spacing),
-                }
-            )
+        prob = ensemble.run(ds[i]["volume"][None]).mean[0]
+        case_rows, case_agreement = _case_rows(load_case(root / "cases" / cid), target.name, prob >= threshold)
+        rows += case_rows
+        agreement += case_agreement
         probs[cid] = prob
         if progress:
-            r = rows[-len(graders)]
-            log.info("[%d/%d] %s: Dice %.3f, area diff %.3f mm²", i + 1, len(ids), cid, r["dice"], r["area_diff_mm2"])
-    primary = [r for r in rows if r["grader"] == ""]
-    extra_graders = sorted({r["grader"] for r in rows if r["grader"]})
-    summary = {
-        "run": str(run),
-        "dataset": str(dataset),
-        "dataset_name": info["name"],
-        "split": split,
-        "task": task,
-        "threshold": threshold,
-        "checkpoints": [str(p) for p in ensemble.paths],
-        "n_cases": len(primary),
-        "metrics": summarize(primary),
-        "graders": {g: summarize([r for r in rows if r["grader"] == g]) for g in extra_graders},
-        "inter_grader": summarize(inter_grader) if inter_grader else None,
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    columns = ["case_id", "patient_id", "grader", "dice", "area_pred_mm2", "area_true_mm2", "area_diff_mm2", "hd95_mm"]
-    atomic_write_csv(out / "cases.csv", rows, columns)
-    atomic_write_json(out / "summary.json", summary)
-    if save_probabilities:
-        buf = io.BytesIO()
-        np.savez_compressed(buf, **{k: np.round(v * 255).astype(np.uint8) for k, v in probs.items()})
-        atomic_write(out / "predictions.npz", lambda f: f.write(buf.getvalue()))
+            log.info("[%d/%d] %s: Dice %.3f, area diff %.3f mm²", i + 1, len(ids), cid,
+                     case_rows[0]["dice"], case_rows[0]["area_diff_mm2"])
+    summary = _summary(rows, agreement, run=str(run), dataset=str(root.resolve()), dataset_name=name, split=split,
+                       task=target.name, threshold=threshold, checkpoints=[str(p) for p in ensemble.paths])
+    _write_outputs(out, rows, summary, probs, save_probabilities)
     m = summary["metrics"]
-    log.info(
-        "evaluated %d cases of %s/%s: Dice %.3f ± %.3f, area diff %.3f ± %.3f mm²; results in %s",
-        len(primary), info["name"], split, m["dice"]["mean"], m["dice"]["std"],
-        m["area_diff_mm2"]["mean"], m["area_diff_mm2"]["std"], out,
-    )
+    log.info("evaluated %d cases of %s/%s: Dice %.3f ± %.3f, area diff %.3f ± %.3f mm²; results in %s",
+             summary["n_cases"], name, split, m["dice"]["mean"], m["dice"]["std"],
+             m["area_diff_mm2"]["mean"], m["area_diff_mm2"]["std"], out)
     return EvalResult(rows, summary, out, probs)
-
-
-def paired_wilcoxon(
-    reference: Mapping[str, float], other: Mapping[str, float], alternative: str = "two-sided"
-) -> dict[str, float]:
-    """Wilcoxon signed-rank test on per-case values paired by case id.
-
-    Args:
-        reference: ``{case_id: value}`` of the reference configuration.
-        other: ``{case_id: value}`` of the compared configuration.
-        alternative: passed to :func:`scipy.stats.wilcoxon`.
-
-    Returns:
-        ``{"n", "statistic", "p_value", "median_difference"}`` (``other - reference``);
-        p is NaN when fewer than 2 paired cases differ.
-    """
-    from scipy.stats import wilcoxon
-
-    common = sorted(set(reference) & set(other))
-    a = np.array([reference[c] for c in common], dtype=float)
-    b = np.array([other[c] for c in common], dtype=float)
-    ok = np.isfinite(a) & np.isfinite(b)
-    a, b = a[ok], b[ok]
-    diff = b - a
-    result = {"n": int(a.size), "statistic": math.nan, "p_value": math.nan, "median_difference": float(np.median(diff)) if diff.size else math.nan}
-    if np.count_nonzero(diff) >= 2:
-        res = wilcoxon(b, a, alternative=alternative)
-        result["statistic"] = float(res.statistic)
-        result["p_value"] = float(res.pvalue)
-    return result

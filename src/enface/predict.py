@@ -21,7 +21,9 @@ deviation kept (the uncertainty). Per scan, ``<out>/<scan id>/`` receives:
   (16-bit, ``std / 0.5 * 65535``: 0.5 is the largest possible std of probabilities);
 * ``overlay.png``: the mask (tinted, outlined) over an en-face projection of the OCT, and
   over the SLO beside it when the scan has one, with physically square pixels;
-* ``prediction.json``: area in mm², pixel count, spacing, threshold, checkpoints, notes.
+* ``prediction.json``: area in mm² (and each ensemble member's area, for the spread that
+  ``enface progression`` reports), pixel count, spacing, patient, eye, visit, threshold,
+  checkpoints, notes.
 
 ``<out>/summary.csv`` has one row per scan (failed ones included, with the reason). A scan
 that cannot be read or predicted is reported and the others still run. Only segmentation
@@ -42,15 +44,14 @@ import numpy as np
 import torch
 
 from enface.data.folder import load_case
-from enface.errors import DatasetError
 from enface.data.normalize import zscore_per_bscan
 from enface.data.prepare import PrepareOptions, discover_sources, scan_to_case
+from enface.data.preprocess import FlattenParams
+from enface.engine.inference import Ensemble, EnsembleOutput
+from enface.errors import CheckpointError, DatasetError, EnfaceError
 from enface.io.base import unique_ids
 from enface.io.formats import FORMATS, infer_format
-from enface.data.preprocess import FlattenParams
-from enface.errors import CheckpointError
-from enface.evaluate import Ensemble
-from enface.fileio import atomic_save_npy, atomic_save_png, atomic_write_csv, atomic_write_json
+from enface.fileio import atomic_save_npy, atomic_save_png, atomic_write_csv, atomic_write_json, path_under
 
 __all__ = [
     "PredictOptions",
@@ -61,9 +62,6 @@ __all__ = [
     "Predictor",
     "SUMMARY_COLUMNS",
     "find_inputs",
-    "infer_format",
-    "enface_projection",
-    "mask_overlay",
     "predict",
 ]
 
@@ -73,9 +71,6 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "scan_id", "source", "status", "area_mm2", "n_pixels", "mean_uncertainty_in_mask", "reason",
 )
 """Columns of ``summary.csv``."""
-
-MASK_COLOR: tuple[int, int, int] = (255, 40, 40)
-"""RGB colour of the predicted lesion in ``overlay.png``."""
 
 
 @dataclass(frozen=True)
@@ -124,12 +119,15 @@ class PreparedScan:
         spacing: ``(sh, sw, sd)`` in mm.
         slo: ``(H, W)`` SLO on the en-face grid in [0, 1], or ``None``.
         notes: remarks worth keeping (flattening, depth mismatch, ...).
+        meta: ``patient_id``, ``eye``, ``visit`` (days, or None) and ``visit_date`` (or None),
+            as far as the case or the export tells them.
     """
 
     volumes: np.ndarray
     spacing: tuple[float, float, float]
     slo: np.ndarray | None = None
     notes: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -236,35 +234,35 @@ class Predictor:
     """
 
     def __init__(self, ensemble: Ensemble, flatten: FlattenParams) -> None:
-        for path, info in zip(ensemble.paths, ensemble.infos):
-            task = info.get("task")
-            if task != "segment":
-                target = (info.get("config") or {}).get("target")
-                what = f"a {task} checkpoint" + (f" (target {target!r})" if target else "") if task else "a checkpoint without a task"
-                raise CheckpointError(
-                    f"{path}: {what}; predict needs a segmentation model (a checkpoint of `enface train`)"
-                )
-            if int(info["model"]["out_channels"]) != 1:
-                raise CheckpointError(f"{path}: predict supports single-output models, this one has "
-                                      f"{info['model']['out_channels']} output channels")
-        channels = {int(i["model"]["in_channels"]) for i in ensemble.infos}
-        if len(channels) > 1:
-            raise CheckpointError(f"ensemble members disagree on input channels: {sorted(channels)}")
+        if ensemble.task != "segment":
+            info = ensemble.infos[0]
+            target = (info.get("config") or {}).get("target")
+            task = ensemble.task
+            what = f"a {task} checkpoint" + (f" (target {target!r})" if target else "") if task else "a checkpoint without a task"
+            raise CheckpointError(f"{ensemble.paths[0]}: {what}; predict needs a segmentation model "
+                                  "(a checkpoint of `enface train`)")
+        if ensemble.out_channels != 1:
+            raise CheckpointError(f"{ensemble.paths[0]}: predict supports single-output models, this one has "
+                                  f"{ensemble.out_channels} output channels")
         self.ensemble = ensemble
         self.flatten = flatten
-        self.in_channels = channels.pop()
-        if len(ensemble.channels) != self.in_channels:
-            raise CheckpointError(
-                f"{ensemble.paths[0]}: the run config lists input channels {list(ensemble.channels)}, "
-                f"but the model takes {self.in_channels}"
-            )
-        self.channels = ensemble.channels
-        fixed = {getattr(m, "fixed_depth", None) for m in ensemble.models} - {None}
-        if len(fixed) > 1:
-            raise CheckpointError(f"ensemble members need different fixed depths: {sorted(fixed)}")
-        self.fixed_depth: int | None = fixed.pop() if fixed else None
-        self.min_depth = max(int(getattr(m, "min_depth", 1)) for m in ensemble.models)
         self.task = str(ensemble.config.get("target") or "lesion")
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return self.ensemble.channels
+
+    @property
+    def in_channels(self) -> int:
+        return self.ensemble.in_channels
+
+    @property
+    def fixed_depth(self) -> int | None:
+        return self.ensemble.fixed_depth
+
+    @property
+    def checkpoints(self) -> list[Path]:
+        return list(self.ensemble.paths)
 
     @classmethod
     def load(
@@ -293,23 +291,20 @@ class Predictor:
             ensemble = Ensemble([path], device)
         else:
             raise CheckpointError(f"{path}: no such checkpoint file or run folder")
+        predictor = cls(ensemble, FlattenParams())
+        fixed = ensemble.fixed_depth
+        if depth is not None and fixed is not None and depth != fixed:
+            raise ValueError(f"--depth {depth} contradicts the model, which only accepts depth {fixed}")
         train_depth, train_window, where = _training_preparation(ensemble.config)
-        probe = cls(ensemble, FlattenParams())
-        if depth is not None and probe.fixed_depth is not None and depth != probe.fixed_depth:
-            raise ValueError(f"--depth {depth} contradicts the model, which only accepts depth {probe.fixed_depth}")
-        chosen = depth or probe.fixed_depth or train_depth
+        chosen = depth or fixed or train_depth
         if chosen is None:
             chosen = FlattenParams().depth
             log.warning("training depth unknown (%s): exports are resampled to depth %d (use --depth)", where, chosen)
-        elif depth is None and probe.fixed_depth is None:
+        elif depth is None and fixed is None:
             log.info("depth %d (from %s)", chosen, where)
         above, below = window_mm or train_window or (FlattenParams().above_mm, FlattenParams().below_mm)
-        probe.flatten = FlattenParams(above_mm=above, below_mm=below, depth=int(chosen))
-        return probe
-
-    @property
-    def checkpoints(self) -> list[Path]:
-        return list(self.ensemble.paths)
+        predictor.flatten = FlattenParams(above_mm=above, below_mm=below, depth=int(chosen))
+        return predictor
 
     def check_input(self, volumes: np.ndarray) -> list[str]:
         """Check a ``(C, H, W, D)`` input against the network; returns notes.
@@ -318,32 +313,24 @@ class Predictor:
             DatasetError: wrong number of channels, depth other than a fixed-depth network's,
                 depth below the network's minimum.
         """
-        c, _, _, d = volumes.shape
-        if c != self.in_channels:
-            raise DatasetError(f"the model expects {self.in_channels} input channel(s), the scan has {c}")
-        if self.fixed_depth is not None and d != self.fixed_depth:
-            raise DatasetError(
-                f"depth mismatch: the scan has depth {d}, the model only accepts depth {self.fixed_depth} "
-                f"(re-prepare the scan with --depth {self.fixed_depth}, or give the raw export)"
-            )
-        if d < self.min_depth:
-            raise DatasetError(f"depth {d} is below the model's minimum of {self.min_depth}")
+        self.ensemble.check_input(volumes)
+        d = volumes.shape[-1]
         if d != self.flatten.depth:
             return [f"scan depth {d} differs from the training depth {self.flatten.depth}: predictions may be off"]
         return []
 
-    def __call__(self, volumes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, volumes: np.ndarray) -> EnsembleOutput:
         """Predict one scan.
 
         Args:
             volumes: ``(C, H, W, D)`` input channels, not normalised.
 
         Returns:
-            ``(probability, std)``: ``(H, W)`` float32 ensemble mean and standard deviation.
+            The members' ``(M, 1, H, W)`` probabilities (``.mean``, ``.std`` give the
+            prediction and its uncertainty).
         """
         x = np.stack([zscore_per_bscan(np.asarray(v, dtype=np.float32)) for v in volumes])
-        mean, std = self.ensemble(torch.from_numpy(x)[None])
-        return mean[0].astype(np.float32), std[0].astype(np.float32)
+        return self.ensemble.run(torch.from_numpy(x)[None])
 
 
 # --------------------------------------------------------------------------- inputs
@@ -360,7 +347,9 @@ def _load_case(path: Path, predictor: Predictor) -> PreparedScan:
     if len(shapes) > 1:
         raise DatasetError(f"{path}: input channels {names} differ in shape {sorted(shapes)}")
     slo = case.load_image("slo") if case.has_image("slo") else None
-    return PreparedScan(np.stack(vols), tuple(case.spacing), slo)  # type: ignore[arg-type]
+    meta = {"patient_id": case.patient_id, "eye": case.meta.eye, "visit": case.meta.visit,
+            "visit_date": case.meta.extra.get("visit_date")}
+    return PreparedScan(np.stack(vols), tuple(case.spacing), slo, meta=meta)  # type: ignore[arg-type]
 
 
 def _prepare_options(opts: PredictOptions, fmt: str, predictor: Predictor) -> PrepareOptions:
@@ -377,7 +366,10 @@ def _load_export(read: Callable[[], Any], scan_id: str, popts: PrepareOptions) -
     arrays = scan_to_case(scan, scan_id, popts)
     vols = [arrays.oct, *(arrays.volumes[k] for k in sorted(arrays.volumes))]
     notes = [n for n in arrays.notes if not n.startswith("no patient id")]
-    return PreparedScan(np.stack(vols), tuple(arrays.meta.spacing), arrays.images.get("slo"), notes)  # type: ignore[arg-type]
+    m = arrays.meta
+    dated = m.extra.get("visit_date")  # a visit date: its day is counted per patient later (progression)
+    meta = {"patient_id": m.patient_id, "eye": m.eye, "visit": None if dated else m.visit, "visit_date": dated}
+    return PreparedScan(np.stack(vols), tuple(m.spacing), arrays.images.get("slo"), notes, meta)  # type: ignore[arg-type]
 
 
 def _failing(reason: str) -> Callable[[], PreparedScan]:
@@ -427,96 +419,27 @@ def find_inputs(inputs: Sequence[str | os.PathLike], predictor: Predictor, opts:
     return [replace(it, scan_id=uid) for it, uid in zip(items, unique)]
 
 
-# --------------------------------------------------------------------------- pictures
-
-
-def _stretch(image: np.ndarray) -> np.ndarray:
-    lo, hi = np.percentile(image, [1.0, 99.5])
-    return np.clip((image - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0).astype(np.float32)
-
-
-def enface_projection(volume: np.ndarray) -> np.ndarray:
-    """Mean-intensity projection of a ``(H, W, D)`` volume along depth, stretched to [0, 1]."""
-    return _stretch(np.asarray(volume, dtype=np.float32).mean(axis=-1))
-
-
-def _square_pixels(image: np.ndarray, spacing: tuple[float, float], max_factor: int = 16) -> np.ndarray:
-    """Repeat rows (or columns) so that a pixel covers about the same length on both axes."""
-    sh, sw = spacing
-    ratio = sh / sw
-    if ratio >= 1.5:
-        return np.repeat(image, min(max_factor, int(round(ratio))), axis=0)
-    if ratio <= 1 / 1.5:
-        return np.repeat(image, min(max_factor, int(round(1 / ratio))), axis=1)
-    return image
-
-
-def mask_overlay(
-    background: np.ndarray,
-    mask: np.ndarray,
-    spacing: tuple[float, float] = (1.0, 1.0),
-    color: tuple[int, int, int] = MASK_COLOR,
-    alpha: float = 0.3,
-) -> np.ndarray:
-    """The mask tinted and outlined over a grayscale image.
-
-    Args:
-        background: ``(H, W)`` image in [0, 1].
-        mask: ``(H, W)`` binary mask on the same grid.
-        spacing: ``(sh, sw)`` in mm; rows or columns are repeated for square pixels.
-        color: RGB of the tint and outline.
-        alpha: opacity of the tint inside the mask (the outline is opaque).
-
-    Returns:
-        ``(H', W', 3)`` uint8 RGB image.
-    """
-    from scipy.ndimage import binary_erosion
-
-    bg = _square_pixels(np.clip(np.asarray(background, dtype=np.float32), 0, 1), spacing)
-    m = _square_pixels(np.asarray(mask).astype(bool), spacing)
-    rgb = np.repeat(bg[..., None] * 255.0, 3, axis=-1)
-    col = np.asarray(color, dtype=np.float32)
-    rgb[m] = (1 - alpha) * rgb[m] + alpha * col
-    edge = m & ~binary_erosion(m, border_value=0)
-    rgb[edge] = col
-    return np.round(rgb).clip(0, 255).astype(np.uint8)
-
-
-OVERLAY_MIN_SIZE = 384
-"""Overlay panels smaller than this (longer side, px) are enlarged by an integer factor."""
-
-
-def _overlay(scan: PreparedScan, mask: np.ndarray) -> np.ndarray:
-    sp = (scan.spacing[0], scan.spacing[1])
-    panels = [mask_overlay(enface_projection(scan.volumes[0]), mask, sp)]
-    if scan.slo is not None:
-        panels.append(mask_overlay(_stretch(scan.slo), mask, sp))
-    factor = max(1, -(-OVERLAY_MIN_SIZE // max(panels[0].shape[:2])))
-    panels = [p.repeat(factor, axis=0).repeat(factor, axis=1) for p in panels]
-    if len(panels) == 1:
-        return panels[0]
-    gap = np.full((panels[0].shape[0], 4, 3), 255, dtype=np.uint8)
-    return np.concatenate([panels[0], gap, panels[1]], axis=1)
-
-
 # --------------------------------------------------------------------------- one scan, the batch
 
 
 def _write_outputs(
     out: Path,
     scan: PreparedScan,
-    prob: np.ndarray,
-    std: np.ndarray,
+    result: EnsembleOutput,
     predictor: Predictor,
     item: PredictInput,
     threshold: float,
 ) -> ScanResult:
+    from enface.viz import scan_overlay
+
+    prob, std = result.mean[0], result.std[0]
     mask = prob >= threshold
     n = int(mask.sum())
-    sh, sw = float(scan.spacing[0]), float(scan.spacing[1])
-    area = n * sh * sw
+    px_area = float(scan.spacing[0]) * float(scan.spacing[1])
+    area = n * px_area
+    member_areas = [float((m[0] >= threshold).sum()) * px_area for m in result.members]
     mean_unc = float(std[mask].mean()) if n else math.nan
-    overlay = _overlay(scan, mask)  # computed before anything is written
+    overlay = scan_overlay(scan.volumes[0], mask, scan.spacing[:2], scan.slo)  # before anything is written
     out.mkdir(parents=True, exist_ok=True)
     atomic_save_png(out / "mask.png", mask.astype(np.uint8) * 255)
     atomic_save_npy(out / "probability.npy", prob.astype(np.float32))
@@ -525,23 +448,38 @@ def _write_outputs(
     atomic_save_png(out / "uncertainty.png", np.round(np.clip(std / 0.5, 0, 1) * 65535).astype(np.uint16))
     atomic_save_png(out / "overlay.png", overlay)
     atomic_write_json(out / "prediction.json", {
-        "scan_id": item.scan_id,
-        "source": item.source,
-        "task": predictor.task,
-        "area_mm2": area,
-        "n_pixels": n,
-        "mean_uncertainty_in_mask": None if math.isnan(mean_unc) else mean_unc,
-        "threshold": threshold,
-        "shape": [int(s) for s in scan.volumes.shape[1:]],
-        "spacing": [float(s) for s in scan.spacing],
-        "checkpoints": [str(p) for p in predictor.checkpoints],
-        "notes": scan.notes,
+        "scan_id": item.scan_id, "source": item.source, "task": predictor.task,
+        "area_mm2": area, "member_areas_mm2": member_areas, "n_pixels": n,
+        "mean_uncertainty_in_mask": None if math.isnan(mean_unc) else mean_unc, "threshold": threshold,
+        "shape": [int(s) for s in scan.volumes.shape[1:]], "spacing": [float(s) for s in scan.spacing],
+        **{k: scan.meta.get(k) for k in ("patient_id", "eye", "visit", "visit_date")},
+        "checkpoints": [str(p) for p in predictor.checkpoints], "notes": scan.notes,
     })
     return ScanResult(item.scan_id, item.source, "ok", area, n, mean_unc, out_dir=out)
 
 
-def _write_summary(path: Path, results: Sequence[ScanResult]) -> Path:
-    return atomic_write_csv(path, [r.row() for r in results], SUMMARY_COLUMNS)
+def _check_output_folder(out: Path) -> None:
+    """Refuse an output that is a file or cannot be written, before any scan is predicted.
+
+    Raises:
+        DatasetError: naming the folder and the problem.
+    """
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"{out}: --out is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise DatasetError(f"{out}: cannot write predictions there ({e.strerror or e})") from None
+
+
+def _predict_one(item: PredictInput, predictor: Predictor, out: Path, threshold: float) -> tuple[ScanResult, list[str]]:
+    scan = item.load()
+    scan.notes += predictor.check_input(scan.volumes)
+    result = predictor(scan.volumes)
+    return _write_outputs(path_under(out, item.scan_id), scan, result, predictor, item, threshold), scan.notes
 
 
 def predict(
@@ -568,37 +506,34 @@ def predict(
 
     Raises:
         CheckpointError: the model cannot be loaded or is not a segmentation model.
+        DatasetError: the output folder is a file or cannot be written.
         ValueError: invalid options or no inputs.
     """
     if not inputs:
         raise ValueError("no inputs to predict")
+    out = Path(out)
+    _check_output_folder(out)
     predictor = model_or_run if isinstance(model_or_run, Predictor) else Predictor.load(
         model_or_run, top_k, options.device, options.depth, options.window_mm)
-    out = Path(out)
     items = find_inputs(inputs, predictor, options)
     log.info("predicting %d scan(s) with %d checkpoint(s) (task %s, depth %d)",
              len(items), len(predictor.checkpoints), predictor.task, predictor.flatten.depth)
     results: list[ScanResult] = []
     for i, item in enumerate(items, 1):
         try:
-            scan = item.load()
-            scan.notes += predictor.check_input(scan.volumes)
-            prob, std = predictor(scan.volumes)
-            res = _write_outputs(out / item.scan_id, scan, prob, std, predictor, item, options.threshold)
-        except Exception as e:  # one bad scan must not stop the batch
-            reason = str(e) if isinstance(e, (DatasetError, ValueError)) else f"{type(e).__name__}: {e}"
+            res, notes = _predict_one(item, predictor, out, options.threshold)
+        except (EnfaceError, ValueError, OSError) as e:  # a bad scan must not stop the batch; bugs surface
+            reason = (str(e) if isinstance(e, (EnfaceError, ValueError)) else f"{type(e).__name__}: {e}")
             reason = reason.removeprefix(f"{item.source}: ")
             log.warning("[%d/%d] %s: failed: %s (%s)", i, len(items), item.scan_id, reason, item.source)
-            log.debug("traceback of %s", item.source, exc_info=True)
             results.append(ScanResult(item.scan_id, item.source, "failed", reason=reason))
             continue
-        for note in scan.notes:
+        for note in notes:
             log.warning("%s: %s", item.scan_id, note)
         if progress:
             unc = "" if res.n_pixels == 0 else f", mean uncertainty {res.mean_uncertainty_in_mask:.3f}"
             log.info("[%d/%d] %s: %.3f mm² (%d px)%s", i, len(items), item.scan_id, res.area_mm2, res.n_pixels, unc)
         results.append(res)
-    out.mkdir(parents=True, exist_ok=True)
-    report = PredictReport(out, results, _write_summary(out / "summary.csv", results))
+    report = PredictReport(out, results, atomic_write_csv(out / "summary.csv", [r.row() for r in results], SUMMARY_COLUMNS))
     log.debug("%s", report.summary())  # the CLI prints it
     return report

@@ -8,6 +8,8 @@ them atomically.
   true positives green, true negatives black, false positives red, false negatives blue.
 * :func:`plot_metric_vs_fraction` — Dice and area difference vs label fraction (Fig. 4).
 * :func:`plot_training_curves` — validation metric per epoch of several runs.
+* :func:`mask_overlay` / :func:`scan_overlay` — a predicted mask tinted and outlined over the
+  en-face OCT projection and the SLO (``enface predict``'s ``overlay.png``).
 """
 
 from __future__ import annotations
@@ -34,9 +36,16 @@ __all__ = [
     "plot_overlay_grid",
     "plot_metric_vs_fraction",
     "plot_training_curves",
+    "enface_projection",
+    "mask_overlay",
+    "scan_overlay",
+    "MASK_COLOR",
+    "OVERLAY_MIN_SIZE",
 ]
 
 GREEN = (0.1, 0.9, 0.2)
+MASK_COLOR: tuple[int, int, int] = (255, 40, 40)
+"""RGB colour of the predicted lesion in ``overlay.png``."""
 YELLOW = (1.0, 0.9, 0.0)
 
 
@@ -338,3 +347,88 @@ def plot_training_curves(curves: dict[str, str | os.PathLike], out: str | os.Pat
         if ax.lines:
             ax.legend(fontsize=6)
     return save_figure(fig, out)
+
+
+# --------------------------------------------------------------------------- prediction overlays
+
+
+def _stretch(image: np.ndarray) -> np.ndarray:
+    lo, hi = np.percentile(image, [1.0, 99.5])
+    return np.clip((image - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0).astype(np.float32)
+
+
+def enface_projection(volume: np.ndarray) -> np.ndarray:
+    """Mean-intensity projection of a ``(H, W, D)`` volume along depth, stretched to [0, 1]."""
+    return _stretch(np.asarray(volume, dtype=np.float32).mean(axis=-1))
+
+
+def _square_pixels(image: np.ndarray, spacing: tuple[float, float], max_factor: int = 16) -> np.ndarray:
+    """Repeat rows (or columns) so that a pixel covers about the same length on both axes."""
+    sh, sw = spacing
+    ratio = sh / sw
+    if ratio >= 1.5:
+        return np.repeat(image, min(max_factor, int(round(ratio))), axis=0)
+    if ratio <= 1 / 1.5:
+        return np.repeat(image, min(max_factor, int(round(1 / ratio))), axis=1)
+    return image
+
+
+def mask_overlay(
+    background: np.ndarray,
+    mask: np.ndarray,
+    spacing: tuple[float, float] = (1.0, 1.0),
+    color: tuple[int, int, int] = MASK_COLOR,
+    alpha: float = 0.3,
+) -> np.ndarray:
+    """The mask tinted and outlined over a grayscale image.
+
+    Args:
+        background: ``(H, W)`` image in [0, 1].
+        mask: ``(H, W)`` binary mask on the same grid.
+        spacing: ``(sh, sw)`` in mm; rows or columns are repeated for square pixels.
+        color: RGB of the tint and outline.
+        alpha: opacity of the tint inside the mask (the outline is opaque).
+
+    Returns:
+        ``(H', W', 3)`` uint8 RGB image.
+    """
+    from scipy.ndimage import binary_erosion
+
+    bg = _square_pixels(np.clip(np.asarray(background, dtype=np.float32), 0, 1), spacing)
+    m = _square_pixels(np.asarray(mask).astype(bool), spacing)
+    rgb = np.repeat(bg[..., None] * 255.0, 3, axis=-1)
+    col = np.asarray(color, dtype=np.float32)
+    rgb[m] = (1 - alpha) * rgb[m] + alpha * col
+    edge = m & ~binary_erosion(m, border_value=0)
+    rgb[edge] = col
+    return np.round(rgb).clip(0, 255).astype(np.uint8)
+
+
+OVERLAY_MIN_SIZE = 384
+"""Overlay panels smaller than this (longer side, px) are enlarged by an integer factor."""
+
+
+def scan_overlay(
+    volume: np.ndarray, mask: np.ndarray, spacing: tuple[float, float], slo: np.ndarray | None = None
+) -> np.ndarray:
+    """A predicted mask over the scan's en-face OCT projection (and over its SLO, side by side).
+
+    Args:
+        volume: ``(H, W, D)`` OCT volume.
+        mask: ``(H, W)`` binary mask.
+        spacing: ``(sh, sw)`` in mm (pixels are shown physically square).
+        slo: ``(H, W)`` SLO on the same grid, or None.
+
+    Returns:
+        ``(H', W', 3)`` uint8 RGB image, enlarged to at least :data:`OVERLAY_MIN_SIZE` pixels.
+    """
+    sp = (float(spacing[0]), float(spacing[1]))
+    panels = [mask_overlay(enface_projection(volume), mask, sp)]
+    if slo is not None:
+        panels.append(mask_overlay(_stretch(slo), mask, sp))
+    factor = max(1, -(-OVERLAY_MIN_SIZE // max(panels[0].shape[:2])))
+    panels = [p.repeat(factor, axis=0).repeat(factor, axis=1) for p in panels]
+    if len(panels) == 1:
+        return panels[0]
+    gap = np.full((panels[0].shape[0], 4, 3), 255, dtype=np.uint8)
+    return np.concatenate([panels[0], gap, panels[1]], axis=1)

@@ -30,8 +30,9 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from enface.fileio import atomic_save_npy, atomic_save_png, atomic_write_json
-from enface.errors import DatasetError
+from enface.errors import ConfigError, DatasetError
 from enface.io.images import read_image, read_mask
+from enface.targets import check_name
 
 __all__ = [
     "DatasetError",
@@ -162,7 +163,7 @@ def write_dataset_info(
 
 
 def read_dataset_info(root: str | os.PathLike) -> dict[str, Any]:
-    """Read and validate ``dataset.json``."""
+    """Read and validate ``dataset.json`` (its ``name`` must be a safe folder name)."""
     path = Path(root) / "dataset.json"
     info = _read_json(path)
     if not isinstance(info, dict):
@@ -170,6 +171,10 @@ def read_dataset_info(root: str | os.PathLike) -> dict[str, Any]:
     for key in ("name", "modalities", "tasks"):
         if key not in info:
             raise DatasetError(f"{path}: missing key {key!r}")
+    try:  # the name becomes a run-folder component: nothing that could leave the runs folder
+        check_name(info["name"], "dataset name")
+    except ConfigError as e:
+        raise DatasetError(f"{path}: {e}") from None
     return info
 
 

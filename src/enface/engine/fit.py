@@ -48,7 +48,6 @@ from enface.engine.runs import RunSpec, dataset_fingerprint, file_sha256, identi
 from enface.engine.transfer import transfer_weights
 from enface.errors import CheckpointError, ConfigError, DatasetError, RunFolderError
 from enface.fileio import FolderLock, atomic_write_json, atomic_write_text
-from enface.targets import check_name
 
 __all__ = ["FitResult", "ResolvedRun", "fit", "resolve_run", "select_run_cases", "resumable_checkpoint"]
 
@@ -136,10 +135,7 @@ def resolve_run(config: RunConfig) -> ResolvedRun:
     if not (root / "dataset.json").is_file():
         raise ConfigError(f"config field 'dataset': {config.dataset} is not a dataset folder (no dataset.json)")
     info = read_dataset_info(root)
-    try:
-        name = check_name(str(info["name"]), "dataset name")
-    except ConfigError as e:
-        raise DatasetError(f"{root / 'dataset.json'}: {e}") from None
+    name = str(info["name"])
     channels = tuple(config.channels or info.get("channels") or ("oct",))
     config = dataclasses.replace(config, dataset=str(root.resolve()), channels=channels)
     init_ckpt, init_sha = None, None

@@ -139,6 +139,8 @@ class ImageProjectionNetwork(nn.Module):
         ``(N, in_channels, H, W, D)`` -> ``(N, out_channels, H, W)``, ``D >= 2 ** n_modules``.
     """
 
+    fixed_depth: int | None = None
+
     def __init__(
         self,
         in_channels: int = 1,

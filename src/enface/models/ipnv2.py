@@ -128,12 +128,12 @@ class IPNV2(nn.Module):
         super().__init__()
         if int(depth) != depth or depth < 8:
             raise ValueError(f"ipnv2 needs an integer build depth >= 8 (three depth poolings), got depth={depth}")
-        self.depth = int(depth)
-        self.factors = pooling_factors(self.depth, 3)
+        self.fixed_depth: int = int(depth)
+        self.factors = pooling_factors(self.fixed_depth, 3)
         c = scale_channels(channels, width)
         self.input3d = nn.Sequential(nn.Conv3d(in_channels, c, 3, padding=1), nn.ReLU(inplace=True))
         self.plms = nn.ModuleList(ProjectionLearningModule(c, c, n_convs=2, pool_first=True) for _ in self.factors)
-        self.full_depth = nn.Conv3d(c, c, (1, 1, self.depth))
+        self.full_depth = nn.Conv3d(c, c, (1, 1, self.fixed_depth))
         self.fuse = _double_conv(2 * c, c)
         c_plane = scale_channels(plane_channels, width)
         self.plane = PlanePerceptron(c, c_plane, self.n_pools)
@@ -143,14 +143,14 @@ class IPNV2(nn.Module):
     @property
     def min_depth(self) -> int:
         """The only accepted depth (the built one)."""
-        return self.depth
+        return self.fixed_depth
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 5:
             raise ValueError(f"expected a volume batch (N, C, H, W, D), got shape {tuple(x.shape)}")
-        if x.shape[-1] != self.depth:
+        if x.shape[-1] != self.fixed_depth:
             raise ValueError(
-                f"this ipnv2 model was built for depth D = {self.depth} (got D = {x.shape[-1]}); resample "
+                f"this ipnv2 model was built for depth D = {self.fixed_depth} (got D = {x.shape[-1]}); resample "
                 f"the volume depth or build it with create_model('ipnv2', depth={x.shape[-1]})"
             )
         x, size = pad_to_multiple(x, (2**self.n_pools, 2**self.n_pools, 1))

@@ -147,6 +147,8 @@ class LachinovNet(nn.Module):
         ``(N, in_channels, H, W, D)`` -> ``(N, out_channels, H, W)``.
     """
 
+    fixed_depth: int | None = None
+
     def __init__(
         self,
         in_channels: int = 1,

@@ -2,9 +2,19 @@
 
 Every registered constructor has the signature
 ``fn(in_channels: int = 1, out_channels: int = 1, width: float = 1.0, **kwargs) -> nn.Module``
-and returns a model mapping ``(N, in_channels, H, W, D)`` to logits ``(N, out_channels, H, W)``.
-The model exposes ``min_depth`` (smallest accepted ``D``) and names its final layer ``head``
-(weight transfer skips exactly that layer when the output channels differ).
+and returns a model mapping ``(N, in_channels, H, W, D)`` to logits ``(N, out_channels, H, W)``
+(no sigmoid inside) for any ``H, W >= 1`` (it pads internally and crops its output back).
+
+The model interface, checked by :func:`create_model` for every model it builds:
+
+``head``
+    the final layer, an ``nn.Module`` producing the ``out_channels`` logits; weight transfer
+    skips exactly this layer when its shape differs (another number of output channels).
+``min_depth``
+    ``int``: the smallest accepted depth ``D``.
+``fixed_depth``
+    ``int`` or ``None``: the only accepted depth of a network built for one depth
+    (ReSensNet, IPN-V2), else ``None``. Then ``min_depth == fixed_depth``.
 """
 
 from __future__ import annotations
@@ -64,6 +74,7 @@ def create_model(
     if not width > 0:
         raise ValueError(f"width must be > 0, got {width}")
     model = _REGISTRY[name](in_channels=in_channels, out_channels=out_channels, width=width, **kwargs)
+    _check_interface(model, name)
     model.spec = {
         "name": name,
         "in_channels": int(in_channels),
@@ -72,6 +83,24 @@ def create_model(
         "kwargs": dict(kwargs),
     }
     return model
+
+
+def _check_interface(model: nn.Module, name: str) -> None:
+    """Raise TypeError when a registered model does not offer the interface of this module."""
+    problems = []
+    if not isinstance(getattr(model, "head", None), nn.Module):
+        problems.append("no 'head' layer")
+    min_depth = getattr(model, "min_depth", None)
+    if not isinstance(min_depth, int) or min_depth < 1:
+        problems.append(f"'min_depth' is {min_depth!r}, expected an int >= 1")
+    if not hasattr(model, "fixed_depth"):
+        problems.append("no 'fixed_depth' attribute")
+    else:
+        fixed = model.fixed_depth
+        if fixed is not None and (not isinstance(fixed, int) or fixed != min_depth):
+            problems.append(f"'fixed_depth' is {fixed!r}, expected None or an int equal to min_depth")
+    if problems:
+        raise TypeError(f"model {name!r} does not offer the enface model interface: {'; '.join(problems)}")
 
 
 def model_spec(model: nn.Module) -> dict[str, Any]:

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from scipy.stats import wilcoxon
 
 from enface.cli import main
 from enface.errors import ConfigError
-from enface.experiment import collect_results, load_study, plan_study, run_folder, run_study
+from enface.study import collect_results, load_study, paired_wilcoxon, plan_study, run_folder, run_study
 
 FAST = {"width": 0.125, "crop": [8, 32], "batch_size": 2, "num_workers": 0, "accelerator": "cpu"}
 
@@ -107,3 +110,17 @@ def test_bad_study_files(tmp_path: Path, dataset: Path) -> None:
     study = load_study(_study_yaml(tmp_path, dataset))
     with pytest.raises(ConfigError, match="outside the plan"):
         run_study(study, run_index=99, progress=False)
+
+
+def test_paired_wilcoxon_matches_scipy_on_paired_cases() -> None:
+    rng = np.random.default_rng(0)
+    ref = {f"c{i}": float(v) for i, v in enumerate(rng.random(20))}
+    other = {k: v + 0.05 + 0.01 * rng.standard_normal() for k, v in ref.items()}
+    other["extra"] = 0.3  # unpaired cases are ignored
+    res = paired_wilcoxon(ref, other)
+    keys = sorted(ref)
+    expected = wilcoxon([other[k] for k in keys], [ref[k] for k in keys])
+    assert res["n"] == 20 and res["p_value"] == pytest.approx(expected.pvalue)
+    assert res["median_difference"] > 0
+    same = paired_wilcoxon(ref, dict(ref))
+    assert math.isnan(same["p_value"]) and same["median_difference"] == 0

@@ -1,0 +1,179 @@
+"""Inference: a checkpoint ensemble applied to whole volumes.
+
+The paper averages the probabilities of a run's top-5 checkpoints (by validation metric)
+to reduce inference variability. :class:`Ensemble` loads the members from their files
+alone, checks that they agree on what they take (input channels, depth) and give, and
+returns per volume the mean probability, the members' standard deviation (an uncertainty)
+and, when asked, each member's probability map. ``evaluate`` and ``predict`` both use it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from enface.engine.checkpoint import load_model, topk_checkpoints
+from enface.errors import CheckpointError, DatasetError
+
+__all__ = ["Ensemble", "EnsembleOutput", "read_run_config"]
+
+log = logging.getLogger(__name__)
+
+
+class EnsembleOutput:
+    """What an :class:`Ensemble` returns for one volume.
+
+    Attributes:
+        members: ``(M, C_out, H, W)`` float32 probabilities of the M members.
+    """
+
+    def __init__(self, members: np.ndarray) -> None:
+        self.members = members
+
+    @property
+    def mean(self) -> np.ndarray:
+        """``(C_out, H, W)`` float32 mean probability (the prediction)."""
+        return self.members.mean(axis=0, dtype=np.float64).astype(np.float32)
+
+    @property
+    def std(self) -> np.ndarray:
+        """``(C_out, H, W)`` float32 standard deviation over members (0 for one member)."""
+        return self.members.std(axis=0, dtype=np.float64).astype(np.float32)
+
+
+class Ensemble:
+    """Average the sigmoid probabilities of several checkpoints of the same task.
+
+    Args:
+        checkpoints: checkpoint files (each rebuilt from its own description).
+        device: torch device for inference.
+
+    Raises:
+        CheckpointError: no checkpoints, an unreadable one, or members that disagree on
+            their task, input channels, output channels or fixed depth.
+    """
+
+    def __init__(self, checkpoints: Sequence[str | os.PathLike], device: str | torch.device = "cpu") -> None:
+        if not checkpoints:
+            raise CheckpointError("no checkpoints to ensemble")
+        self.device = torch.device(device)
+        self.paths = [Path(p) for p in checkpoints]
+        self.models: list[torch.nn.Module] = []
+        self.infos: list[dict[str, Any]] = []
+        for p in self.paths:
+            model, info = load_model(p)
+            self.models.append(model.to(self.device))
+            self.infos.append(info)
+        self._check_members()
+
+    def _check_members(self) -> None:
+        def agreed(what: str, values: set) -> Any:
+            if len(values) > 1:
+                raise CheckpointError(f"ensemble members disagree on {what}: {sorted(values, key=str)} "
+                                      f"({', '.join(p.name for p in self.paths)})")
+            return values.pop()
+
+        self.task: str | None = agreed("the task", {i.get("task") for i in self.infos})
+        self.in_channels: int = agreed("input channels", {int(i["model"]["in_channels"]) for i in self.infos})
+        self.out_channels: int = agreed("output channels", {int(i["model"]["out_channels"]) for i in self.infos})
+        self.fixed_depth: int | None = agreed("the fixed depth", {m.fixed_depth for m in self.models})
+        self.min_depth: int = max(int(m.min_depth) for m in self.models)
+        names = {i["model"]["name"] for i in self.infos}
+        if len(names) > 1:
+            log.info("ensembling different architectures: %s", sorted(names))
+        if len(self.channels) != self.in_channels:
+            raise CheckpointError(f"{self.paths[0]}: the run config lists input channels {list(self.channels)}, "
+                                  f"but the model takes {self.in_channels}")
+
+    @classmethod
+    def from_run(cls, run: str | os.PathLike, top_k: int = 5, device: str | torch.device = "cpu") -> "Ensemble":
+        """The top-k checkpoints of a run folder.
+
+        A run that has not finished (no ``done.json``) is used with a warning; a run with no
+        ranked checkpoint falls back to ``last.ckpt``, also with a warning.
+
+        Raises:
+            ValueError: ``top_k`` < 1.
+            CheckpointError: the folder holds no checkpoint.
+        """
+        if int(top_k) < 1:
+            raise ValueError(f"top-k must be >= 1, got {top_k}")
+        run = Path(run)
+        if not (run / "done.json").is_file():
+            log.warning("%s: the run has not finished (no done.json): using the checkpoints it has so far", run)
+        paths = topk_checkpoints(run, top_k)
+        if not paths:
+            last = run / "checkpoints" / "last.ckpt"
+            if not last.is_file():
+                raise CheckpointError(f"{run}: no checkpoints found")
+            log.warning("%s: no ranked checkpoint; using last.ckpt", run)
+            paths = [last]
+        elif len(paths) < top_k:
+            log.info("%s: %d checkpoint(s) available for a top-%d ensemble", run, len(paths), top_k)
+        return cls(paths, device)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The run config of the first member (as stored in its checkpoint)."""
+        return dict(self.infos[0].get("config") or {})
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        """Input channels the members were trained on (``("oct",)`` for older checkpoints)."""
+        return tuple(self.config.get("channels") or ("oct",))
+
+    def check_input(self, volumes: np.ndarray | torch.Tensor, where: str = "scan") -> None:
+        """Check a ``(C, H, W, D)`` input against what the members accept.
+
+        Raises:
+            DatasetError: wrong number of channels, a depth other than a fixed-depth
+                network's, or a depth below the members' minimum.
+        """
+        c, _, _, d = tuple(volumes.shape)
+        if c != self.in_channels:
+            raise DatasetError(f"{where}: the model expects {self.in_channels} input channel(s), the scan has {c}")
+        if self.fixed_depth is not None and d != self.fixed_depth:
+            raise DatasetError(
+                f"{where}: depth mismatch: the scan has depth {d}, the model only accepts depth {self.fixed_depth} "
+                f"(re-prepare the scan with --depth {self.fixed_depth}, or give the raw export)"
+            )
+        if d < self.min_depth:
+            raise DatasetError(f"{where}: depth {d} is below the model's minimum of {self.min_depth}")
+
+    @torch.inference_mode()
+    def run(self, volume: torch.Tensor) -> EnsembleOutput:
+        """All members' probabilities for a normalised volume ``(1, C_in, H, W, D)``."""
+        x = volume.to(self.device, torch.float32)
+        probs = [torch.sigmoid(m(x).float())[0].cpu().numpy() for m in self.models]
+        return EnsembleOutput(np.stack(probs))
+
+    def __call__(self, volume: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """``(mean, std)`` of the members' probabilities, each ``(C_out, H, W)`` float32."""
+        out = self.run(volume)
+        return out.mean, out.std
+
+
+def read_run_config(run: str | os.PathLike) -> dict[str, Any]:
+    """A run folder's ``config.yaml`` as plain values.
+
+    Raises:
+        DatasetError: not a run folder (no ``config.yaml``) or an unreadable one.
+    """
+    import yaml
+
+    path = Path(run) / "config.yaml"
+    if not path.is_file():
+        raise DatasetError(f"{run}: not a run folder (no config.yaml)")
+    try:
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise DatasetError(f"{path}: invalid YAML ({e})") from None
+    if not isinstance(cfg, dict):
+        raise DatasetError(f"{path}: expected a mapping")
+    return cfg
+

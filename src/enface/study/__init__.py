@@ -1,0 +1,32 @@
+"""The label-efficiency study: one YAML -> plan -> runs -> results -> report.
+
+* :mod:`~enface.study.config` — the study YAML (:class:`StudyConfig`, :func:`load_study`);
+* :mod:`~enface.study.plan` — the runs it needs, pre-training first, and their folders;
+* :mod:`~enface.study.run` — its phantom datasets, its runs (resumable), their evaluations;
+* :mod:`~enface.study.results` — tables and paired Wilcoxon tests from the evaluations;
+* :mod:`~enface.study.report` — Markdown and HTML report with figures;
+* :mod:`~enface.study.demo` — the reduced study of ``enface demo``.
+"""
+
+from enface.study.config import StudyConfig, load_study
+from enface.study.demo import demo_study, headline
+from enface.study.plan import PlannedRun, plan_study, run_folder
+from enface.study.report import write_report
+from enface.study.results import collect_results, paired_wilcoxon
+from enface.study.run import ensure_datasets, execute_run, run_study
+
+__all__ = [
+    "StudyConfig",
+    "load_study",
+    "PlannedRun",
+    "plan_study",
+    "run_folder",
+    "ensure_datasets",
+    "execute_run",
+    "run_study",
+    "collect_results",
+    "paired_wilcoxon",
+    "write_report",
+    "demo_study",
+    "headline",
+]

@@ -1,0 +1,205 @@
+"""A study's report: ``results/`` tables, ``figures/`` and ``report.md`` + ``report.html``.
+
+The HTML is the Markdown report rendered by Python-Markdown (tables extension), with every
+figure embedded as a data URI, so the page is one self-contained file to share.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import logging
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from enface.data.splits import fraction_key
+from enface.fileio import atomic_write_csv, atomic_write_json, atomic_write_text, path_under
+from enface.study.config import StudyConfig
+from enface.study.plan import PlannedRun, run_folder
+from enface.study.results import config_label
+
+__all__ = ["write_report", "table_markdown", "wilcoxon_markdown", "markdown_to_html"]
+
+log = logging.getLogger(__name__)
+
+_STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
+          "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:100%}")
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{digits}f}"
+
+
+def _fmt_p(p: float | None) -> str:
+    if p is None or not math.isfinite(p):
+        return "n/a"
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
+def table_markdown(table: Sequence[Mapping[str, Any]]) -> str:
+    """The results table (one row per test set, model, init and fraction) as Markdown."""
+    lines = [
+        "| test set | model | init | fraction | seeds | cases | Dice | Dice per seed | area diff (mm²) | HD95 (mm) |",
+        "|---|---|---|---:|---:|---:|---|---|---|---|",
+    ]
+    for r in table:
+        hd95 = f"{_fmt(r['hd95_mm_mean'], 2)} ± {_fmt(r['hd95_mm_std'], 2)}"
+        if r.get("hd95_mm_undefined"):
+            hd95 += f" ({r['hd95_mm_undefined']} undefined)"
+        lines.append(
+            f"| {r['test_set']} | {r['model']} | {r['init']} | {fraction_key(r['fraction'])} % | {r['n_seeds']} | "
+            f"{r['n_cases']} | {_fmt(r['dice_mean'])} ± {_fmt(r['dice_std'])} | {r['dice_per_seed']} | "
+            f"{_fmt(r['area_diff_mm2_mean'])} ± {_fmt(r['area_diff_mm2_std'])} | {hd95} |"
+        )
+    return "\n".join(lines)
+
+
+def wilcoxon_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The paired Wilcoxon tests as Markdown."""
+    lines = [
+        "| test set | fraction | reference | compared | n | median ΔDice (compared − ref) | p |",
+        "|---|---:|---|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['test_set']} | {fraction_key(r['fraction'])} % | {r['reference']} | {r['other']} | {r['n']} | "
+            f"{_fmt(r['median_dice_difference'])} | {_fmt_p(r['p_value'])} |"
+        )
+    return "\n".join(lines)
+
+
+def markdown_to_html(markdown_text: str, title: str, base: Path) -> str:
+    """A self-contained HTML page: Markdown rendered, local PNG images embedded as data URIs.
+
+    Args:
+        markdown_text: the report in Markdown; images as ``![alt](relative/path.png)``.
+        title: the page title.
+        base: the folder image paths are relative to.
+    """
+    import re
+
+    import markdown
+
+    def embed(m: re.Match[str]) -> str:
+        path = base / m.group(2)
+        if not path.is_file():
+            return m.group(0)
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        return f"![{m.group(1)}](data:image/png;base64,{data})"
+
+    inlined = re.sub(r"!\[([^\]]*)\]\(([^)\s]+\.png)\)", embed, markdown_text)
+    body = markdown.markdown(inlined, extensions=["tables"], output_format="html")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{_STYLE}</style></head><body>{body}</body></html>\n")
+
+
+def _overlay_figure(study: StudyConfig, plan: Sequence[PlannedRun], fig_dir: Path) -> Path | None:
+    """Fig. 5: predictions of every model+init at the lowest fraction (first seed, first test set)."""
+    from enface import viz
+    from enface.data.folder import load_case
+
+    fraction, seed = min(study.fractions), study.seeds[0]
+    ts_name, ts = next(iter(study.test_sets.items()))
+    panels: dict[str, dict[str, np.ndarray]] = {}
+    case_ids: list[str] = []
+    for run in plan:
+        if run.stage != "train" or run.fraction != fraction or run.seed != seed:
+            continue
+        npz = run_folder(study, run) / "eval" / ts_name / "predictions.npz"
+        if not npz.is_file():
+            continue
+        with np.load(npz) as data:
+            if not case_ids:
+                case_ids = sorted(data.files)[: study.overlay_cases]
+            panels[config_label(run.model, run.init)] = {c: data[c] >= 128 for c in case_ids if c in data.files}
+    if not panels or not case_ids:
+        return None
+    cases = {c: load_case(Path(ts["dataset"]) / "cases" / c) for c in case_ids}
+    return viz.plot_overlay_grid(
+        panels, {c: case.load_mask(study.task) for c, case in cases.items()}, fig_dir / "overlays.png",
+        title=f"{ts_name}, {fraction_key(fraction)} % labels, seed {seed}",
+        spacings={c: case.spacing for c, case in cases.items()},
+    )
+
+
+def _curves_figure(study: StudyConfig, plan: Sequence[PlannedRun], fig_dir: Path) -> Path | None:
+    """Validation metric per epoch: the pre-trainings and the lowest fraction's runs (first seed)."""
+    from enface import viz
+
+    curves: dict[str, Path] = {}
+    for run in plan:
+        if run.stage == "train" and (run.seed != study.seeds[0] or run.fraction != min(study.fractions)):
+            continue
+        folder = run_folder(study, run)
+        if (folder / "logs" / "metrics.csv").is_file():
+            curves[str(folder.relative_to(study.runs_dir))] = folder / "logs" / "metrics.csv"
+    return viz.plot_training_curves(curves, fig_dir / "training-curves.png") if curves else None
+
+
+def _figures(study: StudyConfig, plan: Sequence[PlannedRun], table: Sequence[Mapping[str, Any]],
+             fig_dir: Path) -> list[tuple[str, Path]]:
+    from enface import viz
+
+    figures: list[tuple[str, Path]] = []
+    for ts in study.test_sets:
+        rows = [r for r in table if r["test_set"] == ts]
+        if rows:
+            p = viz.plot_metric_vs_fraction(rows, path_under(fig_dir, f"{ts}-vs-fraction.png"), title=ts)
+            figures.append((f"Dice and area difference vs label fraction ({ts})", p))
+    overlay = _overlay_figure(study, plan, fig_dir)
+    if overlay is not None:
+        figures.append(("Predictions at the lowest label fraction (TP green, TN black, FP red, FN blue)", overlay))
+    curves = _curves_figure(study, plan, fig_dir)
+    if curves is not None:
+        figures.append(("Training curves (validation metric per epoch)", curves))
+    return figures
+
+
+def _report_markdown(study: StudyConfig, results: Mapping[str, Any], figures: Sequence[tuple[str, Path]]) -> str:
+    ref = config_label(study.reference["model"], study.reference["init"])
+    md = [
+        f"# Study: {study.name}", "",
+        f"Dataset `{study.dataset}`, task `{study.task}`; models {', '.join(study.models)}; initialisations "
+        f"{', '.join(study.inits)}; label fractions {', '.join(fraction_key(f) + ' %' for f in study.fractions)}; "
+        f"seeds {', '.join(map(str, study.seeds))}. Top-{study.top_k} checkpoint ensembles, threshold 0.5.",
+        "", "## Results", "",
+        "Mean ± std over test cases of per-case values averaged over seeds; 'Dice per seed' gives each "
+        "seed's mean test Dice. HD95 is undefined for a case where exactly one of prediction and "
+        "reference is empty in some seed (it is then infinite); such cases are counted, not averaged.",
+        "", table_markdown(results["table"]), "",
+        "## Paired Wilcoxon signed-rank tests on per-case Dice", "",
+        f"The reference configuration ({ref}) against every other one, then each pre-trained model against "
+        "the same model from scratch; per test set and label fraction, pairing the seed-averaged Dice of each "
+        "test case. Cases of one patient (eyes, visits) are not independent, so p-values are optimistic.",
+        "", wilcoxon_markdown(results["wilcoxon"]), "",
+    ]
+    if results["missing"]:
+        md += ["## Missing evaluations", "", *[f"- {m}" for m in results["missing"]], ""]
+    md += ["## Figures", ""]
+    for title, p in figures:
+        md += [f"### {title}", "", f"![{title}](figures/{p.name})", ""]
+    return "\n".join(md)
+
+
+def write_report(study: StudyConfig, plan: Sequence[PlannedRun], results: Mapping[str, Any]) -> Path:
+    """Write ``results/`` tables, ``figures/`` and ``report.md`` + ``report.html``.
+
+    Returns:
+        Path of ``report.md``.
+    """
+    out = study.out_dir
+    res_dir, fig_dir = out / "results", out / "figures"
+    table, wil = results["table"], results["wilcoxon"]
+    atomic_write_csv(res_dir / "table.csv", table)
+    atomic_write_text(res_dir / "table.md", table_markdown(table) + "\n")
+    atomic_write_csv(res_dir / "wilcoxon.csv", wil)
+    atomic_write_text(res_dir / "wilcoxon.md", wilcoxon_markdown(wil) + "\n")
+    atomic_write_json(res_dir / "per_case.json", results["per_case"])
+    md = _report_markdown(study, results, _figures(study, plan, table, fig_dir))
+    atomic_write_text(out / "report.md", md)
+    atomic_write_text(out / "report.html", markdown_to_html(md, study.name, out))
+    log.info("report written: %s (and report.html); tables in %s, figures in %s", out / "report.md", res_dir, fig_dir)
+    return out / "report.md"

@@ -1,0 +1,144 @@
+"""Running a study: its phantom datasets, its runs in plan order (resumable), their evaluations.
+
+The study folder is locked while it runs (two processes on one study would train the same
+runs twice and race on its tables); ``--run-index`` runs of a scheduler lock only the run
+folder they train, so an array of them can run side by side.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from enface.engine.checkpoint import topk_checkpoints
+from enface.errors import ConfigError
+from enface.fileio import FolderLock, atomic_write_json, atomic_write_text, path_under
+from enface.study.config import StudyConfig, study_as_dict
+from enface.study.plan import PlannedRun, check_index, plan_study, run_config, run_folder
+from enface.targets import Target
+
+__all__ = ["ensure_datasets", "execute_run", "run_study", "pretrained_checkpoint"]
+
+log = logging.getLogger(__name__)
+
+
+def pretrained_checkpoint(study: StudyConfig, model: str, target: str) -> str:
+    """The best checkpoint of the study's pre-training of ``model`` on ``target``.
+
+    Raises:
+        ConfigError: that pre-training has not finished, or left no ranked checkpoint.
+    """
+    folder = run_folder(study, PlannedRun(-1, "pretrain", model, target, seed=study.pretrain_seed))
+    if not (folder / "done.json").is_file():
+        raise ConfigError(
+            f"pre-training {model} -> {target} has not finished ({folder}); run the pre-training "
+            "indices of the plan first (they come first)"
+        )
+    best = topk_checkpoints(folder, 1)
+    if not best:
+        raise ConfigError(f"{folder}: pre-training finished but left no ranked checkpoint")
+    return str(best[0])
+
+
+def ensure_datasets(study: StudyConfig) -> None:
+    """Generate the study's phantom datasets (training and test sets) that are missing.
+
+    The training dataset is generated from the study's ``synth`` section, a test set from
+    its own ``synth`` entry (e.g. an external phantom cohort from another seed).
+    """
+    from enface.synth import synthesize_dataset
+
+    wanted = [("dataset", study.dataset, study.synth)]
+    wanted += [(f"test set {name!r}", ts["dataset"], ts.get("synth")) for name, ts in study.test_sets.items()]
+    for what, folder, synth in wanted:
+        if (Path(folder) / "dataset.json").is_file():
+            continue
+        if not synth:
+            raise ConfigError(f"study: {what} {folder} not found (and no 'synth' entry to generate it)")
+        log.info("generating phantom %s in %s", what, folder)
+        # no dataset.json: nothing there, or a generation that was killed -> (re)generate it
+        synthesize_dataset(Path(folder), **{"overwrite": True, **synth})
+
+
+def execute_run(study: StudyConfig, run: PlannedRun, progress: bool = True) -> str:
+    """Run one planned run (resuming it when killed earlier) and, for training, evaluate it.
+
+    Returns:
+        ``"finished"``, ``"skipped"`` (already done) or ``"interrupted"``.
+    """
+    from enface.engine.fit import fit
+    from enface.evaluate import evaluate
+
+    init_ckpt = None
+    source = Target.from_init_label(run.init) if run.stage == "train" else None
+    if source is not None:
+        init_ckpt = pretrained_checkpoint(study, run.model, source.name)
+    result = fit(run_config(study, run, init_ckpt), resume=True, progress=progress)
+    if result.status == "interrupted":
+        return "interrupted"
+    if run.stage == "train":
+        for name, ts in study.test_sets.items():
+            out = path_under(result.run_dir, "eval", name)
+            if (out / "summary.json").is_file():
+                continue
+            evaluate(result.run_dir, split=ts.get("split", "test"), dataset=ts["dataset"], task=study.task,
+                     top_k=study.top_k, out_dir=out, progress=False)
+    return result.status
+
+
+def _run_plan(study: StudyConfig, todo: list[PlannedRun], progress: bool) -> dict[int, str]:
+    statuses: dict[int, str] = {}
+    t0 = time.time()
+    for n, run in enumerate(todo, 1):
+        label = run_folder(study, run).relative_to(study.runs_dir)
+        log.info("[run %d/%d, plan index %d] %s", n, len(todo), run.index, label)
+        statuses[run.index] = execute_run(study, run, progress=progress)
+        if statuses[run.index] == "interrupted":
+            log.warning("study interrupted at plan index %d; re-run the same command to resume", run.index)
+            break
+        log.info("[run %d/%d] %s (%.0f s elapsed)", n, len(todo), statuses[run.index], time.time() - t0)
+    return statuses
+
+
+def run_study(
+    study: StudyConfig,
+    run_index: int | None = None,
+    progress: bool = True,
+    report: bool = True,
+) -> dict[str, Any]:
+    """Run the whole study (or one run of it) and write results, figures and report.
+
+    Args:
+        study: the study.
+        run_index: run only this index of the plan (no report is written then).
+        progress: show per-epoch progress bars.
+        report: write tables, figures and the report after the runs.
+
+    Returns:
+        ``{"plan": [...], "statuses": {index: status}, "report": path or None}``.
+
+    Raises:
+        RunFolderError: another process is running the same study (or the same run).
+    """
+    from enface.study.report import write_report
+    from enface.study.results import collect_results
+
+    plan = plan_study(study)
+    if run_index is not None:
+        check_index(run_index, plan)
+    ensure_datasets(study)
+    lock = FolderLock(study.out_dir, "study") if run_index is None else contextlib.nullcontext()
+    with lock:
+        atomic_write_json(study.out_dir / "plan.json", [r.__dict__ for r in plan])
+        atomic_write_text(study.out_dir / "study.yaml", yaml.safe_dump(study_as_dict(study), sort_keys=False))
+        todo = plan if run_index is None else [plan[run_index]]
+        statuses = _run_plan(study, todo, progress)
+        report_path = None
+        if report and run_index is None and "interrupted" not in statuses.values():
+            report_path = write_report(study, plan, collect_results(study, plan))
+    return {"plan": plan, "statuses": statuses, "report": report_path}
