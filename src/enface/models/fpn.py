@@ -144,7 +144,10 @@ class FeatureProjectionBlock(nn.Module):
 
 
 class DecoderStage(nn.Module):
-    """Upsample (nearest), concatenate the skip, residual unit of two 3x3 convs.
+    """Upsample (nearest), concatenate ``[skip, upsampled]``, residual unit of two 3x3 convs.
+
+    The first ``c_skip`` input channels of the convs see the skip, the last ``c_in`` the
+    upsampled features (the paper code's order, so that its weights apply unchanged).
 
     Shapes:
         ``x (N, c_in, h, w)``, ``skip (N, c_skip, h*sh, w*sw)`` -> ``(N, c_out, h*sh, w*sw)``.
@@ -165,7 +168,7 @@ class DecoderStage(nn.Module):
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([self.up(x), skip], dim=1)
+        x = torch.cat([skip, self.up(x)], dim=1)  # skip first, as in the paper's code
         return self.act(self.body(x) + self.shortcut(x))
 
 

@@ -182,6 +182,13 @@ class LachinovNet(nn.Module):
         """Smallest accepted depth ``D`` (one sample per halving)."""
         return 2 ** (self.levels - 1)
 
+    def _min_ascans(self, x: torch.Tensor) -> int:
+        """Fewest A-scans to pad to: ``2 ** (levels - 1)``, doubled if the bottleneck would
+        otherwise hold a single value per channel (its InstanceNorm needs more than one)."""
+        factor = self.min_depth
+        bottleneck = x.shape[2] * -(-x.shape[3] // factor) * (x.shape[4] // factor)
+        return factor if bottleneck > 1 else 2 * factor
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 5:
             raise ValueError(f"expected a volume batch (N, C, H, W, D), got shape {tuple(x.shape)}")
@@ -189,8 +196,7 @@ class LachinovNet(nn.Module):
             raise ValueError(
                 f"input depth D = {x.shape[-1]} is below this network's minimum of {self.min_depth}"
             )
-        factor = self.min_depth
-        x, size = pad_to_multiple(x, (1, factor, factor), minimum=(1, 2 * factor, 1))
+        x, size = pad_to_multiple(x, (1, self.min_depth, 1), minimum=(1, self._min_ascans(x), 1))
         x = self.stem(x)
         skips = []
         for i, down in enumerate(self.encoder):
