@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from enface.engine.checkpoint import CheckpointError
+from enface.errors import CheckpointError
 from enface.fileio import atomic_write
 
 __all__ = [
@@ -119,12 +120,15 @@ def read_paper_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tens
         raise CheckpointError(f"{p}: checkpoint not found")
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError for code objects, RuntimeError for corrupt zips, ...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise CheckpointError(
-            f"{p}: not readable as plain tensors ({type(e).__name__}: {first}); only tensors and plain "
-            "containers are loaded (weights_only), pickled objects are refused"
-        ) from None
+    except pickle.UnpicklingError as e:
+        found = re.search(r"unsupported global:? (?:GLOBAL )?([\w.]+)", str(e), re.IGNORECASE)
+        if not found and re.search(r"unsupported operand|invalid load key", str(e), re.IGNORECASE):
+            raise CheckpointError(f"{p}: unreadable checkpoint (not a torch.save file, or corrupt)") from None
+        what = f"it names {found.group(1)}" if found else "it holds objects that are not plain data"
+        raise CheckpointError(f"{p}: refused: {what}, and loading it could run code; only tensors and "
+                              "plain containers are read (weights_only)") from None
+    except Exception as e:  # torch raises many types for corrupt files
+        raise CheckpointError(f"{p}: unreadable checkpoint ({type(e).__name__}: {e})") from None
     return extract_state_dict(obj, str(p))
 
 
@@ -336,6 +340,16 @@ def map_paper_state_dict(
 # --------------------------------------------------------------------------- writing
 
 
+def _check_task(task: str, target: str | None) -> None:
+    from enface.config import RECON_TARGETS
+    from enface.engine.module import TASK_METRIC
+
+    if task not in TASK_METRIC:
+        raise ValueError(f"task must be one of {tuple(TASK_METRIC)}, got {task!r}")
+    if task == "reconstruct" and target is not None and target not in RECON_TARGETS:
+        raise ValueError(f"a reconstruction target is one of {RECON_TARGETS}, got {target!r}")
+
+
 def paper_checkpoint(
     state: Mapping[str, torch.Tensor],
     report: ImportReport,
@@ -355,13 +369,7 @@ def paper_checkpoint(
         target: mask task (segment) or reconstructed modality (reconstruct), if known.
         epoch: the source checkpoint's epoch, if known.
     """
-    from enface.config import RECON_TARGETS
-    from enface.engine.module import TASK_METRIC
-
-    if task not in TASK_METRIC:
-        raise ValueError(f"task must be one of {tuple(TASK_METRIC)}, got {task!r}")
-    if task == "reconstruct" and target is not None and target not in RECON_TARGETS:
-        raise ValueError(f"a reconstruction target is one of {RECON_TARGETS}, got {target!r}")
+    _check_task(task, target)
     spec = report.spec
     config = {
         "stage": "pretrain" if task == "reconstruct" else "train",
@@ -413,6 +421,9 @@ def import_paper_weights(
     """
     import io
 
+    _check_task(task, target)
+    if model not in PAPER_MODELS:
+        raise ValueError(f"model must be one of {tuple(PAPER_MODELS)}, got {model!r}")
     state, extra = read_paper_state_dict(source)
     mapped, report = map_paper_state_dict(state, model, where=str(source))
     epoch = extra.get("epoch") if isinstance(extra.get("epoch"), int) else None
