@@ -432,5 +432,5 @@ def import_paper_weights(
     torch.save(ckpt, buf)
     atomic_write(out, lambda f: f.write(buf.getbuffer()))
     report.out = str(out)
-    log.info("imported %s", report.summary())
+    log.debug("imported %s", report.summary())
     return report
