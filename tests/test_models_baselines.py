@@ -165,11 +165,29 @@ def test_lachinov_skips_are_projected_to_bottleneck_depth() -> None:
     assert all(x == skip for x, skip in shapes)
 
 
-def test_lachinov_pads_depth_and_ascans() -> None:
+def test_lachinov_pads_ascans_and_floors_depth() -> None:
+    """A-scans are padded to a multiple of 8; depth is not padded: like the paper code, the
+    strided convs and skip pools floor, so every skip keeps the bottleneck's depth D // 8."""
     model = create_model("lachinov", width=WIDTH).eval()
+    seen: list[tuple[int, ...]] = []
+    hook = model.stem.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape)))
     with torch.no_grad():
         y = model(torch.randn(1, 1, 3, 13, 12))
-    assert y.shape == (1, 1, 3, 13)
+    hook.remove()
+    assert y.shape == (1, 1, 3, 13) and torch.isfinite(y).all()
+    assert seen == [(1, 1, 3, 16, 12)]
+
+
+def test_lachinov_bottleneck_never_holds_a_single_value() -> None:
+    """W is padded to 16 only where the bottleneck would hold one value per channel."""
+    model = create_model("lachinov", width=WIDTH).eval()
+    for shape, padded_w in (((1, 1, 1, 5, 8), 16), ((1, 1, 2, 5, 8), 8), ((1, 1, 1, 5, 16), 8)):
+        seen: list[int] = []
+        hook = model.stem.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[3]))
+        with torch.no_grad():
+            assert model(torch.randn(*shape)).shape == (1, 1, shape[2], 5)
+        hook.remove()
+        assert seen == [padded_w], shape
 
 
 def test_lachinov_init() -> None:

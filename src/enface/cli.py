@@ -12,10 +12,6 @@ import logging
 import sys
 from typing import Callable, Sequence
 
-log = logging.getLogger("enface")
-
-Handler = Callable[[argparse.Namespace], int]
-
 
 # --------------------------------------------------------------------------- models
 
@@ -34,6 +30,23 @@ def _cmd_models(args: argparse.Namespace) -> int:
     for name in list_models():
         n = count_parameters(create_model(name, out_channels=args.out_channels, width=args.width))
         print(f"{name:<12} {n:>12,}")
+    return 0
+
+
+def _add_import_weights(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("import-weights", help="a checkpoint of the paper's public code -> an enface checkpoint")
+    p.add_argument("source", metavar="SRC", help="checkpoint or state dict saved by j-morano/multimodal-ssl-fpn")
+    p.add_argument("out", metavar="OUT", help="enface checkpoint to write (usable with --init, predict, evaluate)")
+    p.add_argument("--model", required=True, choices=("fpn", "resensnet", "lachinov"))
+    p.add_argument("--task", choices=("segment", "reconstruct"), default="segment", help="what it was trained for")
+    p.add_argument("--target", help="its mask task (segment) or reconstructed modality: slo, faf, faf_inv")
+    p.set_defaults(handler=_cmd_import_weights)
+
+
+def _cmd_import_weights(args: argparse.Namespace) -> int:
+    from enface.engine.paper_weights import import_paper_weights
+
+    print(f"imported {import_paper_weights(args.source, args.out, args.model, args.task, args.target).summary()}")
     return 0
 
 
@@ -464,6 +477,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_experiment,
     _add_demo,
     _add_predict,
+    _add_import_weights,
 ]
 
 

@@ -13,10 +13,22 @@ of 4 in ``H`` and 16 in ``W`` and the output is cropped back. ``D`` must be >= 6
 ``fpn`` (the deepest level needs 4 depth samples for its (1,1,4) projection kernel) and
 exactly the built depth (128 by default) for ``resensnet``.
 
+What matches the paper's public code (j-morano/multimodal-ssl-fpn, ``models/resensnet.py``,
+``ModifiedUnet3D``): every layer and its order — convs without bias before BatchNorm
+(eps 1e-5, momentum 0.1), ReLU after each residual sum, the projection blocks' strided
+(1,1,3) convs and (1,1,k) projection conv, max pooling, nearest upsampling, the decoder's
+``[skip, upsampled]`` concatenation and the 1x1 head with bias. The paper code's decoder
+convs are 3D with (3,3,1) kernels on a depth of 1; here they are the equal 2D convs. With
+its weights imported by ``enface import-weights`` (:mod:`enface.engine.paper_weights`), the
+logits equal its pre-sigmoid output to ~1e-14 in float64 for every input it accepts (``H``
+a multiple of 4, ``W`` of 16).
+
 Departures from the paper's public code, and why:
-    * padding/cropping instead of requiring sizes divisible by 16 in every axis, so the
+    * it returns logits (the original applies a sigmoid) — losses take logits here;
+    * padding/cropping instead of requiring ``H`` divisible by 4 and ``W`` by 16, so the
       49 B-scans of a Spectralis volume run at full resolution;
-    * ``width`` scales every channel count (for tests and CPU demos).
+    * ``in_channels`` is honoured (the original hard-codes one input channel) and
+      ``width`` scales every channel count (for tests and CPU demos).
 """
 
 from __future__ import annotations
@@ -144,7 +156,10 @@ class FeatureProjectionBlock(nn.Module):
 
 
 class DecoderStage(nn.Module):
-    """Upsample (nearest), concatenate the skip, residual unit of two 3x3 convs.
+    """Upsample (nearest), concatenate ``[skip, upsampled]``, residual unit of two 3x3 convs.
+
+    The first ``c_skip`` input channels of the convs see the skip, the last ``c_in`` the
+    upsampled features (the paper code's order, so that its weights apply unchanged).
 
     Shapes:
         ``x (N, c_in, h, w)``, ``skip (N, c_skip, h*sh, w*sw)`` -> ``(N, c_out, h*sh, w*sw)``.
@@ -165,7 +180,7 @@ class DecoderStage(nn.Module):
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([self.up(x), skip], dim=1)
+        x = torch.cat([skip, self.up(x)], dim=1)  # skip first, as in the paper's code
         return self.act(self.body(x) + self.shortcut(x))
 
 

@@ -22,21 +22,31 @@ Architecture (4 levels, 32/64/128/256 channels, 1/1/2/4 residual bottleneck bloc
     * head: mean over depth, then an en-face 3x3 conv (with bias) to ``out_channels``.
     1,513,697 parameters at width 1, 1 input and 1 output channel.
 
-Sizes: ``H >= 1`` and ``W >= 1`` are free: ``W`` is padded (replicate) to a multiple of 8,
-and to at least 16 so that the bottleneck's InstanceNorm always sees more than one value
-per channel; the output is cropped back. ``D`` must be >= 8 (three halvings); it is padded
-(replicate) to a multiple of 8.
+Sizes: ``H >= 1`` and ``W >= 1`` are free: ``W`` is padded (replicate) to a multiple of 8
+(to 16 when the bottleneck would otherwise hold a single value per channel, which its
+InstanceNorm cannot normalise); the output is cropped back. ``D`` must be >= 8 (three
+halvings) and is not padded: like the public code, the strided convs and the skip pools
+floor, which keeps every skip at the bottleneck's depth ``D // 8``.
 
-Departures from the public code (j-morano/multimodal-ssl-fpn, ``models/lachinovnet``), and why:
+What matches the public code (j-morano/multimodal-ssl-fpn, ``models/lachinovnet``): every
+layer, its order, kernels, bias, InstanceNorm (affine, eps 1e-5), the trilinear upsampling
+(``align_corners=False``) and the ``[skip, upsampled]`` concatenation. With its weights
+imported by ``enface import-weights`` (:mod:`enface.engine.paper_weights`), the logits equal
+its pre-sigmoid output to ~1e-12 in float64 for every input it accepts (``W`` a multiple
+of 8, any ``H``, any ``D >= 8``).
+
+Departures from the public code, and why:
     * it returns logits (the original applies a sigmoid) — losses take logits here;
     * the original builds a fourth decoder stage that its forward never uses; it is not
-      built here, so every parameter is trained and counted;
-    * padding/cropping instead of requiring A-scans and depth divisible by 8;
+      built here, so every parameter is trained and counted (the importer leaves those
+      weights out and says so);
+    * padding/cropping instead of requiring A-scans divisible by 8;
     * ``in_channels`` is honoured (the original hard-codes one input channel) and
       ``width`` scales every channel count (the bottleneck keeps at least 1 channel);
-    * axes are ordered (B-scans, A-scans, depth) like the rest of enface; kernels were
-      permuted accordingly. The stem conv keeps its bias, as in the original, although the
-      InstanceNorm after it makes that bias (nearly) redundant.
+    * axes are ordered (B-scans, A-scans, depth) like the rest of enface (the original's
+      are (B-scans, depth, A-scans)); kernels were permuted accordingly, and the importer
+      transposes the weights. The stem conv keeps its bias, as in the original, although
+      the InstanceNorm after it makes that bias (nearly) redundant.
 """
 
 from __future__ import annotations
@@ -184,6 +194,13 @@ class LachinovNet(nn.Module):
         """Smallest accepted depth ``D`` (one sample per halving)."""
         return 2 ** (self.levels - 1)
 
+    def _min_ascans(self, x: torch.Tensor) -> int:
+        """Fewest A-scans to pad to: ``2 ** (levels - 1)``, doubled if the bottleneck would
+        otherwise hold a single value per channel (its InstanceNorm needs more than one)."""
+        factor = self.min_depth
+        bottleneck = x.shape[2] * -(-x.shape[3] // factor) * (x.shape[4] // factor)
+        return factor if bottleneck > 1 else 2 * factor
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 5:
             raise ValueError(f"expected a volume batch (N, C, H, W, D), got shape {tuple(x.shape)}")
@@ -191,8 +208,7 @@ class LachinovNet(nn.Module):
             raise ValueError(
                 f"input depth D = {x.shape[-1]} is below this network's minimum of {self.min_depth}"
             )
-        factor = self.min_depth
-        x, size = pad_to_multiple(x, (1, factor, factor), minimum=(1, 2 * factor, 1))
+        x, size = pad_to_multiple(x, (1, self.min_depth, 1), minimum=(1, self._min_ascans(x), 1))
         x = self.stem(x)
         skips = []
         for i, down in enumerate(self.encoder):
