@@ -145,7 +145,7 @@ def test_cli_pretrain_and_train(dataset: Path, tmp_path: Path, capsys) -> None:
 
 @pytest.mark.slow
 def test_ddp_two_processes_one_epoch(dataset: Path, tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "enface.cli", "train", "--dataset", str(dataset), "--task", "ga",
+    cmd = [sys.executable, "-m", "enface", "train", "--dataset", str(dataset), "--task", "ga",
            "--runs-dir", str(tmp_path), "--width", "0.125", "--epochs", "1", "--batch-size", "2",
            "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--no-progress",
            "--set", "crop=[8,32]", "num_workers=0"]

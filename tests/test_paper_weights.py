@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from enface.cli import main
-from enface.engine.checkpoint import load_model
-from enface.engine.fit import init_name
+from enface.engine.checkpoint import checkpoint_info, load_model, read_checkpoint
+from enface.engine.runs import RunSpec
 from enface.engine.paper_weights import (
     import_paper_weights,
     map_paper_state_dict,
@@ -227,7 +227,7 @@ def test_cli_reconstruction_checkpoint_serves_init(tmp_path: Path, capsys: pytes
     assert "left out 39 tensors unused by the paper code" in line
     _, info = load_model(out)
     assert info["task"] == "reconstruct" and info["config"]["target"] == "faf_inv"
-    assert init_name(str(out)) == "ssl-faf_inv"
+    assert RunSpec.init_label(checkpoint_info(read_checkpoint(out)), out) == "ssl-faf_inv"
     seg = create_model("lachinov", out_channels=2)
     report = transfer_weights(seg, out)
     assert report.skipped == ["head.weight", "head.bias"] and len(report.loaded) == 127
@@ -238,7 +238,7 @@ def test_cli_reconstruction_checkpoint_serves_init(tmp_path: Path, capsys: pytes
     [
         (["missing.ckpt", "out.ckpt", "--model", "fpn"], "missing.ckpt: checkpoint not found"),
         (["paper.ckpt", "out.ckpt", "--model", "fpn", "--task", "reconstruct", "--target", "ga"],
-         "a reconstruction target is one of"),
+         "reconstruction target must be one of"),
         (["paper.ckpt", "out.ckpt", "--model", "resensnet"], "try --model fpn"),
     ],
 )

@@ -95,3 +95,28 @@ def test_load_model_rebuilds_from_file_alone(tmp_path: Path) -> None:
     x = torch.randn(1, 1, 4, 16, 64)
     with torch.no_grad():
         assert torch.equal(model(x), source(x))
+
+
+@pytest.mark.parametrize("name", ["fpn", "resensnet"])
+def test_format_1_checkpoint_predicts_as_it_did(name: str, tmp_path: Path) -> None:
+    """Checkpoints of format 1 had the FPN decoder's inputs in [upsampled, skip] order;
+    they are converted when read, so the rebuilt model computes what the old one did."""
+    source = create_model(name, width=WIDTH).eval()
+    state = source.state_dict()
+    old = dict(state)
+    for i, stage in enumerate(source.decoder):  # write the weights as format 1 laid them out
+        for key in (f"decoder.{i}.body.0.weight", f"decoder.{i}.shortcut.0.weight"):
+            w = state[key]
+            old[key] = torch.cat([w[:, stage.c_skip:], w[:, : stage.c_skip]], dim=1)
+    path = tmp_path / "v1.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in old.items()},
+                "enface": {"model": model_spec(source), "task": "segment", "config": {}, "metric": None,
+                           "format_version": 1}}, path)
+    model, _ = load_model(path)
+    x = torch.randn(1, 1, 4, 16, source.min_depth)
+    with torch.no_grad():
+        assert torch.allclose(model(x), source(x), atol=1e-6)
+    target = create_model(name, width=WIDTH)
+    transfer_weights(target, path)
+    for k, v in state.items():
+        assert torch.equal(target.state_dict()[k], v), k

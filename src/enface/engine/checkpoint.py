@@ -6,7 +6,7 @@ entry::
     {"model": {"name", "in_channels", "out_channels", "width", "kwargs"},
      "config": <the resolved RunConfig as a dict>,
      "metric": {"name": "val_dice", "value": 0.83} | None,
-     "epoch": 12, "format_version": 1}
+     "epoch": 12, "format_version": 2}
 
 so :func:`load_model` can rebuild the network from the file alone. Everything in it is plain
 data (tensors, numbers, strings, lists, dicts), and every checkpoint is read with
@@ -35,11 +35,18 @@ __all__ = [
     "read_checkpoint",
     "load_model",
     "model_state_dict",
+    "upgraded_state_dict",
+    "FORMAT_VERSION",
     "strip_prefixes",
     "topk_checkpoints",
 ]
 
 WRAPPER_PREFIXES: tuple[str, ...] = ("model.", "module.", "_orig_mod.")
+
+FORMAT_VERSION = 2
+"""Format of the ``"enface"`` entry and of the weights' layout. 2: FPN decoders concatenate
+``[skip, upsampled]`` like the paper's code (1 had ``[upsampled, skip]``; such checkpoints are
+converted when read, see ``FeatureProjectionNetwork.upgrade_state_dict``)."""
 
 
 
@@ -106,6 +113,20 @@ def model_state_dict(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
     return strip_prefixes(state)
 
 
+def upgraded_state_dict(model: torch.nn.Module, ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The checkpoint's weights in the layout of the current code of ``model``.
+
+    Checkpoints written by older enface versions (``format_version`` < :data:`FORMAT_VERSION`)
+    are converted by the model's ``upgrade_state_dict`` when it has one; plain state dicts
+    (no ``"enface"`` entry) are taken as they are.
+    """
+    state = model_state_dict(ckpt)
+    info = ckpt.get("enface")
+    version = int(info.get("format_version", FORMAT_VERSION)) if isinstance(info, dict) else FORMAT_VERSION
+    upgrade = getattr(model, "upgrade_state_dict", None)
+    return upgrade(state, version) if upgrade is not None and version < FORMAT_VERSION else state
+
+
 def checkpoint_info(ckpt: dict[str, Any], where: str = "checkpoint") -> dict[str, Any]:
     """The ``"enface"`` entry of a checkpoint (model spec, config, metric)."""
     info = ckpt.get("enface")
@@ -126,7 +147,7 @@ def load_model(path: str | os.PathLike, eval_mode: bool = True) -> tuple[torch.n
     info = checkpoint_info(ckpt, str(path))
     spec = info["model"]
     model = create_model(spec["name"], spec["in_channels"], spec["out_channels"], spec["width"], **spec.get("kwargs", {}))
-    model.load_state_dict(model_state_dict(ckpt), strict=True)
+    model.load_state_dict(upgraded_state_dict(model, ckpt), strict=True)
     return (model.eval() if eval_mode else model), info
 
 

@@ -10,6 +10,7 @@ import torch
 from enface.losses import DiceBCELoss, NegativeSSIMLoss
 from enface.metrics import dice_per_sample, ssim
 from enface.models import create_model, model_spec
+from enface.engine.checkpoint import FORMAT_VERSION
 from enface.errors import NonFiniteLossError
 
 __all__ = ["EnfaceModule", "TASK_METRIC"]
@@ -98,5 +99,5 @@ class EnfaceModule(L.LightningModule):
             "config": self.hparams.get("config"),
             "metric": None if value is None else {"name": self.metric_name, "value": float(value)},
             "epoch": int(self.current_epoch),
-            "format_version": 1,
+            "format_version": FORMAT_VERSION,
         }

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +32,9 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from enface.engine.checkpoint import FORMAT_VERSION, read_checkpoint
 from enface.errors import CheckpointError
+from enface.targets import Target
 from enface.fileio import atomic_write
 
 __all__ = [
@@ -116,19 +117,7 @@ def read_paper_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tens
             plain containers, or no state dict inside.
     """
     p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"{p}: checkpoint not found")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"unsupported global:? (?:GLOBAL )?([\w.]+)", str(e), re.IGNORECASE)
-        if not found and re.search(r"unsupported operand|invalid load key", str(e), re.IGNORECASE):
-            raise CheckpointError(f"{p}: unreadable checkpoint (not a torch.save file, or corrupt)") from None
-        what = f"it names {found.group(1)}" if found else "it holds objects that are not plain data"
-        raise CheckpointError(f"{p}: refused: {what}, and loading it could run code; only tensors and "
-                              "plain containers are read (weights_only)") from None
-    except Exception as e:  # torch raises many types for corrupt files
-        raise CheckpointError(f"{p}: unreadable checkpoint ({type(e).__name__}: {e})") from None
+    obj = read_checkpoint(p)  # weights only: pickled code is refused, never run
     return extract_state_dict(obj, str(p))
 
 
@@ -341,13 +330,12 @@ def map_paper_state_dict(
 
 
 def _check_task(task: str, target: str | None) -> None:
-    from enface.config import RECON_TARGETS
     from enface.engine.module import TASK_METRIC
 
     if task not in TASK_METRIC:
         raise ValueError(f"task must be one of {tuple(TASK_METRIC)}, got {task!r}")
-    if task == "reconstruct" and target is not None and target not in RECON_TARGETS:
-        raise ValueError(f"a reconstruction target is one of {RECON_TARGETS}, got {target!r}")
+    if target is not None:
+        Target(task, target)  # raises naming a target that does not fit the task
 
 
 def paper_checkpoint(
@@ -388,7 +376,7 @@ def paper_checkpoint(
             "config": config,
             "metric": None,
             "epoch": epoch,
-            "format_version": 1,
+            "format_version": FORMAT_VERSION,
             "imported_from": {"source": report.source, "code": "j-morano/multimodal-ssl-fpn",
                               "class": PAPER_MODELS[report.model], "unused_keys": list(report.unused)},
         },

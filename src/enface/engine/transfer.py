@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from enface.engine.checkpoint import model_state_dict, read_checkpoint
+from enface.engine.checkpoint import read_checkpoint, upgraded_state_dict
 from enface.errors import CheckpointError
 from enface.models import model_spec
 
@@ -88,7 +88,7 @@ def transfer_weights(
                     f"(width {target_spec['width']}, {target_spec['in_channels']} in); "
                     f"weights can only be transferred between the same architecture, width and inputs"
                 )
-    source = model_state_dict(ckpt)
+    source = upgraded_state_dict(model, ckpt)
     target = model.state_dict()
     missing = sorted(set(target) - set(source))
     unexpected = sorted(set(source) - set(target))

@@ -168,6 +168,7 @@ class DecoderStage(nn.Module):
     def __init__(self, c_in: int, c_skip: int, c_out: int, scale: tuple[int, int]) -> None:
         super().__init__()
         self.up = nn.Upsample(scale_factor=scale, mode="nearest")
+        self.c_skip = c_skip
         c = c_in + c_skip
         self.body = nn.Sequential(
             nn.Conv2d(c, c_out, 3, padding=1, bias=False),
@@ -267,6 +268,25 @@ class FeatureProjectionNetwork(nn.Module):
         for stage, skip in zip(self.decoder, reversed(skips[:-1])):
             y = stage(y, skip)
         return crop_enface(self.head(y), size)
+
+    def upgrade_state_dict(self, state: dict[str, torch.Tensor], format_version: int) -> dict[str, torch.Tensor]:
+        """Weights of an enface checkpoint of format 1 in this network's layout.
+
+        Up to format 1, decoder stages concatenated ``[upsampled, skip]``; the paper's code,
+        and enface since format 2, concatenate ``[skip, upsampled]``. The input channels of
+        each stage's first conv and shortcut conv are reordered accordingly, so an old
+        checkpoint predicts exactly what it predicted when it was written.
+        """
+        if format_version >= 2:
+            return state
+        out = dict(state)
+        for i, stage in enumerate(self.decoder):
+            for key in (f"decoder.{i}.body.0.weight", f"decoder.{i}.shortcut.0.weight"):
+                if key in out:
+                    w = out[key]
+                    c_up = w.shape[1] - stage.c_skip
+                    out[key] = torch.cat([w[:, c_up:], w[:, :c_up]], dim=1)
+        return out
 
 
 # --------------------------------------------------------------------------- registered constructors

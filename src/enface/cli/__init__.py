@@ -1,0 +1,112 @@
+"""The ``enface`` command line: one entry point with sub-commands.
+
+Thin by design: each sub-command parses its arguments and calls the library; the
+sub-commands live in :mod:`enface.cli.data` (models, import-weights, synth, show, prepare,
+check, split), :mod:`enface.cli.training` (pretrain, train, evaluate),
+:mod:`enface.cli.study` (experiment, demo) and :mod:`enface.cli.apply` (predict).
+
+Errors that concern the user's input (every :class:`enface.errors.EnfaceError`, and
+:class:`ValueError` / :class:`FileNotFoundError` from argument checks) are printed as one
+line naming the file or field, with exit status 2 and no traceback (``-v`` shows it). A
+non-finite training loss exits with 3, an interruption (Ctrl+C) with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable, Sequence
+
+from enface.cli import apply, data, study, training
+
+__all__ = ["build_parser", "main", "COMMANDS"]
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    data.add_models,
+    data.add_synth,
+    data.add_show,
+    data.add_prepare,
+    data.add_check,
+    data.add_split,
+    training.add_pretrain,
+    training.add_train,
+    training.add_evaluate,
+    study.add_experiment,
+    study.add_demo,
+    apply.add_predict,
+    data.add_import_weights,
+]
+"""Each entry adds one sub-command to the parser, in the order of the help text."""
+
+_TRAINING_COMMANDS = frozenset({"pretrain", "train", "evaluate", "experiment", "demo", "predict"})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``enface`` argument parser with every sub-command."""
+    from enface import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="enface",
+        description="Label-efficient 3D->2D segmentation of retinal OCT (FPN + inter-modal SSL).",
+    )
+    parser.add_argument("--version", action="version", version=f"enface {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def _quiet_third_party(command: str | None, verbose: bool) -> None:
+    """Route Lightning's messages through our logging, without its start-up banners.
+
+    Lightning sets its loggers' levels and adds its own handler when imported, so for the
+    commands that use it, it is imported here first and then adjusted.
+    """
+    import warnings
+
+    if command not in _TRAINING_COMMANDS:
+        return
+    import lightning  # noqa: F401  (its import configures the loggers we adjust)
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()  # messages propagate to our handler: printed once
+        logger.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    if not verbose:
+        warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+        warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
+        warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``enface`` console script."""
+    from enface.errors import EnfaceError, NonFiniteLossError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s")
+    _quiet_third_party(args.command, args.verbose)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 1
+    try:
+        return int(args.handler(args) or 0)
+    except NonFiniteLossError as e:
+        print(f"enface {args.command}: stopped: {e}", file=sys.stderr)
+        return 3
+    except (EnfaceError, ValueError, FileNotFoundError) as e:
+        if args.verbose:
+            raise
+        print(f"enface {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"enface {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

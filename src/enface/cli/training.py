@@ -1,0 +1,94 @@
+"""Sub-commands that train and evaluate: pretrain, train, evaluate."""
+
+from __future__ import annotations
+
+import argparse
+
+
+# --------------------------------------------------------------------------- pretrain / train
+
+
+def _add_run_options(p: argparse.ArgumentParser, stage: str) -> None:
+    p.add_argument("--config", help="YAML config (sections common/pretrain/train; see configs/paper.yaml)")
+    p.add_argument("--dataset", help="dataset folder")
+    if stage == "pretrain":
+        p.add_argument("--target", choices=("slo", "faf", "faf_inv"), help="2D modality to reconstruct (default faf_inv)")
+    else:
+        p.add_argument("--task", dest="target", help="mask task to segment, e.g. ga")
+        p.add_argument("--init", help="checkpoint to initialise from (e.g. a pre-training run's best)")
+        p.add_argument("--fraction", type=float, help="label fraction of the training patients, in (0, 1]")
+    p.add_argument("--model", help="registered model name (see `enface models`)")
+    p.add_argument("--width", type=float, help="channel multiplier")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--runs-dir", help="root of the run folders (default runs)")
+    p.add_argument("--accelerator", help="Lightning accelerator: auto, cpu, gpu, ...")
+    p.add_argument("--devices", help="Lightning devices: 1, 2, auto, ...")
+    p.add_argument("--strategy", help="Lightning strategy: auto, ddp, ddp_spawn, ...")
+    p.add_argument("--precision", help="Lightning precision: 32-true, bf16-mixed, 16-mixed")
+    p.add_argument("--num-nodes", type=int)
+    p.add_argument("--compile", action="store_const", const=True, help="torch.compile the model")
+    p.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override any config field")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_cmd_fit, stage=stage)
+
+
+def add_pretrain(sub: argparse._SubParsersAction) -> None:
+    _add_run_options(sub.add_parser("pretrain", help="self-supervised reconstruction pre-training (OCT -> SLO/FAF)"), "pretrain")
+
+
+def add_train(sub: argparse._SubParsersAction) -> None:
+    _add_run_options(sub.add_parser("train", help="segmentation training, from scratch or from a checkpoint"), "train")
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from enface.config import load_config, parse_overrides
+    from enface.engine.fit import fit
+
+    overrides = parse_overrides(args.set)
+    for name in ("dataset", "target", "init", "fraction", "model", "width", "seed", "epochs", "batch_size",
+                 "runs_dir", "accelerator", "devices", "strategy", "precision", "num_nodes", "compile"):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = value
+    config = load_config(args.config, args.stage, overrides)
+    result = fit(config, resume=args.resume, progress=not args.no_progress)  # NaN loss: exit 3 (main)
+    best = f"{result.best[0][1]:.4f}" if result.best else "n/a"
+    print(f"{args.stage} {result.status}: best {result.metric} {best} after {result.epochs} epochs")
+    print(f"run folder: {result.run_dir}")
+    if result.best:
+        print(f"best checkpoint: {result.best[0][0]}")
+    return 0 if result.status in ("finished", "skipped") else 1
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="top-k ensemble of a run on a split: per-case CSV + summary")
+    p.add_argument("run", help="segmentation run folder")
+    p.add_argument("--split", default="test", choices=("train", "val", "test", "all"))
+    p.add_argument("--dataset", help="evaluate on another dataset folder (default: the run's)")
+    p.add_argument("--task", help="mask task (default: the run's)")
+    p.add_argument("--top-k", type=int, default=5, help="checkpoints averaged (default 5)")
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--out", help="output folder (default <run>/eval/<dataset>-<split>)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(handler=_cmd_evaluate)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from enface.evaluate import evaluate
+
+    res = evaluate(args.run, split=args.split, dataset=args.dataset, task=args.task, top_k=args.top_k,
+                   threshold=args.threshold, out_dir=args.out, device=args.device)
+    m = res.summary["metrics"]
+    print(f"{res.summary['n_cases']} cases, {len(res.summary['checkpoints'])} checkpoints averaged")
+    for name in ("dice", "area_diff_mm2", "hd95_mm"):
+        extra = f" ({m[name]['n_undefined']} undefined)" if m[name]["n_undefined"] else ""
+        print(f"  {name:<14} mean {m[name]['mean']:.4f}  std {m[name]['std']:.4f}  median {m[name]['median']:.4f}{extra}")
+    print(f"per-case table: {res.out_dir / 'cases.csv'}")
+    print(f"summary: {res.out_dir / 'summary.json'}")
+    return 0
