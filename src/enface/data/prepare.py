@@ -31,7 +31,7 @@ from typing import Any, Callable, Literal
 import numpy as np
 
 from enface.data.folder import CaseMeta, list_cases, write_case, write_dataset_info, write_splits
-from enface.errors import DatasetError
+from enface.errors import DatasetError, EnfaceError
 from enface.data.preprocess import (
     FlattenParams,
     enface_points,
@@ -563,11 +563,10 @@ def prepare_dataset(
             arrays = scan_to_case(item.read(), item.case_id, opts)
             write_case(out, arrays.meta, arrays.oct, arrays.images, arrays.masks,
                        overwrite=opts.overwrite, volumes=arrays.volumes)
-        except Exception as e:  # one bad scan must not stop the batch
-            reason = str(e) if isinstance(e, (DatasetError, ValueError)) else f"{type(e).__name__}: {e}"
+        except (EnfaceError, ValueError, OSError) as e:  # a bad scan must not stop the batch; bugs surface
+            reason = str(e) if isinstance(e, (EnfaceError, ValueError)) else f"{type(e).__name__}: {e}"
             reason = reason.removeprefix(f"{item.source}: ")  # the summary names the file already
             log.warning("%s: failed: %s", item.source, reason)
-            log.debug("traceback of %s", item.source, exc_info=True)
             report.failed.append((str(item.source), reason))
             continue
         report.written.append(item.case_id)

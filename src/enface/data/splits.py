@@ -43,15 +43,20 @@ def make_splits(
     Args:
         patient_ids: patient identifiers (duplicates are ignored).
         seed: random seed of the permutation.
-        ratios: fractions of train, val and test (normalised to sum 1).
+        ratios: fractions of train, val and test, summing to 1.
 
     Returns:
         ``{"train": [...], "val": [...], "test": [...]}``, each sorted.
+
+    Raises:
+        ValueError: not three non-negative finite numbers that sum to 1.
     """
     pids = sorted(set(patient_ids))
-    if len(ratios) != 3 or any(r < 0 for r in ratios) or sum(ratios) <= 0:
-        raise ValueError(f"ratios must be three non-negative numbers, got {tuple(ratios)}")
-    r = np.asarray(ratios, dtype=float) / float(sum(ratios))
+    if len(ratios) != 3 or not all(math.isfinite(r) and r >= 0 for r in ratios):
+        raise ValueError(f"ratios must be three non-negative numbers (train, val, test), got {tuple(ratios)}")
+    if abs(sum(ratios) - 1.0) > 1e-6:
+        raise ValueError(f"ratios must sum to 1 (train, val, test), got {tuple(ratios)} summing to {sum(ratios):g}")
+    r = np.asarray(ratios, dtype=float)
     n = len(pids)
     counts = np.floor(r * n).astype(int)
     # hand out the remainder by largest fractional part
@@ -161,52 +166,64 @@ def split_dataset(
         raise DatasetError(f"{root}: dataset has no cases")
     patients = sorted({c.patient_id for c in cases})
     existing: dict[str, Any] = {}
-    if not redo and (os.path.isfile(os.path.join(root, "splits.json"))):
+    if not redo and os.path.isfile(os.path.join(root, "splits.json")):
         existing = read_splits(root)
-        assignment = {k: sorted(existing[k]) for k in SPLITS}
-        missing, unknown = split_coverage(assignment, patients)
-        if missing:
-            log.warning("%d patient(s) of %s are in no split and will not be used: %s (use redo to re-split)",
-                        len(missing), root, list_ids(missing, 5))
-        if unknown:
-            log.warning("%d patient(s) in splits.json have no case in %s: %s", len(unknown), root, list_ids(unknown, 5))
-        n = max(1, sum(len(v) for v in assignment.values()))
-        used_ratios = existing.get("ratios") or [round(len(assignment[k]) / n, 3) for k in SPLITS]
-        log.info("keeping the existing train/val/test assignment of %s", root)
+        assignment, used_ratios = _kept_assignment(root, existing, patients)
     else:
         assignment = make_splits(patients, seed=seed, ratios=ratios)
         used_ratios = [float(r) for r in ratios]
+    labeled = _labeled_training_patients(root, cases, set(assignment["train"]), tasks)
+    out: dict[str, Any] = {k: v for k, v in existing.items() if k not in (*SPLITS, "seed", "ratios", "fractions")}
+    out.update(assignment)
+    out["seed"] = int(seed)
+    out["ratios"] = list(used_ratios)
+    out["fractions"] = {t: label_fractions(sorted(pids), fractions, seed=seed) for t, pids in labeled.items()}
+    write_splits(root, out)
+    log.info("splits of %s: %s", root, ", ".join(f"{k} {len(out[k])} patients" for k in SPLITS))
+    return out
 
-    train = set(assignment["train"])
+
+def _kept_assignment(
+    root: str | os.PathLike, existing: dict[str, Any], patients: Sequence[str]
+) -> tuple[dict[str, list[str]], list[float]]:
+    """The train/val/test assignment of an existing ``splits.json`` and its ratios (warns about gaps)."""
+    assignment = {k: sorted(existing[k]) for k in SPLITS}
+    missing, unknown = split_coverage(assignment, patients)
+    if missing:
+        log.warning("%d patient(s) of %s are in no split and will not be used: %s (use redo to re-split)",
+                    len(missing), root, list_ids(missing, 5))
+    if unknown:
+        log.warning("%d patient(s) in splits.json have no case in %s: %s", len(unknown), root, list_ids(unknown, 5))
+    n = max(1, sum(len(v) for v in assignment.values()))
+    log.info("keeping the existing train/val/test assignment of %s", root)
+    return assignment, existing.get("ratios") or [round(len(assignment[k]) / n, 3) for k in SPLITS]
+
+
+def _labeled_training_patients(
+    root: str | os.PathLike, cases: Sequence[Any], train: set[str], tasks: Sequence[str] | None
+) -> dict[str, set[str]]:
+    """``{task: training patients with a mask of it}`` for the tasks that get label fractions.
+
+    ``tasks=None``: every task with a mask in any case; tasks without a labeled training
+    patient are skipped with a warning. Given tasks must all have one.
+
+    Raises:
+        DatasetError: a requested task has no labeled training patient.
+    """
     labeled: dict[str, set[str]] = {}
     for case in cases:
         if case.patient_id in train:
             for task in case.tasks():
                 labeled.setdefault(task, set()).add(case.patient_id)
     if tasks is None:
-        all_tasks = sorted({t for c in cases for t in c.tasks()})
-        for t in all_tasks:
-            if t not in labeled:
-                log.warning("task %r has no labeled training patient: no label fractions for it", t)
-        task_list = [t for t in all_tasks if t in labeled]
-    else:
-        task_list = list(dict.fromkeys(tasks))
-        for t in task_list:
-            if t not in labeled:
-                raise DatasetError(f"{root}: task {t!r} has no labeled case among the training patients")
-
-    out: dict[str, Any] = {k: v for k, v in existing.items() if k not in (*SPLITS, "seed", "ratios", "fractions")}
-    out.update(assignment)
-    out["seed"] = int(seed)
-    out["ratios"] = list(used_ratios)
-    out["fractions"] = {t: label_fractions(sorted(labeled[t]), fractions, seed=seed) for t in task_list}
-    write_splits(root, out)
-    log.info(
-        "splits of %s: %s",
-        root,
-        ", ".join(f"{k} {len(out[k])} patients" for k in SPLITS),
-    )
-    return out
+        for t in sorted({t for c in cases for t in c.tasks()} - set(labeled)):
+            log.warning("task %r has no labeled training patient: no label fractions for it", t)
+        return {t: labeled[t] for t in sorted(labeled)}
+    wanted = list(dict.fromkeys(tasks))
+    for t in wanted:
+        if t not in labeled:
+            raise DatasetError(f"{root}: task {t!r} has no labeled case among the training patients")
+    return {t: labeled[t] for t in wanted}
 
 
 def _parse_requirement(req: str) -> tuple[str, str]:

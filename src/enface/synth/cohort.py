@@ -15,6 +15,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -184,7 +185,7 @@ def synthesize_dataset(
     """
     from tqdm.auto import tqdm
 
-    from enface.data.folder import CaseMeta, write_case, write_dataset_info
+    from enface.data.folder import write_dataset_info
     from enface.data.splits import split_dataset
 
     if task not in TASKS:
@@ -198,72 +199,54 @@ def synthesize_dataset(
 
     t0 = time.perf_counter()
     model: EyeModel | None = None
-    n_labeled = n_faf = n_grader2 = 0
-    tasks_written: set[str] = set()
+    written: list[dict[str, Any]] = []
+    source = f"enface synth --preset {preset} --seed {seed}"
     for case in tqdm(plan, desc="enface synth", unit="case", disable=not progress):
         if model is None or model.seed != case.eye_seed:
             model = EyeModel(case.eye_seed, grid, task=task, eye=case.eye)
-        ph = model.render(day=case.day, flattened=True)
-        images = {"slo": ph.slo, **({"faf": ph.faf} if case.has_faf else {})}
-        masks = {}
-        if case.labeled:
-            masks = {k: m for k, m in ph.masks.items() if "." not in k or case.grader2}
-        extra = {
-            "visit_index": case.visit_index,
-            "eye_seed": case.eye_seed,
-            "flattened": True,
-            "bm_depth": ph.info["bm_flat"],
-            "generator": "enface.synth",
-        }
-        if case.labeled:
-            extra.update({k: v for k, v in ph.info.items() if k.endswith("_mm2") or k == "rpd_deposits"})
-        meta = CaseMeta(
-            case_id=case.case_id,
-            patient_id=case.patient_id,
-            eye=case.eye,
-            visit=case.day,
-            spacing=ph.spacing,
-            device=p.device,
-            source=f"enface synth --preset {preset} --seed {seed}",
-            extra=extra,
-        )
-        write_case(out, meta, ph.oct, images=images, masks=masks)
-        n_labeled += bool(masks)
-        n_faf += case.has_faf
-        n_grader2 += case.labeled and case.grader2
-        tasks_written.update(k for k in masks if "." not in k)
+        written.append(_write_phantom_case(out, model, case, p.device, source))
 
     # patient-wise 60/10/30 split plus the nested label fractions of every task
-    patient_ids = sorted({c.patient_id for c in plan})
     split_dataset(out, seed=seed)
+    generator = {
+        "name": "enface.synth", "seed": int(seed), "preset": preset, "shape": list(grid.shape), "task": task,
+        "patients": int(patients), "label_fraction": label_fraction, "faf_fraction": faf_fraction,
+        "grader2_fraction": grader2_fraction, "max_visits": int(max_visits),
+    }
+    counts = {
+        "patients": len({c.patient_id for c in plan}), "cases": len(plan),
+        "labeled": sum(w["labeled"] for w in written), "with_faf": sum(w["faf"] for w in written),
+        "second_grader": sum(w["grader2"] for w in written),
+    }
     write_dataset_info(
-        out,
-        name=name or f"phantom-{preset}-{task}",
-        modalities=["oct", "slo"] + (["faf"] if n_faf else []),
-        tasks=sorted(tasks_written),
-        spacing=grid.spacing,
-        generator={
-            "name": "enface.synth",
-            "seed": int(seed),
-            "preset": preset,
-            "shape": list(grid.shape),
-            "task": task,
-            "patients": int(patients),
-            "label_fraction": label_fraction,
-            "faf_fraction": faf_fraction,
-            "grader2_fraction": grader2_fraction,
-            "max_visits": int(max_visits),
-        },
-        counts={
-            "patients": len(patient_ids),
-            "cases": len(plan),
-            "labeled": n_labeled,
-            "with_faf": n_faf,
-            "second_grader": n_grader2,
-        },
+        out, name=name or f"phantom-{preset}-{task}",
+        modalities=["oct", "slo"] + (["faf"] if counts["with_faf"] else []),
+        tasks=sorted(set().union(*(w["tasks"] for w in written))), spacing=grid.spacing,
+        generator=generator, counts=counts,
     )
     log.info(
         "wrote %d cases of %d patients (%d labeled, %d with FAF, %d with a second grader) to %s in %.1f s",
-        len(plan), len(patient_ids), n_labeled, n_faf, n_grader2, out, time.perf_counter() - t0,
+        counts["cases"], counts["patients"], counts["labeled"], counts["with_faf"], counts["second_grader"],
+        out, time.perf_counter() - t0,
     )
     return out
+
+
+def _write_phantom_case(out: Path, model: EyeModel, case: CohortCase, device: str, source: str) -> dict[str, Any]:
+    """Render one planned visit of an eye and write it as a case; what it holds, for the counts."""
+    from enface.data.folder import CaseMeta, write_case
+
+    ph = model.render(day=case.day, flattened=True)
+    images = {"slo": ph.slo, **({"faf": ph.faf} if case.has_faf else {})}
+    masks = {k: m for k, m in ph.masks.items() if "." not in k or case.grader2} if case.labeled else {}
+    extra: dict[str, Any] = {
+        "visit_index": case.visit_index, "eye_seed": case.eye_seed, "flattened": True,
+        "bm_depth": ph.info["bm_flat"], "generator": "enface.synth",
+    }
+    if case.labeled:
+        extra.update({k: v for k, v in ph.info.items() if k.endswith("_mm2") or k == "rpd_deposits"})
+    meta = CaseMeta(case_id=case.case_id, patient_id=case.patient_id, eye=case.eye, visit=case.day,
+                    spacing=ph.spacing, device=device, source=source, extra=extra)
+    write_case(out, meta, ph.oct, images=images, masks=masks)
+    return {"labeled": bool(masks), "faf": bool(case.has_faf), "grader2": bool(case.labeled and case.grader2),
+            "tasks": {k for k in masks if "." not in k}}
