@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from enface.cli import PREPARE_FORMATS, main
+from enface.cli import build_parser, main
 from enface.data.check import check_dataset
 from enface.data.folder import list_cases, read_dataset_info, read_splits
 from enface.data.prepare import PrepareOptions, prepare_dataset
@@ -44,7 +44,13 @@ def _rotation(shape: tuple[int, int], deg: float, shift: tuple[float, float]) ->
 
 
 def test_formats_match_the_cli() -> None:
-    assert tuple(PREPARE_FORMATS) == FORMATS
+    """prepare and predict offer exactly the formats the readers know (one list)."""
+    import argparse
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for command in ("prepare", "predict"):
+        fmt = next(a for a in sub.choices[command]._actions if a.dest == "fmt")
+        assert tuple(fmt.choices) == FORMATS, command
 
 
 def test_prepare_numpy_layout_with_slo_faf_and_faf_mask(tmp_path: Path) -> None:
