@@ -93,7 +93,7 @@ class EnfaceDataset(Dataset):
             case = load_case(folder)
             if fname is not None and not (folder / fname).is_file():
                 raise DatasetError(f"case {cid}: target {self.target.label!r} needs {folder / fname}, which is missing")
-            shape = case.load_oct(mmap=True).shape
+            shape = case.oct_shape()
             for name in (c for c in self.channels if c != "oct"):
                 if not case.has_volume(name):
                     raise DatasetError(f"case {cid}: input channel {name!r} needs {folder / (name + '.npy')}, which is missing")

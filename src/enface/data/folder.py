@@ -1,4 +1,4 @@
-"""The dataset folder of DESIGN.md: reader, writer and validation.
+"""The dataset folder (README, "The dataset folder"): reader, writer and validation.
 
 Layout::
 

@@ -148,10 +148,14 @@ def resolve_run(config: RunConfig) -> ResolvedRun:
         config = dataclasses.replace(config, init=str(init_path.resolve()))
     info_init = checkpoint_info(init_ckpt, str(config.init)) if init_ckpt is not None and "enface" in init_ckpt else None
     spec = RunSpec.from_config(config, name, RunSpec.init_label(info_init, config.init))
+    folder = spec.folder(config.runs_dir)
+    if RunSpec.parse(folder)[1] != spec:  # the folder must name the run unambiguously
+        raise ConfigError(f"{folder}: this run's name does not read back as the same run ({spec}); "
+                          "use a width with fewer digits")
     train_ids, val_ids = select_run_cases(config)
     fingerprint = dataset_fingerprint(root, [*train_ids, *val_ids])
     identity = run_identity(config.to_dict(), fingerprint, init_sha)
-    return ResolvedRun(config, spec, spec.folder(config.runs_dir), train_ids, val_ids, init_ckpt, identity)
+    return ResolvedRun(config, spec, folder, train_ids, val_ids, init_ckpt, identity)
 
 
 def _checkpoint_usable(path: Path) -> str | None:

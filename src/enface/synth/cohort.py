@@ -160,7 +160,7 @@ def synthesize_dataset(
     overwrite: bool = False,
     progress: bool = True,
 ) -> Path:
-    """Write a phantom dataset folder (layout of DESIGN.md).
+    """Write a phantom dataset folder (the layout of :mod:`enface.data.folder`).
 
     Args:
         out: dataset folder (created; must be empty or absent unless ``overwrite``).
