@@ -39,6 +39,9 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 ]
 """Each entry adds one sub-command to the parser, in the order of the help text."""
 
+_LIST_OPTIONS = frozenset({"--spacing", "--window-mm", "--ratios"})
+"""Options whose one value is a comma-separated list of numbers, which may start with '-'."""
+
 _TRAINING_COMMANDS = frozenset({"pretrain", "train", "evaluate", "experiment", "demo", "predict"})
 
 
@@ -81,12 +84,29 @@ def _quiet_third_party(command: str | None, verbose: bool) -> None:
         warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
 
 
+def _attach_list_values(argv: Sequence[str]) -> list[str]:
+    """``--spacing -1,0,1`` -> ``--spacing=-1,0,1``: argparse would take the value for an option;
+    the library then says what is wrong with the numbers."""
+    out: list[str] = []
+    it = iter(argv)
+    for token in it:
+        if token in _LIST_OPTIONS:
+            value = next(it, None)
+            if value is not None and len(value) > 1 and value[0] == "-" and (value[1].isdigit() or value[1] == "."):
+                out.append(f"{token}={value}")
+                continue
+            out += [token] if value is None else [token, value]
+            continue
+        out.append(token)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``enface`` console script."""
     from enface.errors import EnfaceError, NonFiniteLossError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_attach_list_values(sys.argv[1:] if argv is None else argv))
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(message)s")
     _quiet_third_party(args.command, args.verbose)

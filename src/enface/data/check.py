@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from enface.data.folder import MASK_RE, MODALITIES, CaseMeta, list_ids, read_dataset_info, read_splits, split_coverage
+from enface.io.base import load_npy
 from enface.io.images import read_image, read_mask
 from enface.errors import DatasetError
 
@@ -78,12 +79,31 @@ class CheckReport:
             lines.append("  splits: " + ", ".join(f"{k} {v} patient(s)" for k, v in s["splits"].items()))
         if self.problems:
             lines.append(f"PROBLEMS ({len(self.problems)}):")
-            lines += [f"  {w}: {m}" for w, m in self.problems]
+            lines += _grouped(self.problems)
         if self.warnings:
             lines.append(f"warnings ({len(self.warnings)}):")
-            lines += [f"  {w}: {m}" for w, m in self.warnings]
+            lines += _grouped(self.warnings)
         lines.append("OK" if self.ok else f"FAILED: {len(self.problems)} problem(s)")
         return "\n".join(lines)
+
+
+GROUP_AFTER = 3
+"""A message found in more than this many places is printed once, with a few examples."""
+
+
+def _grouped(items: list[tuple[str, str]], examples: int = 3) -> list[str]:
+    """Report lines: each message once; repeated ones as ``"<n> places: <message> (e.g. ...)"``."""
+    by_message: dict[str, list[str]] = {}
+    for where, message in items:
+        by_message.setdefault(message, []).append(where)
+    lines = []
+    for message, places in by_message.items():
+        if len(places) > GROUP_AFTER:
+            shown = ", ".join(places[:examples])
+            lines.append(f"  {len(places)} places: {message} (e.g. {shown}, ...)")
+        else:
+            lines += [f"  {w}: {message}" for w in places]
+    return lines
 
 
 def _count_nonfinite(vol: np.ndarray) -> int:
@@ -100,19 +120,13 @@ def _check_volume(
     path: Path, report: CheckReport, deep: bool, shape: tuple[int, ...] | None = None
 ) -> tuple[int, ...] | None:
     """Check one ``.npy`` volume; returns its shape, or None when unusable."""
-    if not path.is_file():
-        report.problem(path, "file not found")
-        return None
     try:
-        vol = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        report.problem(path, f"unreadable or truncated volume ({e})")
+        vol = load_npy(path, mmap=True)
+    except DatasetError as e:
+        report.problem(path, str(e).removeprefix(f"{path}: "))
         return None
     if vol.ndim != 3 or min(vol.shape) < 1:
         report.problem(path, f"volume must be 3D (H, W, D), got shape {vol.shape}")
-        return None
-    if not np.issubdtype(vol.dtype, np.number):
-        report.problem(path, f"non-numeric dtype {vol.dtype}")
         return None
     if shape is not None and tuple(vol.shape) != shape:
         report.problem(path, f"shape {vol.shape} differs from oct.npy {shape}")
@@ -143,7 +157,7 @@ def check_case(case_dir: Path, report: CheckReport, deep: bool = True) -> dict[s
             obj = json.loads(meta_path.read_text(encoding="utf-8"))
             if not isinstance(obj, dict):
                 raise DatasetError(f"{meta_path}: expected a JSON object")
-            meta = CaseMeta.from_json(obj, where=str(meta_path))
+            meta = CaseMeta.from_json(obj, where=str(meta_path), folder_name=case_dir.name)
             if meta.case_id != case_dir.name:
                 report.problem(meta_path, f"case_id {meta.case_id!r} does not match the folder name")
         except (json.JSONDecodeError, UnicodeDecodeError) as e:

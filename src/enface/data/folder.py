@@ -31,6 +31,7 @@ import numpy as np
 
 from enface.fileio import atomic_save_npy, atomic_save_png, atomic_write_json
 from enface.errors import ConfigError, DatasetError
+from enface.io.base import load_npy
 from enface.io.images import read_image, read_mask
 from enface.targets import check_name
 
@@ -97,7 +98,21 @@ class CaseMeta:
         }
 
     @classmethod
-    def from_json(cls, obj: Mapping[str, Any], where: str = "meta.json") -> "CaseMeta":
+    def from_json(cls, obj: Mapping[str, Any], where: str = "meta.json", folder_name: str | None = None) -> "CaseMeta":
+        """Parse ``meta.json``; ``case_id`` may be left out (it is the folder's name).
+
+        Raises:
+            DatasetError: naming ``where`` and the missing or invalid key.
+        """
+        if not isinstance(obj, Mapping):
+            raise DatasetError(f"{where}: expected a JSON object")
+        case_id = obj.get("case_id", folder_name)
+        if case_id is None or not str(case_id).strip():
+            raise DatasetError(f"{where}: missing key 'case_id'")
+        patient = obj.get("patient_id")
+        if patient is None or isinstance(patient, (bool, dict, list)) or not str(patient).strip():
+            raise DatasetError(f"{where}: patient_id is missing, null or not a name ({patient!r}); every case "
+                               "needs its patient (splits are made by patient)")
         try:
             spacing = tuple(float(s) for s in obj["spacing"])
             if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
@@ -106,8 +121,8 @@ class CaseMeta:
             if eye not in ("OD", "OS"):
                 raise ValueError(f"eye must be 'OD' or 'OS', got {eye!r}")
             return cls(
-                case_id=str(obj["case_id"]),
-                patient_id=str(obj["patient_id"]),
+                case_id=str(case_id),
+                patient_id=str(patient),
                 eye=eye,
                 visit=int(obj.get("visit", 0)),
                 spacing=spacing,  # type: ignore[arg-type]
@@ -223,8 +238,8 @@ def validate_case_arrays(
     vol = np.asarray(oct_volume)
     if vol.ndim != 3 or min(vol.shape) < 1:
         raise DatasetError(f"case {case_id}: OCT volume must be 3D (H, W, D), got shape {vol.shape}")
-    if not np.issubdtype(vol.dtype, np.number):
-        raise DatasetError(f"case {case_id}: OCT volume has non-numeric dtype {vol.dtype}")
+    if not np.issubdtype(vol.dtype, np.number) or np.iscomplexobj(vol):
+        raise DatasetError(f"case {case_id}: OCT volume must hold real numbers, got dtype {vol.dtype}")
     if np.issubdtype(vol.dtype, np.floating) and not np.isfinite(vol).all():
         n = int((~np.isfinite(vol)).sum())
         raise DatasetError(f"case {case_id}: OCT volume has {n} NaN/inf voxels")
@@ -241,6 +256,8 @@ def validate_case_arrays(
         if name == "oct" or not _ID_RE.match(name) or "." in name:
             raise DatasetError(f"case {case_id}: invalid extra volume name {name!r}")
         ev = np.asarray(extra)
+        if not np.issubdtype(ev.dtype, np.number) or np.iscomplexobj(ev):
+            raise DatasetError(f"case {case_id}: {name} volume must hold real numbers, got dtype {ev.dtype}")
         if ev.shape != vol.shape:
             raise DatasetError(
                 f"case {case_id}: {name} volume has shape {ev.shape}, expected the OCT shape {vol.shape}"
@@ -383,12 +400,7 @@ class Case:
     def load_volume(self, name: str, mmap: bool = True) -> np.ndarray:
         """An ``(H, W, D)`` input channel ``<name>.npy``: ``"oct"`` or an extra one (``"octa"``)."""
         path = self.path / f"{name}.npy"
-        if not path.is_file():
-            raise DatasetError(f"{path}: file not found")
-        try:
-            vol = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
-            raise DatasetError(f"{path}: unreadable or truncated volume ({e})") from None
+        vol = load_npy(path, mmap=mmap)
         if vol.ndim != 3:
             raise DatasetError(f"{path}: volume must be 3D (H, W, D), got shape {vol.shape}")
         return vol
@@ -431,7 +443,7 @@ def load_case(path: str | os.PathLike) -> Case:
     path = Path(path)
     if not path.is_dir():
         raise DatasetError(f"{path}: case folder not found")
-    meta = CaseMeta.from_json(_read_json(path / "meta.json"), where=str(path / "meta.json"))
+    meta = CaseMeta.from_json(_read_json(path / "meta.json"), where=str(path / "meta.json"), folder_name=path.name)
     if meta.case_id != path.name:
         raise DatasetError(f"{path / 'meta.json'}: case_id {meta.case_id!r} does not match folder name")
     return Case(path=path, meta=meta)

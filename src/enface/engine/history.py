@@ -57,8 +57,8 @@ class MetricsHistory(Callback):
         self._t0 = 0.0
         self._validated = False
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        start = int(trainer.current_epoch)  # restored from the checkpoint on resume, else 0
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        start = int(trainer.current_epoch)  # restored from the checkpoint on resume (before this hook), else 0
         old = read_history(self.path)
         self.rows = [r for r in old if r.get("epoch", "") != "" and int(float(r["epoch"])) < start]
         if len(self.rows) < len(old):

@@ -11,6 +11,7 @@ Coordinates on 2D images are ``(x, y)`` = (column, row) in pixels, pixel centres
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ __all__ = [
     "positions_from_box",
     "full_image_box",
     "safe_id",
+    "load_npy",
     "unique_ids",
     "normalise_eye",
     "source_str",
@@ -177,6 +179,33 @@ def full_image_box(image_shape: tuple[int, int], grid: tuple[int, int]) -> tuple
 
 
 _BAD_ID_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def load_npy(path: str | os.PathLike, mmap: bool = True, where: str | None = None) -> np.ndarray:
+    """Load a ``.npy`` array of real numbers (memory-mapped by default), never unpickling.
+
+    Raises:
+        DatasetError: naming the file: missing, not a ``.npy`` file at all, truncated, or
+            holding objects, strings or complex numbers.
+    """
+    path = Path(path)
+    where = where or str(path)
+    if not path.is_file():
+        raise DatasetError(f"{where}: file not found")
+    with open(path, "rb") as f:
+        magic = f.read(len(_NPY_MAGIC))
+    if magic != _NPY_MAGIC:
+        raise DatasetError(f"{where}: not a .npy file (it does not start with the NumPy format's signature)")
+    try:
+        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise DatasetError(f"{where}: unreadable or truncated .npy file ({e})") from None
+    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+        raise DatasetError(f"{where}: expected real numbers, got dtype {arr.dtype}")
+    return arr
 
 
 def safe_id(text: str) -> str:

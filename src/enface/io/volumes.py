@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from enface.errors import DatasetError
-from enface.io.base import MASK_SPACES, Scan, full_image_box, normalise_eye, positions_from_box, safe_id, source_str
+from enface.io.base import MASK_SPACES, load_npy, Scan, full_image_box, normalise_eye, positions_from_box, safe_id, source_str
 from enface.io.images import IMAGE_SUFFIXES, read_image, read_mask
 
 log = logging.getLogger(__name__)
@@ -124,14 +124,7 @@ def read_numpy_volume(path: str | os.PathLike, axes: str = "HWD") -> np.ndarray:
     """
     path = Path(path)
     where = source_str(path)
-    if not path.is_file():
-        raise DatasetError(f"{where}: file not found")
-    try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise DatasetError(f"{where}: unreadable or truncated .npy file ({e})") from None
-    if not isinstance(arr, np.ndarray) or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-        raise DatasetError(f"{where}: expected a real numeric array, got dtype {getattr(arr, 'dtype', type(arr))}")
+    arr = load_npy(path, mmap=True, where=where)
     arr = _squeeze_to_3d(arr, where)
     return np.ascontiguousarray(np.transpose(arr, parse_axes(axes, where)))
 
