@@ -6,7 +6,6 @@ import csv
 import json
 import logging
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -199,7 +198,7 @@ def test_bland_altman_and_icc_by_hand() -> None:
 
 
 def test_rate_agreement_pairs_visits_by_day() -> None:
-    f = lambda a: LesionFeatures(a, math.sqrt(a), 1, 1.0, 1.0)  # noqa: E731
+    f = lambda a: LesionFeatures(a, math.sqrt(a), 1, 1.0, 1.0)
     ref = [Visit(f"r{d}", "P", "OD", d, (0.1, 0.1), f(1.0 + d / 365.25)) for d in (0, 365, 730)]
     ref += [Visit(f"q{d}", "Q", "OS", d, (0.1, 0.1), f(2.0 + 2 * d / 365.25)) for d in (0, 365)]
     test = [Visit(f"t{d}", "P", "OD", d, (0.1, 0.1), f(1.0 + 1.5 * d / 365.25)) for d in (0, 365, 730, 1095)]
@@ -493,3 +492,15 @@ def test_real_predict_output_is_read(phantom_dataset: Path, tmp_path: Path) -> N
     assert [s["reason"].startswith("prediction failed") for s in _read_csv(tmp_path / "out" / "skipped.csv")] == [True]
     assert res.agreement and [(r["patient_id"], r["eye"]) for r in res.agreement] == eyes
     assert (tmp_path / "out" / "bland_altman.png").is_file()
+
+
+def test_split_restricts_the_patients(discs: Path, tmp_path: Path) -> None:
+    from enface.data.folder import write_splits
+
+    write_splits(discs, {"train": ["P1"], "val": ["P3"], "test": ["P2"]})
+    res = run_progression(discs, tmp_path / "out", predictions=_dilated_predictions(discs, tmp_path / "pred"), split="test")
+    assert [(e.patient_id, e.eye) for e in res.eyes] == [("P2", "OD")]
+    assert [(r["patient_id"], r["eye"]) for r in res.agreement] == [("P2", "OD")]
+    assert res.cohort["split"] == "test" and "split 'test'" in res.cohort["source"]
+    write_splits(discs, {"train": ["P1", "P2", "P3"], "val": [], "test": []})
+    _refused(discs, tmp_path / "o2", "no visit of the 0 patients of split 'test'", split="test")

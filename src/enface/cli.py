@@ -467,6 +467,7 @@ def _add_progression(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--reference", action="store_true", help="use the dataset's reference masks")
     p.add_argument("--grader", help="reference masks of this extra grader (mask_<task>.<grader>.png)")
     p.add_argument("--task", help="mask task (default: the predictions' task, else the dataset's only task)")
+    p.add_argument("--split", choices=("train", "val", "test"), help="only the patients of this split (splits.json)")
     p.add_argument("--min-focus-mm2", type=float, default=None,
                    help="smallest connected component counted as a focus, mm² (default 0.05)")
     p.add_argument("--out", required=True, help="output folder")
@@ -478,7 +479,8 @@ def _cmd_progression(args: argparse.Namespace) -> int:
     from enface.progression_io import run_progression
 
     res = run_progression(args.dataset, args.out, predictions=args.predictions, grader=args.grader, task=args.task,
-                          min_focus_mm2=MIN_FOCUS_MM2 if args.min_focus_mm2 is None else args.min_focus_mm2)
+                          min_focus_mm2=MIN_FOCUS_MM2 if args.min_focus_mm2 is None else args.min_focus_mm2,
+                          split=args.split)
     c = res.cohort
     g, s = c["growth_mm2_per_year"], c["sqrt_growth_mm_per_year"]
     print(f"{c['visits']} visits of {c['eyes']} eyes ({c['eyes_with_rate']} with a rate; {c['skipped']} left out)")

@@ -29,8 +29,21 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from enface.data.folder import Case, DatasetError, list_cases, mask_filename, read_dataset_info, read_mask
-from enface.fileio import atomic_write_bytes, atomic_write_csv, atomic_write_json, atomic_write_text
+from enface.data.folder import (
+    Case,
+    DatasetError,
+    list_cases,
+    mask_filename,
+    read_dataset_info,
+    read_mask,
+    read_splits,
+)
+from enface.fileio import (
+    atomic_write_bytes,
+    atomic_write_csv,
+    atomic_write_json,
+    atomic_write_text,
+)
 from enface.progression import (
     EYE_COLUMNS,
     MIN_FOCUS_MM2,
@@ -351,13 +364,14 @@ def _summary_lines(result: ProgressionResult, agreement: Mapping[str, Any] | Non
     lines = [
         f"Source: {result.visits.source}; task {result.visits.task}.",
         f"{c['visits']} visits of {c['eyes']} eyes; {c['eyes_with_rate']} eyes with two or more visits "
-        f"({len(result.visits.skipped)} scans or cases left out, see below).",
+        f"({len(result.visits.skipped)} scans or cases left out{', listed below' if result.visits.skipped else ''}).",
         f"Growth: {g['mean']:.3f} ± {g['sd']:.3f} mm²/year; √area growth {s['mean']:.3f} ± {s['sd']:.3f} mm/year "
         f"(mean ± SD over {s['n']} eyes).",
         f"Baseline: {c['baseline_focality']['unifocal']} unifocal, {c['baseline_focality']['multifocal']} multifocal, "
         f"{c['baseline_focality']['none']} without a focus of ≥ {c['min_focus_mm2']} mm².",
         "Area = pixels × sh × sw; √area; rates = least-squares slopes over day/365.25 (95 % t-interval from 3 visits); "
-        "perimeter by the Cauchy–Crofton formula (4 grid directions); circularity = 4πA/P².",
+        "perimeter by the Cauchy–Crofton formula (4 grid directions); circularity = 4πA/P²; foveal involvement is "
+        "not reported (the dataset does not record the fovea's position).",
     ]
     if agreement is not None:
         for rate, unit in (("sqrt_growth_mm_per_year", "mm/year"), ("growth_mm2_per_year", "mm²/year")):
@@ -367,16 +381,16 @@ def _summary_lines(result: ProgressionResult, agreement: Mapping[str, Any] | Non
     return lines
 
 
-def _report(result: ProgressionResult, agreement: Mapping[str, Any] | None, figures: Mapping[str, bytes]) -> str:
+def _report(result: ProgressionResult, figures: Mapping[str, bytes]) -> str:
     from enface.viz_progression import progression_html
 
-    vs = result.visits
+    vs, agreement = result.visits, result.cohort["agreement"]
     sections: list[tuple[str, list[Any]]] = [("Summary", [*_summary_lines(result, agreement), *vs.notes])]
     sections.append(("√area over time", [figures["sqrt_area.png"]]))
-    if result.agreement is not None and "bland_altman.png" in figures:
+    if result.agreement is not None:
         sections.append(("Agreement of growth rates with the reference", [
-            agreement["pairing"] if agreement else "", figures["bland_altman.png"],
-            (result.agreement, AGREEMENT_COLUMNS)]))
+            f"{agreement['pairing']}; differences are predicted − reference; {agreement['icc_form']}.",
+            figures["bland_altman.png"], (result.agreement, AGREEMENT_COLUMNS)]))
     sections.append(("Eyes", [([e.row() for e in result.eyes], EYE_COLUMNS)]))
     sections.append(("Visits", [([v.row() for v in vs.visits], _visit_columns(vs))]))
     if vs.skipped:
@@ -403,6 +417,59 @@ def _write_folder(out: Path, write: Any) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _split_patients(dataset: Path, split: str) -> set[str]:
+    splits = read_splits(dataset)
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split must be train, val or test, got {split!r}")
+    return {str(p) for p in splits[split]}
+
+
+def _only(visit_set: VisitSet, patients: set[str], split: str) -> None:
+    visit_set.visits = [v for v in visit_set.visits if v.patient_id in patients]
+    visit_set.source += f", patients of split {split!r}"
+    if not visit_set.visits:
+        raise DatasetError(f"{visit_set.source}: no visit of the {len(patients)} patients of split {split!r}")
+
+
+def _read_inputs(
+    dataset: Path, predictions: str | os.PathLike | None, grader: str | None, task: str | None,
+    min_focus_mm2: float, split: str | None,
+) -> tuple[VisitSet, VisitSet | None]:
+    """The visits to report and, beside predictions, the reference visits (all checked)."""
+    patients = _split_patients(dataset, split) if split is not None else None
+    reference: VisitSet | None = None
+    if predictions is not None:
+        visits = prediction_visits(predictions, dataset, task, min_focus_mm2)
+        reference, why_not = _reference_beside(dataset, visits.task, grader, min_focus_mm2)
+        visits.notes += [why_not] if why_not else [f"reference: {n}" for n in reference.notes]  # type: ignore[union-attr]
+    else:
+        visits = reference_visits(dataset, resolve_task(dataset, task), grader, min_focus_mm2)
+    if patients is not None:
+        _only(visits, patients, str(split))
+        if reference is not None:
+            reference.visits = [v for v in reference.visits if v.patient_id in patients]
+    check_visits(visits)
+    return visits, reference
+
+
+def _write_files(folder: Path, result: ProgressionResult, figures: Mapping[str, bytes], html_text: str) -> None:
+    visits, reference = result.visits, result.reference
+    atomic_write_csv(folder / "visits.csv", _blank([v.row() for v in visits.visits]), _visit_columns(visits))
+    atomic_write_csv(folder / "eyes.csv", _blank([e.row() for e in result.eyes]), EYE_COLUMNS)
+    atomic_write_csv(folder / "skipped.csv", [s.__dict__ for s in visits.skipped], ("case_id", "source", "reason"))
+    if reference is not None:
+        atomic_write_csv(folder / "reference_visits.csv", _blank([v.row() for v in reference.visits]),
+                         _visit_columns(reference))
+        atomic_write_csv(folder / "reference_eyes.csv", _blank([e.row() for e in eye_rates(reference.visits)]),
+                         EYE_COLUMNS)
+    if result.agreement is not None:
+        atomic_write_csv(folder / "agreement.csv", _blank(result.agreement), AGREEMENT_COLUMNS)
+    for name, png in figures.items():
+        atomic_write_bytes(folder / name, png)
+    atomic_write_text(folder / "report.html", html_text)
+    atomic_write_json(folder / "cohort.json", result.cohort)
+
+
 def run_progression(
     dataset: str | os.PathLike,
     out: str | os.PathLike,
@@ -410,6 +477,7 @@ def run_progression(
     grader: str | None = None,
     task: str | None = None,
     min_focus_mm2: float = MIN_FOCUS_MM2,
+    split: str | None = None,
 ) -> ProgressionResult:
     """``enface progression``: visits → features → per-eye rates → cohort, agreement, report.
 
@@ -422,6 +490,7 @@ def run_progression(
         grader: extra grader of the reference masks (``mask_<task>.<grader>.png``).
         task: mask task (default: the predictions' task, else the dataset's only task).
         min_focus_mm2: smallest component counted as a focus.
+        split: only the patients of this split of ``splits.json`` (``train``, ``val``, ``test``).
 
     Raises:
         DatasetError: bad input (every check runs before anything is written).
@@ -433,51 +502,23 @@ def run_progression(
     if not min_focus_mm2 >= 0:
         raise ValueError(f"min_focus_mm2 must be >= 0, got {min_focus_mm2}")
     _check_out(out)
-    reference: VisitSet | None = None
-    if predictions is not None:
-        visits = prediction_visits(predictions, dataset, task, min_focus_mm2)
-        reference, why_not = _reference_beside(dataset, visits.task, grader, min_focus_mm2)
-        if why_not:
-            visits.notes.append(why_not)
-    else:
-        visits = reference_visits(dataset, resolve_task(dataset, task), grader, min_focus_mm2)
-    check_visits(visits)
+    visits, reference = _read_inputs(dataset, predictions, grader, task, min_focus_mm2, split)
     eyes = eye_rates(visits.visits)
-    cohort = {"task": visits.task, "source": visits.source, "dataset": str(dataset), "grader": grader,
+    cohort = {"task": visits.task, "source": visits.source, "dataset": str(dataset), "split": split, "grader": grader,
               "min_focus_mm2": min_focus_mm2, **cohort_summary(eyes), "skipped": len(visits.skipped),
               "notes": visits.notes, "agreement": None}
     result = ProgressionResult(out, visits, eyes, cohort, reference)
-    agreement = None
     figures = {"sqrt_area.png": figure_png(plot_sqrt_area(eyes, eye_rates(reference.visits) if reference else None,
                                                           f"√area per eye ({visits.task})"))}
     if reference is not None:
         rows, agreement = rate_agreement(visits.visits, reference.visits)
         if rows:
-            result.agreement = rows
-            cohort["agreement"] = agreement
+            result.agreement, cohort["agreement"] = rows, agreement
             figures["bland_altman.png"] = figure_png(plot_bland_altman(rows, agreement))
         else:
             visits.notes.append("no eye has two or more visits with both a prediction and a reference mask: "
                                 "no agreement computed")
-            agreement = None
-    html_text = _report(result, agreement, figures)
-
-    def write(folder: Path) -> None:
-        atomic_write_csv(folder / "visits.csv", _blank([v.row() for v in visits.visits]), _visit_columns(visits))
-        atomic_write_csv(folder / "eyes.csv", _blank([e.row() for e in eyes]), EYE_COLUMNS)
-        atomic_write_csv(folder / "skipped.csv", [s.__dict__ for s in visits.skipped], ("case_id", "source", "reason"))
-        if reference is not None:
-            atomic_write_csv(folder / "reference_visits.csv", _blank([v.row() for v in reference.visits]),
-                             _visit_columns(reference))
-            atomic_write_csv(folder / "reference_eyes.csv", _blank([e.row() for e in eye_rates(reference.visits)]),
-                             EYE_COLUMNS)
-        if result.agreement is not None:
-            atomic_write_csv(folder / "agreement.csv", _blank(result.agreement), AGREEMENT_COLUMNS)
-        for name, png in figures.items():
-            atomic_write_bytes(folder / name, png)
-        atomic_write_text(folder / "report.html", html_text)
-        atomic_write_json(folder / "cohort.json", cohort)
-
-    _write_folder(out, write)
+    html_text = _report(result, figures)
+    _write_folder(out, lambda folder: _write_files(folder, result, figures, html_text))
     log.info("progression of %d eyes (%d visits) written to %s", len(eyes), len(visits.visits), out)
     return result

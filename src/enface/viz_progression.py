@@ -44,7 +44,10 @@ def plot_sqrt_area(
     """
     fig = new_figure((7.5, 4.8))
     ax = fig.subplots()
-    colours = [f"C{i % 10}" for i in range(len(eyes))]
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if len(eyes) <= 10 else "tab20"]
+    colours = [cmap(i % cmap.N) for i in range(len(eyes))]
     ref_by_eye = {(e.patient_id, e.eye): e for e in reference or ()}
     for eye, colour in zip(eyes, colours):
         t0 = eye.visits[0].day
@@ -103,7 +106,7 @@ def plot_bland_altman(rows: Sequence[Mapping[str, Any]], summary: Mapping[str, A
         ax.set_xlabel("mean of predicted and reference")
         ax.set_ylabel("predicted − reference")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, frameon=False)
+        ax.legend(fontsize=7, frameon=False, loc="best")
     return fig
 
 
