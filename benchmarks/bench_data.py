@@ -36,7 +36,8 @@ import torch
 
 from enface.data.augment import AugmentConfig
 from enface.data.dataset import EnfaceDataset
-from enface.data.folder import CaseMeta, read_mask, write_case
+from enface.data.folder import CaseMeta, write_case
+from enface.io.images import read_mask
 
 
 # --------------------------------------------------------------------------- baseline

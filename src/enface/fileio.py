@@ -31,6 +31,7 @@ from enface.errors import RunFolderError, UnsafePathError
 __all__ = [
     "FolderLock",
     "path_under",
+    "temp_dir",
     "atomic_write",
     "atomic_write_csv",
     "atomic_write_bytes",
@@ -74,6 +75,14 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def temp_dir(parent: str | os.PathLike, prefix: str) -> Path:
+    """A new hidden temporary folder in ``parent`` (to be renamed into place), with the
+    permissions the umask allows (``mkdtemp`` alone gives ``0700``)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=parent))
+    os.chmod(path, 0o777 & ~_umask())
+    return path
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -3,7 +3,7 @@
 Thin by design: each sub-command parses its arguments and calls the library; the
 sub-commands live in :mod:`enface.cli.data` (models, import-weights, synth, show, prepare,
 check, split), :mod:`enface.cli.training` (pretrain, train, evaluate),
-:mod:`enface.cli.study` (experiment, demo) and :mod:`enface.cli.apply` (predict).
+:mod:`enface.cli.study` (experiment, demo) and :mod:`enface.cli.apply` (predict, progression).
 
 Errors that concern the user's input (every :class:`enface.errors.EnfaceError`, and
 :class:`ValueError` / :class:`FileNotFoundError` from argument checks) are printed as one
@@ -35,6 +35,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     study.add_experiment,
     study.add_demo,
     apply.add_predict,
+    apply.add_progression,
     data.add_import_weights,
 ]
 """Each entry adds one sub-command to the parser, in the order of the help text."""

@@ -1,4 +1,4 @@
-"""Sub-commands that apply trained models to scans: predict."""
+"""Sub-commands that apply trained models and read their outputs: predict, progression."""
 
 from __future__ import annotations
 
@@ -58,3 +58,53 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             print(f"  {r.scan_id} ({r.source}): {r.reason}", file=sys.stderr)
     print(report.summary())
     return 0 if report.ok else 1
+
+
+# --------------------------------------------------------------------------- progression
+
+
+def add_progression(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "progression",
+        help="masks over visits -> GA area, lesion features and growth rates per eye",
+        description="Per visit: area (mm²), √area, foci, perimeter, circularity; per eye: growth of the area "
+        "(mm²/year) and of √area (mm/year) by least squares over the visits (95 %% interval from 3 visits); "
+        "per cohort: mean ± SD. From the dataset's reference masks (--reference) or from a folder of "
+        "`enface predict` (--predictions), then with the rates' agreement against the reference masks. "
+        "Writes OUT/{visits,eyes,skipped}.csv, cohort.json, sqrt_area.png, report.html "
+        "(+ agreement.csv, bland_altman.png, reference_*.csv).",
+    )
+    p.add_argument("dataset", help="dataset folder (reference masks; case meta of predicted scans)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--predictions", metavar="DIR", help="output folder of `enface predict`")
+    src.add_argument("--reference", action="store_true", help="use the dataset's reference masks")
+    p.add_argument("--grader", help="reference masks of this extra grader (mask_<task>.<grader>.png)")
+    p.add_argument("--task", help="mask task (default: the predictions' task, else the dataset's only task)")
+    p.add_argument("--split", choices=("train", "val", "test"), help="only the patients of this split (splits.json)")
+    p.add_argument("--min-focus-mm2", type=float, default=None,
+                   help="smallest connected component counted as a focus, mm² (default 0.05)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(handler=_cmd_progression)
+
+
+def _cmd_progression(args: argparse.Namespace) -> int:
+    from enface.progression import MIN_FOCUS_MM2
+    from enface.progression.run import run_progression
+
+    res = run_progression(args.dataset, args.out, predictions=args.predictions, grader=args.grader, task=args.task,
+                          min_focus_mm2=MIN_FOCUS_MM2 if args.min_focus_mm2 is None else args.min_focus_mm2,
+                          split=args.split)
+    c = res.cohort
+    g, s = c["growth_mm2_per_year"], c["sqrt_growth_mm_per_year"]
+    print(f"{c['visits']} visits of {c['eyes']} eyes ({c['eyes_with_rate']} with a rate; {c['skipped']} left out)")
+    print(f"  growth        {g['mean']:.3f} ± {g['sd']:.3f} mm²/year")
+    print(f"  √area growth  {s['mean']:.3f} ± {s['sd']:.3f} mm/year")
+    if c["agreement"]:
+        for rate, unit in (("sqrt_growth_mm_per_year", "mm/year"), ("growth_mm2_per_year", "mm²/year")):
+            a = c["agreement"][rate]
+            print(f"  agreement {rate}: bias {a['bias']:.3f} {unit}, LoA [{a['loa_low']:.3f}, {a['loa_high']:.3f}], "
+                  f"ICC(A,1) {a['icc']:.3f} ({a['n']} eyes)")
+    for note in c["notes"]:
+        print(f"  note: {note}")
+    print(f"report: {res.out / 'report.html'}")
+    return 0

@@ -22,14 +22,13 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from enface.fileio import atomic_save_npy, atomic_save_png, atomic_write_json
+from enface.fileio import atomic_save_npy, atomic_save_png, atomic_write_json, temp_dir
 from enface.errors import ConfigError, DatasetError
 from enface.io.base import load_npy
 from enface.io.images import read_image, read_mask
@@ -334,7 +333,7 @@ def write_case(
     vol = np.asarray(oct_volume)
     if vol.dtype not in (np.float32, np.uint8, np.uint16):
         vol = vol.astype(np.float32)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{meta.case_id}.", suffix=".tmp", dir=cases))
+    tmp = temp_dir(cases, f".{meta.case_id}.")
     try:
         atomic_save_npy(tmp / "oct.npy", vol)
         for name, extra in (volumes or {}).items():

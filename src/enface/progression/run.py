@@ -1,0 +1,518 @@
+"""Files of ``enface progression``: reading masks over visits, writing tables, figures, report.
+
+Inputs are the reference masks of a dataset folder (``mask_<task>.png``, or
+``mask_<task>.<grader>.png`` with a grader) or a predictions folder of ``enface predict``
+(``summary.csv`` + ``<scan id>/mask.png`` + ``prediction.json``). A predicted scan's
+patient, eye and visit day come from its ``prediction.json`` when it has them (device
+exports), else from the dataset case of the same id. Failed predictions and cases without
+a reference mask are listed in ``skipped.csv`` and left out.
+
+Everything is read and validated before the first file is written, and the output folder
+is written whole: into a temporary sibling folder that is then renamed into place.
+Outputs (``--out``): ``visits.csv``, ``eyes.csv``, ``cohort.json``, ``skipped.csv``,
+``sqrt_area.png``, ``report.html`` and, when predictions meet reference masks,
+``reference_visits.csv``, ``reference_eyes.csv``, ``agreement.csv`` and
+``bland_altman.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from enface.data.folder import Case, list_cases, mask_filename, read_dataset_info, read_splits
+from enface.errors import DatasetError
+from enface.io.images import read_mask
+from enface.fileio import (
+    temp_dir,
+    atomic_write_bytes,
+    atomic_write_csv,
+    atomic_write_json,
+    atomic_write_text,
+)
+from enface.progression.core import (
+    EYE_COLUMNS,
+    MIN_FOCUS_MM2,
+    VISIT_COLUMNS,
+    EyeRates,
+    Skipped,
+    Visit,
+    VisitSet,
+    check_visits,
+    cohort_summary,
+    eye_rates,
+    lesion_features,
+    raise_problems,
+    rate_agreement,
+)
+
+__all__ = [
+    "ProgressionResult",
+    "resolve_task",
+    "reference_visits",
+    "prediction_visits",
+    "run_progression",
+]
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _case_day(case: Case) -> int | None:
+    """The visit day of a case, or ``None`` when its ``meta.json`` gives none.
+
+    (:class:`CaseMeta` reads a missing ``visit`` as day 0; progression must not.)
+    """
+    raw = json.loads((case.path / "meta.json").read_text(encoding="utf-8")).get("visit")
+    return None if raw is None else int(case.meta.visit)
+
+
+def _as_day(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value != int(value):
+        raise DatasetError(f"{where}: visit must be a whole number of days, got {value!r}")
+    return int(value)
+
+
+def resolve_task(dataset: str | os.PathLike, task: str | None) -> str:
+    """The mask task: ``task`` when given (it must be one of the dataset's), else its only one.
+
+    Raises:
+        DatasetError: unknown task, or several tasks and none chosen.
+    """
+    tasks = [str(t) for t in read_dataset_info(dataset).get("tasks", [])]
+    if task is not None:
+        if task not in tasks:
+            raise DatasetError(f"{Path(dataset) / 'dataset.json'}: no task {task!r} (tasks: {', '.join(tasks) or 'none'})")
+        return task
+    if len(tasks) != 1:
+        raise DatasetError(f"{Path(dataset) / 'dataset.json'}: the dataset has tasks {', '.join(tasks) or 'none'}; "
+                           "choose one with --task")
+    return tasks[0]
+
+
+def reference_visits(
+    dataset: str | os.PathLike, task: str, grader: str | None = None, min_focus_mm2: float = MIN_FOCUS_MM2
+) -> VisitSet:
+    """The visits of every case of ``dataset`` with a reference mask of ``task``.
+
+    Cases without that mask are listed in ``skipped``.
+
+    Raises:
+        DatasetError: a case used has no ``visit`` in its ``meta.json``, or a mask is unreadable.
+    """
+    visits: list[Visit] = []
+    skipped: list[Skipped] = []
+    problems: list[str] = []
+    name = mask_filename(task, grader)
+    for case in list_cases(dataset):
+        if not case.has_mask(task, grader):
+            skipped.append(Skipped(case.case_id, str(case.path), f"no reference mask {name}"))
+            continue
+        day = _case_day(case)
+        if day is None:
+            problems.append(f"{case.path / 'meta.json'}: no 'visit' (day of the visit)")
+            continue
+        sp = (float(case.spacing[0]), float(case.spacing[1]))
+        feats = lesion_features(case.load_mask(task, grader), sp, min_focus_mm2)
+        visits.append(Visit(case.case_id, case.patient_id, case.meta.eye, day, sp, feats))
+    raise_problems(problems, f"{dataset}: cases without a visit day")
+    if not visits:
+        raise DatasetError(f"{dataset}: no case has a mask {name}")
+    what = f"reference masks {name}" if grader is None else f"grader {grader!r} masks {name}"
+    return VisitSet(sorted(visits, key=lambda v: v.key), skipped, task, what)
+
+
+# --------------------------------------------------------------------------- predictions
+
+
+def _read_summary(pred_dir: Path) -> list[dict[str, str]]:
+    import csv
+
+    path = pred_dir / "summary.csv"
+    if not path.is_file():
+        raise DatasetError(f"{path}: file not found (is {pred_dir} an output folder of `enface predict`?)")
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+        missing = {"scan_id", "status"} - set(reader.fieldnames or ())
+    if missing:
+        raise DatasetError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+    ids = [r["scan_id"] for r in rows]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise DatasetError(f"{path}: scan id(s) listed twice: {', '.join(dup)}")
+    return rows
+
+
+def _read_prediction_json(scan_dir: Path) -> dict[str, Any]:
+    path = scan_dir / "prediction.json"
+    if not path.is_file():
+        raise DatasetError(f"{path}: file not found (summary.csv lists the scan as predicted)")
+    try:
+        pj = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(pj, dict):
+        raise DatasetError(f"{path}: expected a JSON object")
+    try:
+        spacing = [float(s) for s in pj["spacing"]]
+        if len(spacing) < 2 or not all(math.isfinite(s) and s > 0 for s in spacing):
+            raise ValueError
+    except (KeyError, TypeError, ValueError):
+        raise DatasetError(f"{path}: 'spacing' must list the positive voxel spacing in mm, got {pj.get('spacing')!r}") from None
+    members = pj.get("member_areas_mm2") or []
+    if not isinstance(members, list) or not all(
+        isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a) and a >= 0 for a in members
+    ):
+        raise DatasetError(f"{path}: 'member_areas_mm2' must be a list of areas in mm², got {members!r}")
+    return pj
+
+
+def _source_dataset(source: str) -> Path | None:
+    """The dataset a scan was predicted from, when its source is an existing ``<dataset>/cases/<id>``."""
+    p = Path(source)
+    if p.parent.name == "cases" and p.parent.parent.is_dir() and (p.parent.parent / "dataset.json").is_file():
+        return p.parent.parent
+    return None
+
+
+def _meta_of_scan(
+    scan_id: str, pj: Mapping[str, Any], source: str, case: Case | None, dataset: Path, where: str
+) -> tuple[str, str, int]:
+    """Patient, eye and day of a predicted scan: its own (exports) or its dataset case's.
+
+    Raises:
+        DatasetError: the scan belongs to another dataset, or its visit day is unknown.
+    """
+    origin = _source_dataset(source)
+    if origin is not None and not os.path.samefile(origin, dataset):
+        raise DatasetError(f"{where}: predicted from {source}, a case of the dataset {origin}, not of {dataset} "
+                           "(predictions of another dataset?)")
+    own = {k: pj.get(k) for k in ("patient_id", "eye", "visit")}
+    if case is None:
+        if any(v is None for v in own.values()):
+            lacking = ", ".join(k for k, v in own.items() if v is None)
+            raise DatasetError(f"{where}: scan {scan_id!r} is not a case of {dataset} and its prediction.json has no "
+                               f"{lacking} (predictions of another dataset?)")
+        patient, eye, day = str(own["patient_id"]), str(own["eye"]), _as_day(own["visit"], where)
+    else:
+        case_day = _case_day(case)
+        if own["visit"] is None and case_day is None:
+            raise DatasetError(f"{where}: no visit day, and {case.path / 'meta.json'} has no 'visit' either")
+        day = case_day if own["visit"] is None else _as_day(own["visit"], where)
+        patient, eye = str(own["patient_id"] or case.patient_id), str(own["eye"] or case.meta.eye)
+        if (patient, eye) != (case.patient_id, case.meta.eye) or (case_day is not None and day != case_day):
+            raise DatasetError(f"{where}: scan {scan_id!r} is patient {patient} {eye} day {day}, but case {case.case_id} "
+                               f"of {dataset} is patient {case.patient_id} {case.meta.eye} day {case_day} "
+                               "(predictions of another dataset?)")
+    if eye not in ("OD", "OS"):
+        raise DatasetError(f"{where}: eye must be 'OD' or 'OS', got {eye!r}")
+    return patient, eye, day
+
+
+def _check_against_case(mask: np.ndarray, spacing: tuple[float, float], case: Case, where: str) -> None:
+    cs = (float(case.spacing[0]), float(case.spacing[1]))
+    if not np.allclose(spacing, cs, rtol=1e-5, atol=0):
+        raise DatasetError(f"{where}: spacing {spacing} differs from case {case.case_id}'s {cs} (another dataset?)")
+    grid = tuple(case.oct_shape()[:2])
+    if mask.shape != grid:
+        raise DatasetError(f"{where}: mask shape {mask.shape} differs from case {case.case_id}'s en-face grid {grid}")
+
+
+def prediction_visits(
+    pred_dir: str | os.PathLike, dataset: str | os.PathLike, task: str | None = None,
+    min_focus_mm2: float = MIN_FOCUS_MM2,
+) -> VisitSet:
+    """The visits of a predictions folder written by ``enface predict``.
+
+    A scan's patient, eye and day come from its ``prediction.json`` when it has them
+    (device exports), else from the dataset case of the same id. Failed scans are listed
+    in ``skipped``. Checks: every scan resolves to a visit, a scan that is a case of
+    ``dataset`` agrees with it (patient, eye, day, spacing, grid), a scan predicted from
+    ``<other dataset>/cases/<id>`` is refused, and all scans share one task (``task``
+    when given).
+
+    Raises:
+        DatasetError: any of the checks fails (every problem found is listed).
+    """
+    pred_dir, dataset = Path(pred_dir), Path(dataset)
+    cases = {c.case_id: c for c in list_cases(dataset)}
+    rows = _read_summary(pred_dir)
+    visits: list[Visit] = []
+    skipped: list[Skipped] = []
+    problems: list[str] = []
+    tasks: dict[str, list[str]] = {}
+    for row in rows:
+        scan_id, source = row["scan_id"], row.get("source", "")
+        if row["status"] != "ok":
+            skipped.append(Skipped(scan_id, source, f"prediction failed: {row.get('reason') or row['status']}"))
+            continue
+        scan_dir = pred_dir / scan_id
+        try:
+            pj = _read_prediction_json(scan_dir)
+            where = str(scan_dir / "prediction.json")
+            tasks.setdefault(str(pj.get("task")), []).append(scan_id)
+            mask = read_mask(scan_dir / "mask.png")
+            case = cases.get(scan_id)
+            patient, eye, day = _meta_of_scan(scan_id, pj, str(pj.get("source") or source), case, dataset, where)
+            sp = (float(pj["spacing"][0]), float(pj["spacing"][1]))
+            if case is not None:
+                _check_against_case(mask, sp, case, where)
+        except DatasetError as e:
+            problems.append(str(e))
+            continue
+        feats = lesion_features(mask, sp, min_focus_mm2)
+        members = tuple(float(a) for a in pj.get("member_areas_mm2") or ())
+        visits.append(Visit(scan_id, patient, eye, day, sp, feats, members))
+    raise_problems(problems, f"{pred_dir}: unusable predictions")
+    if len(tasks) > 1:
+        shown = "; ".join(f"{t}: {', '.join(ids[:3])}{' ...' if len(ids) > 3 else ''}" for t, ids in sorted(tasks.items()))
+        raise DatasetError(f"{pred_dir}: predictions of several tasks ({shown}); predict one task per folder")
+    found = next(iter(tasks), task or "lesion")
+    if task is not None and tasks and found != task:
+        raise DatasetError(f"{pred_dir}: predictions are of task {found!r}, not {task!r}")
+    if not visits:
+        raise DatasetError(f"{pred_dir}: no successfully predicted scan")
+    return VisitSet(sorted(visits, key=lambda v: v.key), skipped, found, f"predictions in {pred_dir}")
+
+
+
+
+# --------------------------------------------------------------------------- the command
+
+
+@dataclass
+class ProgressionResult:
+    """What :func:`run_progression` computed and wrote.
+
+    Attributes:
+        out: the output folder.
+        visits: the visits the rates come from (predictions or reference masks).
+        eyes: per-eye rates of ``visits``.
+        cohort: the content of ``cohort.json``.
+        reference: reference visits beside predictions (``None`` in reference mode or
+            when the dataset has no masks of the task).
+        agreement: per-eye rows of the rate agreement (``None`` when not computed).
+    """
+
+    out: Path
+    visits: VisitSet
+    eyes: list[EyeRates]
+    cohort: dict[str, Any]
+    reference: VisitSet | None = None
+    agreement: list[dict[str, Any]] | None = None
+
+
+AGREEMENT_COLUMNS: tuple[str, ...] = (
+    "patient_id", "eye", "visits", "years",
+    "reference_growth_mm2_per_year", "predicted_growth_mm2_per_year", "diff_growth_mm2_per_year",
+    "reference_sqrt_growth_mm_per_year", "predicted_sqrt_growth_mm_per_year", "diff_sqrt_growth_mm_per_year",
+)
+"""Columns of ``agreement.csv`` (differences are predicted − reference)."""
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "cohort.json").is_file())):
+        raise ValueError(f"{out}: exists and is not an output folder of `enface progression` (no cohort.json); "
+                         "choose another --out")
+
+
+def _blank(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Rows with NaN/None as empty cells."""
+    return [{k: ("" if v is None or (isinstance(v, float) and not math.isfinite(v)) else v) for k, v in r.items()}
+            for r in rows]
+
+
+def _visit_columns(vs: VisitSet) -> tuple[str, ...]:
+    extra = ("area_sd_mm2", "sqrt_area_sd_mm", "members") if vs.ensemble else ()
+    return VISIT_COLUMNS + extra + ("years", "spacing_h_mm", "spacing_w_mm")
+
+
+def _reference_beside(dataset: Path, task: str, grader: str | None, min_focus_mm2: float) -> tuple[VisitSet | None, str]:
+    """Reference visits for the agreement, or ``None`` and why not."""
+    if task not in [str(t) for t in read_dataset_info(dataset).get("tasks", [])]:
+        return None, f"{dataset} has no reference masks of task {task!r}: no agreement computed"
+    try:
+        ref = reference_visits(dataset, task, grader, min_focus_mm2)
+    except DatasetError as e:
+        if str(e).endswith(f"no case has a mask {mask_filename(task, grader)}"):
+            return None, f"{e}: no agreement computed"
+        raise
+    check_visits(ref)
+    return ref, ""
+
+
+def _summary_lines(result: ProgressionResult, agreement: Mapping[str, Any] | None) -> list[str]:
+    c = result.cohort
+    g, s = c["growth_mm2_per_year"], c["sqrt_growth_mm_per_year"]
+    lines = [
+        f"Source: {result.visits.source}; task {result.visits.task}.",
+        f"{c['visits']} visits of {c['eyes']} eyes; {c['eyes_with_rate']} eyes with two or more visits "
+        f"({len(result.visits.skipped)} scans or cases left out{', listed below' if result.visits.skipped else ''}).",
+        f"Growth: {g['mean']:.3f} ± {g['sd']:.3f} mm²/year; √area growth {s['mean']:.3f} ± {s['sd']:.3f} mm/year "
+        f"(mean ± SD over {s['n']} eyes).",
+        f"Baseline: {c['baseline_focality']['unifocal']} unifocal, {c['baseline_focality']['multifocal']} multifocal, "
+        f"{c['baseline_focality']['none']} without a focus of ≥ {c['min_focus_mm2']} mm².",
+        "Area = pixels × sh × sw; √area; rates = least-squares slopes over day/365.25 (95 % t-interval from 3 visits); "
+        "perimeter by the Cauchy–Crofton formula (4 grid directions); circularity = 4πA/P²; foveal involvement is "
+        "not reported (the dataset does not record the fovea's position).",
+    ]
+    if agreement is not None:
+        for rate, unit in (("sqrt_growth_mm_per_year", "mm/year"), ("growth_mm2_per_year", "mm²/year")):
+            a = agreement[rate]
+            lines.append(f"Agreement of {rate} over {a['n']} eyes: bias {a['bias']:.3f} {unit}, 95 % limits of agreement "
+                         f"[{a['loa_low']:.3f}, {a['loa_high']:.3f}], ICC(A,1) {a['icc']:.3f}.")
+    return lines
+
+
+def _report(result: ProgressionResult, figures: Mapping[str, bytes]) -> str:
+    from enface.progression.figures import progression_html
+
+    vs, agreement = result.visits, result.cohort["agreement"]
+    sections: list[tuple[str, list[Any]]] = [("Summary", [*_summary_lines(result, agreement), *vs.notes])]
+    sections.append(("√area over time", [figures["sqrt_area.png"]]))
+    if result.agreement is not None:
+        sections.append(("Agreement of growth rates with the reference", [
+            f"{agreement['pairing']}; differences are predicted − reference; {agreement['icc_form']}.",
+            figures["bland_altman.png"], (result.agreement, AGREEMENT_COLUMNS)]))
+    sections.append(("Eyes", [([e.row() for e in result.eyes], EYE_COLUMNS)]))
+    sections.append(("Visits", [([v.row() for v in vs.visits], _visit_columns(vs))]))
+    if vs.skipped:
+        sections.append(("Left out", [([s.__dict__ for s in vs.skipped], ("case_id", "source", "reason"))]))
+    return progression_html(f"GA progression: {vs.task}", sections)
+
+
+def _write_folder(out: Path, write: Any) -> None:
+    """Call ``write(tmp_folder)``, then put the folder in place of ``out`` (whole or not at all)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_dir(out.parent, f".{out.name}.")
+    old = out.parent / f".{out.name}.old"
+    try:
+        write(tmp)
+        if out.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not out.exists():
+            os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _split_patients(dataset: Path, split: str) -> set[str]:
+    splits = read_splits(dataset)
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split must be train, val or test, got {split!r}")
+    return {str(p) for p in splits[split]}
+
+
+def _only(visit_set: VisitSet, patients: set[str], split: str) -> None:
+    visit_set.visits = [v for v in visit_set.visits if v.patient_id in patients]
+    visit_set.source += f", patients of split {split!r}"
+    if not visit_set.visits:
+        raise DatasetError(f"{visit_set.source}: no visit of the {len(patients)} patients of split {split!r}")
+
+
+def _read_inputs(
+    dataset: Path, predictions: str | os.PathLike | None, grader: str | None, task: str | None,
+    min_focus_mm2: float, split: str | None,
+) -> tuple[VisitSet, VisitSet | None]:
+    """The visits to report and, beside predictions, the reference visits (all checked)."""
+    patients = _split_patients(dataset, split) if split is not None else None
+    reference: VisitSet | None = None
+    if predictions is not None:
+        visits = prediction_visits(predictions, dataset, task, min_focus_mm2)
+        reference, why_not = _reference_beside(dataset, visits.task, grader, min_focus_mm2)
+        visits.notes += [why_not] if why_not else [f"reference: {n}" for n in reference.notes]  # type: ignore[union-attr]
+    else:
+        visits = reference_visits(dataset, resolve_task(dataset, task), grader, min_focus_mm2)
+    if patients is not None:
+        _only(visits, patients, str(split))
+        if reference is not None:
+            reference.visits = [v for v in reference.visits if v.patient_id in patients]
+    check_visits(visits)
+    return visits, reference
+
+
+def _write_files(folder: Path, result: ProgressionResult, figures: Mapping[str, bytes], html_text: str) -> None:
+    visits, reference = result.visits, result.reference
+    atomic_write_csv(folder / "visits.csv", _blank([v.row() for v in visits.visits]), _visit_columns(visits))
+    atomic_write_csv(folder / "eyes.csv", _blank([e.row() for e in result.eyes]), EYE_COLUMNS)
+    atomic_write_csv(folder / "skipped.csv", [s.__dict__ for s in visits.skipped], ("case_id", "source", "reason"))
+    if reference is not None:
+        atomic_write_csv(folder / "reference_visits.csv", _blank([v.row() for v in reference.visits]),
+                         _visit_columns(reference))
+        atomic_write_csv(folder / "reference_eyes.csv", _blank([e.row() for e in eye_rates(reference.visits)]),
+                         EYE_COLUMNS)
+    if result.agreement is not None:
+        atomic_write_csv(folder / "agreement.csv", _blank(result.agreement), AGREEMENT_COLUMNS)
+    for name, png in figures.items():
+        atomic_write_bytes(folder / name, png)
+    atomic_write_text(folder / "report.html", html_text)
+    atomic_write_json(folder / "cohort.json", result.cohort)
+
+
+def run_progression(
+    dataset: str | os.PathLike,
+    out: str | os.PathLike,
+    predictions: str | os.PathLike | None = None,
+    grader: str | None = None,
+    task: str | None = None,
+    min_focus_mm2: float = MIN_FOCUS_MM2,
+    split: str | None = None,
+) -> ProgressionResult:
+    """``enface progression``: visits → features → per-eye rates → cohort, agreement, report.
+
+    Args:
+        dataset: dataset folder (its reference masks; the case meta of predicted scans).
+        out: output folder (created; a previous output of this command is replaced).
+        predictions: a folder written by ``enface predict``; ``None`` uses the reference
+            masks. With predictions, the dataset's reference masks (of ``grader``), when
+            present, give the agreement of the growth rates.
+        grader: extra grader of the reference masks (``mask_<task>.<grader>.png``).
+        task: mask task (default: the predictions' task, else the dataset's only task).
+        min_focus_mm2: smallest component counted as a focus.
+        split: only the patients of this split of ``splits.json`` (``train``, ``val``, ``test``).
+
+    Raises:
+        DatasetError: bad input (every check runs before anything is written).
+        ValueError: ``out`` is something else than a previous output of this command.
+    """
+    from enface.progression.figures import figure_png, plot_bland_altman, plot_sqrt_area
+
+    dataset, out = Path(dataset), Path(out)
+    if not min_focus_mm2 >= 0:
+        raise ValueError(f"min_focus_mm2 must be >= 0, got {min_focus_mm2}")
+    _check_out(out)
+    visits, reference = _read_inputs(dataset, predictions, grader, task, min_focus_mm2, split)
+    eyes = eye_rates(visits.visits)
+    cohort = {"task": visits.task, "source": visits.source, "dataset": str(dataset), "split": split, "grader": grader,
+              "min_focus_mm2": min_focus_mm2, **cohort_summary(eyes), "skipped": len(visits.skipped),
+              "notes": visits.notes, "agreement": None}
+    result = ProgressionResult(out, visits, eyes, cohort, reference)
+    figures = {"sqrt_area.png": figure_png(plot_sqrt_area(eyes, eye_rates(reference.visits) if reference else None,
+                                                          f"√area per eye ({visits.task})"))}
+    if reference is not None:
+        rows, agreement = rate_agreement(visits.visits, reference.visits)
+        if rows:
+            result.agreement, cohort["agreement"] = rows, agreement
+            figures["bland_altman.png"] = figure_png(plot_bland_altman(rows, agreement))
+        else:
+            visits.notes.append("no eye has two or more visits with both a prediction and a reference mask: "
+                                "no agreement computed")
+    html_text = _report(result, figures)
+    _write_folder(out, lambda folder: _write_files(folder, result, figures, html_text))
+    log.info("progression of %d eyes (%d visits) written to %s", len(eyes), len(visits.visits), out)
+    return result
