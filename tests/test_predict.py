@@ -14,6 +14,7 @@ from PIL import Image
 
 from enface.cli import main
 from enface.data.folder import load_case
+from enface.engine.checkpoint import load_model, topk_checkpoints
 from enface.io.images import read_mask
 from enface.data.normalize import zscore_per_bscan
 from enface.errors import CheckpointError
@@ -107,6 +108,15 @@ def test_case_folder_and_numpy_export(run: Path, phantom_dataset: Path, export_d
     assert 0 < c["mask"].sum() < c["mask"].size  # centred logits: a real partial mask
     assert c["std"].max() > 1e-4  # two different checkpoints disagree somewhere
     assert c["info"]["shape"] == list(case.oct_shape())
+    # what enface progression needs: the visit and each member's own area at the threshold
+    info = c["info"]
+    assert (info["patient_id"], info["eye"], info["visit"]) == (case.patient_id, case.meta.eye, case.meta.visit)
+    px = case.spacing[0] * case.spacing[1]
+    members = [load_model(p)[0] for p in topk_checkpoints(run)]
+    x = torch.from_numpy(zscore_per_bscan(np.asarray(case.load_oct(), np.float32)))[None, None]
+    with torch.no_grad():
+        expected = sorted(float((torch.sigmoid(m(x)) >= 0.5).sum()) * px for m in members)
+    assert sorted(info["member_areas_mm2"]) == pytest.approx(expected)
     sh, sw = case.spacing[:2]
     # the case has an SLO: projection and SLO panels side by side, rows repeated for square pixels
     h_sq = 8 * round(sh / sw)  # B-scan rows repeated for square pixels, then enlarged

@@ -124,3 +124,33 @@ def test_paired_wilcoxon_matches_scipy_on_paired_cases() -> None:
     assert res["median_difference"] > 0
     same = paired_wilcoxon(ref, dict(ref))
     assert math.isnan(same["p_value"]) and same["median_difference"] == 0
+
+
+def test_growth_agreement_matches_an_independent_computation(dataset: Path, tmp_path: Path) -> None:
+    """The study's growth-rate agreement equals rates computed straight from the npz masks and PNGs."""
+    from enface.data.folder import load_case
+    from enface.study.growth import growth_agreement
+
+    study = load_study(_study_yaml(tmp_path, dataset, inits=["scratch"], fractions=[1.0], test_sets={
+        "all": {"dataset": str(dataset), "split": "all"}}))
+    run_study(study, progress=False)
+    rows = growth_agreement(study)
+    assert len(rows) == 1 and rows[0]["eyes"] >= 1
+    folder = run_folder(study, plan_study(study)[0])
+    by_eye: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+    with np.load(folder / "eval" / "all" / "predictions.npz") as data:
+        for cid in data.files:
+            case = load_case(dataset / "cases" / cid)
+            px = case.spacing[0] * case.spacing[1]
+            pred = math.sqrt(float((data[cid] >= 128).sum()) * px)
+            ref = math.sqrt(float(case.load_mask("ga").sum()) * px)
+            by_eye.setdefault((case.patient_id, case.meta.eye), []).append((case.meta.visit / 365.25, pred, ref))
+    diffs = []
+    for visits in by_eye.values():
+        if len(visits) >= 2:
+            t, p, r = (np.array(v) for v in zip(*visits))
+            diffs.append(np.polyfit(t, p, 1)[0] - np.polyfit(t, r, 1)[0])
+    assert rows[0]["eyes"] == len(diffs)
+    assert rows[0]["sqrt_bias"] == pytest.approx(float(np.mean(diffs)), abs=1e-9)
+    html = (tmp_path / "study" / "report.html").read_text()
+    assert "GA growth rates" in html and (tmp_path / "study" / "results" / "growth.csv").is_file()

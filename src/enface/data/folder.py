@@ -67,7 +67,7 @@ class CaseMeta:
         case_id: folder name under ``cases/``.
         patient_id: patient identifier; splits are made by patient.
         eye: ``"OD"`` or ``"OS"``.
-        visit: visit day (0 for the first visit).
+        visit: visit day (0 for the first visit); None when ``meta.json`` gives none.
         spacing: voxel spacing ``(sh, sw, sd)`` in mm: between B-scans, between A-scans,
             between depth samples.
         device: acquisition device or generator name.
@@ -78,7 +78,7 @@ class CaseMeta:
     case_id: str
     patient_id: str
     eye: str = "OD"
-    visit: int = 0
+    visit: int | None = 0
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
     device: str = "unknown"
     source: str = ""
@@ -89,7 +89,7 @@ class CaseMeta:
             "case_id": self.case_id,
             "patient_id": self.patient_id,
             "eye": self.eye,
-            "visit": int(self.visit),
+            "visit": None if self.visit is None else int(self.visit),
             "spacing": [float(s) for s in self.spacing],
             "device": self.device,
             "source": self.source,
@@ -123,7 +123,7 @@ class CaseMeta:
                 case_id=str(case_id),
                 patient_id=str(patient),
                 eye=eye,
-                visit=int(obj.get("visit", 0)),
+                visit=None if obj.get("visit") is None else int(obj["visit"]),
                 spacing=spacing,  # type: ignore[arg-type]
                 device=str(obj.get("device", "unknown")),
                 source=str(obj.get("source", "")),

@@ -69,12 +69,8 @@ log = logging.getLogger(__name__)
 
 
 def _case_day(case: Case) -> int | None:
-    """The visit day of a case, or ``None`` when its ``meta.json`` gives none.
-
-    (:class:`CaseMeta` reads a missing ``visit`` as day 0; progression must not.)
-    """
-    raw = json.loads((case.path / "meta.json").read_text(encoding="utf-8")).get("visit")
-    return None if raw is None else int(case.meta.visit)
+    """The visit day of a case, or ``None`` when its ``meta.json`` gives none."""
+    return case.meta.visit
 
 
 def _as_day(value: Any, where: str) -> int:

@@ -21,7 +21,7 @@ from enface.study.config import StudyConfig
 from enface.study.plan import PlannedRun, run_folder
 from enface.study.results import config_label
 
-__all__ = ["write_report", "table_markdown", "wilcoxon_markdown", "markdown_to_html"]
+__all__ = ["write_report", "table_markdown", "wilcoxon_markdown", "growth_markdown", "markdown_to_html"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,21 @@ def wilcoxon_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
             f"| {r['test_set']} | {fraction_key(r['fraction'])} % | {r['reference']} | {r['other']} | {r['n']} | "
             f"{_fmt(r['median_dice_difference'])} | {_fmt_p(r['p_value'])} |"
         )
+    return "\n".join(lines)
+
+
+def growth_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The growth-rate agreement table (seed means) as Markdown."""
+    lines = [
+        "| test set | model | init | fraction | seeds | eyes | √area bias (mm/yr) [95 % LoA] | ICC | "
+        "area bias (mm²/yr) [95 % LoA] | ICC |",
+        "|---|---|---|---:|---:|---:|---|---:|---|---:|",
+    ]
+    for r in rows:
+        cells = [f"{_fmt(r[f'{k}_bias'])} [{_fmt(r[f'{k}_loa_low'])}, {_fmt(r[f'{k}_loa_high'])}] | {_fmt(r[f'{k}_icc'])}"
+                 for k in ("sqrt", "area")]
+        lines.append(f"| {r['test_set']} | {r['model']} | {r['init']} | {fraction_key(r['fraction'])} % | "
+                     f"{r['n_seeds']} | {r['eyes']} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
 
 
@@ -176,6 +191,15 @@ def _report_markdown(study: StudyConfig, results: Mapping[str, Any], figures: Se
         "test case. Cases of one patient (eyes, visits) are not independent, so p-values are optimistic.",
         "", wilcoxon_markdown(results["wilcoxon"]), "",
     ]
+    if results.get("growth"):
+        md += [
+            "## GA growth rates: predictions against the reference", "",
+            "Per eye of the test cases with at least two labeled visits, the growth rates of the predicted masks "
+            "against those of the reference masks on the same visits (least squares over the visits; "
+            "`enface progression`): Bland–Altman bias (predicted − reference) with 95 % limits of agreement, "
+            "and ICC(A,1); each the mean over seeds.",
+            "", growth_markdown(results["growth"]), "",
+        ]
     if results["missing"]:
         md += ["## Missing evaluations", "", *[f"- {m}" for m in results["missing"]], ""]
     md += ["## Figures", ""]
@@ -198,6 +222,11 @@ def write_report(study: StudyConfig, plan: Sequence[PlannedRun], results: Mappin
     atomic_write_csv(res_dir / "wilcoxon.csv", wil)
     atomic_write_text(res_dir / "wilcoxon.md", wilcoxon_markdown(wil) + "\n")
     atomic_write_json(res_dir / "per_case.json", results["per_case"])
+    if results.get("growth"):
+        from enface.study.growth import GROWTH_COLUMNS
+
+        atomic_write_csv(res_dir / "growth.csv", results["growth"], GROWTH_COLUMNS)
+        atomic_write_text(res_dir / "growth.md", growth_markdown(results["growth"]) + "\n")
     md = _report_markdown(study, results, _figures(study, plan, table, fig_dir))
     atomic_write_text(out / "report.md", md)
     atomic_write_text(out / "report.html", markdown_to_html(md, study.name, out))

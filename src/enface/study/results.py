@@ -129,9 +129,13 @@ def collect_results(study: StudyConfig, plan: Sequence[PlannedRun] | None = None
     """Aggregate the per-case evaluations of every finished training run of a study.
 
     Returns:
-        ``{"table": [rows], "wilcoxon": [rows], "per_case": {...}, "missing": [labels]}``.
+        ``{"table": [rows], "wilcoxon": [rows], "growth": [rows], "per_case": {...},
+        "missing": [labels]}``; ``growth`` is :func:`enface.study.growth.growth_agreement`.
     """
-    per_case, seed_means, missing = _gather(study, plan or plan_study(study))
+    from enface.study.growth import growth_agreement
+
+    plan = plan or plan_study(study)
+    per_case, seed_means, missing = _gather(study, plan)
     averaged = {
         key: {cid: {m: float(np.mean(v[m])) if v[m] else math.nan for m in METRICS} for cid, v in cases.items()}
         for key, cases in per_case.items()
@@ -139,6 +143,7 @@ def collect_results(study: StudyConfig, plan: Sequence[PlannedRun] | None = None
     return {
         "table": _table(averaged, seed_means),
         "wilcoxon": _wilcoxon_rows(study, averaged),
+        "growth": growth_agreement(study, plan),
         "per_case": {"|".join(map(str, k)): v for k, v in averaged.items()},
         "missing": missing,
     }
