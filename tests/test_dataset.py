@@ -190,7 +190,7 @@ def test_errors_name_the_case(root: Path, tmp_path: Path) -> None:
     write_case(tmp_path, CaseMeta("bad", "P1"), rng.random(SHAPE).astype(np.float32), images={"slo": rng.random(SHAPE[:2])})
     atomic_save_png(tmp_path / "cases" / "bad" / "slo.png", np.zeros((5, 5), np.uint8))
     ds = EnfaceDataset(tmp_path, ["bad"], "slo")
-    with pytest.raises(DatasetError, match=r"case bad: target 'slo' has shape \(5, 5\)"):
+    with pytest.raises(DatasetError, match=r"case bad: slo.png \(target 'slo'\) has shape \(5, 5\)"):
         ds[0]
     (tmp_path / "cases" / "bad" / "oct.npy").write_bytes(b"garbage")
     with pytest.raises(DatasetError, match="bad.*oct.npy"):

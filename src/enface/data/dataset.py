@@ -153,7 +153,7 @@ class EnfaceDataset(Dataset):
                 t = 1.0 - t
         if t.shape != hw:
             raise DatasetError(
-                f"case {case.case_id}: target {target.label!r} has shape {t.shape}, "
+                f"case {case.case_id}: {target.filename} (target {target.label!r}) has shape {t.shape}, "
                 f"expected the volume's en-face grid {hw}"
             )
         return t.astype(np.float32, copy=False)

@@ -45,7 +45,7 @@ from enface.engine.checkpoint import AtomicCheckpointIO, checkpoint_info, read_c
 from enface.engine.history import MetricsHistory
 from enface.engine.module import TASK_METRIC, EnfaceModule
 from enface.engine.runs import RunSpec, dataset_fingerprint, file_sha256, identity_diff, run_identity
-from enface.engine.transfer import transfer_weights
+from enface.engine.transfer import TransferReport, transfer_weights
 from enface.errors import CheckpointError, ConfigError, DatasetError, RunFolderError
 from enface.fileio import FolderLock, atomic_write_json, atomic_write_text
 
@@ -82,8 +82,10 @@ class ResolvedRun:
         spec: the run's name (:class:`~enface.engine.runs.RunSpec`).
         folder: the run folder.
         train_ids, val_ids: the cases it trains and validates on.
-        init: the init checkpoint's content (None from scratch).
         identity: what the run is (see :func:`~enface.engine.runs.run_identity`).
+        init_weights: the network's initial weights transferred from the init checkpoint
+            (None from scratch), checked against the architecture before anything is written.
+        transfer: what that transfer loaded and skipped.
     """
 
     config: RunConfig
@@ -91,8 +93,9 @@ class ResolvedRun:
     folder: Path
     train_ids: list[str]
     val_ids: list[str]
-    init: dict[str, Any] | None
     identity: dict[str, Any]
+    init_weights: dict[str, Any] | None = None
+    transfer: TransferReport | None = None
 
 
 def select_run_cases(config: RunConfig) -> tuple[list[str], list[str]]:
@@ -155,7 +158,19 @@ def resolve_run(config: RunConfig) -> ResolvedRun:
     train_ids, val_ids = select_run_cases(config)
     fingerprint = dataset_fingerprint(root, [*train_ids, *val_ids])
     identity = run_identity(config.to_dict(), fingerprint, init_sha)
-    return ResolvedRun(config, spec, folder, train_ids, val_ids, init_ckpt, identity)
+    run = ResolvedRun(config, spec, folder, train_ids, val_ids, identity)
+    if init_ckpt is not None:
+        run.init_weights, run.transfer = _transferred_weights(config, init_ckpt)
+    return run
+
+
+def _transferred_weights(config: RunConfig, ckpt: dict[str, Any]) -> tuple[dict[str, Any], TransferReport]:
+    """The run's network with the init checkpoint's weights transferred (refused: CheckpointError)."""
+    from enface.models import create_model
+
+    net = create_model(config.model, len(config.channels or ("oct",)), 1, config.width, **config.model_kwargs)
+    report = transfer_weights(net, ckpt, where=str(config.init))
+    return net.state_dict(), report
 
 
 def _checkpoint_usable(path: Path) -> str | None:
@@ -232,13 +247,16 @@ def _existing_state(run: ResolvedRun, resume: bool) -> tuple[str, Path | None]:
 
 
 def _start_folder(run: ResolvedRun, module: EnfaceModule) -> None:
-    """Write a new run's config, identity and (with an init) transferred weights."""
+    """Write a new run's config and identity, and start its network from the init weights."""
     atomic_write_text(run.folder / "config.yaml", yaml.safe_dump(run.config.to_dict(), sort_keys=False))
     atomic_write_json(run.folder / "identity.json", run.identity)
-    if run.init is not None:
-        report = transfer_weights(module.model, run.init, where=str(run.config.init))
-        atomic_write_json(run.folder / "transfer.json",
-                          {"source": run.config.init, "loaded": len(report.loaded), "not_loaded": report.not_loaded})
+    if run.init_weights is not None and run.transfer is not None:
+        loaded = {k: run.init_weights[k] for k in run.transfer.loaded}  # skipped keys keep the seeded init
+        net = getattr(module.model, "_orig_mod", module.model)
+        missing, unexpected = net.load_state_dict(loaded, strict=False)
+        assert sorted(missing) == sorted(run.transfer.skipped) and not unexpected, (missing, unexpected)
+        atomic_write_json(run.folder / "transfer.json", {"source": run.config.init, "loaded": len(run.transfer.loaded),
+                                                         "not_loaded": run.transfer.not_loaded})
 
 
 def _loaders(config: RunConfig, train_ids: Sequence[str], val_ids: Sequence[str]) -> tuple[DataLoader, DataLoader]:
