@@ -162,7 +162,8 @@ def test_sigint_exits_130_and_resume_continues(dataset: Path, tmp_path: Path) ->
     assert epochs == list(range(last + 2))  # the history before Ctrl+C survived, the resume appended
 
 
-def test_failed_resume_leaves_the_folder_as_it_was(dataset: Path, tmp_path: Path) -> None:
+def _killed_at_epoch_2(dataset: Path, runs: Path):  # noqa: ANN202
+    """A 3-epoch run killed at the start of its third epoch: ``(config, run folder)``."""
     from lightning.pytorch.callbacks import Callback
 
     class Kill(Callback):
@@ -170,10 +171,14 @@ def test_failed_resume_leaves_the_folder_as_it_was(dataset: Path, tmp_path: Path
             if trainer.current_epoch == 2:
                 raise RuntimeError("simulated kill")
 
-    cfg = _config(dataset, tmp_path, epochs=3)
+    cfg = _config(dataset, runs, epochs=3)
     with pytest.raises(RuntimeError):
         fit(cfg, callbacks=[Kill()], progress=False)
-    folder = tmp_path / "tiny/ga/fpn-w0.125/scratch/frac-100/seed-0"
+    return cfg, runs / "tiny/ga/fpn-w0.125/scratch/frac-100/seed-0"
+
+
+def test_failed_resume_leaves_the_folder_as_it_was(dataset: Path, tmp_path: Path) -> None:
+    cfg, folder = _killed_at_epoch_2(dataset, tmp_path)
     last = folder / "checkpoints" / "last.ckpt"
     last.write_bytes(last.read_bytes()[:1000])  # truncated by a full disk, say
     for p in topk_checkpoints(folder):
@@ -185,17 +190,7 @@ def test_failed_resume_leaves_the_folder_as_it_was(dataset: Path, tmp_path: Path
 
 
 def test_failed_resume_falls_back_to_the_newest_readable_checkpoint(dataset: Path, tmp_path: Path) -> None:
-    from lightning.pytorch.callbacks import Callback
-
-    class Kill(Callback):
-        def on_train_epoch_start(self, trainer, pl_module) -> None:  # noqa: ANN001
-            if trainer.current_epoch == 2:
-                raise RuntimeError("simulated kill")
-
-    cfg = _config(dataset, tmp_path, epochs=3)
-    with pytest.raises(RuntimeError):
-        fit(cfg, callbacks=[Kill()], progress=False)
-    folder = tmp_path / "tiny/ga/fpn-w0.125/scratch/frac-100/seed-0"
+    cfg, folder = _killed_at_epoch_2(dataset, tmp_path)
     (folder / "checkpoints" / "last.ckpt").write_bytes(b"\x00" * 100)
     config_before = (folder / "config.yaml").read_bytes()
     result = fit(cfg, resume=True, progress=False)

@@ -15,7 +15,6 @@ check walks the whole folder and collects:
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from enface.data.folder import MASK_RE, MODALITIES, CaseMeta, list_ids, read_dataset_info, read_splits, split_coverage
-from enface.io.base import load_npy
+from enface.io.base import load_npy, read_json_object
 from enface.io.images import read_image, read_mask
 from enface.errors import DatasetError
 
@@ -154,14 +153,9 @@ def check_case(case_dir: Path, report: CheckReport, deep: bool = True) -> dict[s
         report.problem(case_dir, "meta.json missing")
     else:
         try:
-            obj = json.loads(meta_path.read_text(encoding="utf-8"))
-            if not isinstance(obj, dict):
-                raise DatasetError(f"{meta_path}: expected a JSON object")
-            meta = CaseMeta.from_json(obj, where=str(meta_path), folder_name=case_dir.name)
+            meta = CaseMeta.from_json(read_json_object(meta_path), where=str(meta_path), folder_name=case_dir.name)
             if meta.case_id != case_dir.name:
                 report.problem(meta_path, f"case_id {meta.case_id!r} does not match the folder name")
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            report.problem(meta_path, f"not valid JSON ({e})")
         except DatasetError as e:
             report.problem(meta_path, str(e).removeprefix(f"{meta_path}: "))
     shape = _check_volume(case_dir / "oct.npy", report, deep)

@@ -18,7 +18,6 @@ folder either is complete or does not exist. Every problem found while reading r
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -30,7 +29,7 @@ import numpy as np
 
 from enface.fileio import atomic_save_npy, atomic_save_png, atomic_write_json, temp_dir
 from enface.errors import ConfigError, DatasetError
-from enface.io.base import load_npy
+from enface.io.base import load_npy, read_json_object
 from enface.io.images import read_image, read_mask
 from enface.targets import check_name
 
@@ -135,15 +134,6 @@ class CaseMeta:
             raise DatasetError(f"{where}: {e}") from None
 
 
-def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise DatasetError(f"{path}: file not found")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path}: not valid JSON ({e})") from None
-
-
 # --------------------------------------------------------------------------- dataset.json
 
 
@@ -179,9 +169,7 @@ def write_dataset_info(
 def read_dataset_info(root: str | os.PathLike) -> dict[str, Any]:
     """Read and validate ``dataset.json`` (its ``name`` must be a safe folder name)."""
     path = Path(root) / "dataset.json"
-    info = _read_json(path)
-    if not isinstance(info, dict):
-        raise DatasetError(f"{path}: expected a JSON object")
+    info = read_json_object(path)
     for key in ("name", "modalities", "tasks"):
         if key not in info:
             raise DatasetError(f"{path}: missing key {key!r}")
@@ -442,7 +430,7 @@ def load_case(path: str | os.PathLike) -> Case:
     path = Path(path)
     if not path.is_dir():
         raise DatasetError(f"{path}: case folder not found")
-    meta = CaseMeta.from_json(_read_json(path / "meta.json"), where=str(path / "meta.json"), folder_name=path.name)
+    meta = CaseMeta.from_json(read_json_object(path / "meta.json"), where=str(path / "meta.json"), folder_name=path.name)
     if meta.case_id != path.name:
         raise DatasetError(f"{path / 'meta.json'}: case_id {meta.case_id!r} does not match folder name")
     return Case(path=path, meta=meta)
@@ -506,9 +494,7 @@ def write_splits(root: str | os.PathLike, splits: Mapping[str, Any]) -> Path:
 def read_splits(root: str | os.PathLike) -> dict[str, Any]:
     """Read ``splits.json``; a patient appearing in two splits raises an error naming it."""
     path = Path(root) / "splits.json"
-    splits = _read_json(path)
-    if not isinstance(splits, dict):
-        raise DatasetError(f"{path}: expected a JSON object")
+    splits = read_json_object(path)
     for key in ("train", "val", "test"):
         if key not in splits or not isinstance(splits[key], list):
             raise DatasetError(f"{path}: missing or invalid split {key!r}")

@@ -11,6 +11,7 @@ Coordinates on 2D images are ``(x, y)`` = (column, row) in pixels, pixel centres
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ __all__ = [
     "full_image_box",
     "safe_id",
     "load_npy",
+    "read_json_object",
     "unique_ids",
     "normalise_eye",
     "source_str",
@@ -179,6 +181,24 @@ def full_image_box(image_shape: tuple[int, int], grid: tuple[int, int]) -> tuple
 
 
 _BAD_ID_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON file whose top level is an object.
+
+    Raises:
+        DatasetError: naming the file: missing, not valid JSON, or not an object.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: file not found")
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise DatasetError(f"{path}: expected a JSON object")
+    return obj
 
 
 _NPY_MAGIC = b"\x93NUMPY"

@@ -28,7 +28,6 @@ The same companions (except ``_slo``) may sit beside a Heidelberg export.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -38,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from enface.errors import DatasetError
-from enface.io.base import MASK_SPACES, load_npy, Scan, full_image_box, normalise_eye, positions_from_box, safe_id, source_str
+from enface.io.base import MASK_SPACES, load_npy, read_json_object, Scan, full_image_box, normalise_eye, positions_from_box, safe_id, source_str
 from enface.io.images import IMAGE_SUFFIXES, read_image, read_mask
 
 log = logging.getLogger(__name__)
@@ -177,12 +176,7 @@ def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         return {}
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(obj, dict):
-        raise DatasetError(f"{path}: expected a JSON object")
+    obj = read_json_object(path)
     unknown = sorted(set(obj) - SIDECAR_KEYS)
     if unknown:
         raise DatasetError(f"{path}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(SIDECAR_KEYS))})")

@@ -17,7 +17,6 @@ Outputs (``--out``): ``visits.csv``, ``eyes.csv``, ``cohort.json``, ``skipped.cs
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -30,6 +29,7 @@ import numpy as np
 
 from enface.data.folder import Case, list_cases, mask_filename, read_dataset_info, read_splits
 from enface.errors import DatasetError
+from enface.io.base import read_json_object
 from enface.io.images import read_mask
 from enface.fileio import (
     temp_dir,
@@ -154,12 +154,7 @@ def _read_prediction_json(scan_dir: Path) -> dict[str, Any]:
     path = scan_dir / "prediction.json"
     if not path.is_file():
         raise DatasetError(f"{path}: file not found (summary.csv lists the scan as predicted)")
-    try:
-        pj = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(pj, dict):
-        raise DatasetError(f"{path}: expected a JSON object")
+    pj = read_json_object(path)
     try:
         spacing = [float(s) for s in pj["spacing"]]
         if len(spacing) < 2 or not all(math.isfinite(s) and s > 0 for s in spacing):
