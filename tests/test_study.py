@@ -154,3 +154,14 @@ def test_growth_agreement_matches_an_independent_computation(dataset: Path, tmp_
     assert rows[0]["sqrt_bias"] == pytest.approx(float(np.mean(diffs)), abs=1e-9)
     html = (tmp_path / "study" / "report.html").read_text()
     assert "GA growth rates" in html and (tmp_path / "study" / "results" / "growth.csv").is_file()
+
+
+def test_a_study_is_run_by_one_process_at_a_time(dataset: Path, tmp_path: Path) -> None:
+    from enface.errors import RunFolderError
+    from enface.fileio import FolderLock
+
+    study = load_study(_study_yaml(tmp_path, dataset))
+    with FolderLock(study.out_dir, "study"):
+        with pytest.raises(RunFolderError, match="this study is being written by another process"):
+            run_study(study, progress=False)
+    assert not (study.runs_dir).exists()
