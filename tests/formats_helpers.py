@@ -27,8 +27,23 @@ def layered_volume(
     ga: bool = False,
     shadows: bool = False,
     speckle: float = 0.25,
+    ga_extent: float = 1.0,
+    lumens: bool = False,
+    drusen: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A small OCT volume: vitreous, retina, bright RPE ending at BM, choroid.
+
+    Args:
+        shape: ``(H, W, D)``.
+        seed: random seed (speckle, shadows, drusen).
+        ga: an elliptic GA lesion: no RPE, thinner retina, bright (hypertransmitted) choroid.
+        shadows: three vessel shadows (dark columns below the inner retina).
+        speckle: gamma speckle (0 for none).
+        ga_extent: scale of the lesion (1: about a fifth of the grid; 3: most of it).
+        lumens: dark choroidal vessel lumens 4-12 voxels below BM under half of the A-scans
+            (stripes); in the bright choroid of GA their tops are strong bright-to-dark
+            edges.
+        drusen: domes lifting the RPE up to 8 voxels off BM (outside GA).
 
     Returns:
         ``(volume (H, W, D) float32 in [0, 1], bm (H, W) continuous boundary depth,
@@ -41,9 +56,15 @@ def layered_volume(
     thick = d * 0.3 * (1 - 0.3 * np.exp(-(xx**2 + yy**2) / 0.05))
     ga_mask = np.zeros((h, w), bool)
     if ga:
-        ga_mask = ((xx - 0.2) ** 2 / 0.15 + (yy + 0.1) ** 2 / 0.35) < 1
+        ga_mask = ((xx - 0.2) ** 2 / 0.15 + (yy + 0.1) ** 2 / 0.35) < ga_extent**2
         thick = np.where(ga_mask, thick * 0.75, thick)
-    ilm = bm - thick
+    lift = np.zeros((h, w))
+    if drusen:
+        for cy, cx in rng.uniform(-0.9, 0.9, (6, 2)):
+            dome = 8.0 * np.sqrt(np.clip(1 - ((yy - cy) / 0.5) ** 2 - ((xx - cx) / 0.12) ** 2, 0, 1))
+            lift = np.maximum(lift, dome)
+        lift = np.where(ga_mask, 0.0, lift)
+    ilm = bm - lift - thick
     z = np.arange(d, dtype=np.float64)[None, None, :] + 0.5  # lower edge of each voxel
     rel = (z - ilm[..., None]) / thick[..., None]
     vol = np.full(shape, 0.04)
@@ -51,11 +72,16 @@ def layered_volume(
     vol = np.where(retina, 0.25 + 0.3 * np.exp(-rel / 0.1), vol)
     b = bm[..., None]
     rpe_thick = max(2.0, d / 40)
-    rpe = (z > b - rpe_thick) & (z <= b)
+    rpe = (z > b - lift[..., None] - rpe_thick) & (z <= b - lift[..., None])
     below = z > b
     vol = np.where(below, 0.3 * np.exp(-(z - b) / (d / 6)) + 0.05, vol)
+    vol = np.where((z > b - lift[..., None]) & (z <= b), 0.35, vol)  # druse material
     vol = np.where(rpe & ~ga_mask[..., None], 0.9, vol)
     vol = np.where(below & ga_mask[..., None], 0.7 * np.exp(-(z - b) / (d / 4)) + 0.1, vol)
+    if lumens:
+        vessel = np.sin(xx * 9.0 + yy * 3.0) > 0  # vessels about 15 A-scans wide, as many gaps
+        lumen = vessel[..., None] & (z - b > 4) & (z - b < 12)
+        vol = np.where(lumen, vol * 0.25, vol)
     if shadows:
         for c in rng.choice(w, 3, replace=False):
             cols = slice(max(0, c - 1), c + 2)
