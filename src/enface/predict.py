@@ -21,7 +21,10 @@ deviation kept (the uncertainty). Per scan, ``<out>/<scan id>/`` receives:
   (16-bit, ``std / 0.5 * 65535``: 0.5 is the largest possible std of probabilities);
 * ``overlay.png``: the mask (tinted, outlined) over an en-face projection of the OCT, and
   over the SLO beside it when the scan has one, with physically square pixels;
-* ``prediction.json``: area in mm², pixel count, spacing, threshold, checkpoints, notes.
+* ``prediction.json``: area in mm², pixel count, spacing, threshold, checkpoints, notes, and
+  ``grid``: the maps are in the SLO's orientation (as the prepared cases); ``flipped_bscans``
+  / ``flipped_ascans`` say whether row ``r`` is B-scan ``H - 1 - r`` of the file (column
+  ``c`` its A-scan ``W - 1 - c``), e.g. for Spectralis exports stored bottom-up.
 
 ``<out>/summary.csv`` has one row per scan (failed ones included, with the reason). A scan
 that cannot be read or predicted is reported and the others still run. Only segmentation
@@ -124,12 +127,19 @@ class PreparedScan:
         spacing: ``(sh, sw, sd)`` in mm.
         slo: ``(H, W)`` SLO on the en-face grid in [0, 1], or ``None``.
         notes: remarks worth keeping (flattening, depth mismatch, ...).
+        flips: ``{"flipped_bscans": bool, "flipped_ascans": bool}``: how the grid (SLO
+            orientation) relates to the file's stored order.
     """
 
     volumes: np.ndarray
     spacing: tuple[float, float, float]
     slo: np.ndarray | None = None
     notes: list[str] = field(default_factory=list)
+    flips: dict[str, bool] = field(default_factory=dict)
+
+
+def _flips(extra: dict[str, Any]) -> dict[str, bool]:
+    return {k: bool(extra.get(k, False)) for k in ("flipped_bscans", "flipped_ascans")}
 
 
 @dataclass
@@ -357,6 +367,8 @@ def infer_format(path: Path) -> str:
     """
     def of(name: str) -> str | None:
         low = name.lower()
+        if low.endswith("_bm.npy"):  # a BM companion, not a volume
+            return None
         return next((fmt for suf, fmt in _SUFFIX_FORMATS if low.endswith(suf)), None)
 
     if path.is_file():
@@ -386,7 +398,7 @@ def _load_case(path: Path, predictor: Predictor) -> PreparedScan:
     if len(shapes) > 1:
         raise DatasetError(f"{path}: input channels {names} differ in shape {sorted(shapes)}")
     slo = case.load_image("slo") if case.has_image("slo") else None
-    return PreparedScan(np.stack(vols), tuple(case.spacing), slo)  # type: ignore[arg-type]
+    return PreparedScan(np.stack(vols), tuple(case.spacing), slo, flips=_flips(case.meta.extra))  # type: ignore[arg-type]
 
 
 def _prepare_options(opts: PredictOptions, fmt: str, predictor: Predictor) -> PrepareOptions:
@@ -403,7 +415,8 @@ def _load_export(read: Callable[[], Any], scan_id: str, popts: PrepareOptions) -
     arrays = scan_to_case(scan, scan_id, popts)
     vols = [arrays.oct, *(arrays.volumes[k] for k in sorted(arrays.volumes))]
     notes = [n for n in arrays.notes if not n.startswith("no patient id")]
-    return PreparedScan(np.stack(vols), tuple(arrays.meta.spacing), arrays.images.get("slo"), notes)  # type: ignore[arg-type]
+    return PreparedScan(np.stack(vols), tuple(arrays.meta.spacing), arrays.images.get("slo"), notes,  # type: ignore[arg-type]
+                        flips=_flips(arrays.meta.extra))
 
 
 def _failing(reason: str) -> Callable[[], PreparedScan]:
@@ -561,6 +574,7 @@ def _write_outputs(
         "shape": [int(s) for s in scan.volumes.shape[1:]],
         "spacing": [float(s) for s in scan.spacing],
         "checkpoints": [str(p) for p in predictor.checkpoints],
+        "grid": {"orientation": "SLO: row 0 = topmost B-scan on the SLO", **scan.flips},
         "notes": scan.notes,
     })
     return ScanResult(item.scan_id, item.source, "ok", area, n, mean_unc, out_dir=out)
