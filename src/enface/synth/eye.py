@@ -44,7 +44,8 @@ class PhantomCase:
         spacing: ``(sh, sw, sd)`` in mm.
         eye: ``"OD"`` or ``"OS"``.
         day: visit day.
-        info: ground truth and settings (true lesion area, fovea position, seed, ...).
+        info: ground truth and settings (true lesion area, fovea position, seed, the FAF's
+            misregistration ``faf_misregistration`` as in :class:`~enface.synth.canvas.Affine`, ...).
         drusen: ``(H, W)`` float32 height (mm) of the RPE above BM where drusen lift it, or
             None when the scan was rendered without drusen.
     """
@@ -217,7 +218,7 @@ class EyeModel:
             rpd=lesions.rpd,
         )
         slo = render_slo(scene, self.slo_style, self.grid, rng)
-        faf = render_faf(scene, self.faf_style, self.grid, rng)
+        faf, faf_affine = render_faf(scene, self.faf_style, self.grid, rng)
         return PhantomCase(
             oct=volume,
             bm=bm,
@@ -227,7 +228,9 @@ class EyeModel:
             spacing=self.grid.spacing,
             eye=self.eye,
             day=day,
-            info=self._info(day, flattened, lesions, masks),
+            info={**self._info(day, flattened, lesions, masks), "faf_misregistration": {
+                "ty_mm": float(faf_affine.ty), "tx_mm": float(faf_affine.tx),
+                "rot_deg": float(faf_affine.rot_deg), "scale": float(faf_affine.scale)}},
             drusen=drusen_map,
         )
 
