@@ -22,7 +22,7 @@ from enface.models import create_model, model_spec
 from enface.predict import PredictOptions, Predictor, predict
 from enface.viz import OVERLAY_MIN_SIZE
 
-from formats_helpers import layered_volume
+from formats_helpers import layered_volume, steep_bm_eye, write_oriented_vol
 
 WIDTH = 0.125
 EXPORT_SPACING = [0.2, 0.05, 0.01]
@@ -224,3 +224,29 @@ def test_cli_exit_codes(run: Path, phantom_dataset: Path, tmp_path: Path, capsys
     assert main(["predict", str(rec), case_dir, "--out", str(out)]) == 2
     assert "segmentation model" in capsys.readouterr().err
     assert main(["predict", str(tmp_path / "no-run"), case_dir, "--out", str(out)]) == 2
+
+
+def test_vol_exports_stored_bottom_up_or_top_down_predict_the_same(run: Path, tmp_path: Path) -> None:
+    # the same eye stored three ways, each with its <stem>_bm.npy in the file's order
+    eye = steep_bm_eye(seed=7)
+    results = {}
+    for bscans, ascans in (("bottom-up", "left-right"), ("top-down", "left-right"), ("bottom-up", "right-left")):
+        src = tmp_path / f"{bscans}-{ascans}"
+        src.mkdir()
+        write_oriented_vol(src, "eye", eye, bscans, ascans)
+        report = predict(run, [src], tmp_path / "out" / src.name, options=PredictOptions(bm="export"))
+        assert report.ok, report.results[0].reason
+        results[(bscans, ascans)] = _check_scan_outputs(tmp_path / "out" / src.name / "eye", (0.34, 0.08))
+    ref = results[("top-down", "left-right")]
+    for (bscans, ascans), r in results.items():
+        np.testing.assert_allclose(r["prob"], ref["prob"], atol=1e-5)  # the SLO-oriented grid, whatever the storage
+        assert r["info"]["grid"]["flipped_bscans"] == (bscans == "bottom-up")
+        assert r["info"]["grid"]["flipped_ascans"] == (ascans == "right-left")
+    # a BM on the wrong B-scans predicts something else: the comparison above can fail
+    src = tmp_path / "wrong-bm"
+    src.mkdir()
+    write_oriented_vol(src, "eye", eye, "bottom-up", "left-right")
+    np.save(src / "eye_bm.npy", eye["bm"])  # grid order, not the file's
+    predict(run, [src], tmp_path / "out" / "wrong", options=PredictOptions(bm="export"))
+    wrong = np.load(tmp_path / "out" / "wrong" / "eye" / "probability.npy")
+    assert np.abs(wrong - ref["prob"]).max() > 1e-3

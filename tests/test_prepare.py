@@ -90,7 +90,7 @@ def test_prepare_numpy_layout_with_slo_faf_and_faf_mask(tmp_path: Path) -> None:
     assert c1.patient_id == "p1" and c1.meta.eye == "OS" and cases["p1_visit2"].meta.visit == 90
     assert c1.oct_shape() == (*GRID, 32)
     assert c1.meta.extra["bm_source"] == "estimated"
-    assert c1.meta.extra["faf_registration"]["quality"] > 0.5
+    assert c1.meta.extra["faf_registration"]["quality"] >= opts.faf_min_quality  # kept, and right (below)
     # the FAF-space mask lands where the SLO-space truth is
     pts = enface_points(positions_from_box(full_image_box((128, 128), GRID), GRID), GRID[1])
     truth = sample_enface_mask(mask_slo, pts)

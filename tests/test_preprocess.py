@@ -68,6 +68,24 @@ def test_estimate_bm_with_ga_shadows_and_speckle() -> None:
     assert ga.any() and err[ga].max() < 3.0
 
 
+@pytest.mark.parametrize("seed", [3, 4])
+def test_estimate_bm_holds_in_ga_over_drusen_lumens_and_shadows(seed: int) -> None:
+    # GA with a bright choroid whose vessels (dark lumens 4-12 voxels under BM) give strong
+    # bright-to-dark edges; drusen lift the RPE up to 8 voxels; vessel shadows
+    vol, bm, ga = layered_volume((12, 96, 128), seed=seed, ga=True, lumens=True, drusen=True, shadows=True)
+    err = np.abs(estimate_bm(vol, (0.1, 0.02, 0.005)) - bm)
+    assert ga.any() and err[ga].mean() < 1.0 and err[ga].max() < 2.0, f"GA {err[ga].mean():.2f}/{err[ga].max():.2f}"
+    assert err[~ga].max() < 2.0, f"outside GA max {err[~ga].max():.2f}"
+
+
+def test_estimate_bm_over_drusen_stays_on_bm() -> None:
+    vol, bm, _ = layered_volume((12, 96, 128), seed=3, drusen=True)
+    flat_vol, _, _ = layered_volume((12, 96, 128), seed=3)
+    lifted = np.abs(vol - flat_vol).max(axis=-1) > 0.1  # A-scans whose RPE a druse lifts
+    err = np.abs(estimate_bm(vol, (0.1, 0.02, 0.005)) - bm)
+    assert lifted.sum() > 50 and err[lifted].max() < 2.0, f"over drusen max {err[lifted].max():.2f} voxels"
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_estimate_bm_on_the_unflattened_phantom(seed: int) -> None:
     from enface.synth import generate_case

@@ -208,6 +208,27 @@ def test_bm_truth_curved_raw_and_constant_flattened() -> None:
         assert r > 0.95
 
 
+def test_drusen_lift_the_rpe_off_bm_in_raw_scans() -> None:
+    raw = generate_case(2, SHAPE, flattened=False)
+    flat = generate_case(2, SHAPE, flattened=True)
+    assert flat.drusen is None, "flattened scans (the synth datasets) stay without drusen"
+    assert raw.drusen is not None and raw.drusen.shape == SHAPE[:2] and (raw.drusen > 0.02).sum() > 5
+    assert np.array_equal(raw.drusen, generate_case(2, SHAPE, flattened=False).drusen)
+    assert raw.drusen[raw.masks["ga"] > 0].max(initial=0.0) < 0.005, "drusen regress inside GA"
+    with_drusen = generate_case(2, SHAPE, flattened=True, drusen=True)
+    sd = with_drusen.spacing[2]
+    lifted = with_drusen.drusen > 0.04
+    plain = with_drusen.drusen == 0
+    # the same scan elsewhere; over a druse the RPE (brightest voxel above BM) rises off BM
+    np.testing.assert_allclose(with_drusen.oct[plain], flat.oct[plain], rtol=1e-4, atol=1e-5)
+    bm = int(flat_bm_depth(SHAPE[2]) + 0.5)
+    window = slice(bm - 8, bm)
+    rise = 8 - np.argmax(with_drusen.oct[..., window], axis=-1)
+    rise_flat = 8 - np.argmax(flat.oct[..., window], axis=-1)
+    assert lifted.sum() > 10
+    assert np.median(rise[lifted] - rise_flat[lifted]) >= np.median(with_drusen.drusen[lifted] / sd) - 1.0
+
+
 # --------------------------------------------------------------------------- cohort & dataset
 
 

@@ -23,7 +23,10 @@ deviation kept (the uncertainty). Per scan, ``<out>/<scan id>/`` receives:
   over the SLO beside it when the scan has one, with physically square pixels;
 * ``prediction.json``: area in mm² (and each ensemble member's area, for the spread that
   ``enface progression`` reports), pixel count, spacing, patient, eye, visit, threshold,
-  checkpoints, notes.
+  checkpoints, notes, and ``grid``: the maps are in the SLO's orientation (as the prepared
+  cases); ``flipped_bscans`` / ``flipped_ascans`` say whether row ``r`` is B-scan
+  ``H - 1 - r`` of the file (column ``c`` its A-scan ``W - 1 - c``), e.g. for Spectralis
+  exports stored bottom-up.
 
 ``<out>/summary.csv`` has one row per scan (failed ones included, with the reason). A scan
 that cannot be read or predicted is reported and the others still run. Only segmentation
@@ -32,7 +35,6 @@ checkpoints are accepted: a reconstruction checkpoint is refused with a clear er
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -47,7 +49,7 @@ from enface.data.folder import load_case
 from enface.data.normalize import zscore_per_bscan
 from enface.data.prepare import PrepareOptions, discover_sources, scan_to_case
 from enface.data.preprocess import FlattenParams
-from enface.engine.inference import Ensemble, EnsembleOutput
+from enface.engine.inference import Ensemble, EnsembleOutput, training_preparation
 from enface.errors import CheckpointError, DatasetError, EnfaceError
 from enface.io.base import unique_ids
 from enface.io.formats import FORMATS, infer_format
@@ -121,6 +123,8 @@ class PreparedScan:
         notes: remarks worth keeping (flattening, depth mismatch, ...).
         meta: ``patient_id``, ``eye``, ``visit`` (days, or None) and ``visit_date`` (or None),
             as far as the case or the export tells them.
+        flips: ``{"flipped_bscans": bool, "flipped_ascans": bool}``: how the grid (SLO
+            orientation) relates to the file's stored order.
     """
 
     volumes: np.ndarray
@@ -128,6 +132,11 @@ class PreparedScan:
     slo: np.ndarray | None = None
     notes: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    flips: dict[str, bool] = field(default_factory=dict)
+
+
+def _flips(extra: dict[str, Any]) -> dict[str, bool]:
+    return {k: bool(extra.get(k, False)) for k in ("flipped_bscans", "flipped_ascans")}
 
 
 @dataclass
@@ -192,34 +201,6 @@ class PredictReport:
 
 
 # --------------------------------------------------------------------------- the model
-
-
-def _training_preparation(config: dict[str, Any]) -> tuple[int | None, tuple[float, float] | None, str]:
-    """Depth and window the training dataset was prepared with, and where that was read."""
-    ds = config.get("dataset")
-    if not ds:
-        return None, None, "no training dataset named in the checkpoint"
-    root = Path(ds)
-    info_path = root / "dataset.json"
-    if not info_path.is_file():
-        return None, None, f"training dataset {root} not found"
-    try:
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None, None, f"{info_path} unreadable"
-    prep = info.get("preparation") or {}
-    if prep.get("depth"):
-        window = (float(prep["above_mm"]), float(prep["below_mm"])) if "above_mm" in prep and "below_mm" in prep else None
-        return int(prep["depth"]), window, str(info_path)
-    cases = root / "cases"
-    for case_dir in sorted(cases.iterdir()) if cases.is_dir() else ():
-        npy = case_dir / "oct.npy"
-        if npy.is_file() and not case_dir.name.startswith("."):
-            try:
-                return int(np.load(npy, mmap_mode="r", allow_pickle=False).shape[2]), None, str(npy)
-            except (ValueError, OSError, EOFError, IndexError):
-                continue
-    return None, None, f"no readable case in {root}"
 
 
 class Predictor:
@@ -295,7 +276,7 @@ class Predictor:
         fixed = ensemble.fixed_depth
         if depth is not None and fixed is not None and depth != fixed:
             raise ValueError(f"--depth {depth} contradicts the model, which only accepts depth {fixed}")
-        train_depth, train_window, where = _training_preparation(ensemble.config)
+        train_depth, train_window, where = training_preparation(ensemble.config)
         chosen = depth or fixed or train_depth
         if chosen is None:
             chosen = FlattenParams().depth
@@ -349,7 +330,8 @@ def _load_case(path: Path, predictor: Predictor) -> PreparedScan:
     slo = case.load_image("slo") if case.has_image("slo") else None
     meta = {"patient_id": case.patient_id, "eye": case.meta.eye, "visit": case.meta.visit,
             "visit_date": case.meta.extra.get("visit_date")}
-    return PreparedScan(np.stack(vols), tuple(case.spacing), slo, meta=meta)  # type: ignore[arg-type]
+    return PreparedScan(np.stack(vols), tuple(case.spacing), slo, meta=meta,  # type: ignore[arg-type]
+                        flips=_flips(case.meta.extra))
 
 
 def _prepare_options(opts: PredictOptions, fmt: str, predictor: Predictor) -> PrepareOptions:
@@ -369,7 +351,8 @@ def _load_export(read: Callable[[], Any], scan_id: str, popts: PrepareOptions) -
     m = arrays.meta
     dated = m.extra.get("visit_date")  # a visit date: its day is counted per patient later (progression)
     meta = {"patient_id": m.patient_id, "eye": m.eye, "visit": None if dated else m.visit, "visit_date": dated}
-    return PreparedScan(np.stack(vols), tuple(m.spacing), arrays.images.get("slo"), notes, meta)  # type: ignore[arg-type]
+    return PreparedScan(np.stack(vols), tuple(m.spacing), arrays.images.get("slo"), notes, meta,  # type: ignore[arg-type]
+                        flips=_flips(m.extra))
 
 
 def _failing(reason: str) -> Callable[[], PreparedScan]:
@@ -453,7 +436,8 @@ def _write_outputs(
         "mean_uncertainty_in_mask": None if math.isnan(mean_unc) else mean_unc, "threshold": threshold,
         "shape": [int(s) for s in scan.volumes.shape[1:]], "spacing": [float(s) for s in scan.spacing],
         **{k: scan.meta.get(k) for k in ("patient_id", "eye", "visit", "visit_date")},
-        "checkpoints": [str(p) for p in predictor.checkpoints], "notes": scan.notes,
+        "checkpoints": [str(p) for p in predictor.checkpoints],
+        "grid": {"orientation": "SLO: row 0 = topmost B-scan on the SLO", **scan.flips}, "notes": scan.notes,
     })
     return ScanResult(item.scan_id, item.source, "ok", area, n, mean_unc, out_dir=out)
 

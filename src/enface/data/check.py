@@ -10,7 +10,8 @@ check walks the whole folder and collects:
   tasks/modalities present in cases but not declared in ``dataset.json``;
 * warnings (worth a look): left-over temporary folders from an interrupted write,
   patients in no split, split patients without cases, declared tasks with no mask,
-  mixed depths, unknown files.
+  mixed depths, unknown files, and flipped exports prepared before OCT-grid companions
+  (masks, ``_bm.npy``) were flipped with the volume.
 """
 
 from __future__ import annotations
@@ -191,13 +192,38 @@ def check_case(case_dir: Path, report: CheckReport, deep: bool = True) -> dict[s
                 continue
             if m.group("grader") is None:
                 info["tasks"].append(m.group("task"))
+            info.setdefault("mask_keys", []).append(name[len("mask_"):-len(".png")])
             if hw is not None and mask.shape != hw:
                 report.problem(p, f"mask has shape {mask.shape}, expected the en-face grid {hw} of oct.npy")
             continue
         report.warn(p, "unknown file")
+    if meta is not None:
+        _check_orientation(case_dir, meta, info.get("mask_keys", []), report)
     if meta is None or shape is None:
         return None
     return info
+
+
+def _check_orientation(case_dir: Path, meta: CaseMeta, mask_keys: list[str], report: CheckReport) -> None:
+    """Warn about cases prepared before OCT-grid companions followed the volume's flips.
+
+    Before, a ``<stem>_mask_<task>.png`` on the OCT grid or a ``<stem>_bm.npy`` beside an
+    export stored bottom-up was used in the file's B-scan order while the volume was
+    flipped to the SLO's: the labels sit on the wrong B-scans. Such cases carry
+    ``flipped_bscans`` / ``flipped_ascans`` but no ``grid_order`` in ``meta.json``.
+    """
+    extra = meta.extra
+    if not (extra.get("flipped_bscans") or extra.get("flipped_ascans")) or "grid_order" in extra:
+        return
+    on_grid = sorted(k for k in mask_keys if k not in extra.get("mask_space", {}))
+    if on_grid:
+        report.warn(case_dir, f"OCT-grid mask(s) {', '.join(on_grid)} of a flipped export, prepared by an enface "
+                              "version that did not flip companions with the volume: they may lie on the wrong "
+                              "B-scans (re-run enface prepare --overwrite)")
+    elif extra.get("bm_source") == "export":
+        report.warn(case_dir, "flipped export prepared by an enface version that did not flip a _bm.npy companion "
+                              "with the volume: if BM came from one, the flattening is wrong (re-run enface "
+                              "prepare --overwrite)")
 
 
 def check_dataset(root: str | os.PathLike, deep: bool = True) -> CheckReport:

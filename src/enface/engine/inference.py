@@ -9,6 +9,7 @@ and, when asked, each member's probability map. ``evaluate`` and ``predict`` bot
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -20,7 +21,7 @@ import torch
 from enface.engine.checkpoint import load_model, topk_checkpoints
 from enface.errors import CheckpointError, DatasetError
 
-__all__ = ["Ensemble", "EnsembleOutput", "read_run_config"]
+__all__ = ["Ensemble", "EnsembleOutput", "read_run_config", "training_preparation"]
 
 log = logging.getLogger(__name__)
 
@@ -177,3 +178,35 @@ def read_run_config(run: str | os.PathLike) -> dict[str, Any]:
         raise DatasetError(f"{path}: expected a mapping")
     return cfg
 
+
+def training_preparation(config: dict[str, Any]) -> tuple[int | None, tuple[float, float] | None, str]:
+    """Depth and window the training dataset of a run config was prepared with, and where that was read.
+
+    Returns:
+        ``(depth, (above_mm, below_mm), where)``; ``None`` for what could not be found (the
+        training dataset moved away, or was not made by ``enface prepare``).
+    """
+    ds = config.get("dataset")
+    if not ds:
+        return None, None, "no training dataset named in the checkpoint"
+    root = Path(ds)
+    info_path = root / "dataset.json"
+    if not info_path.is_file():
+        return None, None, f"training dataset {root} not found"
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None, None, f"{info_path} unreadable"
+    prep = info.get("preparation") or {}
+    if prep.get("depth"):
+        window = (float(prep["above_mm"]), float(prep["below_mm"])) if "above_mm" in prep and "below_mm" in prep else None
+        return int(prep["depth"]), window, str(info_path)
+    cases = root / "cases"
+    for case_dir in sorted(cases.iterdir()) if cases.is_dir() else ():
+        npy = case_dir / "oct.npy"
+        if npy.is_file() and not case_dir.name.startswith("."):
+            try:
+                return int(np.load(npy, mmap_mode="r", allow_pickle=False).shape[2]), None, str(npy)
+            except (ValueError, OSError, EOFError, IndexError):
+                continue
+    return None, None, f"no readable case in {root}"

@@ -1,12 +1,21 @@
 """The common in-memory record every reader returns: :class:`Scan`.
 
 A reader turns one device export (or one file of a common format) into a :class:`Scan`:
-the raw, un-flattened OCT volume on the ``(H, W, D)`` axes of DESIGN.md, its spacing, the 2D
+the raw, un-flattened OCT volume on the ``(H, W, D)`` axes (README), its spacing, the 2D
 modalities in their native pixel spaces, where each B-scan lies on the reference 2D image,
 a Bruch's membrane (BM) segmentation when the export has one, en-face masks and metadata.
 :mod:`enface.data.prepare` turns a :class:`Scan` into a case of the dataset folder.
 
 Coordinates on 2D images are ``(x, y)`` = (column, row) in pixels, pixel centres at integers.
+
+**Orientation.** A reader may reverse axes of the stored volume to bring its en-face grid
+into the orientation of the reference image (Spectralis stores B-scans bottom-up: B-scan 0
+is the lowest on the SLO). :func:`orient_scan` does it for everything already on the grid
+and records it in :attr:`Scan.file_flips`. Companion files on the OCT grid (masks,
+``_bm.npy``) are in the order of the file as the user holds it (row ``r`` = B-scan ``r`` of
+the export, column ``c`` = its A-scan ``c``, BM depth counted from the file's depth 0):
+:meth:`Scan.enface_from_file` and :meth:`Scan.bm_from_file` bring them onto the grid, and
+:meth:`Scan.enface_to_file` takes an en-face map back.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from enface.errors import DatasetError
 
 __all__ = [
     "Scan",
+    "orient_scan",
     "MASK_SPACES",
     "positions_from_box",
     "full_image_box",
@@ -65,6 +75,8 @@ class Scan:
             :data:`MASK_SPACES`; ``"oct"`` when missing).
         flattened: the volume is already flattened (BM at a constant depth); flattening
             is then skipped.
+        file_flips: which axes ``(H, W, D)`` of the volume as stored in the file were
+            reversed to give :attr:`volume` (see :func:`orient_scan`).
         meta: ``patient_id``, ``eye`` (``OD``/``OS``), ``visit`` (int day) or
             ``visit_date`` (ISO date), ``device``, and anything else worth keeping.
     """
@@ -82,11 +94,34 @@ class Scan:
     mask_spaces: dict[str, str] = field(default_factory=dict)
     flattened: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
+    file_flips: tuple[bool, bool, bool] = (False, False, False)
 
     @property
     def grid_shape(self) -> tuple[int, int]:
         """The en-face grid ``(H, W)``."""
         return int(self.volume.shape[0]), int(self.volume.shape[1])
+
+    def enface_from_file(self, array: np.ndarray) -> np.ndarray:
+        """An ``(H, W, ...)`` array in the file's order (row ``r`` = B-scan ``r`` as stored)
+        on this scan's grid: the reader's B-scan and A-scan reversals applied."""
+        out = np.asarray(array)
+        if self.file_flips[0]:
+            out = out[::-1]
+        if self.file_flips[1]:
+            out = out[:, ::-1]
+        return np.ascontiguousarray(out)
+
+    def enface_to_file(self, array: np.ndarray) -> np.ndarray:
+        """An ``(H, W, ...)`` array on this scan's grid back in the file's order."""
+        return self.enface_from_file(array)  # reversals are their own inverse
+
+    def bm_from_file(self, bm: np.ndarray) -> np.ndarray:
+        """An ``(H, W)`` BM map in the file's order and depth (voxels counted from the file's
+        depth index 0) on this scan's grid and depth axis."""
+        out = self.enface_from_file(np.asarray(bm, dtype=np.float32))
+        if self.file_flips[2]:
+            out = (self.volume.shape[2] - 1) - out
+        return out
 
     def validate(self) -> None:
         """Check shapes, finiteness and spaces before any processing.
@@ -126,6 +161,8 @@ class Scan:
                 raise DatasetError(
                     f"{where}: B-scan positions must be finite with shape {(hw[0], 2, 2)}, got {pos.shape}"
                 )
+        if len(self.file_flips) != 3:
+            raise DatasetError(f"{where}: file_flips must be three booleans (H, W, D), got {self.file_flips!r}")
         if self.bm is not None and np.asarray(self.bm).shape != hw:
             raise DatasetError(f"{where}: BM segmentation has shape {np.asarray(self.bm).shape}, expected {hw}")
         for key, mask in self.masks.items():
@@ -145,6 +182,40 @@ class Scan:
             values = np.unique(mask)
             if not set(values.tolist()) <= {0, 1}:
                 raise DatasetError(f"{where}: mask {key!r} is not binary (values {values[:8].tolist()})")
+
+
+def orient_scan(scan: Scan, flip_bscans: bool, flip_ascans: bool) -> Scan:
+    """Reverse the B-scan and/or A-scan order of everything on the scan's OCT grid (in place).
+
+    Volume, extra volumes, B-scan positions, BM and OCT-grid masks are reversed together;
+    the reversals are added to :attr:`Scan.file_flips` (and to ``meta`` as
+    ``flipped_bscans`` / ``flipped_ascans``, stored in ``meta.json``), so that companions
+    in the file's order can be brought onto the grid later.
+
+    Returns:
+        The same scan.
+    """
+    def flip(a: np.ndarray | None) -> np.ndarray | None:
+        if a is None:
+            return None
+        if flip_bscans:
+            a = a[::-1]
+        if flip_ascans:
+            a = a[:, ::-1]  # for positions: start and end of each B-scan swap
+        return np.ascontiguousarray(a)
+
+    scan.volume = flip(scan.volume)  # type: ignore[assignment]
+    scan.extra_volumes = {k: flip(v) for k, v in scan.extra_volumes.items()}  # type: ignore[misc]
+    scan.bscan_positions = flip(scan.bscan_positions)
+    scan.bm = flip(scan.bm)
+    for key, mask in scan.masks.items():
+        if scan.mask_spaces.get(key, "oct") == "oct":
+            scan.masks[key] = flip(mask)  # type: ignore[assignment]
+    h, w, d = scan.file_flips
+    scan.file_flips = (h != flip_bscans, w != flip_ascans, d)
+    scan.meta["flipped_bscans"] = scan.file_flips[0]
+    scan.meta["flipped_ascans"] = scan.file_flips[1]
+    return scan
 
 
 def positions_from_box(box: tuple[float, float, float, float] | np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -22,8 +22,10 @@ SUFFIX_FORMATS: tuple[tuple[str, str], ...] = (
 
 
 def format_of_name(name: str) -> str | None:
-    """The format a file name's suffix names, or ``None``."""
+    """The format a file name's suffix names, or ``None`` (also for a ``<stem>_bm.npy`` companion)."""
     low = name.lower()
+    if low.endswith("_bm.npy"):  # a BM companion beside an export, not a volume
+        return None
     return next((fmt for suf, fmt in SUFFIX_FORMATS if low.endswith(suf)), None)
 
 

@@ -9,7 +9,9 @@ eyepy parses the files; this module only converts its :class:`eyepy.EyeVolume` i
   30 degree field of view);
 * the en-face grid is put in the orientation of the SLO: B-scan 0 is the topmost one on
   the SLO and A-scan 0 the leftmost (Spectralis stores them bottom-up, so the volume is
-  usually flipped along ``H``; the flips are recorded in ``meta``);
+  usually flipped along ``H``); :func:`~enface.io.base.orient_scan` reverses everything on
+  the grid together and records it (``Scan.file_flips``, ``meta``), so that companion files
+  in the export's own B-scan order land on the right B-scans too;
 * the BM segmentation (layer ``"BM"``) is used when the export has one.
 
 ``.e2e`` files do not state the voxel spacing in a form eyepy reads, so it must be given.
@@ -26,7 +28,7 @@ from typing import Any, Literal
 import numpy as np
 
 from enface.errors import DatasetError
-from enface.io.base import Scan, normalise_eye, safe_id, source_str
+from enface.io.base import Scan, normalise_eye, orient_scan, safe_id, source_str
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,74 @@ def _positions_px(bscan_meta: list[Any], localizer_meta: Any) -> np.ndarray | No
     return (pos + offset) / scale
 
 
+def _volume_and_spacing(
+    ev: Any,
+    source: str,
+    spacing: tuple[float, float, float] | None,
+    default_spacing: tuple[float, float, float] | None,
+) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """eyepy's ``(n_bscans, depth, width)`` data as an ``(H, W, D)`` float volume, and the
+    spacing ``(sh, sw, sd)`` in mm (given, from the export, or the default)."""
+    data = np.asarray(ev.data)
+    if data.ndim != 3:
+        raise DatasetError(f"{source}: expected a 3D OCT volume, got shape {data.shape}")
+    volume = _to_unit_float(np.transpose(data, (0, 2, 1)))  # (H, W, D)
+    meta = ev.meta
+    unit = str(meta.get("scale_unit", ""))
+    if spacing is None and unit != "mm":
+        spacing = default_spacing
+    if spacing is None:
+        if unit != "mm":
+            raise DatasetError(
+                f"{source}: the export gives no spacing in mm (unit {unit!r}); pass the spacing "
+                "explicitly (--spacing SH,SW,SD in mm)"
+            )
+        spacing = (float(meta["scale_z"]), float(meta["scale_x"]), float(meta["scale_y"]))
+        if not all(np.isfinite(s) and s > 0 for s in spacing):
+            raise DatasetError(f"{source}: invalid spacing in the export {spacing}")
+    return volume, tuple(float(s) for s in spacing)  # type: ignore[return-value]
+
+
+def _localizer(ev: Any, n_bscans: int, source: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The SLO in [0, 1] and the ``(H, 2, 2)`` B-scan positions on it (in file order)."""
+    localizer = getattr(ev, "localizer", None)
+    if localizer is None:
+        return None, None
+    slo_data = np.asarray(localizer.data)
+    if slo_data.ndim == 3:
+        slo_data = slo_data[..., 0]
+    positions = _positions_px(list(ev.meta["bscan_meta"]), localizer.meta)
+    if positions is not None and positions.shape[0] != n_bscans:
+        log.warning("%s: %d B-scan positions for %d B-scans; ignoring them", source, positions.shape[0], n_bscans)
+        positions = None
+    return _to_unit_float(slo_data), positions
+
+
+def _export_bm(ev: Any, shape: tuple[int, int, int], source: str) -> np.ndarray | None:
+    """The export's BM segmentation (layer ``"BM"``, file order) when it covers at least half
+    of the A-scans; NaN where it is missing."""
+    layers = getattr(ev, "layers", {})
+    if "BM" not in layers:
+        return None
+    cand = np.asarray(layers["BM"].data, dtype=np.float64)
+    if cand.shape != shape[:2]:
+        return None
+    valid = np.isfinite(cand) & (cand > 0) & (cand < shape[2])
+    if valid.mean() >= 0.5:
+        return np.where(valid, cand, np.nan).astype(np.float32)
+    if valid.any():
+        log.info("%s: BM segmentation covers only %.0f%% of A-scans; estimating BM instead", source, 100 * valid.mean())
+    return None
+
+
+def _slo_orientation(positions: np.ndarray | None) -> tuple[bool, bool]:
+    """Whether B-scans (H) and A-scans (W) run against the SLO's rows and columns."""
+    if positions is None or positions.shape[0] < 2:
+        return False, False
+    centre_y = positions[:, :, 1].mean(axis=1)
+    return bool(centre_y[0] > centre_y[-1]), bool(np.mean(positions[:, 1, 0] - positions[:, 0, 0]) < 0)
+
+
 def eyevolume_to_scan(
     ev: Any,
     source: str,
@@ -110,70 +180,17 @@ def eyevolume_to_scan(
             spacing in mm (``.e2e``).
 
     Returns:
-        The scan on ``(H, W, D)`` axes in SLO orientation.
+        The scan on ``(H, W, D)`` axes in SLO orientation; :attr:`Scan.file_flips` says
+        which of the file's axes were reversed (companions in file order follow them).
 
     Raises:
         DatasetError: unusable data (not 3D, unknown spacing, ...).
     """
-    data = np.asarray(ev.data)
-    if data.ndim != 3:
-        raise DatasetError(f"{source}: expected a 3D OCT volume, got shape {data.shape}")
-    volume = _to_unit_float(np.transpose(data, (0, 2, 1)))  # (H, W, D)
+    volume, spacing = _volume_and_spacing(ev, source, spacing, default_spacing)
+    slo, positions = _localizer(ev, volume.shape[0], source)
     meta = ev.meta
-    if spacing is None and str(meta.get("scale_unit", "")) != "mm":
-        spacing = default_spacing
-    if spacing is None:
-        unit = str(meta.get("scale_unit", ""))
-        if unit != "mm":
-            raise DatasetError(
-                f"{source}: the export gives no spacing in mm (unit {unit!r}); pass the spacing "
-                "explicitly (--spacing SH,SW,SD in mm)"
-            )
-        spacing = (float(meta["scale_z"]), float(meta["scale_x"]), float(meta["scale_y"]))
-        if not all(np.isfinite(s) and s > 0 for s in spacing):
-            raise DatasetError(f"{source}: invalid spacing in the export {spacing}")
-
-    slo = None
-    positions = None
-    localizer = getattr(ev, "localizer", None)
-    if localizer is not None:
-        slo_data = np.asarray(localizer.data)
-        if slo_data.ndim == 3:
-            slo_data = slo_data[..., 0]
-        slo = _to_unit_float(slo_data)
-        positions = _positions_px(list(meta["bscan_meta"]), localizer.meta)
-        if positions is not None and positions.shape[0] != volume.shape[0]:
-            log.warning("%s: %d B-scan positions for %d B-scans; ignoring them", source,
-                        positions.shape[0], volume.shape[0])
-            positions = None
-
-    bm = None
-    layers = getattr(ev, "layers", {})
-    if "BM" in layers:
-        cand = np.asarray(layers["BM"].data, dtype=np.float64)
-        if cand.shape == volume.shape[:2]:
-            valid = np.isfinite(cand) & (cand > 0) & (cand < volume.shape[2])
-            if valid.mean() >= 0.5:
-                bm = np.where(valid, cand, np.nan).astype(np.float32)
-            elif valid.any():
-                log.info("%s: BM segmentation covers only %.0f%% of A-scans; estimating BM instead",
-                         source, 100 * valid.mean())
-
-    flip_h = flip_w = False
-    if positions is not None and volume.shape[0] > 1:
-        centre_y = positions[:, :, 1].mean(axis=1)
-        flip_h = bool(centre_y[0] > centre_y[-1])
-        flip_w = bool(np.mean(positions[:, 1, 0] - positions[:, 0, 0]) < 0)
-    if flip_h:
-        volume = volume[::-1]
-        positions = positions[::-1] if positions is not None else None
-        bm = bm[::-1] if bm is not None else None
-    if flip_w:
-        volume = volume[:, ::-1]
-        positions = positions[:, ::-1] if positions is not None else None
-        bm = bm[:, ::-1] if bm is not None else None
-
     eye = normalise_eye(meta.get("laterality"))
+    localizer = getattr(ev, "localizer", None)
     if eye is None and localizer is not None:
         eye = normalise_eye(localizer.meta.get("laterality"))
     info: dict[str, Any] = {
@@ -181,18 +198,17 @@ def eyevolume_to_scan(
         "patient_id": patient_id,
         "eye": eye,
         "visit_date": visit_date or _iso_date(meta.get("visit_date")) or _iso_date(meta.get("exam_time")),
-        "flipped_bscans": flip_h,
-        "flipped_ascans": flip_w,
     }
-    return Scan(
+    scan = Scan(
         volume=np.ascontiguousarray(volume, dtype=np.float32),
-        spacing=tuple(float(s) for s in spacing),  # type: ignore[arg-type]
+        spacing=spacing,
         source=source,
         slo=slo,
-        bscan_positions=None if positions is None else np.ascontiguousarray(positions),
-        bm=None if bm is None else np.ascontiguousarray(bm),
+        bscan_positions=positions,
+        bm=_export_bm(ev, volume.shape, source),
         meta=info,
     )
+    return orient_scan(scan, *_slo_orientation(positions))
 
 
 def read_heidelberg(

@@ -9,7 +9,7 @@ same stem, all in one folder)::
       <scan>_slo.png           optional SLO / infrared image (PNG, TIFF, BMP, JPEG)
       <scan>_faf.png           optional FAF image
       <scan>_mask_<task>.png   optional en-face mask(s); <task>.<grader> for extra graders
-      <scan>_bm.npy            optional (H, W) BM depth (voxels of the reordered volume)
+      <scan>_bm.npy            optional (H, W) BM depth (voxels, counted from the file's depth 0)
 
 Sidecar keys (all optional): ``axes`` (order of the stored axes as letters ``H`` =
 B-scans, ``W`` = A-scans, ``D`` = depth, e.g. ``"DWH"``; default ``"HWD"``),
@@ -24,6 +24,14 @@ SLO pixels), ``mask_space`` (``{task: "oct" | "slo" | "faf"}``; by default a mas
 grid's size is on the OCT grid, and one of the SLO's or FAF's size on that image).
 
 The same companions (except ``_slo``) may sit beside a Heidelberg export.
+
+**Row order of OCT-grid companions.** A mask of the OCT grid's size and ``_bm.npy`` are
+indexed ``[B-scan, A-scan]`` in the order of the file as stored: row ``r`` is B-scan ``r``
+of the file (of the export, or along the volume's ``H`` axis, whatever ``axes`` says about
+where that axis is stored), column ``c`` its A-scan ``c``; BM values are depths in voxels
+counted from the file's depth index 0 (also when ``depth_flipped``). Whatever the reader
+reverses to put the grid in the SLO's orientation (Spectralis exports, stored bottom-up)
+is applied to them too. Masks drawn on the SLO or FAF are in that image's pixels.
 """
 
 from __future__ import annotations
@@ -260,6 +268,11 @@ def _infer_mask_space(key: str, mask: np.ndarray, scan: Scan, path: Path, declar
         return "slo"
     if faf_fit:
         return "faf"
+    if mask.shape == scan.grid_shape[::-1]:
+        raise DatasetError(
+            f"{path}: mask has shape {mask.shape}, the OCT grid {scan.grid_shape} transposed; OCT-grid masks "
+            "are indexed [B-scan, A-scan] (rows = B-scans in the file's order)"
+        )
     sizes = [f"OCT grid {scan.grid_shape}"]
     if scan.slo is not None:
         sizes.append(f"SLO {scan.slo.shape}")
@@ -268,8 +281,32 @@ def _infer_mask_space(key: str, mask: np.ndarray, scan: Scan, path: Path, declar
     raise DatasetError(f"{path}: mask has shape {mask.shape}, which matches none of: {', '.join(sizes)}")
 
 
+def _read_bm_file(path: Path, grid: tuple[int, int]) -> np.ndarray:
+    """An ``(H, W)`` BM map from a ``.npy`` companion (file order, as stored).
+
+    Raises:
+        DatasetError: unreadable, not numeric, or not of the grid's shape.
+    """
+    try:
+        bm = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise DatasetError(f"{path}: unreadable or truncated BM file ({e})") from None
+    if not np.issubdtype(bm.dtype, np.number) or np.iscomplexobj(bm):
+        raise DatasetError(f"{path}: BM map must be real numbers, got dtype {bm.dtype}")
+    if bm.shape != grid:
+        hint = " (transposed? OCT-grid companions are indexed [B-scan, A-scan])" if bm.shape == grid[::-1] else ""
+        raise DatasetError(f"{path}: BM map has shape {bm.shape}, expected the en-face grid {grid}{hint}")
+    return np.asarray(bm, dtype=np.float32)
+
+
 def attach_companions(scan: Scan, comp: dict[str, Any], sidecar: dict[str, Any], use_slo: bool = True) -> Scan:
     """Add companion images, masks, BM and sidecar metadata to ``scan`` (in place).
+
+    Companions on the OCT grid (masks of the grid's size, ``_bm.npy``) are in the file's
+    order: row ``r`` is B-scan ``r`` of the file as stored, column ``c`` its A-scan ``c``, BM
+    depth in voxels from the file's depth index 0. The reader's reorientation
+    (:attr:`~enface.io.base.Scan.file_flips`) is applied to them here, so that they land
+    on the same B-scans as the volume. SLO / FAF masks stay on their image.
 
     Args:
         scan: the scan read from the volume file or export.
@@ -301,19 +338,15 @@ def attach_companions(scan: Scan, comp: dict[str, Any], sidecar: dict[str, Any],
             scan.bscan_positions = positions_from_box(box, grid)
             scan.faf_to_slo = np.eye(3)
     if comp["bm"] is not None:
-        bm_path = comp["bm"]
-        try:
-            bm = np.load(bm_path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
-            raise DatasetError(f"{bm_path}: unreadable or truncated BM file ({e})") from None
-        if bm.shape != grid:
-            raise DatasetError(f"{bm_path}: BM map has shape {bm.shape}, expected the en-face grid {grid}")
-        scan.bm = np.asarray(bm, dtype=np.float32)
+        scan.bm = scan.bm_from_file(_read_bm_file(comp["bm"], grid))
+        scan.meta["bm_file"] = comp["bm"].name
     declared = dict(sidecar.get("mask_space", {}))
     for key, path in sorted(comp["masks"].items()):
         mask = read_mask(path)
-        scan.masks[key] = mask
-        scan.mask_spaces[key] = _infer_mask_space(key, mask, scan, path, declared)
+        space = _infer_mask_space(key, mask, scan, path, declared)
+        # on the OCT grid: in the file's B-scan order, like the volume as stored
+        scan.masks[key] = scan.enface_from_file(mask) if space == "oct" else mask
+        scan.mask_spaces[key] = space
     if sidecar.get("flattened"):
         scan.flattened = True
     for key in ("patient_id", "device", "visit", "visit_date"):
@@ -361,7 +394,8 @@ def read_volume_scan(
         vol, header_spacing = read_nifti_volume(path, ax)
     else:
         raise DatasetError(f"{path}: unknown volume format {fmt!r} (numpy, nifti)")
-    if sidecar.get("depth_flipped"):
+    depth_flipped = bool(sidecar.get("depth_flipped"))
+    if depth_flipped:
         vol = np.ascontiguousarray(vol[:, :, ::-1])
     sp = sidecar.get("spacing") or spacing or header_spacing
     if sp is None:
@@ -373,6 +407,7 @@ def read_volume_scan(
         volume=vol,
         spacing=tuple(float(s) for s in sp),  # type: ignore[arg-type]
         source=source_str(path),
-        meta={"device": "unknown"},
+        meta={"device": "unknown", **({"depth_flipped": True} if depth_flipped else {})},
+        file_flips=(False, False, depth_flipped),
     )
     return attach_companions(scan, comp, sidecar)

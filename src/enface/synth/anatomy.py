@@ -110,6 +110,7 @@ def retina_maps(
     lumen_large: np.ndarray,
     lumen_medium: np.ndarray,
     texture: np.ndarray,
+    drusen: np.ndarray | None = None,
 ) -> RetinaMaps:
     """Tissue maps of one scan on the en-face grid; every input is ``(H, W)``.
 
@@ -126,6 +127,7 @@ def retina_maps(
         lumen_large: large choroidal vessel profile in [0, 1].
         lumen_medium: medium choroidal vessel profile in [0, 1].
         texture: unit-variance smooth field (stroma heterogeneity).
+        drusen: height (mm) of the RPE lifted off BM by drusen, or None (no drusen).
 
     Returns:
         The :class:`~enface.synth.oct.RetinaMaps`.
@@ -142,6 +144,8 @@ def retina_maps(
     thick["sdd"] = sdd_height.astype(np.float32)
     # deposits indent the outer nuclear layer; the inner retina stays (almost) flat
     thick["onl"] = np.maximum(thick["onl"] - thick["sdd"], 0.25 * thick["onl"])
+    if drusen is not None:  # the outer nuclear layer thins over drusen, the inner retina less
+        thick["onl"] = np.maximum(thick["onl"] - 0.6 * drusen, 0.3 * thick["onl"]).astype(np.float32)
     lift = np.clip(sdd_height / 0.02, 0.0, 1.0)
     refl: dict[str, np.ndarray | float] = dict(style.reflect)
     refl["elm"] = style.reflect["elm"] * (1.0 - 0.85 * e)
@@ -161,6 +165,7 @@ def retina_maps(
         rpe_transmission=(t0 + (0.92 - t0) * a).astype(np.float32),
         vessel=vessel.astype(np.float32),
         vessel_radius=vessel_radius.astype(np.float32),
+        drusen=None if drusen is None else drusen.astype(np.float32),
     )
 
 

@@ -185,7 +185,6 @@ def synthesize_dataset(
     """
     from tqdm.auto import tqdm
 
-    from enface.data.folder import write_dataset_info
     from enface.data.splits import split_dataset
 
     if task not in TASKS:
@@ -213,23 +212,31 @@ def synthesize_dataset(
         "patients": int(patients), "label_fraction": label_fraction, "faf_fraction": faf_fraction,
         "grader2_fraction": grader2_fraction, "max_visits": int(max_visits),
     }
-    counts = {
-        "patients": len({c.patient_id for c in plan}), "cases": len(plan),
-        "labeled": sum(w["labeled"] for w in written), "with_faf": sum(w["faf"] for w in written),
-        "second_grader": sum(w["grader2"] for w in written),
-    }
-    write_dataset_info(
-        out, name=name or f"phantom-{preset}-{task}",
-        modalities=["oct", "slo"] + (["faf"] if counts["with_faf"] else []),
-        tasks=sorted(set().union(*(w["tasks"] for w in written))), spacing=grid.spacing,
-        generator=generator, counts=counts,
-    )
+    counts = _write_info(out, name or f"phantom-{preset}-{task}", plan, written, grid.spacing, generator)
     log.info(
         "wrote %d cases of %d patients (%d labeled, %d with FAF, %d with a second grader) to %s in %.1f s",
         counts["cases"], counts["patients"], counts["labeled"], counts["with_faf"], counts["second_grader"],
         out, time.perf_counter() - t0,
     )
     return out
+
+
+def _write_info(out: Path, name: str, plan: list[CohortCase], written: list[dict[str, Any]],
+                spacing: Any, generator: dict[str, Any]) -> dict[str, int]:
+    """Write ``dataset.json`` of a phantom; returns its counts."""
+    from enface.data.folder import write_dataset_info
+
+    counts = {
+        "patients": len({c.patient_id for c in plan}), "cases": len(plan),
+        "labeled": sum(w["labeled"] for w in written), "with_faf": sum(w["faf"] for w in written),
+        "second_grader": sum(w["grader2"] for w in written),
+    }
+    write_dataset_info(
+        out, name=name, modalities=["oct", "slo"] + (["faf"] if counts["with_faf"] else []),
+        tasks=sorted(set().union(*(w["tasks"] for w in written))), spacing=spacing,
+        generator=generator, counts=counts,
+    )
+    return counts
 
 
 def _write_phantom_case(out: Path, model: EyeModel, case: CohortCase, device: str, source: str) -> dict[str, Any]:

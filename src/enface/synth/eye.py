@@ -17,7 +17,7 @@ import numpy as np
 from enface.synth.anatomy import BMShape, LayerStyle, bm_surface, flat_bm_depth, retina_maps, tilt_for_visit
 from enface.synth.canvas import Canvas, Grid
 from enface.synth.fundus import FAFStyle, FundusScene, SLOStyle, render_faf, render_slo
-from enface.synth.lesions import GALesions, RPDDeposits, RPDMaps
+from enface.synth.lesions import Drusen, GALesions, RPDDeposits, RPDMaps
 from enface.synth.oct import Acquisition, render_oct
 from enface.synth.presets import get_preset
 from enface.synth.vessels import grow_vessel_tree, rasterise_vessels
@@ -44,7 +44,10 @@ class PhantomCase:
         spacing: ``(sh, sw, sd)`` in mm.
         eye: ``"OD"`` or ``"OS"``.
         day: visit day.
-        info: ground truth and settings (true lesion area, fovea position, seed, ...).
+        info: ground truth and settings (true lesion area, fovea position, seed, the FAF's
+            misregistration ``faf_misregistration`` as in :class:`~enface.synth.canvas.Affine`, ...).
+        drusen: ``(H, W)`` float32 height (mm) of the RPE above BM where drusen lift it, or
+            None when the scan was rendered without drusen.
     """
 
     oct: np.ndarray
@@ -56,6 +59,7 @@ class PhantomCase:
     eye: str = "OD"
     day: int = 0
     info: dict[str, Any] = field(default_factory=dict)
+    drusen: np.ndarray | None = None
 
 
 def make_grid(
@@ -156,6 +160,8 @@ class EyeModel:
         fov = canvas.fov(grid)
         self.ga = GALesions.random(lesion_rng, canvas, fov, self.fovea) if has_ga else None
         self.rpd = RPDDeposits.random(lesion_rng, canvas, (eh / 2, ew / 2), self.fovea) if has_rpd else None
+        # drawn from their own stream: scans rendered without drusen are unchanged by them
+        self.drusen = Drusen.random(np.random.default_rng([self.seed, 3]), self.fovea)
 
     def _af_spots(self, rng: np.random.Generator, extent: tuple[float, float]) -> np.ndarray:
         """Focal autofluorescence changes (mostly hypo-, some hyper-autofluorescent)."""
@@ -173,25 +179,32 @@ class EyeModel:
         """Mask names this eye's scans carry."""
         return ("ga", "rpd") if self.task == "both" else (self.task,)
 
-    def render(self, day: int = 0, flattened: bool = True) -> PhantomCase:
+    def render(self, day: int = 0, flattened: bool = True, drusen: bool | None = None) -> PhantomCase:
         """The scan of visit ``day``.
 
         Args:
             day: days since the first visit (non-negative); lesions grow with it.
             flattened: BM at a constant depth (as ``prepare`` stores scans), or the raw
                 curved and tilted BM.
+            drusen: render the eye's drusen (RPE lifted off BM; OCT only). Default: in raw
+                scans only, so that flattened scans (the datasets ``enface synth`` writes)
+                stay as they were.
 
         Returns:
             The :class:`PhantomCase`. The flattened and raw scans of the same day share
-            every random draw; only the BM geometry differs.
+            every random draw; only the BM geometry (and, by default, the drusen) differs.
         """
         if int(day) != day or day < 0:
             raise ValueError(f"day must be a non-negative integer, got {day!r}")
         day = int(day)
+        with_drusen = (not flattened) if drusen is None else bool(drusen)
         rng = np.random.default_rng([self.seed, 100, day])
         lesions = self._lesions(day)
         masks = self._masks(lesions)
-        volume, bm = self._volume(lesions, rng, flattened)
+        drusen_map = None
+        if with_drusen:  # drusen regress where the atrophy (and its margin) is
+            drusen_map = self._point(self.drusen.rasterise(self.canvas, lesions.photoreceptor_loss))
+        volume, bm = self._volume(lesions, rng, flattened, drusen_map)
         scene = FundusScene(
             canvas=self.canvas,
             fovea_dist=self.fovea_dist,
@@ -205,7 +218,7 @@ class EyeModel:
             rpd=lesions.rpd,
         )
         slo = render_slo(scene, self.slo_style, self.grid, rng)
-        faf = render_faf(scene, self.faf_style, self.grid, rng)
+        faf, faf_affine = render_faf(scene, self.faf_style, self.grid, rng)
         return PhantomCase(
             oct=volume,
             bm=bm,
@@ -215,7 +228,10 @@ class EyeModel:
             spacing=self.grid.spacing,
             eye=self.eye,
             day=day,
-            info=self._info(day, flattened, lesions, masks),
+            info={**self._info(day, flattened, lesions, masks), "faf_misregistration": {
+                "ty_mm": float(faf_affine.ty), "tx_mm": float(faf_affine.tx),
+                "rot_deg": float(faf_affine.rot_deg), "scale": float(faf_affine.scale)}},
+            drusen=drusen_map,
         )
 
     def _point(self, image: np.ndarray) -> np.ndarray:
@@ -255,9 +271,9 @@ class EyeModel:
         return masks
 
     def _volume(
-        self, lesions: "_VisitLesions", rng: np.random.Generator, flattened: bool
+        self, lesions: "_VisitLesions", rng: np.random.Generator, flattened: bool, drusen: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The OCT volume ``(H, W, D)`` and its BM depth ``(H, W)``."""
+        """The OCT volume ``(H, W, D)`` and its BM depth ``(H, W)`` (``drusen``: ``(H, W)`` mm or None)."""
         h, w, d = self.grid.shape
         sd = self.grid.spacing[2]
         y = self.grid.rows_mm()[:, None].astype(np.float32)
@@ -277,6 +293,7 @@ class EyeModel:
             lumen_large=self._point(self.lumen_large),
             lumen_medium=self._point(self.lumen_medium),
             texture=self._point(self.stroma_texture),
+            drusen=drusen,
         )
         # raw BM drawn in both modes, so that both share every later random draw
         tilt, jitter = tilt_for_visit(rng), rng.normal(0.0, 0.006, h)
@@ -338,6 +355,7 @@ def generate_case(
     preset: str = "demo",
     eye: str | None = None,
     day: int = 0,
+    drusen: bool | None = None,
 ) -> PhantomCase:
     """One phantom scan: the eye of ``seed`` at visit ``day``.
 
@@ -351,10 +369,11 @@ def generate_case(
         preset: acquisition preset.
         eye: ``"OD"``/``"OS"``; default: drawn from the seed.
         day: days since the first visit; lesions grow with it.
+        drusen: render drusen (RPE lifted off BM); default: in raw (un-flattened) scans only.
 
     Returns:
         The :class:`PhantomCase`.
     """
     grid = make_grid(shape, spacing, preset)
-    return EyeModel(seed, grid, task=task, eye=eye).render(day=day, flattened=flattened)
+    return EyeModel(seed, grid, task=task, eye=eye).render(day=day, flattened=flattened, drusen=drusen)
 

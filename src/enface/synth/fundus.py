@@ -163,7 +163,7 @@ def render_slo(scene: FundusScene, style: SLOStyle, grid: Grid, rng: np.random.G
 
 def render_faf(
     scene: FundusScene, style: FAFStyle, grid: Grid, rng: np.random.Generator
-) -> np.ndarray:
+) -> tuple[np.ndarray, Affine]:
     """The FAF of one visit, with a small residual misregistration to the OCT grid.
 
     Args:
@@ -173,7 +173,8 @@ def render_faf(
         rng: random generator of the visit.
 
     Returns:
-        ``(H, W)`` float32 in [0, 1].
+        ``(H, W)`` float32 in [0, 1], and the misregistration: FAF pixel ``(i, j)`` shows
+        the canvas at ``affine.apply(y_i, x_j)`` where the SLO's pixel shows ``(y_i, x_j)``.
     """
     tex = scene.texture
     img = style.brightness * (1.0 + 0.12 * tex[2] + 0.06 * tex[1])
@@ -192,4 +193,4 @@ def render_faf(
         rot_deg=rng.normal(0.0, 0.5),
         scale=1.0 + rng.normal(0.0, 0.008),
     )
-    return _finish(img.astype(np.float32), scene.canvas, grid, rng, blur_mm=0.02, noise=0.03, affine=affine)
+    return _finish(img.astype(np.float32), scene.canvas, grid, rng, blur_mm=0.02, noise=0.03, affine=affine), affine

@@ -10,6 +10,10 @@ the area grows linearly with time).
 region that favours the superior macula; the region spreads and the mounds grow over
 time.
 
+**Drusen** are sub-RPE deposits: dome-shaped elevations of the RPE off Bruch's membrane,
+scattered around the fovea and spared by the atrophy (they regress inside GA). They are not
+labelled; they make Bruch's membrane hard to find (the RPE no longer lies on it).
+
 A second grader is simulated by perturbing the boundaries (GA) or the outlined extent and
 the set of marked deposits (RPD).
 """
@@ -24,7 +28,7 @@ from scipy import ndimage
 
 from enface.synth.canvas import Canvas
 
-__all__ = ["GALesions", "RPDDeposits", "RPDMaps"]
+__all__ = ["GALesions", "RPDDeposits", "RPDMaps", "Drusen"]
 
 DAYS_PER_YEAR = 365.25
 
@@ -292,3 +296,51 @@ class RPDDeposits:
         mask = rel < 0.7
         mask2 = (rel < 0.7 * self.scale2) & self.seen2[idx]
         return RPDMaps(height, rel, mask, mask2)
+
+
+@dataclass(frozen=True)
+class Drusen:
+    """Soft drusen of one eye (static over the visits).
+
+    Attributes:
+        centres: ``(n, 2)`` centres ``(y, x)`` in mm.
+        radius: ``(n,)`` base radius in mm (50 to 200 µm: medium to large drusen).
+        height: ``(n,)`` apex height of the RPE above Bruch's membrane in mm.
+    """
+
+    centres: np.ndarray
+    radius: np.ndarray
+    height: np.ndarray
+
+    @classmethod
+    def random(cls, rng: np.random.Generator, fovea: tuple[float, float]) -> "Drusen":
+        """Draw the drusen of one eye: clustered in the central macula around ``fovea``."""
+        n = 20 + int(rng.poisson(40))
+        spread = rng.uniform(0.6, 1.2)
+        centres = np.asarray(fovea)[None, :] + rng.normal(0.0, spread, (n, 2))
+        radius = rng.uniform(0.05, 0.2, n)
+        height = np.clip(radius * rng.uniform(0.25, 0.5, n), 0.015, 0.08)
+        return cls(centres=centres, radius=radius, height=height)
+
+    def rasterise(self, canvas: Canvas, spared: np.ndarray | None = None) -> np.ndarray:
+        """``(ny, nx)`` float32 height (mm) of the RPE above BM: the upper envelope of domes.
+
+        Args:
+            canvas: the eye's canvas.
+            spared: ``(ny, nx)`` in [0, 1], where drusen have regressed (GA): height scaled
+                by ``1 - spared``.
+        """
+        y, x = canvas.coords()
+        out = np.zeros(canvas.shape, dtype=np.float32)
+        for (cy, cx), r, h in zip(self.centres, self.radius, self.height):
+            iy, ix = canvas.to_index(np.array([cy - r, cy + r]), np.array([cx - r, cx + r]))
+            r0, r1 = max(0, int(iy[0])), min(canvas.shape[0], int(iy[1]) + 2)
+            c0, c1 = max(0, int(ix[0])), min(canvas.shape[1], int(ix[1]) + 2)
+            if r0 >= r1 or c0 >= c1:
+                continue
+            rho2 = ((y[r0:r1] - cy) ** 2 + (x[:, c0:c1] - cx) ** 2) / (r * r)
+            dome = h * np.sqrt(np.clip(1.0 - rho2, 0.0, 1.0))
+            out[r0:r1, c0:c1] = np.maximum(out[r0:r1, c0:c1], dome)
+        if spared is not None:
+            out *= np.clip(1.0 - spared, 0.0, 1.0)
+        return out

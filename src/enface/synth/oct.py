@@ -5,8 +5,9 @@ are stacked upwards from Bruch's membrane (BM); each voxel gets the exact partia
 mix of the layers it overlaps, so thin bands (ELM, EZ, RPE) stay visible at coarse depth
 sampling. Below BM the light has passed the RPE: choroid and sclera are multiplied by the
 RPE transmission (low normally, high where the RPE is lost: GA hypertransmission) and
-decay with depth. Retinal vessels are bright round profiles in the inner retina that
-shadow everything below them. The acquisition adds multiplicative speckle (gamma, a few
+decay with depth. Drusen lift the RPE (and the layers above it) off BM; the space between
+is filled with moderately reflective deposit material, and BM stays where it was. Retinal
+vessels are bright round profiles in the inner retina that shadow everything below them. The acquisition adds multiplicative speckle (gamma, a few
 averaged frames), a noise floor, depth fall-off and per-B-scan / lateral gain.
 
 Depth coordinates are voxel indices: voxel ``d`` covers ``[d - 0.5, d + 0.5)``; a boundary
@@ -44,6 +45,7 @@ class RetinaMaps:
         rpe_transmission: fraction of light passing the RPE/BM complex.
         vessel: retinal vessel profile in [0, 1].
         vessel_radius: radius in mm of the nearest retinal vessel.
+        drusen: height in mm of the RPE above BM (sub-RPE deposits), or None (no drusen).
     """
 
     thickness: dict[str, np.ndarray]
@@ -57,6 +59,11 @@ class RetinaMaps:
     rpe_transmission: np.ndarray
     vessel: np.ndarray
     vessel_radius: np.ndarray
+    drusen: np.ndarray | None = None
+
+
+DRUSEN_REFLECT = 0.32
+"""Reflectivity of the deposit material between the lifted RPE and BM."""
 
 
 @dataclass(frozen=True)
@@ -112,9 +119,10 @@ def render_oct(
     d = np.arange(depth, dtype=np.float32)[None, None, :]
     bm = bm.astype(np.float32)
 
-    # layer boundaries, stacked upwards from BM (top boundary of each layer)
+    # layer boundaries, stacked upwards from the RPE's bottom (BM, or the top of a druse)
     tops: dict[str, np.ndarray] = {}
-    b = bm.copy()
+    rpe_bottom = bm if maps.drusen is None else bm - maps.drusen.astype(np.float32) / sd
+    b = rpe_bottom.copy()
     for name in reversed(LAYERS):
         b = b - maps.thickness[name] / sd
         tops[name] = b
@@ -125,6 +133,11 @@ def render_oct(
         vol += _step(d, tops[name]) * np.asarray(np.asarray(r) - prev, dtype=np.float32)[..., None]
         prev = r
     below_bm = _step(d, bm)
+    transmission = maps.rpe_transmission
+    if maps.drusen is not None:
+        vol += _step(d, rpe_bottom) * np.asarray(DRUSEN_REFLECT - np.asarray(prev), dtype=np.float32)[..., None]
+        prev = DRUSEN_REFLECT
+        transmission = transmission * (1.0 - 0.5 * np.clip(maps.drusen / 0.08, 0.0, 1.0)).astype(np.float32)
     vol -= below_bm * np.asarray(prev, dtype=np.float32)[..., None]
 
     # choroid (with vessel lumens) and sclera, seen through the RPE
@@ -136,7 +149,7 @@ def render_oct(
     sclera = _step(d, bm + maps.choroid / sd)
     tissue = choroid * (1.0 - sclera) + maps.sclera * sclera
     decay = np.exp(-np.clip(z, 0, None) * (sd / acq.choroid_decay_mm))
-    vol += below_bm * tissue * decay * maps.rpe_transmission[..., None]
+    vol += below_bm * tissue * decay * transmission[..., None]
 
     # retinal vessels: round bright profiles in the inner retina, shadowing below
     half = maps.vessel_radius * maps.vessel / sd
