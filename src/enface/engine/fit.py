@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib.util
+import io
 import json
 import logging
 import os
@@ -35,21 +36,23 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import lightning as L
+import torch
 import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader, RandomSampler
 
 from enface.config import RunConfig
 from enface.data.folder import read_dataset_info
-from enface.engine.checkpoint import AtomicCheckpointIO, checkpoint_info, read_checkpoint
+from enface.engine.checkpoint import checkpoint_info, read_checkpoint
 from enface.engine.history import MetricsHistory
 from enface.engine.module import TASK_METRIC, EnfaceModule
 from enface.engine.runs import RunSpec, dataset_fingerprint, file_sha256, identity_diff, run_identity
 from enface.engine.transfer import transfer_weights
 from enface.errors import CheckpointError, ConfigError, DatasetError, RunFolderError
-from enface.fileio import FolderLock, atomic_write_json, atomic_write_text
+from enface.fileio import FolderLock, atomic_write, atomic_write_json, atomic_write_text
 
-__all__ = ["FitResult", "ResolvedRun", "fit", "resolve_run", "select_run_cases", "resumable_checkpoint"]
+__all__ = ["AtomicCheckpointIO", "FitResult", "ResolvedRun", "fit", "resolve_run", "select_run_cases", "resumable_checkpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +194,18 @@ def resumable_checkpoint(folder: Path) -> Path:
         f"{folder}: no readable checkpoint to resume from ({'; '.join(problems) or 'none written'}); "
         "the folder was left as it is (remove it to start the run again)"
     )
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint IO: atomic writes (temporary file + rename), safe reads (weights only)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        buf = io.BytesIO()
+        torch.save(checkpoint, buf)
+        atomic_write(Path(path), lambda f: f.write(buf.getbuffer()))
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        return read_checkpoint(path)
 
 
 def _launched_worker() -> bool:
