@@ -39,7 +39,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 ]
 """Each entry adds one sub-command to the parser, in the order of the help text."""
 
-_TRAINING_COMMANDS = frozenset({"pretrain", "train", "evaluate", "experiment", "demo", "predict"})
+_TRAINING_COMMANDS = frozenset({"pretrain", "train", "experiment", "demo"})  # predict/evaluate do not load Lightning
 
 
 def build_parser() -> argparse.ArgumentParser:
