@@ -8,12 +8,13 @@ resident memory is its own, and no allocator or oneDNN cache is shared):
   (default batch 1 x 32 B-scans x 256 A-scans x 128 depth, the paper's crop);
 * **train / fast** — ``EnfaceModule(fast=True)`` with what ``enface train`` adds on the fast
   path: channels-last layout, bf16 autocast where the hardware has native bf16 (else
-  float32), glibc keeping freed memory;
+  float32), glibc reusing freed memory (``tune_allocator("training")``);
 * **infer / plain** — the network's own forward, ``torch.inference_mode``, on one whole
   volume (default 49 x 1024 x 128), then the sigmoid;
 * **infer / fast** — :func:`enface.engine.inference.predict_logits` on the network of
   :func:`enface.engine.fastpath.inference_network`: BatchNorm folded, channels-last,
-  float32, encoder over slabs of A-scans (what ``evaluate`` / ``predict`` run).
+  oneDNN convolutions, float32, encoder over slabs of A-scans, ``tune_allocator("inference")``
+  (what ``evaluate`` / ``predict`` run).
 
 With ``REF_CODE=<folder>`` naming an export of the paper's public repository
 (github.com/j-morano/multimodal-ssl-fpn; read from there, never copied into enface), its
@@ -78,7 +79,7 @@ def _train_job(job: dict[str, Any]) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
 
-    from enface.engine.fastpath import fast_precision, keep_freed_memory
+    from enface.engine.fastpath import fast_precision, tune_allocator
     from enface.engine.module import EnfaceModule
 
     dev, path = job["device"], job["path"]
@@ -92,19 +93,19 @@ def _train_job(job: dict[str, Any]) -> dict[str, Any]:
         x = x.permute(0, 1, 2, 4, 3).contiguous()  # the paper code's axis order
 
         def loss_of() -> torch.Tensor:
-            prob = net({"image": x})["prediction"]
+            prob = net({"image": x})["prediction"][:, :, :, 0]  # (N, 1, H, 1, W) -> (N, 1, H, W)
             inter = (prob * target).sum((2, 3))
             dice = 1 - (2 * inter + 1) / (prob.sum((2, 3)) + target.sum((2, 3)) + 1)
             return F.binary_cross_entropy(prob, target) + dice.mean()
         params = net.parameters()
     else:
-        fast = path == "fast"
+        fast = path in ("fast", "fast32")
         if fast and dev == "cpu":
-            keep_freed_memory()
+            tune_allocator("training")
         if fast and dev == "cuda":
             torch.backends.cudnn.benchmark = True
         module = EnfaceModule(job["model"], width=job["width"], model_kwargs=job["kwargs"], fast=fast).to(dev)
-        bf16 = fast and fast_precision("gpu" if dev == "cuda" else "cpu") == "bf16-mixed"
+        bf16 = path == "fast" and fast_precision("gpu" if dev == "cuda" else "cpu") == "bf16-mixed"
 
         def loss_of() -> torch.Tensor:
             return module.loss(module(x), target)
@@ -125,8 +126,8 @@ def _train_job(job: dict[str, Any]) -> dict[str, Any]:
 def _infer_job(job: dict[str, Any]) -> dict[str, Any]:
     import torch
 
+    from enface.engine.fastpath import inference_network, tune_allocator
     from enface.engine.inference import predict_logits
-    from enface.engine.fastpath import inference_network
     from enface.models import create_model
 
     dev, path = job["device"], job["path"]
@@ -138,16 +139,19 @@ def _infer_job(job: dict[str, Any]) -> dict[str, Any]:
 
         def forward(v: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
-                return paper({"image": v.permute(0, 1, 2, 4, 3).contiguous()})["prediction"]
+                return paper({"image": v.permute(0, 1, 2, 4, 3).contiguous()})["prediction"][:, :, :, 0]
     else:
         model = create_model(job["model"], width=job["width"], **job["kwargs"]).to(dev).eval()
         fast = path == "fast"
+        if fast and dev == "cpu":
+            tune_allocator("inference")  # as the Ensemble of evaluate / predict does
         net = inference_network(model, fast)
 
         def forward(v: torch.Tensor) -> torch.Tensor:
             with torch.inference_mode():
                 return torch.sigmoid(predict_logits(net, v, fast))
     x = torch.randn(1, 1, h, w, d, generator=g).to(dev)
+    rss0 = _rss_mib()
     forward(x[:, :, :, : max(16, w // 4)])  # warm-up on a narrower volume
     _sync(dev)
 
@@ -156,13 +160,14 @@ def _infer_job(job: dict[str, Any]) -> dict[str, Any]:
         _sync(dev)
         assert prob.shape[-2:] in ((h, w), (w, h)), prob.shape
 
-    return _timed(run, job, warm_up=False)
+    return _timed(run, job, warm_up=False, rss0=rss0)
 
 
-def _timed(fn, job: dict[str, Any], warm_up: bool = True, extra: dict | None = None) -> dict[str, Any]:  # noqa: ANN001
+def _timed(fn, job: dict[str, Any], warm_up: bool = True, extra: dict | None = None,  # noqa: ANN001
+           rss0: float | None = None) -> dict[str, Any]:
     import torch
 
-    rss0 = _rss_mib()
+    rss0 = _rss_mib() if rss0 is None else rss0
     if warm_up:
         fn()
     if job["device"] == "cuda":
@@ -217,7 +222,8 @@ def _jobs(args: argparse.Namespace) -> list[dict[str, Any]]:
         paths = (["paper"] if ref and model == "fpn" and width == 1.0 else []) + ["plain", "fast"]
         for stage in args.stages:
             repeats = args.repeats if stage == "train" else args.infer_repeats
-            jobs += [dict(base, stage=stage, path=p, repeats=repeats, ref=ref) for p in paths]
+            extra = ["fast32"] if stage == "train" and args.fast32 else []
+            jobs += [dict(base, stage=stage, path=p, repeats=repeats, ref=ref) for p in paths + extra]
     return jobs
 
 
@@ -251,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's, i.e. the cores)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--timeout", type=float, default=900, help="seconds per measurement")
+    p.add_argument("--fast32", action="store_true",
+                   help="also time the fast training step in float32 (fast32: no bf16 autocast)")
     p.add_argument("--quick", action="store_true", help="smoke run: small sizes, width 0.25, one repeat")
     args = p.parse_args(argv)
     if args.job:

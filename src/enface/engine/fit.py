@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from enface.config import RunConfig
 from enface.data.folder import read_dataset_info
 from enface.engine.checkpoint import checkpoint_info, read_checkpoint
-from enface.engine.fastpath import fast_precision, keep_freed_memory
+from enface.engine.fastpath import fast_precision, tune_allocator
 from enface.engine.history import MetricsHistory
 from enface.engine.module import TASK_METRIC, EnfaceModule
 from enface.engine.runs import RunSpec, dataset_fingerprint, file_sha256, identity_diff, run_identity
@@ -294,14 +294,11 @@ def resolved_precision(config: RunConfig) -> str:
 
 
 def _fast_settings(config: RunConfig) -> None:
-    """Process-wide settings of the fast path: cuDNN's autotuner on GPUs (crops have one
-    size); on CPUs, freed tensor memory kept for reuse (:func:`keep_freed_memory`)."""
-    if not config.fast:
-        return
-    if _on_gpu(config):
-        torch.backends.cudnn.benchmark = True
-    else:
-        keep_freed_memory()
+    """Process-wide setting of the fast path on CPUs: freed tensor memory kept for reuse
+    (:func:`~enface.engine.fastpath.tune_allocator`). (On GPUs the trainer turns on
+    cuDNN's autotuner: training crops all have one size.)"""
+    if config.fast and not _on_gpu(config):
+        tune_allocator("training")
 
 
 def _build_module(config: RunConfig) -> EnfaceModule:
@@ -346,6 +343,7 @@ def _trainer(config: RunConfig, folder: Path, callbacks: Sequence[Callback], pro
         check_val_every_n_epoch=config.val_every, deterministic=config.deterministic,
         callbacks=list(callbacks), logger=loggers or False, plugins=[AtomicCheckpointIO()],
         num_sanity_val_steps=0, log_every_n_steps=1, enable_progress_bar=progress, enable_model_summary=False,
+        benchmark=True if config.fast and _on_gpu(config) and not config.deterministic else None,
     )
 
 

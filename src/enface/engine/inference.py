@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from enface.engine.checkpoint import load_model, topk_checkpoints
-from enface.engine.fastpath import channels_last_input, inference_network
+from enface.engine.fastpath import channels_last_input, inference_network, tune_allocator
 from enface.engine.streaming import DEFAULT_SLAB_MB, streamed_forward
 from enface.errors import CheckpointError, DatasetError
 
@@ -94,6 +94,8 @@ class Ensemble:
             raise CheckpointError("no checkpoints to ensemble")
         self.device = torch.device(device)
         self.fast = bool(fast)
+        if self.fast and self.device.type == "cpu":
+            tune_allocator("inference")  # slab activations are reused, not faulted in again (process-wide)
         self.paths = [Path(p) for p in checkpoints]
         self.models: list[torch.nn.Module] = []
         self.infos: list[dict[str, Any]] = []
