@@ -51,9 +51,14 @@ class RunConfig:
         val_every: validate every N epochs.
         num_workers: DataLoader workers.
         runs_dir: root of the run folders.
-        accelerator, devices, strategy, precision, num_nodes: passed to Lightning.
+        accelerator, devices, strategy, precision, num_nodes: passed to Lightning;
+            ``precision: auto`` is ``bf16-mixed`` on the fast path where the hardware computes
+            bf16 natively (CPUs with AVX512-BF16/AMX, bf16-capable GPUs), else ``32-true``.
         compile: wrap the model in ``torch.compile``.
         deterministic: ask Lightning for deterministic algorithms.
+        fast: the fast path (:mod:`enface.engine.fastpath`): channels-last layout, bf16 where
+            native (with ``precision: auto``), validation on a BatchNorm-folded copy; on a GPU
+            also cuDNN benchmark mode and pinned memory. ``false``: plain eager float32.
     """
 
     stage: str = "train"
@@ -82,10 +87,11 @@ class RunConfig:
     accelerator: str = "auto"
     devices: Any = 1
     strategy: str = "auto"
-    precision: str = "32-true"
+    precision: str = "auto"
     num_nodes: int = 1
     compile: bool = False
     deterministic: bool = False
+    fast: bool = True
 
     @property
     def task(self) -> str:

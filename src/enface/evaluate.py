@@ -163,6 +163,7 @@ def evaluate(
     device: str = "cpu",
     save_probabilities: bool = True,
     progress: bool = True,
+    fast: bool = True,
 ) -> EvalResult:
     """Evaluate the top-k ensemble of a segmentation run on a split of a dataset.
 
@@ -178,6 +179,8 @@ def evaluate(
         device: torch device.
         save_probabilities: also write ``predictions.npz`` (probabilities as uint8).
         progress: log one line per case.
+        fast: run the ensemble on the fast inference path (same probabilities to float32
+            rounding; see :mod:`enface.engine.inference`).
 
     Returns:
         An :class:`EvalResult`; files ``cases.csv`` and ``summary.json`` are written atomically.
@@ -202,7 +205,7 @@ def evaluate(
     ids = select_cases(root, split, requires=target.requires)
     if not ids:
         raise DatasetError(f"{root}: no cases with a {target.name!r} mask in split {split!r}")
-    ensemble = Ensemble.from_run(run, top_k, device)
+    ensemble = Ensemble.from_run(run, top_k, device, fast=fast)
     out = Path(out_dir) if out_dir else path_under(run, "eval", f"{name}-{split}")
     ds = EnfaceDataset(root, ids, None, augment=None, channels=ensemble.channels)
     rows: list[dict[str, Any]] = []

@@ -169,13 +169,15 @@ def ssim_map(
     y = target.to(x.dtype)
     c1 = (k1 * data_range) ** 2
     c2 = (k2 * data_range) ** 2
-    mu_x = _filter(x, win)
-    mu_y = _filter(y, win)
-    sxx = _filter(x * x, win) - mu_x**2
-    syy = _filter(y * y, win) - mu_y**2
-    sxy = _filter(x * y, win) - mu_x * mu_y
-    num = (2 * mu_x * mu_y + c1) * (2 * sxy + c2)
-    den = (mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2)
+    # never under autocast: E[x²] - E[x]² in bf16 cancels to noise (and SSIM as a loss with it)
+    with torch.autocast(x.device.type, enabled=False):
+        mu_x = _filter(x, win)
+        mu_y = _filter(y, win)
+        sxx = _filter(x * x, win) - mu_x**2
+        syy = _filter(y * y, win) - mu_y**2
+        sxy = _filter(x * y, win) - mu_x * mu_y
+        num = (2 * mu_x * mu_y + c1) * (2 * sxy + c2)
+        den = (mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2)
     return num / den
 
 

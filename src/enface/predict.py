@@ -90,6 +90,8 @@ class PredictOptions:
         axes: stored axis order of NumPy/NIfTI volumes without a sidecar ``axes``.
         spacing: ``(sh, sw, sd)`` in mm for inputs that do not state it.
         device: torch device of the ensemble.
+        fast: the fast inference path (see :mod:`enface.engine.inference`); False: each
+            network's own forward on the whole volume.
     """
 
     fmt: str | None = None
@@ -100,6 +102,7 @@ class PredictOptions:
     axes: str | None = None
     spacing: tuple[float, float, float] | None = None
     device: str = "cpu"
+    fast: bool = True
 
     def __post_init__(self) -> None:
         if self.fmt is not None and self.fmt not in FORMATS:
@@ -253,6 +256,7 @@ class Predictor:
         device: str = "cpu",
         depth: int | None = None,
         window_mm: tuple[float, float] | None = None,
+        fast: bool = True,
     ) -> "Predictor":
         """Load a checkpoint file or the top-k checkpoints of a run folder.
 
@@ -267,9 +271,9 @@ class Predictor:
         """
         path = Path(model_or_run)
         if path.is_dir():
-            ensemble = Ensemble.from_run(path, top_k, device)
+            ensemble = Ensemble.from_run(path, top_k, device, fast)
         elif path.is_file():
-            ensemble = Ensemble([path], device)
+            ensemble = Ensemble([path], device, fast)
         else:
             raise CheckpointError(f"{path}: no such checkpoint file or run folder")
         predictor = cls(ensemble, FlattenParams())
@@ -498,7 +502,7 @@ def predict(
     out = Path(out)
     _check_output_folder(out)
     predictor = model_or_run if isinstance(model_or_run, Predictor) else Predictor.load(
-        model_or_run, top_k, options.device, options.depth, options.window_mm)
+        model_or_run, top_k, options.device, options.depth, options.window_mm, options.fast)
     items = find_inputs(inputs, predictor, options)
     log.info("predicting %d scan(s) with %d checkpoint(s) (task %s, depth %d)",
              len(items), len(predictor.checkpoints), predictor.task, predictor.flatten.depth)

@@ -43,7 +43,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 _LIST_OPTIONS = frozenset({"--spacing", "--window-mm", "--ratios"})
 """Options whose one value is a comma-separated list of numbers, which may start with '-'."""
 
-_TRAINING_COMMANDS = frozenset({"pretrain", "train", "evaluate", "experiment", "demo", "predict"})
+_TRAINING_COMMANDS = frozenset({"pretrain", "train", "experiment", "demo"})  # predict/evaluate do not load Lightning
 
 
 def build_parser() -> argparse.ArgumentParser:

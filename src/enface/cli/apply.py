@@ -34,6 +34,8 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--axes", help="stored axis order of numpy/nifti volumes, e.g. DWH (default HWD)")
     p.add_argument("--spacing", metavar="SH,SW,SD", help="voxel spacing in mm when the input does not give it")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--no-fast", dest="fast", action="store_false",
+                   help="plain inference path (each network's own forward on the whole volume, BatchNorm unfolded)")
     p.set_defaults(handler=_cmd_predict)
 
 
@@ -50,6 +52,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         axes=args.axes,
         spacing=parse_numbers(args.spacing, 3, "--spacing") if args.spacing else None,  # type: ignore[arg-type]
         device=args.device,
+        fast=args.fast,
     )
     report = predict(args.model, args.inputs, args.out, top_k=args.top_k, options=opts, progress=not args.quiet)
     if report.failed:

@@ -16,7 +16,20 @@ def add_experiment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-index", type=int, help="run only this index of the plan (e.g. a SLURM array task)")
     p.add_argument("--report-only", action="store_true", help="only (re)write tables, figures and report")
     p.add_argument("--no-progress", action="store_true", help="no per-epoch progress bars")
+    _add_no_fast(p)
     p.set_defaults(handler=_cmd_experiment)
+
+
+def _add_no_fast(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-fast", dest="fast", action="store_false",
+                   help="plain path for every run and evaluation (eager float32; same run folders)")
+
+
+def _plain(study, fast: bool):  # noqa: ANN001, ANN202
+    """The study with ``fast: false`` in its common run settings when ``fast`` is False."""
+    import dataclasses
+
+    return study if fast else dataclasses.replace(study, common={**study.common, "fast": False})
 
 
 def _print_plan(study, plan) -> None:  # noqa: ANN001
@@ -34,7 +47,7 @@ def _print_plan(study, plan) -> None:  # noqa: ANN001
 def _cmd_experiment(args: argparse.Namespace) -> int:
     from enface.study import collect_results, ensure_datasets, load_study, plan_study, run_study, write_report
 
-    study = load_study(args.study, out=args.out)
+    study = _plain(load_study(args.study, out=args.out), args.fast)
     if args.plan or args.report_only:
         ensure_datasets(study)
         plan = plan_study(study)
@@ -54,13 +67,14 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="demo", help="demo folder (default demo)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
+    _add_no_fast(p)
     p.set_defaults(handler=_cmd_demo)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from enface.study import demo_study, headline, run_study
 
-    study = demo_study(args.out, seed=args.seed)
+    study = _plain(demo_study(args.out, seed=args.seed), args.fast)
     print(f"enface demo: phantom dataset + study '{study.name}' in {args.out}/ "
           f"(FPN from scratch vs pre-trained on inverted FAF; label fractions "
           f"{', '.join(f'{100 * f:g} %' for f in study.fractions)})")

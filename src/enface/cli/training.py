@@ -29,6 +29,8 @@ def _add_run_options(p: argparse.ArgumentParser, stage: str) -> None:
     p.add_argument("--precision", help="Lightning precision: 32-true, bf16-mixed, 16-mixed")
     p.add_argument("--num-nodes", type=int)
     p.add_argument("--compile", action="store_const", const=True, help="torch.compile the model")
+    p.add_argument("--no-fast", dest="fast", action="store_const", const=False,
+                   help="plain path: eager float32, contiguous layout (default: the fast path, see README 'Speed')")
     p.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override any config field")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -49,7 +51,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
     overrides = parse_overrides(args.set)
     for name in ("dataset", "target", "init", "fraction", "model", "width", "seed", "epochs", "batch_size",
-                 "runs_dir", "accelerator", "devices", "strategy", "precision", "num_nodes", "compile"):
+                 "runs_dir", "accelerator", "devices", "strategy", "precision", "num_nodes", "compile", "fast"):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
@@ -76,6 +78,8 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--out", help="output folder (default <run>/eval/<dataset>-<split>)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--no-fast", dest="fast", action="store_false",
+                   help="plain inference path (each network's own forward, BatchNorm unfolded)")
     p.set_defaults(handler=_cmd_evaluate)
 
 
@@ -83,7 +87,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from enface.evaluate import evaluate
 
     res = evaluate(args.run, split=args.split, dataset=args.dataset, task=args.task, top_k=args.top_k,
-                   threshold=args.threshold, out_dir=args.out, device=args.device)
+                   threshold=args.threshold, out_dir=args.out, device=args.device, fast=args.fast)
     m = res.summary["metrics"]
     print(f"{res.summary['n_cases']} cases, {len(res.summary['checkpoints'])} checkpoints averaged")
     for name in ("dice", "area_diff_mm2", "hd95_mm"):

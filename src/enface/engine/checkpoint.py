@@ -11,12 +11,13 @@ entry::
 so :func:`load_model` can rebuild the network from the file alone. Everything in it is plain
 data (tensors, numbers, strings, lists, dicts), and every checkpoint is read with
 ``torch.load(weights_only=True)``: a file whose pickle would run code is refused, never run
-(Lightning's own resume goes through :class:`AtomicCheckpointIO`, which reads the same way).
+(Lightning's own resume goes through :class:`enface.engine.fit.AtomicCheckpointIO`, which reads
+the same way). This module does not import Lightning, so inference (``evaluate``, ``predict``)
+does not load it.
 """
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import re
@@ -24,13 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from enface.fileio import atomic_write
 from enface.errors import CheckpointError
 
 __all__ = [
-    "AtomicCheckpointIO",
     "checkpoint_info",
     "read_checkpoint",
     "load_model",
@@ -48,18 +46,6 @@ FORMAT_VERSION = 2
 ``[skip, upsampled]`` like the paper's code (1 had ``[upsampled, skip]``; such checkpoints are
 converted when read, see ``FeatureProjectionNetwork.upgrade_state_dict``)."""
 
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoint IO: atomic writes (temporary file + rename), safe reads (weights only)."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        buf = io.BytesIO()
-        torch.save(checkpoint, buf)
-        atomic_write(Path(path), lambda f: f.write(buf.getbuffer()))
-
-    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
-        return read_checkpoint(path)
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib.util
+import io
 import json
 import logging
 import os
@@ -35,21 +36,24 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import lightning as L
+import torch
 import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader, RandomSampler
 
 from enface.config import RunConfig
 from enface.data.folder import read_dataset_info
-from enface.engine.checkpoint import AtomicCheckpointIO, checkpoint_info, read_checkpoint
+from enface.engine.checkpoint import checkpoint_info, read_checkpoint
+from enface.engine.fastpath import fast_precision, tune_allocator
 from enface.engine.history import MetricsHistory
 from enface.engine.module import TASK_METRIC, EnfaceModule
 from enface.engine.runs import RunSpec, dataset_fingerprint, file_sha256, identity_diff, run_identity
 from enface.engine.transfer import TransferReport, transfer_weights
 from enface.errors import CheckpointError, ConfigError, DatasetError, RunFolderError
-from enface.fileio import FolderLock, atomic_write_json, atomic_write_text
+from enface.fileio import FolderLock, atomic_write, atomic_write_json, atomic_write_text
 
-__all__ = ["FitResult", "ResolvedRun", "fit", "resolve_run", "select_run_cases", "resumable_checkpoint"]
+__all__ = ["AtomicCheckpointIO", "resolved_precision", "FitResult", "ResolvedRun", "fit", "resolve_run", "select_run_cases", "resumable_checkpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +212,18 @@ def resumable_checkpoint(folder: Path) -> Path:
     )
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint IO: atomic writes (temporary file + rename), safe reads (weights only)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        buf = io.BytesIO()
+        torch.save(checkpoint, buf)
+        atomic_write(Path(path), lambda f: f.write(buf.getbuffer()))
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        return read_checkpoint(path)
+
+
 def _launched_worker() -> bool:
     """Whether this process is a worker that Lightning launched for a multi-process run.
 
@@ -274,10 +290,33 @@ def _loaders(config: RunConfig, train_ids: Sequence[str], val_ids: Sequence[str]
         if config.samples_per_epoch
         else None
     )
-    common: dict[str, Any] = dict(num_workers=config.num_workers, persistent_workers=config.num_workers > 0)
+    common: dict[str, Any] = dict(num_workers=config.num_workers, persistent_workers=config.num_workers > 0,
+                                  pin_memory=config.fast and _on_gpu(config))
     train_dl = DataLoader(train_ds, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler, drop_last=False, **common)
     val_dl = DataLoader(val_ds, batch_size=1, shuffle=False, **common)
     return train_dl, val_dl
+
+
+def _on_gpu(config: RunConfig) -> bool:
+    """Whether the run trains on CUDA GPUs (``accelerator`` gpu/cuda, or auto with one present)."""
+    name = str(config.accelerator).lower()
+    return name in ("gpu", "cuda") or (name == "auto" and torch.cuda.is_available())
+
+
+def resolved_precision(config: RunConfig) -> str:
+    """Lightning precision of a run: ``precision`` as given, or for ``"auto"`` the fast path's
+    choice (:func:`~enface.engine.fastpath.fast_precision`), ``"32-true"`` on the plain path."""
+    if config.precision != "auto":
+        return config.precision
+    return fast_precision(config.accelerator) if config.fast else "32-true"
+
+
+def _fast_settings(config: RunConfig) -> None:
+    """Process-wide setting of the fast path on CPUs: freed tensor memory kept for reuse
+    (:func:`~enface.engine.fastpath.tune_allocator`). (On GPUs the trainer turns on
+    cuDNN's autotuner: training crops all have one size.)"""
+    if config.fast and not _on_gpu(config):
+        tune_allocator("training")
 
 
 def _build_module(config: RunConfig) -> EnfaceModule:
@@ -292,6 +331,7 @@ def _build_module(config: RunConfig) -> EnfaceModule:
         weight_decay=config.weight_decay,
         config=config.to_dict(),
         compile=config.compile,
+        fast=config.fast,
     )
 
 
@@ -317,10 +357,11 @@ def _trainer(config: RunConfig, folder: Path, callbacks: Sequence[Callback], pro
     return L.Trainer(
         default_root_dir=str(folder), max_epochs=config.epochs, accelerator=config.accelerator,
         devices=config.devices, strategy=config.strategy, num_nodes=config.num_nodes,
-        precision=config.precision, accumulate_grad_batches=config.accumulate,
+        precision=resolved_precision(config), accumulate_grad_batches=config.accumulate,
         check_val_every_n_epoch=config.val_every, deterministic=config.deterministic,
         callbacks=list(callbacks), logger=loggers or False, plugins=[AtomicCheckpointIO()],
         num_sanity_val_steps=0, log_every_n_steps=1, enable_progress_bar=progress, enable_model_summary=False,
+        benchmark=True if config.fast and _on_gpu(config) and not config.deterministic else None,
     )
 
 
@@ -375,6 +416,7 @@ def _train(run: ResolvedRun, resume_from: Path | None, callbacks: Sequence[Callb
     log.info("%s: %d training / %d validation cases -> %s%s", run.spec.label, len(run.train_ids),
              len(run.val_ids), folder, f" (resuming from {resume_from.name})" if resume_from else "")
     L.seed_everything(config.seed, workers=True, verbose=False)
+    _fast_settings(config)
     module = _build_module(config)
     if resume_from is None:
         _start_folder(run, module)

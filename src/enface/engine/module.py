@@ -11,6 +11,8 @@ from enface.losses import DiceBCELoss, NegativeSSIMLoss
 from enface.metrics import dice_per_sample, ssim
 from enface.models import create_model, model_spec
 from enface.engine.checkpoint import FORMAT_VERSION
+from enface.engine.fastpath import channels_last_input, contiguous_state, inference_network, to_channels_last
+from enface.engine.inference import predict_logits
 from enface.errors import NonFiniteLossError
 
 __all__ = ["EnfaceModule", "TASK_METRIC"]
@@ -31,6 +33,10 @@ class EnfaceModule(L.LightningModule):
         lr, momentum, weight_decay: SGD settings.
         config: the resolved run config (stored in every checkpoint).
         compile: wrap the network in ``torch.compile``.
+        fast: the fast path (:mod:`enface.engine.fastpath`): channels-last weights and inputs
+            for training; validation in float32 on a BatchNorm-folded copy of the network,
+            over slabs of A-scans where the network allows it. Checkpoints are written as the
+            plain path writes them (contiguous tensors, BatchNorm layers, same keys).
 
     Batches are dicts with ``volume (N, C_in, H, W, D)`` and ``target (N, C_out, H, W)``.
     """
@@ -48,6 +54,7 @@ class EnfaceModule(L.LightningModule):
         weight_decay: float = 1e-4,
         config: dict[str, Any] | None = None,
         compile: bool = False,
+        fast: bool = False,
     ) -> None:
         super().__init__()
         if task not in TASK_METRIC:
@@ -57,12 +64,30 @@ class EnfaceModule(L.LightningModule):
         self.metric_name = TASK_METRIC[task]
         net = create_model(model_name, in_channels, out_channels, width, **(model_kwargs or {}))
         self.spec = model_spec(net)
+        self.fast = bool(fast)
+        if self.fast:
+            to_channels_last(net)
         self.model: torch.nn.Module = torch.compile(net) if compile else net
         self.loss = DiceBCELoss() if task == "segment" else NegativeSSIMLoss()
+        self._val_net: dict[str, torch.nn.Module] = {}  # a dict: not a registered sub-module
 
     def forward(self, volume: torch.Tensor) -> torch.Tensor:
         """``(N, C_in, H, W, D)`` -> logits ``(N, C_out, H, W)``."""
-        return self.model(volume)
+        return self.model(channels_last_input(volume) if self.fast else volume)
+
+    def on_validation_epoch_start(self) -> None:
+        if self.fast:  # a BatchNorm-folded copy of this epoch's weights
+            self._val_net["net"] = inference_network(getattr(self.model, "_orig_mod", self.model))
+
+    def on_validation_epoch_end(self) -> None:
+        self._val_net.clear()
+
+    def _validation_logits(self, volume: torch.Tensor) -> torch.Tensor:
+        net = self._val_net.get("net")
+        if net is None:
+            return self(volume)
+        with torch.autocast(volume.device.type, enabled=False):  # validation in float32
+            return predict_logits(net, volume.float())
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         logits = self(batch["volume"])
@@ -76,7 +101,7 @@ class EnfaceModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        logits = self(batch["volume"])
+        logits = self._validation_logits(batch["volume"])
         target = batch["target"]
         n = logits.shape[0]
         self.log("val_loss", self.loss(logits, target), on_epoch=True, batch_size=n, sync_dist=True)
@@ -92,6 +117,10 @@ class EnfaceModule(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.fast:  # written as the plain path writes them
+            for key in ("state_dict", "optimizer_states"):
+                if key in checkpoint:
+                    checkpoint[key] = contiguous_state(checkpoint[key])
         value = self.trainer.callback_metrics.get(self.metric_name) if self._trainer is not None else None
         checkpoint["enface"] = {
             "model": dict(self.spec),

@@ -37,10 +37,12 @@ __all__ = [
 ]
 
 OPERATIONAL_FIELDS: frozenset[str] = frozenset(
-    {"runs_dir", "num_workers", "accelerator", "devices", "strategy", "num_nodes", "compile", "dataset", "init"}
+    {"runs_dir", "num_workers", "accelerator", "devices", "strategy", "num_nodes", "compile", "dataset", "init",
+     "precision", "fast"}
 )
-"""Config fields that do not change what a run learns (where and how fast it runs), plus the
-dataset and init *paths*, which are replaced in the identity by fingerprints of their content."""
+"""Config fields that do not change what a run learns (where and how fast it runs: the
+hardware, and whether it computes in bf16 or float32 rounding), plus the dataset and init
+*paths*, which are replaced in the identity by fingerprints of their content."""
 
 _MODEL_DIR_RE = re.compile(r"(?P<model>.+)-w(?P<width>[0-9.]+)")
 _INIT_RE = re.compile(r"^(scratch|ssl-[A-Za-z0-9_]+|init-[A-Za-z0-9_.-]+)$")
@@ -190,7 +192,7 @@ def run_identity(config: Mapping[str, Any], dataset: str, init: str | None) -> d
 def identity_diff(stored: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """``["lr: 0.1 -> 0.01", ...]``: the fields in which two identities differ."""
     out = []
-    for key in sorted(set(stored) | set(new)):
+    for key in sorted((set(stored) | set(new)) - OPERATIONAL_FIELDS):  # older identities may hold some
         a, b = stored.get(key), new.get(key)
         if a != b:
             if key.endswith(("fingerprint", "sha256")):

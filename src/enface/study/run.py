@@ -78,7 +78,8 @@ def execute_run(study: StudyConfig, run: PlannedRun, progress: bool = True) -> s
     source = Target.from_init_label(run.init) if run.stage == "train" else None
     if source is not None:
         init_ckpt = pretrained_checkpoint(study, run.model, source.name)
-    result = fit(run_config(study, run, init_ckpt), resume=True, progress=progress)
+    config = run_config(study, run, init_ckpt)
+    result = fit(config, resume=True, progress=progress)
     if result.status == "interrupted":
         return "interrupted"
     if run.stage == "train":
@@ -87,7 +88,7 @@ def execute_run(study: StudyConfig, run: PlannedRun, progress: bool = True) -> s
             if (out / "summary.json").is_file():
                 continue
             evaluate(result.run_dir, split=ts.get("split", "test"), dataset=ts["dataset"], task=study.task,
-                     top_k=study.top_k, out_dir=out, progress=False)
+                     top_k=study.top_k, out_dir=out, progress=False, fast=config.fast)
     return result.status
 
 
