@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import lightning as L
@@ -11,11 +12,20 @@ from enface.losses import DiceBCELoss, NegativeSSIMLoss
 from enface.metrics import dice_per_sample, ssim
 from enface.models import create_model, model_spec
 from enface.engine.checkpoint import FORMAT_VERSION
-from enface.engine.fastpath import channels_last_input, contiguous_state, inference_network, to_channels_last
+from enface.engine.fastpath import (
+    channels_last_input,
+    channels_last_is_faster,
+    contiguous_state,
+    inference_network,
+    to_channels_last,
+    to_contiguous,
+)
 from enface.engine.inference import predict_logits
 from enface.errors import NonFiniteLossError
 
 __all__ = ["EnfaceModule", "TASK_METRIC"]
+
+log = logging.getLogger(__name__)
 
 TASK_METRIC: dict[str, str] = {"segment": "val_dice", "reconstruct": "val_ssim"}
 """Validation metric (higher is better) that ranks the checkpoints of each task."""
@@ -34,7 +44,8 @@ class EnfaceModule(L.LightningModule):
         config: the resolved run config (stored in every checkpoint).
         compile: wrap the network in ``torch.compile``.
         fast: the fast path (:mod:`enface.engine.fastpath`): channels-last weights and inputs
-            for training; validation in float32 on a BatchNorm-folded copy of the network,
+            for training (on a CPU, the first training batch times both layouts and keeps
+            the faster: :func:`~enface.engine.fastpath.channels_last_is_faster`); validation in float32 on a BatchNorm-folded copy of the network,
             over slabs of A-scans where the network allows it. Checkpoints are written as the
             plain path writes them (contiguous tensors, BatchNorm layers, same keys).
 
@@ -65,6 +76,8 @@ class EnfaceModule(L.LightningModule):
         net = create_model(model_name, in_channels, out_channels, width, **(model_kwargs or {}))
         self.spec = model_spec(net)
         self.fast = bool(fast)
+        self.channels_last = self.fast
+        self._layout_pending = self.fast and not compile  # measured on the first CPU training batch
         if self.fast:
             to_channels_last(net)
         self.model: torch.nn.Module = torch.compile(net) if compile else net
@@ -73,7 +86,19 @@ class EnfaceModule(L.LightningModule):
 
     def forward(self, volume: torch.Tensor) -> torch.Tensor:
         """``(N, C_in, H, W, D)`` -> logits ``(N, C_out, H, W)``."""
-        return self.model(channels_last_input(volume) if self.fast else volume)
+        return self.model(channels_last_input(volume) if self.channels_last else volume)
+
+    def _choose_layout(self, volume: torch.Tensor) -> None:
+        """On a CPU, keep the training layout that runs this batch shape faster."""
+        self._layout_pending = False
+        if volume.device.type != "cpu":
+            return
+        faster, t_last, t_contiguous = channels_last_is_faster(self.model, volume)
+        self.channels_last = faster
+        if not faster:
+            to_contiguous(self.model)
+        log.info("training layout: %s (a step %.2f s channels-last, %.2f s contiguous)",
+                 "channels-last" if faster else "contiguous", t_last, t_contiguous)
 
     def on_validation_epoch_start(self) -> None:
         if self.fast:  # a BatchNorm-folded copy of this epoch's weights
@@ -90,6 +115,8 @@ class EnfaceModule(L.LightningModule):
             return predict_logits(net, volume.float())
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        if self._layout_pending:
+            self._choose_layout(batch["volume"])
         logits = self(batch["volume"])
         loss = self.loss(logits, batch["target"])
         if not torch.isfinite(loss):
