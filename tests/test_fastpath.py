@@ -15,11 +15,13 @@ from enface.engine import fastpath, streaming
 from enface.engine.checkpoint import load_model, read_checkpoint, topk_checkpoints
 from enface.engine.fastpath import (
     channels_last_input,
+    channels_last_is_faster,
     contiguous_state,
     fast_precision,
     fold_batchnorm,
     inference_network,
     to_channels_last,
+    to_contiguous,
 )
 from enface.engine.fit import fit, resolved_precision
 from enface.engine.inference import Ensemble, predict_logits
@@ -186,6 +188,42 @@ def test_fast_training_steps_follow_the_plain_ones(monkeypatch: pytest.MonkeyPat
     # either path). What bf16 does to learning is measured on the demo study (README).
     assert g_bf16.isfinite().all()
     assert abs(fast_bf16[0] - plain[0]) < 2e-2 * plain[0], (fast_bf16, plain)
+
+
+def test_layout_trial_leaves_the_network_as_it_was() -> None:
+    torch.manual_seed(0)
+    net = to_channels_last(create_model("fpn", width=0.125)).train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    faster, t_last, t_contiguous = channels_last_is_faster(net, torch.randn(2, 1, 4, 32, 64))
+    assert isinstance(faster, bool) and faster == (t_last <= t_contiguous) and 0 < t_last < 60 and 0 < t_contiguous < 60
+    after = net.state_dict()  # weights, BatchNorm statistics and layout untouched, no gradients
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    assert all(p.grad is None for p in net.parameters())
+    assert net.encoder[1].unit1.body[0].weight.is_contiguous(memory_format=torch.channels_last_3d)
+    params = list(net.parameters())
+    to_contiguous(net)
+    assert all(p.is_contiguous() for p in net.parameters()) and all(a is b for a, b in zip(params, net.parameters()))
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_training_keeps_the_faster_layout(monkeypatch: pytest.MonkeyPatch, channels_last: bool) -> None:
+    monkeypatch.setattr(EnfaceModule, "log", lambda *a, **k: None)
+    monkeypatch.setattr("enface.engine.module.channels_last_is_faster", lambda net, v: (channels_last, 1.0, 1.0))
+    g = torch.Generator().manual_seed(3)
+    batch = {"volume": torch.randn(2, 1, 4, 32, 64, generator=g),
+             "target": (torch.rand(2, 1, 4, 32, generator=g) > 0.6).float()}
+    losses = {}
+    for fast in (True, False):
+        torch.manual_seed(0)
+        module = EnfaceModule("fpn", width=0.25, fast=fast)
+        losses[fast] = float(module.training_step(batch, 0))
+    torch.manual_seed(0)
+    module = EnfaceModule("fpn", width=0.25, fast=True)
+    module.training_step(batch, 0)
+    conv = module.model.encoder[1].unit1.body[0].weight
+    assert module.channels_last is channels_last and not module._layout_pending
+    assert conv.is_contiguous(memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format)
+    assert abs(losses[True] - losses[False]) < 1e-5
 
 
 def test_checkpoints_of_either_path_load_in_the_other(phantom_dataset: Path, tmp_path: Path) -> None:

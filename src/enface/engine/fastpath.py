@@ -158,6 +158,7 @@ def _step_seconds(net: nn.Module, volume: torch.Tensor, channels_last: bool) -> 
     x = channels_last_input(volume) if channels_last else volume.contiguous()
     seconds = float("inf")
     for _ in range(2):
+        net.zero_grad(set_to_none=True)  # gradients take the layout of the weights
         start = time.perf_counter()
         out = net(x)
         out.float().square().mean().backward()
