@@ -73,6 +73,19 @@ def test_paper_config_loads(dataset: Path) -> None:
     assert (cfg.batch_size, cfg.target, cfg.fraction, cfg.task) == (8, "ga", 0.05, "segment")
 
 
+def test_a_run_config_yaml_recreates_the_run(dataset: Path, tmp_path: Path) -> None:
+    import yaml
+
+    for stage in ("pretrain", "train"):
+        cfg = load_config(None, stage, {"dataset": str(dataset), "lr": 0.05, "crop": (8, 16), "seed": 3})
+        path = tmp_path / f"{stage}.yaml"
+        path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))  # as fit writes config.yaml
+        assert load_config(path, stage) == cfg
+        assert load_config(path, stage, {"seed": 4}).seed == 4
+    with pytest.raises(ConfigError, match="'train' run, not of a 'pretrain'"):
+        load_config(tmp_path / "train.yaml", "pretrain")
+
+
 def test_overrides_win_and_are_typed(dataset: Path) -> None:
     over = parse_overrides(["epochs=3", "crop=[8, 16]", "augment=false", "devices=2"])
     cfg = load_config(None, "train", {**over, "dataset": str(dataset)})

@@ -239,6 +239,8 @@ def test_checkpoints_of_either_path_load_in_the_other(phantom_dataset: Path, tmp
         state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
         assert {k: v.shape for k, v in state.items()} == plain_keys
         assert all(v.is_contiguous() for v in state.values())
+        assert ckpt["enface"]["precision"] == (fast_precision("cpu") if fast else "32-true")
+        assert ckpt["enface"]["layout"] in (("channels-last", "contiguous") if fast else ("contiguous",))
         model, _ = load_model(topk_checkpoints(run)[0])  # the plain network
         assert any(isinstance(m, nn.BatchNorm3d) for m in model.modules())
     x = torch.randn(1, 1, 8, 32, 64)

@@ -229,6 +229,9 @@ def load_config(
 ) -> RunConfig:
     """Resolve a :class:`RunConfig`: defaults ← YAML ``common`` ← YAML ``<stage>`` ← overrides.
 
+    The YAML is either sectioned (``common``/``pretrain``/``train``, as ``configs/paper.yaml``)
+    or a run folder's own ``config.yaml`` (flat, with its ``stage``), which re-creates that run.
+
     Stage defaults differ from :class:`RunConfig` defaults where the paper's do:
     ``pretrain`` uses batch 4, target ``faf_inv`` and the validation metric SSIM.
 
@@ -246,6 +249,10 @@ def load_config(
     if path is not None:
         p = Path(path)
         doc = read_yaml_mapping(p, "config file")
+        if "stage" in doc and not {"common", "pretrain", "train"} & set(doc):  # a run folder's config.yaml
+            if doc["stage"] != stage:
+                raise ConfigError(f"{p}: the config of a {doc['stage']!r} run, not of a {stage!r} one")
+            doc = {stage: {k: v for k, v in doc.items() if k != "stage"}}
         extra = set(doc) - {"common", "pretrain", "train"}
         if extra:
             raise ConfigError(f"{p}: unknown top-level sections {sorted(extra)} (use common/pretrain/train)")

@@ -6,7 +6,8 @@ entry::
     {"model": {"name", "in_channels", "out_channels", "width", "kwargs"},
      "config": <the resolved RunConfig as a dict>,
      "metric": {"name": "val_dice", "value": 0.83} | None,
-     "epoch": 12, "format_version": 2}
+     "epoch": 12, "format_version": 2,
+     "precision": "bf16-mixed" | "32-true" | ..., "layout": "contiguous" | "channels-last"}
 
 so :func:`load_model` can rebuild the network from the file alone. Everything in it is plain
 data (tensors, numbers, strings, lists, dicts), and every checkpoint is read with

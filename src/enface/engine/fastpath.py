@@ -53,6 +53,7 @@ __all__ = [
     "inference_network",
     "use_onednn",
     "tune_allocator",
+    "release_free_memory",
 ]
 
 log = logging.getLogger(__name__)
@@ -151,43 +152,50 @@ def to_contiguous(module: nn.Module) -> nn.Module:
     return module
 
 
-def _step_seconds(net: nn.Module, volume: torch.Tensor, channels_last: bool) -> float:
-    """Seconds of the second of two forward + backward passes of ``net`` on ``volume``."""
+def _pass_seconds(net: nn.Module, x: torch.Tensor) -> float:
+    """Seconds of one forward + backward pass of ``net`` on ``x``."""
     import time
 
-    x = channels_last_input(volume) if channels_last else volume.contiguous()
-    seconds = float("inf")
-    for _ in range(2):
-        net.zero_grad(set_to_none=True)  # gradients take the layout of the weights
-        start = time.perf_counter()
-        out = net(x)
-        out.float().square().mean().backward()
-        seconds = time.perf_counter() - start
-    return seconds
+    net.zero_grad(set_to_none=True)  # gradients take the layout of the weights
+    start = time.perf_counter()
+    net(x).float().square().mean().backward()
+    return time.perf_counter() - start
 
 
-def channels_last_is_faster(net: nn.Module, volume: torch.Tensor) -> tuple[bool, float, float]:
+def channels_last_is_faster(net: nn.Module, volume: torch.Tensor, passes: int = 3) -> tuple[bool, float, float]:
     """Whether a training step of ``net`` on batches like ``volume`` runs faster channels-last.
 
     Channels-last makes oneDNN's 3D convolutions several times faster, but PyTorch's CPU
     BatchNorm is 1.5-5x slower on channels-last tensors with few channels, so narrow networks
     (e.g. FPN at width 0.25 on 2 CPU cores, bf16: 0.58 s contiguous vs 0.87 s channels-last
     per step) are faster contiguous while wide ones are not (width 1: 3.1 s vs 1.4 s). Which
-    wins depends on the CPU, the precision and the shapes, so it is measured: two passes
-    (warm-up, timed) of a copy of ``net`` in each layout, under the caller's autocast
-    setting. ``net`` itself (weights, BatchNorm statistics, gradients) is not touched.
+    wins depends on the CPU, the precision and the shapes, so it is measured on two copies
+    of ``net``, one per layout, under the caller's autocast setting: ``passes`` forward +
+    backward passes each, alternating, the first of each discarded (warm-up) and the fastest
+    of the others kept. ``net`` itself (weights, BatchNorm statistics, gradients) is not
+    touched. The trial runs on the batch's first sample, half its B-scans (so that it needs
+    less memory than a training step; which layout wins does not change with the batch size
+    or the crop on the machines measured).
 
     Args:
         net: the network in training mode.
         volume: a batch ``(N, C, H, W, D)`` of the training shape (only its values are read).
+        passes: passes per layout (at least 2).
 
     Returns:
         (channels-last is faster, seconds channels-last, seconds contiguous).
     """
-    trial = copy.deepcopy(net).train()
+    sample = volume[:1, :, : max(4, volume.shape[2] // 2)]  # a smaller trial keeps the peak memory of training
+    trials = {True: to_channels_last(copy.deepcopy(net).train()), False: to_contiguous(copy.deepcopy(net).train())}
+    inputs = {True: channels_last_input(sample), False: sample.contiguous()}
+    seconds: dict[bool, list[float]] = {True: [], False: []}
     with torch.enable_grad():
-        t_last = _step_seconds(to_channels_last(trial), volume, True)
-        t_contiguous = _step_seconds(to_contiguous(trial), volume, False)
+        for _ in range(max(2, passes)):
+            for layout, trial in trials.items():
+                seconds[layout].append(_pass_seconds(trial, inputs[layout]))
+    t_last, t_contiguous = min(seconds[True][1:]), min(seconds[False][1:])
+    del trials, inputs
+    release_free_memory()
     return t_last <= t_contiguous, t_last, t_contiguous
 
 
@@ -371,3 +379,13 @@ def tune_allocator(purpose: str = "inference") -> bool:
         _allocator_state.append(purpose)
     log.debug("glibc allocator tuned for %s: %s", purpose, ok)
     return ok
+
+
+def release_free_memory() -> bool:
+    """Return the allocator's free memory to the kernel (glibc ``malloc_trim``), e.g. after
+    a one-off computation whose memory the next ones would not reuse as it is. Returns
+    whether glibc did so (False without glibc)."""
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False

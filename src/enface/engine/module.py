@@ -156,4 +156,8 @@ class EnfaceModule(L.LightningModule):
             "metric": None if value is None else {"name": self.metric_name, "value": float(value)},
             "epoch": int(self.current_epoch),
             "format_version": FORMAT_VERSION,
+            # how it was computed (does not change what the checkpoint is): Lightning's
+            # precision (e.g. "bf16-mixed" on the fast path where native) and the layout
+            "precision": str(self.trainer.precision) if self._trainer is not None else None,
+            "layout": "channels-last" if self.channels_last else "contiguous",
         }
