@@ -114,11 +114,9 @@ def fast_precision(accelerator: str) -> str:
     name = str(accelerator).lower()
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name in ("gpu", "cuda"):
-        return "bf16-mixed" if native_bf16("cuda") else "32-true"
-    if name == "cpu":
-        return "bf16-mixed" if native_bf16("cpu") else "32-true"
-    return "32-true"
+    if name not in ("gpu", "cuda", "cpu"):
+        return "32-true"
+    return "bf16-mixed" if native_bf16(name) else "32-true"
 
 
 # --------------------------------------------------------------------------- memory layout
@@ -348,6 +346,14 @@ _ALLOCATOR_SETTINGS: dict[str, tuple[tuple[int, int], ...]] = {
 _allocator_state: list[str] = []
 
 
+def _libc() -> Any:
+    """glibc, or None where there is none (macOS, Windows, musl)."""
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
 def tune_allocator(purpose: str = "inference") -> bool:
     """Make glibc's allocator reuse freed tensor memory instead of returning it to the kernel.
 
@@ -370,9 +376,8 @@ def tune_allocator(purpose: str = "inference") -> bool:
         raise ValueError(f"purpose must be one of {sorted(_ALLOCATOR_SETTINGS)}, got {purpose!r}")
     if "training" in _allocator_state or purpose in _allocator_state:
         return True
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is None:
         return False
     ok = all(mallopt(param, value) == 1 for param, value in _ALLOCATOR_SETTINGS[purpose])
     if ok:
@@ -385,7 +390,5 @@ def release_free_memory() -> bool:
     """Return the allocator's free memory to the kernel (glibc ``malloc_trim``), e.g. after
     a one-off computation whose memory the next ones would not reuse as it is. Returns
     whether glibc did so (False without glibc)."""
-    try:
-        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
-    except (OSError, AttributeError):
-        return False
+    malloc_trim = getattr(_libc(), "malloc_trim", None)
+    return malloc_trim is not None and bool(malloc_trim(0))

@@ -16,7 +16,6 @@ path); both give the same probabilities to float32 rounding.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -29,6 +28,7 @@ from enface.engine.checkpoint import load_model, topk_checkpoints
 from enface.engine.fastpath import channels_last_input, inference_network, tune_allocator
 from enface.engine.streaming import DEFAULT_SLAB_MB, streamed_forward
 from enface.errors import CheckpointError, DatasetError
+from enface.io.base import load_npy, read_json_object
 
 __all__ = ["Ensemble", "EnsembleOutput", "read_run_config", "predict_logits", "training_preparation"]
 
@@ -229,8 +229,8 @@ def training_preparation(config: dict[str, Any]) -> tuple[int | None, tuple[floa
     if not info_path.is_file():
         return None, None, f"training dataset {root} not found"
     try:
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        info = read_json_object(info_path)
+    except (DatasetError, OSError):
         return None, None, f"{info_path} unreadable"
     prep = info.get("preparation") or {}
     if prep.get("depth"):
@@ -241,7 +241,7 @@ def training_preparation(config: dict[str, Any]) -> tuple[int | None, tuple[floa
         npy = case_dir / "oct.npy"
         if npy.is_file() and not case_dir.name.startswith("."):
             try:
-                return int(np.load(npy, mmap_mode="r", allow_pickle=False).shape[2]), None, str(npy)
-            except (ValueError, OSError, EOFError, IndexError):
+                return int(load_npy(npy).shape[2]), None, str(npy)
+            except (DatasetError, OSError, IndexError):
                 continue
     return None, None, f"no readable case in {root}"
