@@ -31,7 +31,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -43,9 +43,7 @@ DRUSEN_MIN_MM = 0.01
 VESSEL_MIN_PROFILE = 0.3
 
 
-def phantom_eyes(
-    seeds: list[int], day: int, shape: tuple[int, int, int], preset: str, looks: float
-) -> list[dict]:
+def phantom_eyes(seeds: list[int], day: int, shape: tuple[int, int, int], preset: str, looks: float) -> list[dict]:
     """Raw phantom scans with their true BM and region masks.
 
     Args:
@@ -78,8 +76,16 @@ def phantom_eyes(
             "drusen": drusen,
             "vessels": vessels,
         }
-        eyes.append({"seed": seed, "volume": volume, "bm": case.bm, "spacing": case.spacing,
-                     "regions": regions, "ga_mm2": case.info.get("ga_area_mm2", 0.0)})
+        eyes.append(
+            {
+                "seed": seed,
+                "volume": volume,
+                "bm": case.bm,
+                "spacing": case.spacing,
+                "regions": regions,
+                "ga_mm2": case.info.get("ga_area_mm2", 0.0),
+            }
+        )
     return eyes
 
 
@@ -88,8 +94,13 @@ def summary(err_um: np.ndarray) -> dict[str, float]:
     if err_um.size == 0:
         return {"n": 0, "mean": float("nan"), "p95": float("nan"), "max": float("nan"), "bias": float("nan")}
     a = np.abs(err_um)
-    return {"n": int(a.size), "mean": float(a.mean()), "p95": float(np.percentile(a, 95)),
-            "max": float(a.max()), "bias": float(err_um.mean())}
+    return {
+        "n": int(a.size),
+        "mean": float(a.mean()),
+        "p95": float(np.percentile(a, 95)),
+        "max": float(a.max()),
+        "bias": float(err_um.mean()),
+    }
 
 
 def evaluate(estimator: Callable[..., np.ndarray], eyes: list[dict]) -> tuple[dict, list[dict], float]:
@@ -112,15 +123,19 @@ def _print_table(results: dict[str, tuple[dict, list[dict], float]]) -> None:
     for name, (pooled, _, _) in results.items():
         for r in REGIONS:
             s = pooled[r]
-            print(f"{name:<12} {r:<11} {s['n']:>8d} {s['mean']:>8.1f} {s['p95']:>7.1f} {s['max']:>7.1f} {s['bias']:>8.1f}")
+            print(
+                f"{name:<12} {r:<11} {s['n']:>8d} {s['mean']:>8.1f} {s['p95']:>7.1f} {s['max']:>7.1f} {s['bias']:>8.1f}"
+            )
     print()
     print(f"{'estimator':<12} {'inside GA / ...':<16} {'mean':>6} {'p95':>6} {'max':>6}")
-    for name, (pooled, _, sec) in results.items():
+    for name, (pooled, _, _sec) in results.items():
         ins = pooled["inside GA"]
         for ref_name in ("outside GA", "normal"):
             ref = pooled[ref_name]
-            print(f"{name:<12} {ref_name:<16} {ins['mean'] / ref['mean']:>5.2f}x {ins['p95'] / ref['p95']:>5.2f}x "
-                  f"{ins['max'] / ref['max']:>5.2f}x")
+            print(
+                f"{name:<12} {ref_name:<16} {ins['mean'] / ref['mean']:>5.2f}x {ins['p95'] / ref['p95']:>5.2f}x "
+                f"{ins['max'] / ref['max']:>5.2f}x"
+            )
     print("seconds per volume: " + ", ".join(f"{name} {sec:.2f}" for name, (_, _, sec) in results.items()))
 
 
@@ -159,9 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     estimators["new"] = estimate_bm
     eyes = phantom_eyes(list(range(args.eyes)), args.day, tuple(args.shape), args.preset, args.looks)
     sd_um = eyes[0]["spacing"][2] * 1000
-    print(f"{len(eyes)} raw phantom eyes, {args.shape[0]} x {args.shape[1]} x {args.shape[2]}, depth spacing "
-          f"{sd_um:.2f} µm, day {args.day}, GA {min(e['ga_mm2'] for e in eyes):.1f}-"
-          f"{max(e['ga_mm2'] for e in eyes):.1f} mm², extra speckle: {args.looks or 'none'}")
+    print(
+        f"{len(eyes)} raw phantom eyes, {args.shape[0]} x {args.shape[1]} x {args.shape[2]}, depth spacing "
+        f"{sd_um:.2f} µm, day {args.day}, GA {min(e['ga_mm2'] for e in eyes):.1f}-"
+        f"{max(e['ga_mm2'] for e in eyes):.1f} mm², extra speckle: {args.looks or 'none'}"
+    )
     results = {name: evaluate(fn, eyes) for name, fn in estimators.items()}
     _print_table(results)
     _print_per_eye(results, eyes)

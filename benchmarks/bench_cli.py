@@ -59,15 +59,44 @@ def _enface(*args: str) -> list[str]:
 def _dataset(folder: Path, patients: int) -> Path:
     if not (folder / "dataset.json").is_file():
         print(f"writing the phantom dataset ({patients} patients, spectralis preset) to {folder} ...", flush=True)
-        subprocess.run(_enface("synth", str(folder), "--preset", "spectralis", "--patients", str(patients),
-                               "--no-progress", "--overwrite"), check=True, env=_env())
+        subprocess.run(
+            _enface(
+                "synth",
+                str(folder),
+                "--preset",
+                "spectralis",
+                "--patients",
+                str(patients),
+                "--no-progress",
+                "--overwrite",
+            ),
+            check=True,
+            env=_env(),
+        )
     return folder
 
 
 def _train(data: Path, runs: Path, samples: int, fast: bool) -> dict[str, float]:
     shutil.rmtree(runs, ignore_errors=True)
-    args = ["train", "--dataset", str(data), "--model", "fpn", "--width", "1", "--batch-size", "1", "--epochs", "1",
-            "--runs-dir", str(runs), "--no-progress", "--set", "crop=[32,256]", f"samples_per_epoch={samples}"]
+    args = [
+        "train",
+        "--dataset",
+        str(data),
+        "--model",
+        "fpn",
+        "--width",
+        "1",
+        "--batch-size",
+        "1",
+        "--epochs",
+        "1",
+        "--runs-dir",
+        str(runs),
+        "--no-progress",
+        "--set",
+        "crop=[32,256]",
+        f"samples_per_epoch={samples}",
+    ]
     return _timed(_enface(*args, *([] if fast else ["--no-fast"])))
 
 
@@ -98,8 +127,11 @@ def predict_volumes(data: Path, tmp: Path, ckpt: Path, k: int, repeats: int) -> 
             one.append(_timed(_enface("predict", str(ckpt), str(cases[0]), "--out", str(tmp / "pred1"), *flag)))
             many.append(_timed(_enface("predict", str(ckpt), *map(str, cases), "--out", str(tmp / "predk"), *flag)))
         per_volume = [(b["wall"] - a["wall"]) / (len(cases) - 1) for a, b in zip(one, many)]
-        out[mode] = {"volume_s": statistics.median(per_volume), "rss_mib": max(r["rss_mib"] for r in one + many),
-                     "one_volume_wall": statistics.median(r["wall"] for r in one)}
+        out[mode] = {
+            "volume_s": statistics.median(per_volume),
+            "rss_mib": max(r["rss_mib"] for r in one + many),
+            "one_volume_wall": statistics.median(r["wall"] for r in one),
+        }
     return out
 
 
@@ -107,10 +139,27 @@ def paper_code(ref: str) -> dict[str, Any]:
     """The paper code's FPN: a training step and inference, via bench_speed.py's worker."""
     res = {}
     for stage in ("train", "infer"):
-        job = dict(model="fpn", width=1.0, kwargs={}, device="cpu", threads=0, batch=1, crop=[32, 256], depth=128,
-                   volume=[49, 1024, 128], stage=stage, path="paper", repeats=3 if stage == "train" else 2, ref=ref)
-        proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_speed.py"), "--job", json.dumps(job)],
-                              capture_output=True, text=True, env=_env())
+        job = dict(
+            model="fpn",
+            width=1.0,
+            kwargs={},
+            device="cpu",
+            threads=0,
+            batch=1,
+            crop=[32, 256],
+            depth=128,
+            volume=[49, 1024, 128],
+            stage=stage,
+            path="paper",
+            repeats=3 if stage == "train" else 2,
+            ref=ref,
+        )
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "bench_speed.py"), "--job", json.dumps(job)],
+            capture_output=True,
+            text=True,
+            env=_env(),
+        )
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         res[stage] = json.loads(lines[-1][7:]) if lines else {"error": proc.stderr[-500:]}
     return res
@@ -118,11 +167,20 @@ def paper_code(ref: str) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "enface-bench-spectralis"),
-                   help="phantom dataset folder (written once if missing)")
+    p.add_argument(
+        "--data",
+        default=str(Path(tempfile.gettempdir()) / "enface-bench-spectralis"),
+        help="phantom dataset folder (written once if missing)",
+    )
     p.add_argument("--patients", type=int, default=6)
-    p.add_argument("--steps", type=int, nargs=2, default=(1, 5), metavar=("S1", "S2"),
-                   help="samples_per_epoch of the two training runs (default 1 5)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        nargs=2,
+        default=(1, 5),
+        metavar=("S1", "S2"),
+        help="samples_per_epoch of the two training runs (default 1 5)",
+    )
     p.add_argument("--volumes", type=int, default=3, help="volumes of the longer predict run (default 3)")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--skip-train", action="store_true")
@@ -151,25 +209,36 @@ def _report(train: dict | None, pred: dict, paper: dict | None, args: argparse.N
             r = train[mode]
             cpu = statistics.median(x["user"] + x["sys"] for x in r["runs"])
             sys_t = statistics.median(x["sys"] for x in r["runs"])
-            print(f"  {mode:<6} {r['step_s']:6.2f} s/step  (each: {', '.join(f'{v:.2f}' for v in r['all'])}; "
-                  f"per run median CPU {cpu:.0f} s of which kernel {sys_t:.0f} s; "
-                  f"peak RSS {max(x['rss_mib'] for x in r['runs']):.0f} MiB)")
+            print(
+                f"  {mode:<6} {r['step_s']:6.2f} s/step  (each: {', '.join(f'{v:.2f}' for v in r['all'])}; "
+                f"per run median CPU {cpu:.0f} s of which kernel {sys_t:.0f} s; "
+                f"peak RSS {max(x['rss_mib'] for x in r['runs']):.0f} MiB)"
+            )
         print(f"  fast vs plain: {train['plain']['step_s'] / train['fast']['step_s']:.2f}x")
         if paper and "median_s" in paper["train"]:
             s = paper["train"]["median_s"]
-            print(f"  paper code (its FPN, a bare training step): {s:.2f} s/step -> fast {s / train['fast']['step_s']:.2f}x, "
-                  f"plain {s / train['plain']['step_s']:.2f}x")
+            print(
+                f"  paper code (its FPN, a bare training step): {s:.2f} s/step"
+                f" -> fast {s / train['fast']['step_s']:.2f}x, "
+                f"plain {s / train['plain']['step_s']:.2f}x"
+            )
     print(f"enface predict (one checkpoint; 1 vs {args.volumes} volumes):")
     for mode in ("plain", "fast"):
         r = pred[mode]
-        print(f"  {mode:<6} {r['volume_s']:6.2f} s/volume, peak RSS {r['rss_mib']:.0f} MiB "
-              f"(one volume, start to end: {r['one_volume_wall']:.1f} s)")
-    print(f"  fast vs plain: {pred['plain']['volume_s'] / pred['fast']['volume_s']:.2f}x, memory "
-          f"{pred['fast']['rss_mib'] / pred['plain']['rss_mib']:.2f}x")
+        print(
+            f"  {mode:<6} {r['volume_s']:6.2f} s/volume, peak RSS {r['rss_mib']:.0f} MiB "
+            f"(one volume, start to end: {r['one_volume_wall']:.1f} s)"
+        )
+    print(
+        f"  fast vs plain: {pred['plain']['volume_s'] / pred['fast']['volume_s']:.2f}x, memory "
+        f"{pred['fast']['rss_mib'] / pred['plain']['rss_mib']:.2f}x"
+    )
     if paper and "median_s" in paper["infer"]:
         s, m = paper["infer"]["median_s"], paper["infer"]["rss_mib"]
-        print(f"  paper code (its FPN on 48 B-scans): {s:.2f} s/volume, peak RSS {m:.0f} MiB -> fast "
-              f"{s / pred['fast']['volume_s']:.2f}x the speed, {pred['fast']['rss_mib'] / m:.2f}x the memory")
+        print(
+            f"  paper code (its FPN on 48 B-scans): {s:.2f} s/volume, peak RSS {m:.0f} MiB -> fast "
+            f"{s / pred['fast']['volume_s']:.2f}x the speed, {pred['fast']['rss_mib'] / m:.2f}x the memory"
+        )
 
 
 if __name__ == "__main__":

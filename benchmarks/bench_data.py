@@ -28,8 +28,8 @@ import random
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -38,7 +38,6 @@ from enface.data.augment import AugmentConfig
 from enface.data.dataset import EnfaceDataset
 from enface.data.folder import CaseMeta, write_case
 from enface.io.images import read_mask
-
 
 # --------------------------------------------------------------------------- baseline
 
@@ -72,7 +71,9 @@ class PaperCodeLoader:
         from skimage.transform import resize
 
         if image.shape[1:3] != hw:
-            image = resize(image, (image.shape[0], *hw, image.shape[3]), order=1, anti_aliasing=False, preserve_range=True)
+            image = resize(
+                image, (image.shape[0], *hw, image.shape[3]), order=1, anti_aliasing=False, preserve_range=True
+            )
         if mask.shape[1:3] != hw:
             mask = resize(mask, (mask.shape[0], *hw), order=0, anti_aliasing=False, preserve_range=True)
         return image, mask

@@ -30,7 +30,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -93,8 +94,12 @@ def make_pairs(
     trials, perturbed = [], []
     shape = (size, size)
     for i, (slo, faf, truth0) in enumerate(eyes):
-        t = _similarity(shape, rng.uniform(-max_rotation, max_rotation), tuple(rng.uniform(-0.08, 0.08, 2) * size),
-                        rng.uniform(0.93, 1.07))
+        t = _similarity(
+            shape,
+            rng.uniform(-max_rotation, max_rotation),
+            tuple(rng.uniform(-0.08, 0.08, 2) * size),
+            rng.uniform(0.93, 1.07),
+        )
         out = int(round(size * rng.choice([0.75, 1.0, 1.25])))
         moved = np.nan_to_num(warp_image(faf, t, shape, cval=0.0))
         resized = np.nan_to_num(warp_image(moved, _pixel_scale(shape, (out, out)), (out, out), cval=0.0))
@@ -105,11 +110,23 @@ def make_pairs(
         trials.append({"fixed": slo, "moving": other, "truth": None, "kind": "another eye"})
         deg = [30.0, 90.0, 180.0][i % 3]
         r = _similarity(shape, deg, (0.0, 0.0), 1.0)
-        trials.append({"fixed": slo, "moving": np.nan_to_num(warp_image(faf, r, shape, cval=0.0)),
-                       "truth": truth0 @ np.linalg.inv(r), "kind": f"rotated {deg:.0f} deg"})
+        trials.append(
+            {
+                "fixed": slo,
+                "moving": np.nan_to_num(warp_image(faf, r, shape, cval=0.0)),
+                "truth": truth0 @ np.linalg.inv(r),
+                "kind": f"rotated {deg:.0f} deg",
+            }
+        )
         sh = _similarity(shape, 0.0, (0.4 * size * (1 if i % 2 else -1), 0.0), 1.0)
-        trials.append({"fixed": slo, "moving": np.nan_to_num(warp_image(faf, sh, shape, cval=0.0)),
-                       "truth": truth0 @ np.linalg.inv(sh), "kind": "shifted 40 %"})
+        trials.append(
+            {
+                "fixed": slo,
+                "moving": np.nan_to_num(warp_image(faf, sh, shape, cval=0.0)),
+                "truth": truth0 @ np.linalg.inv(sh),
+                "kind": "shifted 40 %",
+            }
+        )
         centre = np.array([(size - 1) / 2, (size - 1) / 2])
         for px in (8.0, 16.0, 32.0):
             off = np.eye(3)
@@ -118,7 +135,9 @@ def make_pairs(
         for deg in (3.0, 6.0):
             rot = _similarity(shape, deg * (1 if i % 2 else -1), (0.0, 0.0), 1.0)
             rot[:2, 2] = centre - rot[:2, :2] @ centre
-            perturbed.append({"fixed": slo, "moving": resized, "matrix": rot @ truth, "kind": f"rotation {deg:.0f} deg"})
+            perturbed.append(
+                {"fixed": slo, "moving": resized, "matrix": rot @ truth, "kind": f"rotation {deg:.0f} deg"}
+            )
     return trials, perturbed
 
 
@@ -139,8 +158,15 @@ def run_trials(register: Callable, trials: list[dict]) -> list[dict]:
         reg = register(t["fixed"], t["moving"])
         err = _error_px(reg.matrix, t["truth"], t["fixed"].shape)
         label = "right" if err <= RIGHT_PX else ("wrong" if err > WRONG_PX else "marginal")
-        rows.append({"kind": t["kind"], "error": err, "label": label, "quality": float(reg.quality),
-                     "seconds": time.perf_counter() - t0})
+        rows.append(
+            {
+                "kind": t["kind"],
+                "error": err,
+                "label": label,
+                "quality": float(reg.quality),
+                "seconds": time.perf_counter() - t0,
+            }
+        )
     return rows
 
 
@@ -150,14 +176,17 @@ def old_quality_of(old: Any, fixed: np.ndarray, moving: np.ndarray, matrix: np.n
     sf, sm = _pixel_scale(fixed.shape, wshape), _pixel_scale(moving.shape, wshape)
     fw, mw = old._resize(fixed, wshape), old._resize(moving, wshape)
     fm, mm = old.informative_mask(fw), old.informative_mask(mw)
-    ncc, compared = old._Similarity(old.vessel_map(fw, fm), fm, old.vessel_map(mw, mm), mm)(sf @ matrix @ np.linalg.inv(sm))
+    ncc, compared = old._Similarity(old.vessel_map(fw, fm), fm, old.vessel_map(mw, mm), mm)(
+        sf @ matrix @ np.linalg.inv(sm)
+    )
     return max(0.0, ncc) * min(1.0, compared / 0.4)
 
 
 def error_rates(right: np.ndarray, wrong: np.ndarray, threshold: float) -> tuple[float, float]:
     """(right rejected, wrong accepted) fractions at ``threshold``."""
-    return float((right < threshold).mean()) if right.size else float("nan"), \
-        float((wrong >= threshold).mean()) if wrong.size else float("nan")
+    return float((right < threshold).mean()) if right.size else float("nan"), float(
+        (wrong >= threshold).mean()
+    ) if wrong.size else float("nan")
 
 
 def best_threshold(right: np.ndarray, wrong: np.ndarray) -> tuple[float, float, float]:
@@ -184,18 +213,28 @@ def report(name: str, rows: list[dict], perturbed_scores: list[tuple[str, float]
     print("  " + _describe("wrong registrations + wrong transforms", wrong))
     kinds = sorted({r["kind"] for r in rows} | {k for k, _ in perturbed_scores})
     for kind in kinds:
-        vals = [(r["quality"], r["label"]) for r in rows if r["kind"] == kind] + \
-            [(q, "wrong") for k, q in perturbed_scores if k == kind]
+        vals = [(r["quality"], r["label"]) for r in rows if r["kind"] == kind] + [
+            (q, "wrong") for k, q in perturbed_scores if k == kind
+        ]
         cells = ", ".join(f"{q:.2f}{'' if lab == 'right' else ('*' if lab == 'wrong' else '?')}" for q, lab in vals)
         print(f"    {kind:<16} {cells}")
     rej, acc = error_rates(right, wrong, DEFAULT_THRESHOLD)
-    print(f"  at {DEFAULT_THRESHOLD}: {100 * rej:.0f}% of right registrations rejected, {100 * acc:.0f}% of wrong accepted")
+    print(
+        f"  at {DEFAULT_THRESHOLD}: {100 * rej:.0f}% of right registrations rejected, "
+        f"{100 * acc:.0f}% of wrong accepted"
+    )
     t, rej, acc = best_threshold(right, wrong)
-    print(f"  best threshold {t:.3f}: {100 * rej:.0f}% rejected, {100 * acc:.0f}% accepted; "
-          f"gap (min right - max wrong) {right.min() - wrong.max():+.3f}" if right.size and wrong.size else "")
+    print(
+        f"  best threshold {t:.3f}: {100 * rej:.0f}% rejected, {100 * acc:.0f}% accepted; "
+        f"gap (min right - max wrong) {right.min() - wrong.max():+.3f}"
+        if right.size and wrong.size
+        else ""
+    )
     n_marg = sum(r["label"] == "marginal" for r in rows)
-    print(f"  ({n_marg} marginal registrations (3-10 px) not counted; * = wrong, ? = marginal; "
-          f"{np.mean([r['seconds'] for r in rows]):.2f} s per registration)")
+    print(
+        f"  ({n_marg} marginal registrations (3-10 px) not counted; * = wrong, ? = marginal; "
+        f"{np.mean([r['seconds'] for r in rows]):.2f} s per registration)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,8 +247,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline-rev", default="93867eb", help="git revision of the old score ('' to skip)")
     args = p.parse_args(argv)
     trials, perturbed = make_pairs(args.eyes, args.size, args.max_rotation, args.seed, args.first_eye)
-    print(f"{args.eyes} phantom eyes (seeds {args.first_eye}-{args.first_eye + args.eyes - 1}), SLO {args.size}^2; "
-          f"{len(trials)} registrations, {len(perturbed)} wrong transforms")
+    print(
+        f"{args.eyes} phantom eyes (seeds {args.first_eye}-{args.first_eye + args.eyes - 1}), SLO {args.size}^2; "
+        f"{len(trials)} registrations, {len(perturbed)} wrong transforms"
+    )
     if args.baseline_rev:
         from _git_baseline import load_module_at
 
@@ -219,11 +260,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"baseline skipped: {e}", file=sys.stderr)
         else:
             rows = run_trials(old.register_images, trials)
-            report(f"old ({args.baseline_rev[:7]})", rows,
-                   [(t["kind"], old_quality_of(old, t["fixed"], t["moving"], t["matrix"])) for t in perturbed])
+            report(
+                f"old ({args.baseline_rev[:7]})",
+                rows,
+                [(t["kind"], old_quality_of(old, t["fixed"], t["moving"], t["matrix"])) for t in perturbed],
+            )
     rows = run_trials(register_images, trials)
-    report("new", rows, [(t["kind"], registration_quality(t["fixed"], t["moving"], t["matrix"]).quality)
-                         for t in perturbed])
+    report(
+        "new",
+        rows,
+        [(t["kind"], registration_quality(t["fixed"], t["moving"], t["matrix"]).quality) for t in perturbed],
+    )
     return 0
 
 

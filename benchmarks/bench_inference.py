@@ -28,7 +28,7 @@ import time
 import numpy as np
 
 
-def _paper_code(volume: np.ndarray, model, multiple: int = 16) -> np.ndarray:  # noqa: ANN001
+def _paper_code(volume: np.ndarray, model, multiple: int = 16) -> np.ndarray:
     import torch
     from skimage.transform import resize
 
@@ -45,7 +45,7 @@ def _paper_code(volume: np.ndarray, model, multiple: int = 16) -> np.ndarray:  #
     return prob
 
 
-def _enface(volume: np.ndarray, model) -> np.ndarray:  # noqa: ANN001
+def _enface(volume: np.ndarray, model) -> np.ndarray:
     import torch
 
     from enface.data.normalize import zscore_per_bscan
@@ -55,7 +55,7 @@ def _enface(volume: np.ndarray, model) -> np.ndarray:  # noqa: ANN001
         return torch.sigmoid(model(torch.from_numpy(x)[None, None]))[0, 0].numpy()
 
 
-def _worker(which: str, shape: tuple[int, int, int], width: float, repeats: int, threads: int, queue) -> None:  # noqa: ANN001
+def _worker(which: str, shape: tuple[int, int, int], width: float, repeats: int, threads: int, queue) -> None:
     import torch
 
     from enface.models import create_model
@@ -93,8 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         proc.join()
         results[name] = (seconds, rss)
     h, w, d = args.shape
-    print(f"full-volume inference, FPN width {args.width:g}, volume {h} x {w} x {d}, {args.threads} threads, "
-          f"median of {args.repeats}")
+    print(
+        f"full-volume inference, FPN width {args.width:g}, volume {h} x {w} x {d}, {args.threads} threads, "
+        f"median of {args.repeats}"
+    )
     print(f"{'pipeline':<42} {'s/volume':>9} {'peak RSS (MiB)':>15} {'speed-up':>9}")
     base = results["paper"][0]
     labels = {

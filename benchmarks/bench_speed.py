@@ -57,7 +57,7 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _paper_fpn(ref: str):  # noqa: ANN202
+def _paper_fpn(ref: str):
     """The paper code's FPN wrapper class (its modules parse sys.argv when imported)."""
     sys.path.insert(0, ref)
     argv, sys.argv = sys.argv, ["train.py", "--dataset", "bench", "--model", "FPN"]
@@ -97,6 +97,7 @@ def _train_job(job: dict[str, Any]) -> dict[str, Any]:
             inter = (prob * target).sum((2, 3))
             dice = 1 - (2 * inter + 1) / (prob.sum((2, 3)) + target.sum((2, 3)) + 1)
             return F.binary_cross_entropy(prob, target) + dice.mean()
+
         params = net.parameters()
     else:
         fast = path in ("fast", "fast32")
@@ -109,6 +110,7 @@ def _train_job(job: dict[str, Any]) -> dict[str, Any]:
 
         def loss_of() -> torch.Tensor:
             return module.loss(module(x), target)
+
         params = module.parameters()
     opt = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-4)
 
@@ -150,6 +152,7 @@ def _infer_job(job: dict[str, Any]) -> dict[str, Any]:
         def forward(v: torch.Tensor) -> torch.Tensor:
             with torch.inference_mode():
                 return torch.sigmoid(predict_logits(net, v, fast))
+
     x = torch.randn(1, 1, h, w, d, generator=g).to(dev)
     rss0 = _rss_mib()
     forward(x[:, :, :, : max(16, w // 4)])  # warm-up on a narrower volume
@@ -163,8 +166,13 @@ def _infer_job(job: dict[str, Any]) -> dict[str, Any]:
     return _timed(run, job, warm_up=False, rss0=rss0)
 
 
-def _timed(fn, job: dict[str, Any], warm_up: bool = True, extra: dict | None = None,  # noqa: ANN001
-           rss0: float | None = None) -> dict[str, Any]:
+def _timed(
+    fn,
+    job: dict[str, Any],
+    warm_up: bool = True,
+    extra: dict | None = None,
+    rss0: float | None = None,
+) -> dict[str, Any]:
     import torch
 
     rss0 = _rss_mib() if rss0 is None else rss0
@@ -177,7 +185,13 @@ def _timed(fn, job: dict[str, Any], warm_up: bool = True, extra: dict | None = N
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    out = {"median_s": statistics.median(times), "times": times, "rss_mib": _rss_mib(), "rss0_mib": rss0, **(extra or {})}
+    out = {
+        "median_s": statistics.median(times),
+        "times": times,
+        "rss_mib": _rss_mib(),
+        "rss0_mib": rss0,
+        **(extra or {}),
+    }
     if job["device"] == "cuda":
         out["gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return out
@@ -201,8 +215,13 @@ def _run(job: dict[str, Any], timeout: float) -> dict[str, Any] | str:
     src = str(Path(__file__).resolve().parents[1] / "src")
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     try:
-        proc = subprocess.run([sys.executable, __file__, "--job", json.dumps(job)], capture_output=True, text=True,
-                              env=env, timeout=timeout)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--job", json.dumps(job)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired:
         return f"timed out after {timeout:.0f} s"
     for line in proc.stdout.splitlines():
@@ -217,8 +236,17 @@ def _jobs(args: argparse.Namespace) -> list[dict[str, Any]]:
     for model in args.models:
         width = args.width if args.width is not None else (0.25 if args.quick else DEFAULT_WIDTH[model])
         kwargs = {"depth": args.depth} if model in ("resensnet", "ipnv2") else {}
-        base = dict(model=model, width=width, kwargs=kwargs, device=args.device, threads=args.threads,
-                    batch=args.batch, crop=list(args.crop), depth=args.depth, volume=[*args.volume[:2], args.depth])
+        base = dict(
+            model=model,
+            width=width,
+            kwargs=kwargs,
+            device=args.device,
+            threads=args.threads,
+            batch=args.batch,
+            crop=list(args.crop),
+            depth=args.depth,
+            volume=[*args.volume[:2], args.depth],
+        )
         paths = (["paper"] if ref and model == "fpn" and width == 1.0 else []) + ["plain", "fast"]
         for stage in args.stages:
             repeats = args.repeats if stage == "train" else args.infer_repeats
@@ -232,14 +260,20 @@ def _row(job: dict[str, Any], res: dict[str, Any] | str, results: dict) -> str:
     label = f"{job['model']} (w {job['width']:g})"
     if isinstance(res, str):
         return f"{label:<18} {job['stage']:<6} {job['path']:<6} {'failed: ' + res}"
-    mem = f"{res['gpu_mib']:>8.0f} GPU" if "gpu_mib" in res else f"{res['rss_mib']:>7.0f} (+{res['rss_mib'] - res['rss0_mib']:.0f})"
+    mem = (
+        f"{res['gpu_mib']:>8.0f} GPU"
+        if "gpu_mib" in res
+        else f"{res['rss_mib']:>7.0f} (+{res['rss_mib'] - res['rss0_mib']:.0f})"
+    )
     ratios = []
     for ref_path in ("plain", "paper"):
         base = results.get((*key, ref_path))
         if isinstance(base, dict) and ref_path != job["path"]:
             ratios.append(f"{base['median_s'] / res['median_s']:.2f}x vs {ref_path}")
     bf16 = " bf16" if res.get("bf16") else ""
-    return f"{label:<18} {job['stage']:<6} {job['path'] + bf16:<11} {res['median_s']:>9.2f} {mem:>17}  {', '.join(ratios)}"
+    return (
+        f"{label:<18} {job['stage']:<6} {job['path'] + bf16:<11} {res['median_s']:>9.2f} {mem:>17}  {', '.join(ratios)}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -257,8 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's, i.e. the cores)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--timeout", type=float, default=900, help="seconds per measurement")
-    p.add_argument("--fast32", action="store_true",
-                   help="also time the fast training step in float32 (fast32: no bf16 autocast)")
+    p.add_argument(
+        "--fast32", action="store_true", help="also time the fast training step in float32 (fast32: no bf16 autocast)"
+    )
     p.add_argument("--quick", action="store_true", help="smoke run: small sizes, width 0.25, one repeat")
     args = p.parse_args(argv)
     if args.job:
@@ -267,9 +302,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.crop, args.volume, args.repeats, args.infer_repeats = (16, 128), (13, 256), 1, 1
     jobs = _jobs(args)
-    print(f"enface speed benchmark: device {args.device}, threads {args.threads or 'default'}, train batch "
-          f"{args.batch} x {args.crop[0]} x {args.crop[1]} x {args.depth}, volume {args.volume[0]} x {args.volume[1]} "
-          f"x {args.depth}; paper code: {os.environ.get('REF_CODE') or 'not measured (set REF_CODE)'}")
+    print(
+        f"enface speed benchmark: device {args.device}, threads {args.threads or 'default'}, train batch "
+        f"{args.batch} x {args.crop[0]} x {args.crop[1]} x {args.depth}, volume {args.volume[0]} x {args.volume[1]} "
+        f"x {args.depth}; paper code: {os.environ.get('REF_CODE') or 'not measured (set REF_CODE)'}"
+    )
     print(f"{'model':<18} {'stage':<6} {'path':<11} {'median s':>9} {'peak MiB (+growth)':>17}  speed-up")
     results: dict[tuple[str, str, str], Any] = {}
     t0 = time.time()

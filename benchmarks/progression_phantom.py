@@ -38,12 +38,20 @@ def main() -> None:
         meta = json.loads((case / "meta.json").read_text())
         pixels = int((np.asarray(Image.open(case / "mask_ga.png")) > 0).sum())
         area = pixels * meta["spacing"][0] * meta["spacing"][1]
-        per_eye.setdefault((meta["patient_id"], meta["eye"]), []).append((meta["visit"], area, meta["extra"]["eye_seed"]))
-    independent = {k: float(np.polyfit(np.array([d for d, _, _ in v]) / 365.25, np.sqrt([a for _, a, _ in v]), 1)[0])
-                   for k, v in per_eye.items() if len(v) > 1}
+        per_eye.setdefault((meta["patient_id"], meta["eye"]), []).append(
+            (meta["visit"], area, meta["extra"]["eye_seed"])
+        )
+    independent = {
+        k: float(np.polyfit(np.array([d for d, _, _ in v]) / 365.25, np.sqrt([a for _, a, _ in v]), 1)[0])
+        for k, v in per_eye.items()
+        if len(v) > 1
+    }
     with (args.out / "eyes.csv").open(newline="") as f:
-        enface = {(r["patient_id"], r["eye"]): float(r["sqrt_growth_mm_per_year"])
-                  for r in csv.DictReader(f) if r["sqrt_growth_mm_per_year"]}
+        enface = {
+            (r["patient_id"], r["eye"]): float(r["sqrt_growth_mm_per_year"])
+            for r in csv.DictReader(f)
+            if r["sqrt_growth_mm_per_year"]
+        }
     if set(enface) != set(independent):
         raise SystemExit(f"eyes with a rate differ: {sorted(set(enface) ^ set(independent))}")
     diff = np.array([enface[k] - independent[k] for k in independent])
@@ -55,9 +63,11 @@ def main() -> None:
     grid = make_grid(tuple(gen["shape"]), None, gen["preset"])
     truth = {k: EyeModel(per_eye[k][0][2], grid, task="ga", eye=k[1]).ga.rate for k in independent}
     err = np.array([enface[k] - truth[k] for k in independent])
-    print(f"generator's rates {np.mean(list(truth.values())):.3f} ± {np.std(list(truth.values()), ddof=1):.3f} mm/year; "
-          f"enface {np.mean(list(enface.values())):.3f} ± {np.std(list(enface.values()), ddof=1):.3f}; "
-          f"difference {err.mean():+.4f} ± {err.std(ddof=1):.4f} (max |.| {np.abs(err).max():.4f}) mm/year")
+    print(
+        f"generator's rates {np.mean(list(truth.values())):.3f} ± {np.std(list(truth.values()), ddof=1):.3f} mm/year; "
+        f"enface {np.mean(list(enface.values())):.3f} ± {np.std(list(enface.values()), ddof=1):.3f}; "
+        f"difference {err.mean():+.4f} ± {err.std(ddof=1):.4f} (max |.| {np.abs(err).max():.4f}) mm/year"
+    )
 
 
 if __name__ == "__main__":

@@ -32,6 +32,14 @@ def phantom_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     out = tmp_path_factory.mktemp("phantom") / "phantom"
     return synthesize_dataset(
-        out, patients=6, seed=0, shape=PHANTOM_SHAPE, task="both", preset="tiny",
-        label_fraction=0.6, faf_fraction=0.7, grader2_fraction=0.5, progress=False,
+        out,
+        patients=6,
+        seed=0,
+        shape=PHANTOM_SHAPE,
+        task="both",
+        preset="tiny",
+        label_fraction=0.6,
+        faf_fraction=0.7,
+        grader2_fraction=0.5,
+        progress=False,
     )

@@ -168,19 +168,53 @@ def write_vol(
     exam_100ns = int((dt.datetime.combine(visit_date, dt.time()) - dt.datetime(1601, 1, 1)).total_seconds() * 1e7)
     header = struct.pack(
         "<12sIIIdddIIddId4sQiI16s16sI24sdI24sdIIII34s1790x",
-        b"HSF-OCT-103", size_x, n, size_y, scale_x, distance, scale_y,
-        slo.shape[1], slo.shape[0], slo_scale[0], slo_scale[1], 30, 0.0,
-        laterality.encode("ascii"), exam_100ns, 3, hdr_size,
-        b"1234", b"", 7, patient_id.encode("ascii"), 20000.0, 1, b"", float(visit_days),
-        0, 0, 0, 0, b"",
+        b"HSF-OCT-103",
+        size_x,
+        n,
+        size_y,
+        scale_x,
+        distance,
+        scale_y,
+        slo.shape[1],
+        slo.shape[0],
+        slo_scale[0],
+        slo_scale[1],
+        30,
+        0.0,
+        laterality.encode("ascii"),
+        exam_100ns,
+        3,
+        hdr_size,
+        b"1234",
+        b"",
+        7,
+        patient_id.encode("ascii"),
+        20000.0,
+        1,
+        b"",
+        float(visit_days),
+        0,
+        0,
+        0,
+        0,
+        b"",
     )
     assert len(header) == 2048
     parts = [header, np.ascontiguousarray(slo, dtype=np.uint8).tobytes()]
     for i in range(n):
         bh = struct.pack(
-            "<12sIddddIIfI6f168x", b"HSF-BS-103", hdr_size,
-            float(starts_mm[i, 0]), float(starts_mm[i, 1]), float(ends_mm[i, 0]), float(ends_mm[i, 1]),
-            num_seg, 256, 30.0, 0, *([0.0] * 6),
+            "<12sIddddIIfI6f168x",
+            b"HSF-BS-103",
+            hdr_size,
+            float(starts_mm[i, 0]),
+            float(starts_mm[i, 1]),
+            float(ends_mm[i, 0]),
+            float(ends_mm[i, 1]),
+            num_seg,
+            256,
+            30.0,
+            0,
+            *([0.0] * 6),
         )
         seg = np.zeros((max(num_seg, 1), size_x), "<f4")
         if bm_rows is not None:
@@ -261,7 +295,7 @@ def _slo_mask(mask_grid: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     out = np.zeros(shape, np.uint8)
     for i, j in zip(*np.nonzero(mask_grid)):
         y, x = y0 + i * dy, x0 + j * dx
-        out[int(round(y - dy / 2)):int(round(y + dy / 2)), int(round(x - dx / 2)):int(round(x + dx / 2))] = 1
+        out[int(round(y - dy / 2)) : int(round(y + dy / 2)), int(round(x - dx / 2)) : int(round(x + dx / 2))] = 1
     return out
 
 
@@ -280,8 +314,17 @@ def write_oriented_vol(folder: Path, stem: str, eye: dict, bscans: str, ascans: 
     companions in the file's order (:func:`write_oriented_companions`)."""
     to_file, starts, ends = oriented_export(eye["vol"], bscans, ascans, BOX_MM)
     slo = (np.random.default_rng(5).random((90, 90)) * 255).astype(np.uint8)
-    path = write_vol(folder / f"{stem}.vol", to_file(eye["vol"]).transpose(0, 2, 1), slo, starts, ends,
-                     scale_x=0.08, distance=0.34, scale_y=0.0078, slo_scale=(SLO_PX_MM, SLO_PX_MM))
+    path = write_vol(
+        folder / f"{stem}.vol",
+        to_file(eye["vol"]).transpose(0, 2, 1),
+        slo,
+        starts,
+        ends,
+        scale_x=0.08,
+        distance=0.34,
+        scale_y=0.0078,
+        slo_scale=(SLO_PX_MM, SLO_PX_MM),
+    )
     write_oriented_companions(folder, stem, eye, to_file)
     return path
 
@@ -325,9 +368,11 @@ def write_heyex_xml(
         Image.fromarray(np.round(bscans[i] * 255).astype(np.uint8)).save(folder / f"bscan_{i:03d}.png")
         seg = ""
         if bm_rows is not None:
-            seg = ("<Segmentation><NumSegmentations>1</NumSegmentations><SegLine><Name>BM</Name>"
-                   f"<Array>{' '.join(f'{v:.3f}' for v in bm_rows[i])}</Array><Manual>false</Manual>"
-                   "</SegLine></Segmentation>")
+            seg = (
+                "<Segmentation><NumSegmentations>1</NumSegmentations><SegLine><Name>BM</Name>"
+                f"<Array>{' '.join(f'{v:.3f}' for v in bm_rows[i])}</Array><Manual>false</Manual>"
+                "</SegLine></Segmentation>"
+            )
         images.append(
             "<Image><ImageType><Type>OCT</Type></ImageType><OphthalmicAcquisitionContext>"
             f"<Width>{size_x}</Width><Height>{size_y}</Height><ScaleX>{scale_x}</ScaleX><ScaleY>{scale_y}</ScaleY>"
@@ -337,7 +382,7 @@ def write_heyex_xml(
             f"<ImageData><ExamURL>C:\\export\\bscan_{i:03d}.png</ExamURL></ImageData>{seg}</Image>"
         )
     xml = (
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><HEDX><BODY><SWVersion><Version>6.0</Version></SWVersion>"
+        '<?xml version="1.0" encoding="UTF-8"?><HEDX><BODY><SWVersion><Version>6.0</Version></SWVersion>'
         f"<Patient><ID>12</ID><PatientID>{patient_id}</PatientID><FirstNames>A</FirstNames><LastName>B</LastName>"
         f"<Birthdate>{_date_xml(dt.date(1950, 1, 1))}</Birthdate><Study><StudyDate>{_date_xml(study_date)}</StudyDate>"
         f"<Series><ID>5</ID><Laterality>{laterality}</Laterality><ReferenceSeries><ID>5</ID>"

@@ -52,7 +52,9 @@ def test_crop_clipped_to_small_volume() -> None:
     v, t = augment_pair(volume, target, AugmentConfig(crop=(3, None)), np.random.default_rng(0))
     assert v.shape == (1, 3, 7, 3) and t.shape == (1, 3, 7)
     # crops cover every start position over many draws
-    starts = {draw_params((5, 7), 1, AugmentConfig(crop=(3, 4)), np.random.default_rng(s)).crop_h.start for s in range(200)}
+    starts = {
+        draw_params((5, 7), 1, AugmentConfig(crop=(3, 4)), np.random.default_rng(s)).crop_h.start for s in range(200)
+    }
     assert starts == {0, 1, 2}
 
 

@@ -14,12 +14,11 @@ from PIL import Image
 from enface.cli import main
 from enface.data.check import check_dataset
 from enface.data.folder import list_cases
-from enface.errors import DatasetError
 from enface.data.prepare import PrepareOptions, prepare_dataset
 from enface.data.preprocess import FlattenParams
+from enface.errors import DatasetError
 from enface.io.heidelberg import read_heidelberg
 from enface.io.images import read_image, read_mask
-
 from formats_helpers import layered_volume, write_vol
 
 OPTS = PrepareOptions(fmt="numpy", flatten=FlattenParams(0.3, 0.1, 16))
@@ -136,17 +135,25 @@ def test_truncated_and_foreign_vol_exports(tmp_path: Path) -> None:
     src.mkdir()
     vol, bm, _ = layered_volume((3, 16, 48), seed=0, speckle=0)
     ys = np.linspace(1.0, 0.2, 3)
-    args = dict(slo=np.zeros((40, 40), np.uint8), starts_mm=np.stack([np.full(3, 0.2), ys], 1),
-                ends_mm=np.stack([np.full(3, 0.9), ys], 1), scale_x=0.05, distance=0.4,
-                scale_y=0.01, slo_scale=(0.025, 0.025), bm_rows=bm)
+    args = dict(
+        slo=np.zeros((40, 40), np.uint8),
+        starts_mm=np.stack([np.full(3, 0.2), ys], 1),
+        ends_mm=np.stack([np.full(3, 0.9), ys], 1),
+        scale_x=0.05,
+        distance=0.4,
+        scale_y=0.01,
+        slo_scale=(0.025, 0.025),
+        bm_rows=bm,
+    )
     write_vol(src / "ok.vol", vol.transpose(0, 2, 1), **args)
     data = write_vol(src / "cut.vol", vol.transpose(0, 2, 1), **args).read_bytes()
     (src / "cut.vol").write_bytes(data[: len(data) - 500])
     (src / "junk.vol").write_bytes(os.urandom(100))
     with pytest.raises(DatasetError, match="unreadable or truncated vol export"):
         read_heidelberg(src / "cut.vol")
-    report = prepare_dataset(src, tmp_path / "out", PrepareOptions(fmt="vol", flatten=FlattenParams(0.2, 0.1, 16)),
-                             progress=False)
+    report = prepare_dataset(
+        src, tmp_path / "out", PrepareOptions(fmt="vol", flatten=FlattenParams(0.2, 0.1, 16)), progress=False
+    )
     failed = {Path(f).name: r for f, r in report.failed}
     assert report.written == ["ok"]
     assert set(failed) == {"cut.vol", "junk.vol"}
@@ -162,8 +169,21 @@ def test_failing_rerun_never_damages_finished_cases(src: Path, tmp_path: Path, c
     vol = np.load(src / "second.npy")
     vol[0, 0, 0] = np.nan
     np.save(src / "second.npy", vol)
-    rc = main(["prepare", str(src), str(out), "--format", "numpy", "--depth", "16",
-               "--window-mm", "0.3,0.1", "--overwrite", "--no-progress"])
+    rc = main(
+        [
+            "prepare",
+            str(src),
+            str(out),
+            "--format",
+            "numpy",
+            "--depth",
+            "16",
+            "--window-mm",
+            "0.3,0.1",
+            "--overwrite",
+            "--no-progress",
+        ]
+    )
     text = capsys.readouterr().out
     assert rc == 1
     assert "second.npy" in text and "NaN/inf" in text and "1 failed" in text

@@ -55,9 +55,20 @@ def test_target_spellings() -> None:
     """One value, every spelling: config name, dataset label, case file, run folder, init label."""
     inv = Target.reconstruct("faf_inv")
     assert (inv.label, inv.modality, inv.inverted, inv.filename) == ("faf_inv", "faf", True, "faf.png")
-    assert (inv.folder_name, inv.init_label, inv.stage, inv.requires) == ("recon-faf_inv", "ssl-faf_inv", "pretrain", ("faf",))
+    assert (inv.folder_name, inv.init_label, inv.stage, inv.requires) == (
+        "recon-faf_inv",
+        "ssl-faf_inv",
+        "pretrain",
+        ("faf",),
+    )
     ga = Target.segment("ga")
-    assert (ga.label, ga.filename, ga.folder_name, ga.requires, ga.stage) == ("mask:ga", "mask_ga.png", "ga", ("mask:ga",), "train")
+    assert (ga.label, ga.filename, ga.folder_name, ga.requires, ga.stage) == (
+        "mask:ga",
+        "mask_ga.png",
+        "ga",
+        ("mask:ga",),
+        "train",
+    )
     for t in (inv, ga, Target.reconstruct("slo")):
         assert Target.parse(t.label) == t and Target.from_folder_name(t.folder_name) == t
     assert Target.from_init_label("ssl-slo") == Target.reconstruct("slo") and Target.from_init_label("scratch") is None
@@ -67,7 +78,14 @@ def test_target_spellings() -> None:
 
 def test_paper_config_loads(dataset: Path) -> None:
     cfg = load_config(ROOT / "configs/paper.yaml", "pretrain", {"dataset": str(dataset)})
-    assert (cfg.batch_size, cfg.target, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.epochs) == (4, "faf_inv", 0.1, 0.9, 1e-4, 800)
+    assert (cfg.batch_size, cfg.target, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.epochs) == (
+        4,
+        "faf_inv",
+        0.1,
+        0.9,
+        1e-4,
+        800,
+    )
     assert cfg.crop == (32, 256) and cfg.task == "reconstruct"
     cfg = load_config(ROOT / "configs/paper.yaml", "train", {"dataset": str(dataset), "fraction": 0.05})
     assert (cfg.batch_size, cfg.target, cfg.fraction, cfg.task) == (8, "ga", 0.05, "segment")

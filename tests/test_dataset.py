@@ -12,8 +12,8 @@ from torch.utils.data import DataLoader
 from enface.data.augment import AugmentConfig, augment_pair
 from enface.data.dataset import EnfaceDataset
 from enface.data.folder import CaseMeta, load_case, write_case
-from enface.errors import DatasetError
 from enface.data.normalize import bscan_stats, zscore_per_bscan
+from enface.errors import DatasetError
 from enface.fileio import atomic_save_png
 
 SHAPE = (12, 40, 16)
@@ -187,7 +187,9 @@ def test_errors_name_the_case(root: Path, tmp_path: Path) -> None:
         EnfaceDataset(root, IDS, "mask:")
     # an SLO whose size differs from the volume's en-face grid
     rng = np.random.default_rng(3)
-    write_case(tmp_path, CaseMeta("bad", "P1"), rng.random(SHAPE).astype(np.float32), images={"slo": rng.random(SHAPE[:2])})
+    write_case(
+        tmp_path, CaseMeta("bad", "P1"), rng.random(SHAPE).astype(np.float32), images={"slo": rng.random(SHAPE[:2])}
+    )
     atomic_save_png(tmp_path / "cases" / "bad" / "slo.png", np.zeros((5, 5), np.uint8))
     ds = EnfaceDataset(tmp_path, ["bad"], "slo")
     with pytest.raises(DatasetError, match=r"case bad: slo.png \(target 'slo'\) has shape \(5, 5\)"):

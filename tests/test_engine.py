@@ -20,8 +20,8 @@ from enface.data.splits import split_dataset
 from enface.engine.checkpoint import load_model, read_checkpoint, topk_checkpoints
 from enface.engine.fit import fit, resolve_run
 from enface.errors import NonFiniteLossError
-
-from tiny_data import FAST, SHAPE, make_tiny_dataset as _make_dataset
+from tiny_data import FAST, SHAPE
+from tiny_data import make_tiny_dataset as _make_dataset
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,10 @@ def test_pretrain_then_finetune(dataset: Path, tmp_path: Path) -> None:
     assert done["world_size"] == 1
     assert (ft.run_dir / "logs/metrics.csv").is_file() and (ft.run_dir / "config.yaml").is_file()
     # a finished run is skipped, an existing unfinished one needs --resume
-    assert fit(_config(dataset, tmp_path, "train", epochs=1, init=str(best[0]), fraction=0.2), progress=False).status == "skipped"
+    assert (
+        fit(_config(dataset, tmp_path, "train", epochs=1, init=str(best[0]), fraction=0.2), progress=False).status
+        == "skipped"
+    )
 
 
 class _Crash(Callback):
@@ -111,8 +114,24 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_good(dataset: Path, tmp_
 
 
 def test_cli_pretrain_and_train(dataset: Path, tmp_path: Path, capsys) -> None:
-    common = ["--dataset", str(dataset), "--runs-dir", str(tmp_path), "--width", "0.125", "--epochs", "1",
-              "--batch-size", "2", "--accelerator", "cpu", "--no-progress", "--set", "crop=[8,32]", "num_workers=0"]
+    common = [
+        "--dataset",
+        str(dataset),
+        "--runs-dir",
+        str(tmp_path),
+        "--width",
+        "0.125",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "2",
+        "--accelerator",
+        "cpu",
+        "--no-progress",
+        "--set",
+        "crop=[8,32]",
+        "num_workers=0",
+    ]
     assert main(["pretrain", "--config", "configs/paper.yaml", "--target", "slo", *common]) == 2  # no SLO here
     assert "no training cases" in capsys.readouterr().err
     assert main(["pretrain", "--config", "configs/paper.yaml", "--target", "faf", *common]) == 0
@@ -126,10 +145,34 @@ def test_cli_pretrain_and_train(dataset: Path, tmp_path: Path, capsys) -> None:
 
 @pytest.mark.slow
 def test_ddp_two_processes_one_epoch(dataset: Path, tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "enface", "train", "--dataset", str(dataset), "--task", "ga",
-           "--runs-dir", str(tmp_path), "--width", "0.125", "--epochs", "1", "--batch-size", "2",
-           "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--no-progress",
-           "--set", "crop=[8,32]", "num_workers=0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "enface",
+        "train",
+        "--dataset",
+        str(dataset),
+        "--task",
+        "ga",
+        "--runs-dir",
+        str(tmp_path),
+        "--width",
+        "0.125",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "2",
+        "--accelerator",
+        "cpu",
+        "--devices",
+        "2",
+        "--strategy",
+        "ddp",
+        "--no-progress",
+        "--set",
+        "crop=[8,32]",
+        "num_workers=0",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PL_DISABLE_FORK": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=Path(__file__).parents[1])
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -143,7 +186,7 @@ def test_two_channel_dataset_trains_and_evaluates(tmp_path: Path) -> None:
 
     root = tmp_path / "octa"
     rng = np.random.default_rng(1)
-    h, w, d = SHAPE
+    h, w, _ = SHAPE
     for p in range(5):
         vol = rng.normal(1.0, 0.1, SHAPE).astype(np.float32)
         mask = np.zeros((h, w), np.uint8)
@@ -156,7 +199,7 @@ def test_two_channel_dataset_trains_and_evaluates(tmp_path: Path) -> None:
     cfg = _config(root, tmp_path / "runs", "train", epochs=1)
     assert resolve_run(cfg).config.channels == ("oct", "octa")  # from dataset.json
     result = fit(cfg, progress=False)
-    model, info = load_model(topk_checkpoints(result.run_dir)[0])
+    _, info = load_model(topk_checkpoints(result.run_dir)[0])
     assert info["model"]["in_channels"] == 2 and info["config"]["channels"] == ["oct", "octa"]
     res = evaluate(result.run_dir, split="all", progress=False)
     assert res.summary["n_cases"] == 5

@@ -25,10 +25,21 @@ def run(phantom_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     root = tmp_path_factory.mktemp("eval")
     data = root / "data"
     shutil.copytree(phantom_dataset, data)
-    cfg = load_config(None, "train", {
-        "dataset": str(data), "runs_dir": str(root / "runs"), "width": 0.125, "crop": (8, 32),
-        "batch_size": 2, "num_workers": 0, "accelerator": "cpu", "epochs": 3, "top_k": 2,
-    })
+    cfg = load_config(
+        None,
+        "train",
+        {
+            "dataset": str(data),
+            "runs_dir": str(root / "runs"),
+            "width": 0.125,
+            "crop": (8, 32),
+            "batch_size": 2,
+            "num_workers": 0,
+            "accelerator": "cpu",
+            "epochs": 3,
+            "top_k": 2,
+        },
+    )
     return fit(cfg, progress=False).run_dir
 
 
@@ -75,7 +86,10 @@ def test_evaluate_cli_and_errors(run: Path, tmp_path: Path, capsys) -> None:
 
 
 def test_summarize_counts_undefined_hd95_apart() -> None:
-    rows = [{"dice": 0.5, "area_diff_mm2": 1.0, "hd95_mm": 2.0}, {"dice": 0.0, "area_diff_mm2": 3.0, "hd95_mm": math.inf}]
+    rows = [
+        {"dice": 0.5, "area_diff_mm2": 1.0, "hd95_mm": 2.0},
+        {"dice": 0.0, "area_diff_mm2": 3.0, "hd95_mm": math.inf},
+    ]
     s = summarize(rows)
     assert s["hd95_mm"] == {"mean": 2.0, "std": 0.0, "median": 2.0, "n": 1, "n_undefined": 1}
     assert s["dice"]["mean"] == 0.25 and s["dice"]["std"] == pytest.approx(np.std([0.5, 0.0], ddof=1))

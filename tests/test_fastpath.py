@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from enface.config import load_config
-from enface.engine import fastpath, streaming
+from enface.engine import fastpath
 from enface.engine.checkpoint import load_model, read_checkpoint, topk_checkpoints
 from enface.engine.fastpath import (
     channels_last_input,
@@ -169,8 +169,13 @@ def _steps(module: EnfaceModule, batches: list[dict], bf16: bool = False) -> tup
 def test_fast_training_steps_follow_the_plain_ones(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(EnfaceModule, "log", lambda *a, **k: None)  # no trainer attached
     g = torch.Generator().manual_seed(3)
-    batches = [{"volume": torch.randn(2, 1, 4, 32, 64, generator=g),
-                "target": (torch.rand(2, 1, 4, 32, generator=g) > 0.6).float()} for _ in range(2)]
+    batches = [
+        {
+            "volume": torch.randn(2, 1, 4, 32, 64, generator=g),
+            "target": (torch.rand(2, 1, 4, 32, generator=g) > 0.6).float(),
+        }
+        for _ in range(2)
+    ]
     kw = dict(model_name="fpn", width=0.25, lr=0.01)
     runs = {}
     for name, fast, bf16 in (("plain", False, False), ("fast", True, False), ("fast_bf16", True, True)):
@@ -210,8 +215,10 @@ def test_training_keeps_the_faster_layout(monkeypatch: pytest.MonkeyPatch, chann
     monkeypatch.setattr(EnfaceModule, "log", lambda *a, **k: None)
     monkeypatch.setattr("enface.engine.module.channels_last_is_faster", lambda net, v: (channels_last, 1.0, 1.0))
     g = torch.Generator().manual_seed(3)
-    batch = {"volume": torch.randn(2, 1, 4, 32, 64, generator=g),
-             "target": (torch.rand(2, 1, 4, 32, generator=g) > 0.6).float()}
+    batch = {
+        "volume": torch.randn(2, 1, 4, 32, 64, generator=g),
+        "target": (torch.rand(2, 1, 4, 32, generator=g) > 0.6).float(),
+    }
     losses = {}
     for fast in (True, False):
         torch.manual_seed(0)
@@ -227,8 +234,17 @@ def test_training_keeps_the_faster_layout(monkeypatch: pytest.MonkeyPatch, chann
 
 
 def test_checkpoints_of_either_path_load_in_the_other(phantom_dataset: Path, tmp_path: Path) -> None:
-    common = {"dataset": str(phantom_dataset), "target": "ga", "width": 0.125, "crop": (8, 32), "batch_size": 2,
-              "num_workers": 0, "accelerator": "cpu", "top_k": 1, "epochs": 1}
+    common = {
+        "dataset": str(phantom_dataset),
+        "target": "ga",
+        "width": 0.125,
+        "crop": (8, 32),
+        "batch_size": 2,
+        "num_workers": 0,
+        "accelerator": "cpu",
+        "top_k": 1,
+        "epochs": 1,
+    }
     runs = {}
     for fast in (True, False):
         cfg = load_config(None, "train", {**common, "fast": fast, "runs_dir": str(tmp_path / f"fast-{fast}")})

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -45,13 +45,19 @@ def good(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def _digest(path: Path) -> dict[str, bytes]:
     if path.is_file():
         return {"": path.read_bytes()}
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file() and p.name != ".lock"}
+    return {
+        str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file() and p.name != ".lock"
+    }
 
 
 def _first_case(data: Path) -> Path:
     """The first case of a training patient (so that every command that reads cases reads it)."""
     train = set(json.loads((data / "splits.json").read_text())["train"])
-    return next(p for p in sorted((data / "cases").iterdir()) if json.loads((p / "meta.json").read_text())["patient_id"] in train)
+    return next(
+        p
+        for p in sorted((data / "cases").iterdir())
+        if json.loads((p / "meta.json").read_text())["patient_id"] in train
+    )
 
 
 def _edit_json(path: Path, **changes: object) -> None:
@@ -149,34 +155,105 @@ def _faf_truncated(d: Path) -> str:
     return "faf.png"
 
 
-DATASET_BREAKS: dict[str, Callable[[Path], str]] = {f.__name__.lstrip("_"): f for f in (
-    _no_dataset_json, _dataset_json_garbage, _dataset_name_escapes, _patient_in_two_splits, _no_splits_json,
-    _null_patient, _meta_garbage, _case_id_mismatch, _oct_random_bytes, _oct_complex, _oct_2d, _oct_truncated,
-    _mask_grey, _mask_colour, _mask_wrong_size, _faf_truncated,
-)}
+DATASET_BREAKS: dict[str, Callable[[Path], str]] = {
+    f.__name__.lstrip("_"): f
+    for f in (
+        _no_dataset_json,
+        _dataset_json_garbage,
+        _dataset_name_escapes,
+        _patient_in_two_splits,
+        _no_splits_json,
+        _null_patient,
+        _meta_garbage,
+        _case_id_mismatch,
+        _oct_random_bytes,
+        _oct_complex,
+        _oct_2d,
+        _oct_truncated,
+        _mask_grey,
+        _mask_colour,
+        _mask_wrong_size,
+        _faf_truncated,
+    )
+}
 
 # which breaks each command must refuse (the others concern files the command does not read)
 _READS_CASES = ("null_patient", "meta_garbage", "case_id_mismatch")
-_TRAINING = ("no_dataset_json", "dataset_json_garbage", "dataset_name_escapes", "patient_in_two_splits",
-             "no_splits_json", *_READS_CASES, "oct_random_bytes", "oct_complex", "oct_2d", "oct_truncated")
+_TRAINING = (
+    "no_dataset_json",
+    "dataset_json_garbage",
+    "dataset_name_escapes",
+    "patient_in_two_splits",
+    "no_splits_json",
+    *_READS_CASES,
+    "oct_random_bytes",
+    "oct_complex",
+    "oct_2d",
+    "oct_truncated",
+)
 DATASET_COMMANDS: dict[str, tuple[Callable[[Path, dict, Path], list[str]], tuple[str, ...]]] = {
     "check": (lambda d, g, t: ["check", str(d)], tuple(k for k in DATASET_BREAKS if k != "no_splits_json")),
     "split": (lambda d, g, t: ["split", str(d)], ("patient_in_two_splits", *_READS_CASES)),
-    "train": (lambda d, g, t: ["train", "--dataset", str(d), "--runs-dir", str(t / "runs"), "--width", "0.125",
-                               "--epochs", "1", "--no-progress", "--set", "crop=[8,32]", "num_workers=0"],
-              (*_TRAINING, "mask_grey", "mask_colour", "mask_wrong_size")),
-    "pretrain": (lambda d, g, t: ["pretrain", "--dataset", str(d), "--runs-dir", str(t / "runs"), "--width", "0.125",
-                                  "--epochs", "1", "--no-progress", "--set", "crop=[8,32]", "num_workers=0"],
-                 (*_TRAINING, "faf_truncated")),
-    "evaluate": (lambda d, g, t: ["evaluate", str(g["run"]), "--dataset", str(d), "--split", "all", "--out",
-                                  str(t / "ev")],
-                 ("no_dataset_json", "dataset_json_garbage", "dataset_name_escapes", *_READS_CASES,
-                  "oct_random_bytes", "oct_complex", "oct_2d", "oct_truncated", "mask_grey", "mask_colour",
-                  "mask_wrong_size")),
-    "predict": (lambda d, g, t: ["predict", str(g["ckpt"]), str(d), "--out", str(t / "pred")],
-                (*_READS_CASES[1:], "oct_random_bytes", "oct_complex", "oct_2d", "oct_truncated")),
-    "progression": (lambda d, g, t: ["progression", str(d), "--reference", "--out", str(t / "prog")],
-                    ("null_patient", "meta_garbage", "case_id_mismatch", "mask_grey", "mask_colour")),
+    "train": (
+        lambda d, g, t: [
+            "train",
+            "--dataset",
+            str(d),
+            "--runs-dir",
+            str(t / "runs"),
+            "--width",
+            "0.125",
+            "--epochs",
+            "1",
+            "--no-progress",
+            "--set",
+            "crop=[8,32]",
+            "num_workers=0",
+        ],
+        (*_TRAINING, "mask_grey", "mask_colour", "mask_wrong_size"),
+    ),
+    "pretrain": (
+        lambda d, g, t: [
+            "pretrain",
+            "--dataset",
+            str(d),
+            "--runs-dir",
+            str(t / "runs"),
+            "--width",
+            "0.125",
+            "--epochs",
+            "1",
+            "--no-progress",
+            "--set",
+            "crop=[8,32]",
+            "num_workers=0",
+        ],
+        (*_TRAINING, "faf_truncated"),
+    ),
+    "evaluate": (
+        lambda d, g, t: ["evaluate", str(g["run"]), "--dataset", str(d), "--split", "all", "--out", str(t / "ev")],
+        (
+            "no_dataset_json",
+            "dataset_json_garbage",
+            "dataset_name_escapes",
+            *_READS_CASES,
+            "oct_random_bytes",
+            "oct_complex",
+            "oct_2d",
+            "oct_truncated",
+            "mask_grey",
+            "mask_colour",
+            "mask_wrong_size",
+        ),
+    ),
+    "predict": (
+        lambda d, g, t: ["predict", str(g["ckpt"]), str(d), "--out", str(t / "pred")],
+        (*_READS_CASES[1:], "oct_random_bytes", "oct_complex", "oct_2d", "oct_truncated"),
+    ),
+    "progression": (
+        lambda d, g, t: ["progression", str(d), "--reference", "--out", str(t / "prog")],
+        ("null_patient", "meta_garbage", "case_id_mismatch", "mask_grey", "mask_colour"),
+    ),
 }
 
 
@@ -218,7 +295,7 @@ def test_broken_dataset(entry: Entry, good: dict[str, Path], tmp_path: Path, cap
 
 
 class _Payload:
-    def __reduce__(self):  # noqa: ANN204
+    def __reduce__(self):
         return (os.system, ("echo pwned > /dev/null",))
 
 
@@ -256,23 +333,57 @@ def _ck_other_architecture(p: Path, g: dict) -> str:
     from enface.models import create_model, model_spec
 
     m = create_model("lachinov", width=0.125)
-    torch.save({"state_dict": {f"model.{k}": v for k, v in m.state_dict().items()},
-                "enface": {"model": model_spec(m), "task": "reconstruct", "config": {"target": "faf_inv"}}}, p)
+    torch.save(
+        {
+            "state_dict": {f"model.{k}": v for k, v in m.state_dict().items()},
+            "enface": {"model": model_spec(m), "task": "reconstruct", "config": {"target": "faf_inv"}},
+        },
+        p,
+    )
     return "lachinov"
 
 
-CHECKPOINT_BREAKS = {f.__name__.removeprefix("_ck_"): f for f in (
-    _ck_random, _ck_pickled_code, _ck_truncated, _ck_not_enface, _ck_a_list, _ck_reconstruction, _ck_other_architecture,
-)}
+CHECKPOINT_BREAKS = {
+    f.__name__.removeprefix("_ck_"): f
+    for f in (
+        _ck_random,
+        _ck_pickled_code,
+        _ck_truncated,
+        _ck_not_enface,
+        _ck_a_list,
+        _ck_reconstruction,
+        _ck_other_architecture,
+    )
+}
 CHECKPOINT_COMMANDS: dict[str, tuple[Callable[[Path, dict, Path], list[str]], tuple[str, ...]]] = {
-    "train-init": (lambda c, g, t: ["train", "--dataset", str(g["data"]), "--runs-dir", str(t / "runs"), "--init",
-                                    str(c), "--width", "0.125", "--epochs", "1", "--no-progress", "--set",
-                                    "crop=[8,32]", "num_workers=0"],
-                   ("random", "pickled_code", "truncated", "not_enface", "a_list", "other_architecture")),
-    "predict": (lambda c, g, t: ["predict", str(c), str(_first_case(g["data"])), "--out", str(t / "pred")],
-                tuple(k for k in CHECKPOINT_BREAKS if k != "other_architecture")),
-    "import-weights": (lambda c, g, t: ["import-weights", str(c), str(t / "out.ckpt"), "--model", "fpn"],
-                       ("random", "pickled_code", "truncated", "a_list")),
+    "train-init": (
+        lambda c, g, t: [
+            "train",
+            "--dataset",
+            str(g["data"]),
+            "--runs-dir",
+            str(t / "runs"),
+            "--init",
+            str(c),
+            "--width",
+            "0.125",
+            "--epochs",
+            "1",
+            "--no-progress",
+            "--set",
+            "crop=[8,32]",
+            "num_workers=0",
+        ],
+        ("random", "pickled_code", "truncated", "not_enface", "a_list", "other_architecture"),
+    ),
+    "predict": (
+        lambda c, g, t: ["predict", str(c), str(_first_case(g["data"])), "--out", str(t / "pred")],
+        tuple(k for k in CHECKPOINT_BREAKS if k != "other_architecture"),
+    ),
+    "import-weights": (
+        lambda c, g, t: ["import-weights", str(c), str(t / "out.ckpt"), "--model", "fpn"],
+        ("random", "pickled_code", "truncated", "a_list"),
+    ),
 }
 CATALOGUE_CK = [Entry(c, "checkpoint", k) for c, (_, kinds) in CHECKPOINT_COMMANDS.items() for k in kinds]
 
@@ -319,13 +430,22 @@ def _run_checkpoints_truncated(r: Path) -> str:
     return "unreadable checkpoint"
 
 
-RUN_BREAKS = {f.__name__.removeprefix("_run_"): f for f in (
-    _run_no_config, _run_config_garbage, _run_pretraining, _run_no_checkpoints, _run_checkpoints_truncated,
-)}
+RUN_BREAKS = {
+    f.__name__.removeprefix("_run_"): f
+    for f in (
+        _run_no_config,
+        _run_config_garbage,
+        _run_pretraining,
+        _run_no_checkpoints,
+        _run_checkpoints_truncated,
+    )
+}
 RUN_COMMANDS: dict[str, tuple[Callable[[Path, dict, Path], list[str]], tuple[str, ...]]] = {
     "evaluate": (lambda r, g, t: ["evaluate", str(r), "--split", "all", "--out", str(t / "ev")], tuple(RUN_BREAKS)),
-    "predict": (lambda r, g, t: ["predict", str(r), str(_first_case(g["data"])), "--out", str(t / "pred")],
-                ("no_checkpoints", "checkpoints_truncated")),
+    "predict": (
+        lambda r, g, t: ["predict", str(r), str(_first_case(g["data"])), "--out", str(t / "pred")],
+        ("no_checkpoints", "checkpoints_truncated"),
+    ),
 }
 CATALOGUE_RUN = [Entry(c, "run", k) for c, (_, kinds) in RUN_COMMANDS.items() for k in kinds]
 
@@ -348,9 +468,27 @@ def test_resume_of_a_run_whose_checkpoints_are_all_unreadable(good: dict[str, Pa
     (folder / "done.json").unlink()
     _run_checkpoints_truncated(folder)
     before = _digest(folder)
-    args = ["train", "--dataset", str(good["data"]), "--runs-dir", str(runs), "--width", "0.125", "--epochs", "1",
-            "--batch-size", "2", "--accelerator", "cpu", "--no-progress", "--resume",
-            "--set", "crop=[8,32]", "num_workers=0", "top_k=1"]
+    args = [
+        "train",
+        "--dataset",
+        str(good["data"]),
+        "--runs-dir",
+        str(runs),
+        "--width",
+        "0.125",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "2",
+        "--accelerator",
+        "cpu",
+        "--no-progress",
+        "--resume",
+        "--set",
+        "crop=[8,32]",
+        "num_workers=0",
+        "top_k=1",
+    ]
     rc, text = _run(args, capsys)
     _assert_refused(rc, text, "last.ckpt unusable", before, _digest(folder))
 

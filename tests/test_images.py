@@ -95,6 +95,6 @@ def test_dataset_folder_reads_masks_with_the_same_reader(phantom_dataset: Path, 
 
 
 def test_sixteen_bit_image_scaling(tmp_path: Path) -> None:
-    arr = (np.arange(48, dtype=np.uint16).reshape(6, 8) * 1000)
+    arr = np.arange(48, dtype=np.uint16).reshape(6, 8) * 1000
     Image.fromarray(arr).save(tmp_path / "i16.png")
     np.testing.assert_allclose(read_image(tmp_path / "i16.png"), arr / 65535.0, atol=1e-6)

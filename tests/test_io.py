@@ -15,7 +15,6 @@ from enface.io.heidelberg import read_heidelberg
 from enface.io.images import read_bscan_stack, read_image, read_mask
 from enface.io.octa500 import find_octa500_cases, octa500_split, read_octa500_case
 from enface.io.volumes import find_companions, read_nifti_volume, read_numpy_volume, read_volume_scan
-
 from formats_helpers import layered_volume, write_heyex_xml, write_octa500, write_vol
 
 N_BSCANS, WIDTH, DEPTH = 5, 32, 64
@@ -33,8 +32,18 @@ def _export_inputs(seed: int = 1):
 
 def test_vol_reader_geometry_bm_and_metadata(tmp_path: Path) -> None:
     vol, bm, slo, starts, ends = _export_inputs()
-    path = write_vol(tmp_path / "scan.vol", vol.transpose(0, 2, 1), slo, starts, ends,
-                     scale_x=0.058, distance=0.45, scale_y=0.0039, slo_scale=(0.03, 0.03), bm_rows=bm)
+    path = write_vol(
+        tmp_path / "scan.vol",
+        vol.transpose(0, 2, 1),
+        slo,
+        starts,
+        ends,
+        scale_x=0.058,
+        distance=0.45,
+        scale_y=0.0039,
+        slo_scale=(0.03, 0.03),
+        bm_rows=bm,
+    )
     scan = read_heidelberg(path)
     assert scan.volume.shape == (N_BSCANS, WIDTH, DEPTH)
     assert scan.spacing == pytest.approx((0.45, 0.058, 0.0039))
@@ -53,8 +62,17 @@ def test_vol_reader_geometry_bm_and_metadata(tmp_path: Path) -> None:
 
 def test_vol_without_segmentation_has_no_bm(tmp_path: Path) -> None:
     vol, _, slo, starts, ends = _export_inputs(2)
-    path = write_vol(tmp_path / "noseg.vol", vol.transpose(0, 2, 1), slo, starts, ends,
-                     scale_x=0.058, distance=0.45, scale_y=0.0039, slo_scale=(0.03, 0.03))
+    path = write_vol(
+        tmp_path / "noseg.vol",
+        vol.transpose(0, 2, 1),
+        slo,
+        starts,
+        ends,
+        scale_x=0.058,
+        distance=0.45,
+        scale_y=0.0039,
+        slo_scale=(0.03, 0.03),
+    )
     scan = read_heidelberg(path)
     assert scan.bm is None
     assert scan.volume.shape == (N_BSCANS, WIDTH, DEPTH)
@@ -62,8 +80,17 @@ def test_vol_without_segmentation_has_no_bm(tmp_path: Path) -> None:
 
 def test_heyex_xml_reader(tmp_path: Path) -> None:
     vol, bm, slo, starts, ends = _export_inputs(3)
-    xml = write_heyex_xml(tmp_path / "xml", vol.transpose(0, 2, 1), slo, starts, ends,
-                          scale_x=0.058, scale_y=0.0039, slo_scale=(0.03, 0.03), bm_rows=bm)
+    xml = write_heyex_xml(
+        tmp_path / "xml",
+        vol.transpose(0, 2, 1),
+        slo,
+        starts,
+        ends,
+        scale_x=0.058,
+        scale_y=0.0039,
+        slo_scale=(0.03, 0.03),
+        bm_rows=bm,
+    )
     scan = read_heidelberg(xml)
     assert scan.volume.shape == (N_BSCANS, WIDTH, DEPTH)
     assert scan.spacing == pytest.approx((0.45, 0.058, 0.0039))
@@ -78,13 +105,19 @@ def test_heyex_xml_reader(tmp_path: Path) -> None:
 
 
 def test_e2e_needs_a_spacing_in_mm(tmp_path: Path) -> None:
-    from enface.io.heidelberg import eyevolume_to_scan
     from eyepy import EyeVolume, EyeVolumeMeta
     from eyepy.core.eyemeta import EyeBscanMeta
 
+    from enface.io.heidelberg import eyevolume_to_scan
+
     data = np.random.default_rng(0).random((3, 20, 16)).astype(np.float32)
-    meta = EyeVolumeMeta(scale_x=1, scale_y=1, scale_z=1, scale_unit="px",
-                         bscan_meta=[EyeBscanMeta(start_pos=(0, i), end_pos=(15, i), pos_unit="px") for i in range(3)])
+    meta = EyeVolumeMeta(
+        scale_x=1,
+        scale_y=1,
+        scale_z=1,
+        scale_unit="px",
+        bscan_meta=[EyeBscanMeta(start_pos=(0, i), end_pos=(15, i), pos_unit="px") for i in range(3)],
+    )
     ev = EyeVolume(data=data, meta=meta)
     with pytest.raises(DatasetError, match="no spacing in mm"):
         eyevolume_to_scan(ev, "x.e2e")
@@ -103,9 +136,13 @@ def test_octa500_reader_orientation_layers_and_channels(tmp_path: Path) -> None:
     mask[4, 8] = 1
     surf = np.zeros((6,) + shape[:2])
     surf[5] = 30.25
-    written = write_octa500(tmp_path / "OCTA-500", [10001, 10190], shape=shape,
-                            labels={"GT_LargeVessel": {10001: mask}, "GT_FAZ": {10001: 1 - mask}},
-                            layers={10001: surf})
+    written = write_octa500(
+        tmp_path / "OCTA-500",
+        [10001, 10190],
+        shape=shape,
+        labels={"GT_LargeVessel": {10001: mask}, "GT_FAZ": {10001: 1 - mask}},
+        layers={10001: surf},
+    )
     cases = find_octa500_cases(tmp_path / "OCTA-500")
     assert [c.case_id for c in cases] == ["10001", "10190"]
     scan = read_octa500_case(cases[0], with_octa=True)
@@ -145,9 +182,9 @@ def test_octa500_requires_its_layout(tmp_path: Path) -> None:
 def test_numpy_axes_sidecar_and_companions(tmp_path: Path) -> None:
     vol, _, _ = layered_volume((4, 12, 40), seed=0)
     np.save(tmp_path / "eye1.npy", vol.transpose(2, 0, 1))  # stored as D, H, W
-    (tmp_path / "eye1.json").write_text(json.dumps(
-        {"axes": "DHW", "spacing": [0.2, 0.05, 0.01], "patient_id": "pat 7", "eye": "L", "visit": 3}
-    ))
+    (tmp_path / "eye1.json").write_text(
+        json.dumps({"axes": "DHW", "spacing": [0.2, 0.05, 0.01], "patient_id": "pat 7", "eye": "L", "visit": 3})
+    )
     slo = np.random.default_rng(1).random((60, 60))
     Image.fromarray((slo * 255).astype(np.uint8)).save(tmp_path / "eye1_slo.png")
     grid_mask = np.zeros((4, 12), np.uint8)
@@ -210,7 +247,7 @@ def test_image_formats(tmp_path: Path) -> None:
     Image.fromarray(ramp8).save(tmp_path / "a.bmp")
     np.testing.assert_allclose(read_image(tmp_path / "a.png"), ramp8 / 255, atol=1e-6)
     np.testing.assert_allclose(read_image(tmp_path / "a.bmp"), ramp8 / 255, atol=1e-6)
-    ramp16 = (ramp8.astype(np.uint16) * 257)
+    ramp16 = ramp8.astype(np.uint16) * 257
     Image.fromarray(ramp16).save(tmp_path / "b.tif")
     np.testing.assert_allclose(read_image(tmp_path / "b.tif"), ramp8 / 255, atol=1e-4)
     Image.fromarray(np.linspace(-3, 5, 30, dtype=np.float32).reshape(5, 6)).save(tmp_path / "c.tif")

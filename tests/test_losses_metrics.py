@@ -52,7 +52,9 @@ def test_dice_bce_hand_computed() -> None:
     bce = -(target * torch.log(p) + (1 - target) * torch.log(1 - p)).mean()
     assert DiceBCELoss()(logits, target).item() == pytest.approx((dice + bce).item(), rel=1e-6)
     # numbers written out: p = [0.8808, 0.2689, 0.5, 0.9526]
-    assert bce.item() == pytest.approx((-math.log(0.880797) - math.log(1 - 0.268941) - math.log(0.5) - math.log(1 - 0.952574)) / 4, rel=1e-5)
+    assert bce.item() == pytest.approx(
+        (-math.log(0.880797) - math.log(1 - 0.268941) - math.log(0.5) - math.log(1 - 0.952574)) / 4, rel=1e-5
+    )
 
 
 def test_dice_loss_perfect_and_batch_modes() -> None:

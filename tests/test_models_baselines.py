@@ -183,7 +183,7 @@ def test_lachinov_bottleneck_never_holds_a_single_value() -> None:
     model = create_model("lachinov", width=WIDTH).eval()
     for shape, padded_w in (((1, 1, 1, 5, 8), 16), ((1, 1, 2, 5, 8), 8), ((1, 1, 1, 5, 16), 8)):
         seen: list[int] = []
-        hook = model.stem.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[3]))
+        hook = model.stem.register_forward_hook(lambda m, args, out, seen=seen: seen.append(args[0].shape[3]))
         with torch.no_grad():
             assert model(torch.randn(*shape)).shape == (1, 1, shape[2], 5)
         hook.remove()

@@ -21,7 +21,6 @@ from enface.data.prepare import PrepareOptions, prepare_dataset
 from enface.data.preprocess import FlattenParams, flatten_volume
 from enface.fileio import atomic_write_json
 from enface.io.heidelberg import read_heidelberg
-
 from formats_helpers import (
     BOX_MM,
     SLO_PX_MM,
@@ -89,17 +88,27 @@ def test_heyex_xml_bottom_up_with_companions(tmp_path: Path) -> None:
     to_file, starts, ends = oriented_export(eye["vol"], "bottom-up", "left-right", BOX_MM)
     slo = np.zeros((90, 90), np.uint8)
     folder = tmp_path / "src" / "visit"
-    xml = write_heyex_xml(folder, to_file(eye["vol"]).transpose(0, 2, 1), slo, starts, ends,
-                          scale_x=0.08, scale_y=SD, slo_scale=(SLO_PX_MM, SLO_PX_MM))
+    xml = write_heyex_xml(
+        folder,
+        to_file(eye["vol"]).transpose(0, 2, 1),
+        slo,
+        starts,
+        ends,
+        scale_x=0.08,
+        scale_y=SD,
+        slo_scale=(SLO_PX_MM, SLO_PX_MM),
+    )
     write_oriented_companions(folder, xml.stem, eye, to_file)
-    report = prepare_dataset(tmp_path / "src", tmp_path / "ds", PrepareOptions(fmt="xml", flatten=PARAMS),
-                             progress=False)
+    report = prepare_dataset(
+        tmp_path / "src", tmp_path / "ds", PrepareOptions(fmt="xml", flatten=PARAMS), progress=False
+    )
     assert report.ok, report.summary()
     case = list_cases(tmp_path / "ds")[0]
     assert case.meta.extra["flipped_bscans"] is True
     np.testing.assert_array_equal(case.load_mask("ga"), eye["ga"])
-    np.testing.assert_allclose(case.load_oct(), flatten_volume(read_heidelberg(xml).volume, eye["bm"], SD, PARAMS),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        case.load_oct(), flatten_volume(read_heidelberg(xml).volume, eye["bm"], SD, PARAMS), atol=1e-5
+    )
 
 
 def test_numpy_depth_flipped_bm_is_in_file_depth(tmp_path: Path) -> None:
@@ -149,7 +158,8 @@ def test_meta_records_source_spacing_window_and_resampling(tmp_path: Path) -> No
     i, j, k = 2, 5, 7
     z = eye["bm"][i, j] - f["above_voxels"] + (k + 0.5) * f["step_voxels"]
     smooth = __import__("scipy.ndimage", fromlist=["x"]).gaussian_filter1d(
-        vol[i, j].astype(np.float32), f["antialias_sigma_voxels"], mode="nearest")
+        vol[i, j].astype(np.float32), f["antialias_sigma_voxels"], mode="nearest"
+    )
     assert case.load_oct()[i, j, k] == pytest.approx(np.interp(z, np.arange(D), smooth), abs=1e-4)
     assert case.spacing[2] == pytest.approx(0.4 / 24)
 

@@ -16,12 +16,12 @@ import torch
 
 from enface.cli import main
 from enface.engine.checkpoint import checkpoint_info, load_model, read_checkpoint
-from enface.engine.runs import RunSpec
 from enface.engine.paper_weights import (
     import_paper_weights,
     map_paper_state_dict,
     read_paper_state_dict,
 )
+from enface.engine.runs import RunSpec
 from enface.engine.transfer import transfer_weights
 from enface.errors import CheckpointError
 from enface.models import count_parameters, create_model
@@ -66,8 +66,11 @@ def test_fixture_has_the_paper_models_at_their_parameter_counts() -> None:
     # FPN and ReSensNet: exactly enface's counts. LachinovNet: enface's + the decoder stage
     # the paper code builds for its deepest level but never calls.
     assert counts == {"fpn": 4_369_553, "resensnet": 4_718_737, "lachinov": 5_158_113}
-    unused = sum(torch.Size(s).numel() for k, s in paper_keys("lachinov")
-                 if k.startswith("model.decoder_convs.3.") and not _is_buffer(k))
+    unused = sum(
+        torch.Size(s).numel()
+        for k, s in paper_keys("lachinov")
+        if k.startswith("model.decoder_convs.3.") and not _is_buffer(k)
+    )
     assert counts["lachinov"] - unused == count_parameters(create_model("lachinov")) == 1_513_697
 
 
@@ -88,8 +91,13 @@ def test_every_key_is_mapped_and_every_tensor_used(model: str) -> None:
     expected_unused = {k for k in stripped if k.startswith("decoder_convs.3.")} if model == "lachinov" else set()
     assert set(report.unused) == expected_unused
     assert len(expected_unused) == (39 if model == "lachinov" else 0)
-    assert report.spec == {"name": model, "in_channels": 1, "out_channels": 1, "width": 1.0,
-                           "kwargs": {"depth": 128} if model == "resensnet" else {}}
+    assert report.spec == {
+        "name": model,
+        "in_channels": 1,
+        "out_channels": 1,
+        "width": 1.0,
+        "kwargs": {"depth": 128} if model == "resensnet" else {},
+    }
 
 
 def test_tensors_are_converted_to_enface_layout() -> None:
@@ -97,7 +105,9 @@ def test_tensors_are_converted_to_enface_layout() -> None:
     become (B-scans, A-scans, depth)."""
     src = paper_state("fpn")
     state, _ = map_paper_state_dict(src, "fpn")
-    assert torch.equal(state["decoder.0.body.0.weight"], src["model.resensnet.up_concat4.conv.convBlock.0.0.weight"][..., 0])
+    assert torch.equal(
+        state["decoder.0.body.0.weight"], src["model.resensnet.up_concat4.conv.convBlock.0.0.weight"][..., 0]
+    )
     assert torch.equal(state["head.weight"], src["model.resensnet.final1.0.weight"][..., 0])
     assert torch.equal(state["projections.4.project.0.weight"], src["model.resensnet.zdimRed5.0.convBlock.0.0.weight"])
     assert torch.equal(state["encoder.2.unit2.body.6.weight"], src["model.resensnet.conv3.1.convBlock.2.0.weight"])
@@ -108,8 +118,9 @@ def test_tensors_are_converted_to_enface_layout() -> None:
     assert state["stem.0.weight"].shape == (32, 1, 3, 3, 1)  # paper (3, 1, 3) over (H, D, W)
     assert torch.equal(state["stem.0.weight"][..., 0], src["model.model.conv_first.0.weight"][:, :, :, 0, :])
     assert torch.equal(state["head.weight"], src["model.model.conv_output.weight"][:, :, :, 0, :])
-    assert torch.equal(state["encoder.2.3.body.3.weight"],
-                       src["model.model.encoder_convs.2.2.conv1.weight"].permute(0, 1, 2, 4, 3))
+    assert torch.equal(
+        state["encoder.2.3.body.3.weight"], src["model.model.encoder_convs.2.2.conv1.weight"].permute(0, 1, 2, 4, 3)
+    )
 
 
 @pytest.mark.parametrize("prefix", ["", "module.model.", "model."])
@@ -179,7 +190,7 @@ class _Payload:
     def __init__(self, marker: Path) -> None:
         self.marker = marker
 
-    def __reduce__(self):  # noqa: ANN204
+    def __reduce__(self):
         return (pathlib.Path.touch, (self.marker,))
 
 
@@ -219,8 +230,9 @@ def test_cli_reconstruction_checkpoint_serves_init(tmp_path: Path, capsys: pytes
     src = tmp_path / "epoch=41-SSIM=0.8.ckpt"
     write_paper_checkpoint(src, "lachinov")
     out = tmp_path / "imported" / "lachinov-faf_inv.ckpt"
-    rc = main(["import-weights", str(src), str(out), "--model", "lachinov", "--task", "reconstruct",
-               "--target", "faf_inv"])
+    rc = main(
+        ["import-weights", str(src), str(out), "--model", "lachinov", "--task", "reconstruct", "--target", "faf_inv"]
+    )
     assert rc == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith("imported lachinov (1 in, 1 out, width 1): 129 tensors from") and str(out) in line
@@ -237,13 +249,16 @@ def test_cli_reconstruction_checkpoint_serves_init(tmp_path: Path, capsys: pytes
     "args, message",
     [
         (["missing.ckpt", "out.ckpt", "--model", "fpn"], "missing.ckpt: checkpoint not found"),
-        (["paper.ckpt", "out.ckpt", "--model", "fpn", "--task", "reconstruct", "--target", "ga"],
-         "reconstruction target must be one of"),
+        (
+            ["paper.ckpt", "out.ckpt", "--model", "fpn", "--task", "reconstruct", "--target", "ga"],
+            "reconstruction target must be one of",
+        ),
         (["paper.ckpt", "out.ckpt", "--model", "resensnet"], "try --model fpn"),
     ],
 )
-def test_cli_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
-                               args: list[str], message: str) -> None:
+def test_cli_bad_input_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, args: list[str], message: str
+) -> None:
     monkeypatch.chdir(tmp_path)
     write_paper_checkpoint(tmp_path / "paper.ckpt", "fpn")
     assert main(["import-weights", *args]) == 2

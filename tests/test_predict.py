@@ -14,14 +14,13 @@ from PIL import Image
 
 from enface.cli import main
 from enface.data.folder import load_case
-from enface.engine.checkpoint import load_model, topk_checkpoints
-from enface.io.images import read_mask
 from enface.data.normalize import zscore_per_bscan
+from enface.engine.checkpoint import load_model, topk_checkpoints
 from enface.errors import CheckpointError
+from enface.io.images import read_mask
 from enface.models import create_model, model_spec
 from enface.predict import PredictOptions, Predictor, predict
 from enface.viz import OVERLAY_MIN_SIZE
-
 from formats_helpers import layered_volume, steep_bm_eye, write_oriented_vol
 
 WIDTH = 0.125
@@ -29,8 +28,7 @@ EXPORT_SPACING = [0.2, 0.05, 0.01]
 CASE = "P0001_OD_V1"
 
 
-def _save_checkpoint(path: Path, dataset: Path, seed: int, name: str = "fpn", task: str = "segment",
-                     **kwargs) -> Path:
+def _save_checkpoint(path: Path, dataset: Path, seed: int, name: str = "fpn", task: str = "segment", **kwargs) -> Path:
     """A hand-made engine checkpoint whose head bias centres the logits on a phantom case."""
     torch.manual_seed(seed)
     model = create_model(name, width=WIDTH, **kwargs).eval()
@@ -40,11 +38,20 @@ def _save_checkpoint(path: Path, dataset: Path, seed: int, name: str = "fpn", ta
             logits = model(torch.from_numpy(zscore_per_bscan(vol))[None, None])
             model.head.bias -= logits.median()
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({
-        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-        "enface": {"model": model_spec(model), "task": task, "metric": None, "epoch": 0, "format_version": 1,
-                   "config": {"dataset": str(dataset), "target": "ga" if task == "segment" else "faf_inv"}},
-    }, path)
+    torch.save(
+        {
+            "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+            "enface": {
+                "model": model_spec(model),
+                "task": task,
+                "metric": None,
+                "epoch": 0,
+                "format_version": 1,
+                "config": {"dataset": str(dataset), "target": "ga" if task == "segment" else "faf_inv"},
+            },
+        },
+        path,
+    )
     return path
 
 
@@ -71,8 +78,15 @@ def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _check_scan_outputs(folder: Path, spacing: tuple[float, float], threshold: float = 0.5) -> dict:
-    for name in ("mask.png", "probability.png", "probability.npy", "uncertainty.npy", "uncertainty.png",
-                 "overlay.png", "prediction.json"):
+    for name in (
+        "mask.png",
+        "probability.png",
+        "probability.npy",
+        "uncertainty.npy",
+        "uncertainty.png",
+        "overlay.png",
+        "prediction.json",
+    ):
         assert (folder / name).is_file(), folder / name
     prob = np.load(folder / "probability.npy")
     std = np.load(folder / "uncertainty.npy")
@@ -140,9 +154,15 @@ def test_case_folder_and_numpy_export(run: Path, phantom_dataset: Path, export_d
 
 def test_dataset_folder_with_one_checkpoint(run: Path, phantom_dataset: Path, tmp_path: Path) -> None:
     small = tmp_path / "small"
-    shutil.copytree(phantom_dataset, small, ignore=lambda d, names: [n for n in names if n.startswith("P0003")
-                                                                     or n.startswith("P0004") or n.startswith("P0005")
-                                                                     or n.startswith("P0006")])
+    shutil.copytree(
+        phantom_dataset,
+        small,
+        ignore=lambda d, names: [
+            n
+            for n in names
+            if n.startswith("P0003") or n.startswith("P0004") or n.startswith("P0005") or n.startswith("P0006")
+        ],
+    )
     ids = sorted(p.name for p in (small / "cases").iterdir())
     ckpt = next((run / "checkpoints").glob("epoch=2*.ckpt"))
     report = predict(ckpt, [small], tmp_path / "out")
@@ -193,8 +213,16 @@ def test_fixed_depth_model(phantom_dataset: Path, export_dir: Path, tmp_path: Pa
 def test_training_preparation_is_read(run: Path, tmp_path: Path) -> None:
     ds = tmp_path / "prepared"
     ds.mkdir()
-    (ds / "dataset.json").write_text(json.dumps({"name": "x", "modalities": ["oct"], "tasks": ["ga"],
-                                                 "preparation": {"depth": 96, "above_mm": 0.5, "below_mm": 0.2}}))
+    (ds / "dataset.json").write_text(
+        json.dumps(
+            {
+                "name": "x",
+                "modalities": ["oct"],
+                "tasks": ["ga"],
+                "preparation": {"depth": 96, "above_mm": 0.5, "below_mm": 0.2},
+            }
+        )
+    )
     ckpt = tmp_path / "c.ckpt"
     obj = torch.load(next((run / "checkpoints").glob("*.ckpt")), weights_only=False)
     obj["enface"]["config"]["dataset"] = str(ds)

@@ -14,11 +14,10 @@ from enface.cli import build_parser, main
 from enface.data.check import check_dataset
 from enface.data.folder import list_cases, read_dataset_info, read_splits
 from enface.data.prepare import PrepareOptions, prepare_dataset
-from enface.io.formats import FORMATS
 from enface.data.preprocess import FlattenParams, enface_points, sample_enface, sample_enface_mask
 from enface.data.register import apply_matrix, warp_image
 from enface.io.base import full_image_box, positions_from_box
-
+from enface.io.formats import FORMATS
 from formats_helpers import layered_volume, vessel_pair, write_octa500, write_vol
 
 GRID = (8, 32)
@@ -70,9 +69,9 @@ def test_prepare_numpy_layout_with_slo_faf_and_faf_mask(tmp_path: Path) -> None:
     Image.fromarray((slo * 255).astype(np.uint8)).save(src / "p1_visit1_slo.png")
     Image.fromarray((faf * 255).astype(np.uint8)).save(src / "p1_visit1_faf.png")
     Image.fromarray(mask_faf * 255).save(src / "p1_visit1_mask_ga.png")
-    (src / "p1_visit1.json").write_text(json.dumps(
-        {"axes": "DWH", "spacing": SPACING, "visit": 0, "eye": "OS", "mask_space": {"ga": "faf"}}
-    ))
+    (src / "p1_visit1.json").write_text(
+        json.dumps({"axes": "DWH", "spacing": SPACING, "visit": 0, "eye": "OS", "mask_space": {"ga": "faf"}})
+    )
 
     opts = PrepareOptions(fmt="numpy", flatten=FlattenParams(0.3, 0.1, 32), patient_regex=r"^(?P<patient>p\d+)_")
     report = prepare_dataset(src, out, opts, progress=False)
@@ -117,18 +116,30 @@ def _vol_pair(tmp_path: Path) -> Path:
         vol, bm, _ = layered_volume((n, w, d), seed=k, speckle=0.1)
         slo = (np.random.default_rng(k).random((90, 90)) * 255).astype(np.uint8)
         ys = np.linspace(2.2, 0.5, n)
-        write_vol(src / f"scan{k}.vol", vol.transpose(0, 2, 1), slo,
-                  np.stack([np.full(n, 0.4), ys], 1), np.stack([np.full(n, 2.3), ys], 1),
-                  scale_x=0.08, distance=0.34, scale_y=0.0039 * 2, slo_scale=(0.025, 0.025),
-                  bm_rows=bm, patient_id="HD 17", laterality="OD", visit_date=day)
+        write_vol(
+            src / f"scan{k}.vol",
+            vol.transpose(0, 2, 1),
+            slo,
+            np.stack([np.full(n, 0.4), ys], 1),
+            np.stack([np.full(n, 2.3), ys], 1),
+            scale_x=0.08,
+            distance=0.34,
+            scale_y=0.0039 * 2,
+            slo_scale=(0.025, 0.025),
+            bm_rows=bm,
+            patient_id="HD 17",
+            laterality="OD",
+            visit_date=day,
+        )
     return src
 
 
 def test_prepare_vol_via_cli_with_visit_days(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     src = _vol_pair(tmp_path)
     out = tmp_path / "ds"
-    rc = main(["prepare", str(src), str(out), "--format", "vol", "--depth", "24",
-               "--window-mm", "0.3,0.1", "--no-progress"])
+    rc = main(
+        ["prepare", str(src), str(out), "--format", "vol", "--depth", "24", "--window-mm", "0.3,0.1", "--no-progress"]
+    )
     text = capsys.readouterr().out
     assert rc == 0, text
     assert "2 case(s) written" in text
@@ -157,11 +168,25 @@ def test_prepare_octa500_two_channels_and_official_split(tmp_path: Path, capsys:
     shape = (5, 8, 48)
     mask = np.zeros(shape[:2], np.uint8)
     mask[1:3, 2:6] = 1
-    write_octa500(tmp_path / "OCTA-500", [10001, 10190, 10250], shape=shape,
-                  labels={"GT_LargeVessel": {10001: mask, 10250: mask}})
+    write_octa500(
+        tmp_path / "OCTA-500", [10001, 10190, 10250], shape=shape, labels={"GT_LargeVessel": {10001: mask, 10250: mask}}
+    )
     out = tmp_path / "octa"
-    rc = main(["prepare", str(tmp_path / "OCTA-500"), str(out), "--format", "octa500", "--octa",
-               "--depth", "16", "--window-mm", "0.8,0.4", "--no-progress"])
+    rc = main(
+        [
+            "prepare",
+            str(tmp_path / "OCTA-500"),
+            str(out),
+            "--format",
+            "octa500",
+            "--octa",
+            "--depth",
+            "16",
+            "--window-mm",
+            "0.8,0.4",
+            "--no-progress",
+        ]
+    )
     assert rc == 0, capsys.readouterr().out
     splits = read_splits(out)
     assert splits["train"] == ["10001"] and splits["val"] == ["10190"] and splits["test"] == ["10250"]
@@ -226,8 +251,9 @@ def test_prepare_flattened_nifti_and_xml_export(tmp_path: Path) -> None:
     vol = np.random.default_rng(0).random((4, 10, 40)).astype(np.float32)
     nib.save(nib.Nifti1Image(vol, np.diag([0.2, 0.05, 0.01, 1.0])), src / "flat_eye.nii.gz")
     (src / "flat_eye.json").write_text(json.dumps({"flattened": True, "patient_id": "F1"}))
-    report = prepare_dataset(src, tmp_path / "o1", PrepareOptions(fmt="nifti", flatten=FlattenParams(depth=20)),
-                             progress=False)
+    report = prepare_dataset(
+        src, tmp_path / "o1", PrepareOptions(fmt="nifti", flatten=FlattenParams(depth=20)), progress=False
+    )
     assert report.ok
     case = list_cases(tmp_path / "o1")[0]
     assert case.oct_shape() == (4, 10, 20) and case.spacing == pytest.approx((0.2, 0.05, 0.02))
@@ -236,11 +262,23 @@ def test_prepare_flattened_nifti_and_xml_export(tmp_path: Path) -> None:
     n, w, d = 4, 16, 64
     volx, bm, _ = layered_volume((n, w, d), seed=0, speckle=0)
     ys = np.linspace(1.5, 0.5, n)
-    write_heyex_xml(tmp_path / "xml" / "visit1", volx.transpose(0, 2, 1), np.zeros((60, 60), np.uint8),
-                    np.stack([np.full(n, 0.3), ys], 1), np.stack([np.full(n, 1.2), ys], 1),
-                    scale_x=0.06, scale_y=0.0078, slo_scale=(0.025, 0.025), bm_rows=bm)
-    report = prepare_dataset(tmp_path / "xml", tmp_path / "o2",
-                             PrepareOptions(fmt="xml", flatten=FlattenParams(0.2, 0.1, 16)), progress=False)
+    write_heyex_xml(
+        tmp_path / "xml" / "visit1",
+        volx.transpose(0, 2, 1),
+        np.zeros((60, 60), np.uint8),
+        np.stack([np.full(n, 0.3), ys], 1),
+        np.stack([np.full(n, 1.2), ys], 1),
+        scale_x=0.06,
+        scale_y=0.0078,
+        slo_scale=(0.025, 0.025),
+        bm_rows=bm,
+    )
+    report = prepare_dataset(
+        tmp_path / "xml",
+        tmp_path / "o2",
+        PrepareOptions(fmt="xml", flatten=FlattenParams(0.2, 0.1, 16)),
+        progress=False,
+    )
     assert report.ok and report.written == ["visit1_export"]
     case = list_cases(tmp_path / "o2")[0]
     assert case.patient_id == "P002" and case.meta.eye == "OD" and case.meta.extra["bm_source"] == "export"

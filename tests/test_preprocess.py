@@ -16,7 +16,6 @@ from enface.data.preprocess import (
     sample_enface_mask,
 )
 from enface.io.base import positions_from_box
-
 from formats_helpers import layered_volume
 
 

@@ -127,7 +127,9 @@ def test_ring() -> None:
     outer, inner = 1.0, 0.5
     ring = _disc((100, 300), (1.5, 1.5), outer) & ~_disc((100, 300), (1.5, 1.5), inner).astype(bool)
     f = lesion_features(ring, SPACING)
-    assert abs(f.area_mm2 - math.pi * (outer**2 - inner**2)) <= _area_bound(outer, SPACING) + _area_bound(inner, SPACING)
+    assert abs(f.area_mm2 - math.pi * (outer**2 - inner**2)) <= _area_bound(outer, SPACING) + _area_bound(
+        inner, SPACING
+    )
     assert abs(f.perimeter_mm - 2 * math.pi * (outer + inner)) <= 4 * _crofton_step(*SPACING)
     assert f.circularity == pytest.approx((outer - inner) / (outer + inner), abs=0.03)
     assert f.foci == 1
@@ -199,7 +201,9 @@ def test_bland_altman_and_icc_by_hand() -> None:
 
 
 def test_rate_agreement_pairs_visits_by_day() -> None:
-    f = lambda a: LesionFeatures(a, math.sqrt(a), 1, 1.0, 1.0)
+    def f(a: float) -> LesionFeatures:
+        return LesionFeatures(a, math.sqrt(a), 1, 1.0, 1.0)
+
     ref = [Visit(f"r{d}", "P", "OD", d, (0.1, 0.1), f(1.0 + d / 365.25)) for d in (0, 365, 730)]
     ref += [Visit(f"q{d}", "Q", "OS", d, (0.1, 0.1), f(2.0 + 2 * d / 365.25)) for d in (0, 365)]
     test = [Visit(f"t{d}", "P", "OD", d, (0.1, 0.1), f(1.0 + 1.5 * d / 365.25)) for d in (0, 365, 730, 1095)]
@@ -253,13 +257,20 @@ def _predict_by_hand(pred: Path, dataset: Path | None, scans: dict, task: str = 
         folder.mkdir(parents=True)
         Image.fromarray((np.asarray(s["mask"]) > 0).astype(np.uint8) * 255).save(folder / "mask.png")
         source = s.get("source", str(dataset / "cases" / scan_id) if dataset else f"/exports/{scan_id}.vol")
-        pj = {"scan_id": scan_id, "source": source, "task": s.get("task", task), "spacing": list(s["spacing"]),
-              **{k: s[k] for k in ("patient_id", "eye", "visit", "member_areas_mm2") if k in s}}
+        pj = {
+            "scan_id": scan_id,
+            "source": source,
+            "task": s.get("task", task),
+            "spacing": list(s["spacing"]),
+            **{k: s[k] for k in ("patient_id", "eye", "visit", "member_areas_mm2") if k in s},
+        }
         (folder / "prediction.json").write_text(json.dumps(pj))
         rows.append({"scan_id": scan_id, "source": source, "status": "ok", "reason": ""})
     rows += [{"scan_id": f, "source": f"/exports/{f}.vol", "status": "failed", "reason": "unreadable"} for f in failed]
     with (pred / "summary.csv").open("w", newline="") as fh:
-        w = csv.DictWriter(fh, ["scan_id", "source", "status", "area_mm2", "n_pixels", "mean_uncertainty_in_mask", "reason"])
+        w = csv.DictWriter(
+            fh, ["scan_id", "source", "status", "area_mm2", "n_pixels", "mean_uncertainty_in_mask", "reason"]
+        )
         w.writeheader()
         w.writerows(rows)
     return pred
@@ -307,7 +318,13 @@ def test_reference_rates_and_outputs(discs: Path, tmp_path: Path) -> None:
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and "P2" in html
     assert sorted(p.name for p in out.iterdir()) == [
-        "cohort.json", "eyes.csv", "report.html", "skipped.csv", "sqrt_area.png", "visits.csv"]
+        "cohort.json",
+        "eyes.csv",
+        "report.html",
+        "skipped.csv",
+        "sqrt_area.png",
+        "visits.csv",
+    ]
     run_progression(discs, out)  # a previous output is replaced
     with pytest.raises(ValueError, match="not an output folder"):
         run_progression(discs, tmp_path)  # a folder with other things in it
@@ -329,7 +346,9 @@ def test_predictions_with_ensemble_agreement_and_failed_scan(discs: Path, tmp_pa
     pe = {(e.patient_id, e.eye): e for e in res.eyes}
     re_ = {(e.patient_id, e.eye): e for e in eye_rates(res.reference.visits)}
     for key, row in agree.items():
-        assert float(row["diff_growth_mm2_per_year"]) == pytest.approx(pe[key].area.slope - re_[key].area.slope, rel=1e-4, abs=1e-6)
+        assert float(row["diff_growth_mm2_per_year"]) == pytest.approx(
+            pe[key].area.slope - re_[key].area.slope, rel=1e-4, abs=1e-6
+        )
     diffs = [pe[k].sqrt_area.slope - re_[k].sqrt_area.slope for k in agree]
     a = json.loads((out / "cohort.json").read_text())["agreement"]["sqrt_growth_mm_per_year"]
     assert a["bias"] == pytest.approx(np.mean(diffs)) and a["n"] == 3
@@ -345,8 +364,10 @@ def test_predictions_with_ensemble_agreement_and_failed_scan(discs: Path, tmp_pa
 
 
 def test_predictions_of_device_exports_carry_their_own_visits(discs: Path, tmp_path: Path) -> None:
-    scans = {f"exp{i}": {"mask": _disc(GRID, (0.7, 0.7), r), "spacing": SP3, "patient_id": "X9", "eye": "OS",
-                         "visit": d} for i, (d, r) in enumerate([(0, 0.3), (365, 0.4), (730, 0.5)])}
+    scans = {
+        f"exp{i}": {"mask": _disc(GRID, (0.7, 0.7), r), "spacing": SP3, "patient_id": "X9", "eye": "OS", "visit": d}
+        for i, (d, r) in enumerate([(0, 0.3), (365, 0.4), (730, 0.5)])
+    }
     res = run_progression(discs, tmp_path / "out", predictions=_predict_by_hand(tmp_path / "pred", None, scans))
     (eye,) = res.eyes
     assert (eye.patient_id, eye.eye, len(eye.visits)) == ("X9", "OS", 3)
@@ -377,8 +398,11 @@ def test_same_day_twice_and_missing_visit(tmp_path: Path) -> None:
 
 
 def test_mixed_spacing_is_accepted_and_noted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    ds = _make_dataset(tmp_path / "mixed", {("P1", "OD"): [(0, 0.3), (365, 0.4)]},
-                       spacing=lambda patient, i: (0.06, 0.02, 0.01) if i == 0 else (0.05, 0.025, 0.01))
+    ds = _make_dataset(
+        tmp_path / "mixed",
+        {("P1", "OD"): [(0, 0.3), (365, 0.4)]},
+        spacing=lambda patient, i: (0.06, 0.02, 0.01) if i == 0 else (0.05, 0.025, 0.01),
+    )
     with caplog.at_level(logging.INFO, logger="enface.progression"):
         res = run_progression(ds, tmp_path / "out")
     assert "different en-face spacings" in caplog.text and "comparable" in caplog.text
@@ -390,16 +414,30 @@ def test_mixed_spacing_is_accepted_and_noted(tmp_path: Path, caplog: pytest.LogC
 def test_predictions_of_another_dataset_are_refused(discs: Path, tmp_path: Path) -> None:
     other = _make_dataset(tmp_path / "other", {("Q1", "OD"): [(0, 0.3), (90, 0.4)]})
     unknown = {"Q1_OD_V1": {"mask": np.zeros(GRID), "spacing": SP3, "source": "/gone/Q1_OD_V1"}}
-    _refused(discs, tmp_path / "o1", r"not a case of .*discs.*another dataset",
-             predictions=_predict_by_hand(tmp_path / "p1", None, unknown))
+    _refused(
+        discs,
+        tmp_path / "o1",
+        r"not a case of .*discs.*another dataset",
+        predictions=_predict_by_hand(tmp_path / "p1", None, unknown),
+    )
     # predicted from the case folders of another (existing) dataset
-    _refused(discs, tmp_path / "o2", r"a case of the dataset .*other, not of",
-             predictions=_dilated_predictions(other, tmp_path / "p2"))
+    _refused(
+        discs,
+        tmp_path / "o2",
+        r"a case of the dataset .*other, not of",
+        predictions=_dilated_predictions(other, tmp_path / "p2"),
+    )
     # same case id, but another patient / day / spacing
-    for i, (key, value, match) in enumerate((("patient_id", "Z", "patient Z"), ("visit", 999, "day 999"),
-                                             ("spacing", (0.05, 0.02, 0.01), "spacing"))):
+    for i, (key, value, match) in enumerate(
+        (("patient_id", "Z", "patient Z"), ("visit", 999, "day 999"), ("spacing", (0.05, 0.02, 0.01), "spacing"))
+    ):
         scan = {"mask": np.zeros(GRID), "spacing": SP3, "source": "/gone", key: value}
-        _refused(discs, tmp_path / f"o3{i}", match, predictions=_predict_by_hand(tmp_path / f"p3{i}", None, {"P1_OD_V1": scan}))
+        _refused(
+            discs,
+            tmp_path / f"o3{i}",
+            match,
+            predictions=_predict_by_hand(tmp_path / f"p3{i}", None, {"P1_OD_V1": scan}),
+        )
     with pytest.raises(DatasetError, match="summary.csv: file not found"):
         run_progression(discs, tmp_path / "o4", predictions=tmp_path)
     no_visit = {"exp": {"mask": np.zeros(GRID), "spacing": SP3, "patient_id": "X", "eye": "OD", "visit": None}}
@@ -408,8 +446,12 @@ def test_predictions_of_another_dataset_are_refused(discs: Path, tmp_path: Path)
 
 def test_mixed_tasks_are_refused(discs: Path, tmp_path: Path) -> None:
     mixed = {f"P1_OD_V{i}": {"mask": np.zeros(GRID), "spacing": SP3, "task": t} for i, t in ((1, "ga"), (2, "rpd"))}
-    _refused(discs, tmp_path / "o1", r"several tasks \(ga: P1_OD_V1; rpd: P1_OD_V2\)",
-             predictions=_predict_by_hand(tmp_path / "p1", discs, mixed))
+    _refused(
+        discs,
+        tmp_path / "o1",
+        r"several tasks \(ga: P1_OD_V1; rpd: P1_OD_V2\)",
+        predictions=_predict_by_hand(tmp_path / "p1", discs, mixed),
+    )
     pred = _dilated_predictions(discs, tmp_path / "p2")
     _refused(discs, tmp_path / "o2", "of task 'ga', not 'rpd'", predictions=pred, task="rpd")
     both = _make_dataset(tmp_path / "both", {("P1", "OD"): [(0, 0.3), (90, 0.4)]}, tasks=("ga", "rpd"))
@@ -430,8 +472,11 @@ def _independent_sqrt_rates(dataset: Path, task: str) -> dict[tuple[str, str], f
         pixels = int((np.asarray(Image.open(case / f"mask_{task}.png")) > 0).sum())
         area = pixels * meta["spacing"][0] * meta["spacing"][1]
         per_eye.setdefault((meta["patient_id"], meta["eye"]), []).append((meta["visit"], area))
-    return {k: float(np.polyfit(np.array([d for d, _ in v]) / 365.25, np.sqrt([a for _, a in v]), 1)[0])
-            for k, v in per_eye.items() if len(v) > 1}
+    return {
+        k: float(np.polyfit(np.array([d for d, _ in v]) / 365.25, np.sqrt([a for _, a in v]), 1)[0])
+        for k, v in per_eye.items()
+        if len(v) > 1
+    }
 
 
 def test_cli_reference_on_the_phantom_equals_an_independent_computation(
@@ -447,8 +492,22 @@ def test_cli_reference_on_the_phantom_equals_an_independent_computation(
         assert float(got[key]) == pytest.approx(rate, rel=1e-4, abs=1e-6)
     assert {k for k, v in got.items() if v} == set(expected)
     # the second grader's masks
-    assert main(["progression", str(phantom_dataset), "--reference", "--task", "ga", "--grader", "grader2",
-                 "--out", str(tmp_path / "g2")]) == 0
+    assert (
+        main(
+            [
+                "progression",
+                str(phantom_dataset),
+                "--reference",
+                "--task",
+                "ga",
+                "--grader",
+                "grader2",
+                "--out",
+                str(tmp_path / "g2"),
+            ]
+        )
+        == 0
+    )
     assert "grader2" in json.loads((tmp_path / "g2" / "cohort.json").read_text())["source"]
     # several tasks and no --task: a clear message, nothing written
     assert main(["progression", str(phantom_dataset), "--reference", "--out", str(tmp_path / "none")]) == 2
@@ -464,9 +523,20 @@ def _checkpoint(path: Path, dataset: Path, seed: int) -> None:
     torch.manual_seed(seed)
     model = create_model("fpn", width=0.125).eval()
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-                "enface": {"model": model_spec(model), "task": "segment", "metric": None, "epoch": 0,
-                           "format_version": 1, "config": {"dataset": str(dataset), "target": "ga"}}}, path)
+    torch.save(
+        {
+            "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+            "enface": {
+                "model": model_spec(model),
+                "task": "segment",
+                "metric": None,
+                "epoch": 0,
+                "format_version": 1,
+                "config": {"dataset": str(dataset), "target": "ga"},
+            },
+        },
+        path,
+    )
 
 
 def test_real_predict_output_is_read(phantom_dataset: Path, tmp_path: Path) -> None:
@@ -478,8 +548,11 @@ def test_real_predict_output_is_read(phantom_dataset: Path, tmp_path: Path) -> N
         _checkpoint(run / "checkpoints" / f"epoch={seed}-val_dice={dice}.ckpt", phantom_dataset, seed)
     pred = tmp_path / "pred"
     eyes = sorted(_independent_sqrt_rates(phantom_dataset, "ga"))[:1]  # an eye with >= 2 labeled visits
-    cases = [c for c in sorted((phantom_dataset / "cases").iterdir())
-             if tuple(json.loads((c / "meta.json").read_text())[k] for k in ("patient_id", "eye")) in eyes]
+    cases = [
+        c
+        for c in sorted((phantom_dataset / "cases").iterdir())
+        if tuple(json.loads((c / "meta.json").read_text())[k] for k in ("patient_id", "eye")) in eyes
+    ]
     report = predict(run, [*cases, tmp_path / "missing.vol"], pred, top_k=2, progress=False)
     assert len(report.failed) == 1
     res = run_progression(phantom_dataset, tmp_path / "out", predictions=pred)
@@ -499,7 +572,9 @@ def test_split_restricts_the_patients(discs: Path, tmp_path: Path) -> None:
     from enface.data.folder import write_splits
 
     write_splits(discs, {"train": ["P1"], "val": ["P3"], "test": ["P2"]})
-    res = run_progression(discs, tmp_path / "out", predictions=_dilated_predictions(discs, tmp_path / "pred"), split="test")
+    res = run_progression(
+        discs, tmp_path / "out", predictions=_dilated_predictions(discs, tmp_path / "pred"), split="test"
+    )
     assert [(e.patient_id, e.eye) for e in res.eyes] == [("P2", "OD")]
     assert [(r["patient_id"], r["eye"]) for r in res.agreement] == [("P2", "OD")]
     assert res.cohort["split"] == "test" and "split 'test'" in res.cohort["source"]

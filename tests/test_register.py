@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from enface.data.register import apply_matrix, informative_mask, register_images, registration_quality, warp_image
-
 from formats_helpers import vessel_pair
 
 

@@ -42,7 +42,9 @@ def _config(dataset: Path, runs: Path, stage: str = "train", **kw):
 
 
 def _tree_digest(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"
+    }
 
 
 class _TouchOnLoad:
@@ -51,12 +53,14 @@ class _TouchOnLoad:
     def __init__(self, target: Path) -> None:
         self.target = target
 
-    def __reduce__(self):  # noqa: ANN204
+    def __reduce__(self):
         return (Path.touch, (self.target,))
 
 
 def _malicious_checkpoint(path: Path, marker: Path) -> Path:
-    torch.save({"state_dict": {"model.head.weight": torch.zeros(1)}, "enface": {"model": {}}, "x": _TouchOnLoad(marker)}, path)
+    torch.save(
+        {"state_dict": {"model.head.weight": torch.zeros(1)}, "enface": {"model": {}}, "x": _TouchOnLoad(marker)}, path
+    )
     return path
 
 
@@ -67,7 +71,17 @@ def test_checkpoint_with_code_is_refused_not_run(dataset: Path, finished_run: Pa
     marker = tmp_path / "pwned"
     evil = _malicious_checkpoint(tmp_path / "evil.ckpt", marker)
     # train --init
-    args = ["train", "--dataset", str(dataset), "--runs-dir", str(tmp_path / "runs"), "--init", str(evil), "--width", "0.125"]
+    args = [
+        "train",
+        "--dataset",
+        str(dataset),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--init",
+        str(evil),
+        "--width",
+        "0.125",
+    ]
     assert main(args) == 2
     assert "refused" in capsys.readouterr().err and not marker.exists()
     assert not (tmp_path / "runs").exists()  # nothing written for a run that could not start
@@ -110,7 +124,7 @@ def test_resume_keeps_the_whole_metrics_history(dataset: Path, tmp_path: Path) -
         def __init__(self, at: int) -> None:
             self.at = at
 
-        def on_train_epoch_start(self, trainer, pl_module) -> None:  # noqa: ANN001
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
             if trainer.current_epoch == self.at:
                 raise RuntimeError("simulated kill")
 
@@ -133,9 +147,30 @@ def test_sigint_exits_130_and_resume_continues(dataset: Path, tmp_path: Path) ->
     import sys
     import time
 
-    args = [sys.executable, "-m", "enface", "-q", "train", "--dataset", str(dataset), "--runs-dir", str(tmp_path),
-            "--width", "0.125", "--epochs", "400", "--batch-size", "2", "--accelerator", "cpu", "--no-progress",
-            "--set", "crop=[8,32]", "num_workers=0", "top_k=1"]
+    args = [
+        sys.executable,
+        "-m",
+        "enface",
+        "-q",
+        "train",
+        "--dataset",
+        str(dataset),
+        "--runs-dir",
+        str(tmp_path),
+        "--width",
+        "0.125",
+        "--epochs",
+        "400",
+        "--batch-size",
+        "2",
+        "--accelerator",
+        "cpu",
+        "--no-progress",
+        "--set",
+        "crop=[8,32]",
+        "num_workers=0",
+        "top_k=1",
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     history = tmp_path / "tiny/ga/fpn-w0.125/scratch/frac-100/seed-0/logs/metrics.csv"
@@ -151,7 +186,7 @@ def test_sigint_exits_130_and_resume_continues(dataset: Path, tmp_path: Path) ->
     from lightning.pytorch.callbacks import Callback
 
     class Kill(Callback):
-        def on_train_epoch_start(self, trainer, pl_module) -> None:  # noqa: ANN001
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
             if trainer.current_epoch == last + 2:
                 raise RuntimeError("simulated kill")
 
@@ -162,12 +197,12 @@ def test_sigint_exits_130_and_resume_continues(dataset: Path, tmp_path: Path) ->
     assert epochs == list(range(last + 2))  # the history before Ctrl+C survived, the resume appended
 
 
-def _killed_at_epoch_2(dataset: Path, runs: Path):  # noqa: ANN202
+def _killed_at_epoch_2(dataset: Path, runs: Path):
     """A 3-epoch run killed at the start of its third epoch: ``(config, run folder)``."""
     from lightning.pytorch.callbacks import Callback
 
     class Kill(Callback):
-        def on_train_epoch_start(self, trainer, pl_module) -> None:  # noqa: ANN001
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
             if trainer.current_epoch == 2:
                 raise RuntimeError("simulated kill")
 

@@ -13,7 +13,7 @@ from enface.data.folder import list_cases
 from enface.viz import case_figure, default_bscan, show_case
 
 
-def _pick(root: Path, labeled: bool, faf: bool):  # noqa: ANN202 - returns a Case
+def _pick(root: Path, labeled: bool, faf: bool):
     for case in list_cases(root):
         if bool(case.tasks()) == labeled and case.has_image("faf") == faf:
             return case

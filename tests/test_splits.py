@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -10,8 +11,8 @@ import pytest
 
 from enface.cli import main
 from enface.data.folder import CaseMeta, list_cases, read_splits, write_case
-from enface.errors import DatasetError
 from enface.data.splits import fraction_key, label_fractions, make_splits, select_cases, split_dataset
+from enface.errors import DatasetError
 
 N_PATIENTS = 20
 
@@ -61,7 +62,7 @@ def test_label_fractions_nested_nonempty_deterministic() -> None:
     # 5% of 30 = 1.5 -> 2 (half up), 10% -> 3, 20% -> 6, 100% -> all
     assert [len(v) for v in out.values()] == [2, 3, 6, 30]
     keys = list(out)
-    for small, large in zip(keys, keys[1:]):
+    for small, large in itertools.pairwise(keys):
         assert set(out[small]) < set(out[large])
     assert out == label_fractions(list(reversed(pids)), (0.05, 0.1, 0.2, 1.0), seed=3)
     assert out != label_fractions(pids, (0.05, 0.1, 0.2, 1.0), seed=4)

@@ -49,7 +49,11 @@ def dataset(phantom_dataset: Path, tmp_path: Path) -> Path:
 
 
 def test_plan_puts_pretraining_first(dataset: Path, tmp_path: Path) -> None:
-    study = load_study(_study_yaml(tmp_path, dataset, models=["fpn", "lachinov"], inits=["scratch", "ssl-faf_inv", "ssl-slo"], seeds=[0, 1]))
+    study = load_study(
+        _study_yaml(
+            tmp_path, dataset, models=["fpn", "lachinov"], inits=["scratch", "ssl-faf_inv", "ssl-slo"], seeds=[0, 1]
+        )
+    )
     plan = plan_study(study)
     stages = [r.stage for r in plan]
     assert stages[:4] == ["pretrain"] * 4 and set(stages[4:]) == {"train"}
@@ -77,19 +81,29 @@ def test_study_runs_resumes_and_reports(dataset: Path, tmp_path: Path, capsys) -
     assert result["statuses"][0] == "skipped"
     assert all(result["statuses"][i] == "finished" for i in range(1, 5))
     out_dir = tmp_path / "study"
-    for name in ("results/table.csv", "results/table.md", "results/wilcoxon.csv", "report.md", "report.html",
-                 "figures/test-vs-fraction.png", "figures/overlays.png", "figures/training-curves.png"):
+    for name in (
+        "results/table.csv",
+        "results/table.md",
+        "results/wilcoxon.csv",
+        "report.md",
+        "report.html",
+        "figures/test-vs-fraction.png",
+        "figures/overlays.png",
+        "figures/training-curves.png",
+    ):
         assert (out_dir / name).is_file(), name
     with open(out_dir / "results/table.csv") as f:
         table = list(csv.DictReader(f))
-    assert {(r["init"], float(r["fraction"])) for r in table} == {(i, f) for i in ("scratch", "ssl-faf_inv") for f in (0.2, 1.0)}
+    assert {(r["init"], float(r["fraction"])) for r in table} == {
+        (i, f) for i in ("scratch", "ssl-faf_inv") for f in (0.2, 1.0)
+    }
     assert all(0 <= float(r["dice_mean"]) <= 1 for r in table)
     html = (out_dir / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 3 and "<table>" in html
     # the table agrees with the per-run evaluation files
-    run = [r for r in plan if r.stage == "train" and r.init == "scratch" and r.fraction == 1.0][0]
+    run = next(r for r in plan if r.stage == "train" and r.init == "scratch" and r.fraction == 1.0)
     summary = json.loads((run_folder(study, run) / "eval/test/summary.json").read_text())
-    row = [r for r in table if r["init"] == "scratch" and float(r["fraction"]) == 1.0][0]
+    row = next(r for r in table if r["init"] == "scratch" and float(r["fraction"]) == 1.0)
     assert float(row["dice_mean"]) == pytest.approx(summary["metrics"]["dice"]["mean"], abs=1e-5)
     results = collect_results(study, plan)
     assert len(results["wilcoxon"]) == 2 and not results["missing"]
@@ -131,8 +145,15 @@ def test_growth_agreement_matches_an_independent_computation(dataset: Path, tmp_
     from enface.data.folder import load_case
     from enface.study.growth import growth_agreement
 
-    study = load_study(_study_yaml(tmp_path, dataset, inits=["scratch"], fractions=[1.0], test_sets={
-        "all": {"dataset": str(dataset), "split": "all"}}))
+    study = load_study(
+        _study_yaml(
+            tmp_path,
+            dataset,
+            inits=["scratch"],
+            fractions=[1.0],
+            test_sets={"all": {"dataset": str(dataset), "split": "all"}},
+        )
+    )
     run_study(study, progress=False)
     rows = growth_agreement(study)
     assert len(rows) == 1 and rows[0]["eyes"] >= 1

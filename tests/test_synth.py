@@ -25,7 +25,7 @@ N_STAT = 8
 
 def test_generate_case_contract() -> None:
     c = generate_case(1, SHAPE, task="ga")
-    h, w, d = SHAPE
+    h, w, _ = SHAPE
     assert c.oct.shape == SHAPE and c.oct.dtype == np.float32
     assert np.isfinite(c.oct).all() and c.oct.min() >= 0 and c.oct.max() > 0.5
     for img in (c.slo, c.faf):
@@ -201,8 +201,9 @@ def test_bm_truth_curved_raw_and_constant_flattened() -> None:
         # re-flattening the raw volume with its BM reproduces the flattened one
         grid = np.arange(d, dtype=np.float64)
         shift = raw.bm - flat.bm
-        reflat = np.stack([[np.interp(grid + shift[i, j], grid, raw.oct[i, j]) for j in range(SHAPE[1])]
-                           for i in range(SHAPE[0])])
+        reflat = np.stack(
+            [[np.interp(grid + shift[i, j], grid, raw.oct[i, j]) for j in range(SHAPE[1])] for i in range(SHAPE[0])]
+        )
         band = slice(int(flat.bm[0, 0]) - 20, int(flat.bm[0, 0]) + 5)
         r = np.corrcoef(reflat[..., band].mean((0, 1)), flat.oct[..., band].mean((0, 1)))[0, 1]
         assert r > 0.95
@@ -340,8 +341,25 @@ def test_synthesize_dataset_rejects_bad_arguments(tmp_path: Path, kwargs: dict, 
 
 def test_cli_synth_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "rpd"
-    rc = main(["synth", str(out), "--patients", "3", "--seed", "2", "--preset", "tiny",
-               "--shape", "8", "32", "64", "--task", "rpd", "--no-progress"])
+    rc = main(
+        [
+            "synth",
+            str(out),
+            "--patients",
+            "3",
+            "--seed",
+            "2",
+            "--preset",
+            "tiny",
+            "--shape",
+            "8",
+            "32",
+            "64",
+            "--task",
+            "rpd",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     info = json.loads((out / "dataset.json").read_text())
     assert info["tasks"] == ["rpd"] and info["generator"]["task"] == "rpd"

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from enface.engine.checkpoint import load_model
-from enface.errors import CheckpointError
 from enface.engine.transfer import transfer_weights
+from enface.errors import CheckpointError
 from enface.models import create_model, list_models, model_spec
 
 WIDTH = 0.25
@@ -18,7 +18,12 @@ WIDTH = 0.25
 def _save(model: torch.nn.Module, path: Path, prefix: str = "model.", with_info: bool = True) -> Path:
     ckpt = {"state_dict": {prefix + k: v for k, v in model.state_dict().items()}}
     if with_info:
-        ckpt["enface"] = {"model": model_spec(model), "task": "reconstruct", "config": {"target": "faf_inv"}, "metric": None}
+        ckpt["enface"] = {
+            "model": model_spec(model),
+            "task": "reconstruct",
+            "config": {"target": "faf_inv"},
+            "metric": None,
+        }
     torch.save(ckpt, path)
     return path
 
@@ -107,11 +112,21 @@ def test_format_1_checkpoint_predicts_as_it_did(name: str, tmp_path: Path) -> No
     for i, stage in enumerate(source.decoder):  # write the weights as format 1 laid them out
         for key in (f"decoder.{i}.body.0.weight", f"decoder.{i}.shortcut.0.weight"):
             w = state[key]
-            old[key] = torch.cat([w[:, stage.c_skip:], w[:, : stage.c_skip]], dim=1)
+            old[key] = torch.cat([w[:, stage.c_skip :], w[:, : stage.c_skip]], dim=1)
     path = tmp_path / "v1.ckpt"
-    torch.save({"state_dict": {f"model.{k}": v for k, v in old.items()},
-                "enface": {"model": model_spec(source), "task": "segment", "config": {}, "metric": None,
-                           "format_version": 1}}, path)
+    torch.save(
+        {
+            "state_dict": {f"model.{k}": v for k, v in old.items()},
+            "enface": {
+                "model": model_spec(source),
+                "task": "segment",
+                "config": {},
+                "metric": None,
+                "format_version": 1,
+            },
+        },
+        path,
+    )
     model, _ = load_model(path)
     x = torch.randn(1, 1, 4, 16, source.min_depth)
     with torch.no_grad():

@@ -16,7 +16,7 @@ FAST = {"width": 0.125, "crop": (8, 32), "batch_size": 2, "num_workers": 0, "acc
 def make_tiny_dataset(root: Path, patients: int = 8, seed: int = 0, shape: tuple[int, int, int] = SHAPE) -> Path:
     """Tiny cases whose FAF and mask both depend on a bright band in the volume."""
     rng = np.random.default_rng(seed)
-    h, w, d = shape
+    h, w, _ = shape
     for p in range(patients):
         vol = rng.normal(1.0, 0.1, shape).astype(np.float32)
         mask = np.zeros((h, w), np.uint8)

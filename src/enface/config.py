@@ -10,16 +10,17 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
+
 from enface.errors import ConfigError
 from enface.targets import Target
 
 __all__ = ["RunConfig", "load_config", "parse_overrides", "read_yaml_mapping"]
-
 
 
 @dataclass
@@ -103,7 +104,7 @@ class RunConfig:
         """The :class:`~enface.targets.Target` this run learns."""
         return Target.for_stage(self.stage, self.target)
 
-    def validate(self) -> "RunConfig":
+    def validate(self) -> RunConfig:
         """Check every field's value; raise :class:`ConfigError` naming the first bad one.
 
         Pure: nothing is read from disk and no model is built. Whether the dataset, the init
@@ -119,7 +120,7 @@ class RunConfig:
         if not self.dataset:
             raise bad("dataset", "no dataset folder given")
         try:
-            self.target_spec
+            _ = self.target_spec
         except ConfigError as e:
             raise bad("target", str(e)) from None
         if not self.model or not isinstance(self.model, str):

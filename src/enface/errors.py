@@ -9,13 +9,13 @@ as one line naming the file or field, without a traceback.
 from __future__ import annotations
 
 __all__ = [
-    "EnfaceError",
-    "DatasetError",
-    "ConfigError",
     "CheckpointError",
+    "ConfigError",
+    "DatasetError",
+    "EnfaceError",
+    "NonFiniteLossError",
     "RunFolderError",
     "UnsafePathError",
-    "NonFiniteLossError",
 ]
 
 

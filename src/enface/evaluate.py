@@ -14,9 +14,10 @@ import io
 import logging
 import math
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +28,7 @@ from enface.fileio import atomic_write, atomic_write_csv, atomic_write_json, pat
 from enface.metrics import abs_area_difference, area_mm2, dice_score, hd95_mm
 from enface.targets import Target
 
-__all__ = ["EvalResult", "evaluate", "summarize", "read_cases_csv", "METRICS", "CASE_COLUMNS"]
+__all__ = ["CASE_COLUMNS", "METRICS", "EvalResult", "evaluate", "read_cases_csv", "summarize"]
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,14 @@ METRICS: tuple[str, ...] = ("dice", "area_diff_mm2", "hd95_mm")
 """Per-case metrics written to ``cases.csv``."""
 
 CASE_COLUMNS: tuple[str, ...] = (
-    "case_id", "patient_id", "grader", "dice", "area_pred_mm2", "area_true_mm2", "area_diff_mm2", "hd95_mm",
+    "case_id",
+    "patient_id",
+    "grader",
+    "dice",
+    "area_pred_mm2",
+    "area_true_mm2",
+    "area_diff_mm2",
+    "hd95_mm",
 )
 """Columns of ``cases.csv``: one row per (case, grader); the primary grader is ``""``."""
 
@@ -113,25 +121,42 @@ def _case_rows(case: Case, task: str, pred: np.ndarray) -> tuple[list[dict[str, 
     for g, ref in refs.items():
         if ref.shape != pred.shape:
             name = f"mask_{task}" + (f".{g}" if g else "") + ".png"
-            raise DatasetError(f"case {case.case_id}: {name} has shape {ref.shape}, the prediction {pred.shape} "
-                               "(the volume's en-face grid)")
+            raise DatasetError(
+                f"case {case.case_id}: {name} has shape {ref.shape}, the prediction {pred.shape} "
+                "(the volume's en-face grid)"
+            )
     sp = case.spacing
     agreement = [
-        {"dice": dice_score(refs[g], refs[None]), "area_diff_mm2": abs_area_difference(refs[g], refs[None], sp),
-         "hd95_mm": hd95_mm(refs[g], refs[None], sp)}
+        {
+            "dice": dice_score(refs[g], refs[None]),
+            "area_diff_mm2": abs_area_difference(refs[g], refs[None], sp),
+            "hd95_mm": hd95_mm(refs[g], refs[None], sp),
+        }
         for g in graders[1:]
     ]
     rows = [
-        {"case_id": case.case_id, "patient_id": case.patient_id, "grader": g or "", "dice": dice_score(pred, ref),
-         "area_pred_mm2": area_mm2(pred, sp), "area_true_mm2": area_mm2(ref, sp),
-         "area_diff_mm2": abs_area_difference(pred, ref, sp), "hd95_mm": hd95_mm(pred, ref, sp)}
+        {
+            "case_id": case.case_id,
+            "patient_id": case.patient_id,
+            "grader": g or "",
+            "dice": dice_score(pred, ref),
+            "area_pred_mm2": area_mm2(pred, sp),
+            "area_true_mm2": area_mm2(ref, sp),
+            "area_diff_mm2": abs_area_difference(pred, ref, sp),
+            "hd95_mm": hd95_mm(pred, ref, sp),
+        }
         for g, ref in refs.items()
     ]
     return rows, agreement
 
 
-def _write_outputs(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any],
-                   probs: Mapping[str, np.ndarray], save_probabilities: bool) -> None:
+def _write_outputs(
+    out: Path,
+    rows: list[dict[str, Any]],
+    summary: dict[str, Any],
+    probs: Mapping[str, np.ndarray],
+    save_probabilities: bool,
+) -> None:
     atomic_write_csv(out / "cases.csv", rows, CASE_COLUMNS)
     atomic_write_json(out / "summary.json", summary)
     if save_probabilities:
@@ -218,13 +243,36 @@ def evaluate(
         agreement += case_agreement
         probs[cid] = prob
         if progress:
-            log.info("[%d/%d] %s: Dice %.3f, area diff %.3f mm²", i + 1, len(ids), cid,
-                     case_rows[0]["dice"], case_rows[0]["area_diff_mm2"])
-    summary = _summary(rows, agreement, run=str(run), dataset=str(root.resolve()), dataset_name=name, split=split,
-                       task=target.name, threshold=threshold, checkpoints=[str(p) for p in ensemble.paths])
+            log.info(
+                "[%d/%d] %s: Dice %.3f, area diff %.3f mm²",
+                i + 1,
+                len(ids),
+                cid,
+                case_rows[0]["dice"],
+                case_rows[0]["area_diff_mm2"],
+            )
+    summary = _summary(
+        rows,
+        agreement,
+        run=str(run),
+        dataset=str(root.resolve()),
+        dataset_name=name,
+        split=split,
+        task=target.name,
+        threshold=threshold,
+        checkpoints=[str(p) for p in ensemble.paths],
+    )
     _write_outputs(out, rows, summary, probs, save_probabilities)
     m = summary["metrics"]
-    log.info("evaluated %d cases of %s/%s: Dice %.3f ± %.3f, area diff %.3f ± %.3f mm²; results in %s",
-             summary["n_cases"], name, split, m["dice"]["mean"], m["dice"]["std"],
-             m["area_diff_mm2"]["mean"], m["area_diff_mm2"]["std"], out)
+    log.info(
+        "evaluated %d cases of %s/%s: Dice %.3f ± %.3f, area diff %.3f ± %.3f mm²; results in %s",
+        summary["n_cases"],
+        name,
+        split,
+        m["dice"]["mean"],
+        m["dice"]["std"],
+        m["area_diff_mm2"]["mean"],
+        m["area_diff_mm2"]["std"],
+        out,
+    )
     return EvalResult(rows, summary, out, probs)

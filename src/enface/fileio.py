@@ -21,8 +21,9 @@ import os
 import socket
 import sys
 import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Mapping, Sequence
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -30,15 +31,15 @@ from enface.errors import RunFolderError, UnsafePathError
 
 __all__ = [
     "FolderLock",
-    "path_under",
-    "temp_dir",
-    "atomic_write",
-    "atomic_write_csv",
-    "atomic_write_bytes",
-    "atomic_write_text",
-    "atomic_write_json",
     "atomic_save_npy",
     "atomic_save_png",
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_csv",
+    "atomic_write_json",
+    "atomic_write_text",
+    "path_under",
+    "temp_dir",
 ]
 
 
@@ -201,7 +202,7 @@ class FolderLock:
         self.what = what
         self._fd: int | None = None
 
-    def __enter__(self) -> "FolderLock":
+    def __enter__(self) -> FolderLock:
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / ".lock"
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())

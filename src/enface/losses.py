@@ -46,7 +46,9 @@ class DiceBCELoss(nn.Module):
         batch_dice: see :func:`soft_dice_loss`.
     """
 
-    def __init__(self, dice_weight: float = 1.0, bce_weight: float = 1.0, smooth: float = 1.0, batch_dice: bool = False) -> None:
+    def __init__(
+        self, dice_weight: float = 1.0, bce_weight: float = 1.0, smooth: float = 1.0, batch_dice: bool = False
+    ) -> None:
         super().__init__()
         self.dice_weight = dice_weight
         self.bce_weight = bce_weight
@@ -75,7 +77,9 @@ class NegativeSSIMLoss(nn.Module):
         data_range: dynamic range of the images (1).
     """
 
-    def __init__(self, window_size: int = 11, sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03, data_range: float = 1.0) -> None:
+    def __init__(
+        self, window_size: int = 11, sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03, data_range: float = 1.0
+    ) -> None:
         super().__init__()
         self.kwargs = dict(window_size=window_size, sigma=sigma, k1=k1, k2=k2, data_range=data_range)
 

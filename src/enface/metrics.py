@@ -8,21 +8,21 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "dice_score",
-    "dice_per_sample",
-    "area_mm2",
     "abs_area_difference",
-    "hd95_mm",
+    "area_mm2",
+    "dice_per_sample",
+    "dice_score",
     "gaussian_window",
-    "ssim_map",
+    "hd95_mm",
     "ssim",
+    "ssim_map",
 ]
 
 
@@ -51,9 +51,7 @@ def dice_score(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tenso
     return 2.0 * float(np.logical_and(p, t).sum()) / denom
 
 
-def dice_per_sample(
-    pred: torch.Tensor, target: torch.Tensor, empty_value: float = 1.0
-) -> torch.Tensor:
+def dice_per_sample(pred: torch.Tensor, target: torch.Tensor, empty_value: float = 1.0) -> torch.Tensor:
     """Dice of binary tensors per sample and channel.
 
     Args:
@@ -161,10 +159,15 @@ def ssim_map(
         ``(N, C, H - w + 1, W - w + 1)`` SSIM values.
     """
     if input.shape != target.shape or input.dim() != 4:
-        raise ValueError(f"ssim_map expects two (N, C, H, W) tensors of equal shape, got {tuple(input.shape)} and {tuple(target.shape)}")
+        raise ValueError(
+            "ssim_map expects two (N, C, H, W) tensors of equal shape, "
+            f"got {tuple(input.shape)} and {tuple(target.shape)}"
+        )
     size = min(window_size, input.shape[-2], input.shape[-1])
     size = size if size % 2 == 1 else size - 1
-    win = gaussian_window(size, sigma, dtype=input.dtype if input.is_floating_point() else torch.float32).to(input.device)
+    win = gaussian_window(size, sigma, dtype=input.dtype if input.is_floating_point() else torch.float32).to(
+        input.device
+    )
     x = input.float() if not input.is_floating_point() else input
     y = target.to(x.dtype)
     c1 = (k1 * data_range) ** 2

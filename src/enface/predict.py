@@ -38,9 +38,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,18 +52,18 @@ from enface.data.prepare import PrepareOptions, discover_sources, scan_to_case
 from enface.data.preprocess import FlattenParams
 from enface.engine.inference import Ensemble, EnsembleOutput, training_preparation
 from enface.errors import CheckpointError, DatasetError, EnfaceError
+from enface.fileio import atomic_save_npy, atomic_save_png, atomic_write_csv, atomic_write_json, path_under
 from enface.io.base import unique_ids
 from enface.io.formats import FORMATS, infer_format
-from enface.fileio import atomic_save_npy, atomic_save_png, atomic_write_csv, atomic_write_json, path_under
 
 __all__ = [
-    "PredictOptions",
-    "PreparedScan",
+    "SUMMARY_COLUMNS",
     "PredictInput",
-    "ScanResult",
+    "PredictOptions",
     "PredictReport",
     "Predictor",
-    "SUMMARY_COLUMNS",
+    "PreparedScan",
+    "ScanResult",
     "find_inputs",
     "predict",
 ]
@@ -70,7 +71,13 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SUMMARY_COLUMNS: tuple[str, ...] = (
-    "scan_id", "source", "status", "area_mm2", "n_pixels", "mean_uncertainty_in_mask", "reason",
+    "scan_id",
+    "source",
+    "status",
+    "area_mm2",
+    "n_pixels",
+    "mean_uncertainty_in_mask",
+    "reason",
 )
 """Columns of ``summary.csv``."""
 
@@ -169,7 +176,11 @@ class ScanResult:
         out: dict[str, Any] = {}
         for c in SUMMARY_COLUMNS:
             v = getattr(self, c)
-            out[c] = "" if v is None or (isinstance(v, float) and math.isnan(v)) else (f"{v:.6g}" if isinstance(v, float) else v)
+            out[c] = (
+                ""
+                if v is None or (isinstance(v, float) and math.isnan(v))
+                else (f"{v:.6g}" if isinstance(v, float) else v)
+            )
         return out
 
 
@@ -199,8 +210,10 @@ class PredictReport:
     def summary(self) -> str:
         """One line: counts and where the outputs are."""
         n_ok = len(self.results) - len(self.failed)
-        return (f"predicted {n_ok} of {len(self.results)} scan(s) ({len(self.failed)} failed); "
-                f"outputs in {self.out}/<scan id>/, summary {self.summary_csv}")
+        return (
+            f"predicted {n_ok} of {len(self.results)} scan(s) ({len(self.failed)} failed); "
+            f"outputs in {self.out}/<scan id>/, summary {self.summary_csv}"
+        )
 
 
 # --------------------------------------------------------------------------- the model
@@ -222,12 +235,19 @@ class Predictor:
             info = ensemble.infos[0]
             target = (info.get("config") or {}).get("target")
             task = ensemble.task
-            what = f"a {task} checkpoint" + (f" (target {target!r})" if target else "") if task else "a checkpoint without a task"
-            raise CheckpointError(f"{ensemble.paths[0]}: {what}; predict needs a segmentation model "
-                                  "(a checkpoint of `enface train`)")
+            what = (
+                f"a {task} checkpoint" + (f" (target {target!r})" if target else "")
+                if task
+                else "a checkpoint without a task"
+            )
+            raise CheckpointError(
+                f"{ensemble.paths[0]}: {what}; predict needs a segmentation model (a checkpoint of `enface train`)"
+            )
         if ensemble.out_channels != 1:
-            raise CheckpointError(f"{ensemble.paths[0]}: predict supports single-output models, this one has "
-                                  f"{ensemble.out_channels} output channels")
+            raise CheckpointError(
+                f"{ensemble.paths[0]}: predict supports single-output models, this one has "
+                f"{ensemble.out_channels} output channels"
+            )
         self.ensemble = ensemble
         self.flatten = flatten
         self.task = str(ensemble.config.get("target") or "lesion")
@@ -257,7 +277,7 @@ class Predictor:
         depth: int | None = None,
         window_mm: tuple[float, float] | None = None,
         fast: bool = True,
-    ) -> "Predictor":
+    ) -> Predictor:
         """Load a checkpoint file or the top-k checkpoints of a run folder.
 
         The depth of prepared exports is, in order: ``depth``; the fixed depth of the
@@ -326,22 +346,38 @@ def _load_case(path: Path, predictor: Predictor) -> PreparedScan:
     names = list(predictor.channels)
     missing = [n for n in names if not (path / f"{n}.npy").is_file()]
     if missing:
-        raise DatasetError(f"{path}: the model needs input channels {names}; missing {', '.join(m + '.npy' for m in missing)}")
+        raise DatasetError(
+            f"{path}: the model needs input channels {names}; missing {', '.join(m + '.npy' for m in missing)}"
+        )
     vols = [np.asarray(case.load_volume(n, mmap=True)) for n in names]
     shapes = {v.shape for v in vols}
     if len(shapes) > 1:
         raise DatasetError(f"{path}: input channels {names} differ in shape {sorted(shapes)}")
     slo = case.load_image("slo") if case.has_image("slo") else None
-    meta = {"patient_id": case.patient_id, "eye": case.meta.eye, "visit": case.meta.visit,
-            "visit_date": case.meta.extra.get("visit_date")}
-    return PreparedScan(np.stack(vols), tuple(case.spacing), slo, meta=meta,  # type: ignore[arg-type]
-                        flips=_flips(case.meta.extra))
+    meta = {
+        "patient_id": case.patient_id,
+        "eye": case.meta.eye,
+        "visit": case.meta.visit,
+        "visit_date": case.meta.extra.get("visit_date"),
+    }
+    return PreparedScan(
+        np.stack(vols),
+        tuple(case.spacing),
+        slo,
+        meta=meta,  # type: ignore[arg-type]
+        flips=_flips(case.meta.extra),
+    )
 
 
 def _prepare_options(opts: PredictOptions, fmt: str, predictor: Predictor) -> PrepareOptions:
     return PrepareOptions(
-        fmt=fmt, flatten=predictor.flatten, bm=opts.bm, axes=opts.axes,  # type: ignore[arg-type]
-        spacing=opts.spacing, octa=fmt == "octa500" and predictor.in_channels > 1, tasks=(),
+        fmt=fmt,
+        flatten=predictor.flatten,
+        bm=opts.bm,
+        axes=opts.axes,  # type: ignore[arg-type]
+        spacing=opts.spacing,
+        octa=fmt == "octa500" and predictor.in_channels > 1,
+        tasks=(),
     )
 
 
@@ -355,8 +391,14 @@ def _load_export(read: Callable[[], Any], scan_id: str, popts: PrepareOptions) -
     m = arrays.meta
     dated = m.extra.get("visit_date")  # a visit date: its day is counted per patient later (progression)
     meta = {"patient_id": m.patient_id, "eye": m.eye, "visit": None if dated else m.visit, "visit_date": dated}
-    return PreparedScan(np.stack(vols), tuple(m.spacing), arrays.images.get("slo"), notes, meta,  # type: ignore[arg-type]
-                        flips=_flips(m.extra))
+    return PreparedScan(
+        np.stack(vols),
+        tuple(m.spacing),
+        arrays.images.get("slo"),
+        notes,
+        meta,  # type: ignore[arg-type]
+        flips=_flips(m.extra),
+    )
 
 
 def _failing(reason: str) -> Callable[[], PreparedScan]:
@@ -388,7 +430,11 @@ def find_inputs(inputs: Sequence[str | os.PathLike], predictor: Predictor, opts:
             items.append(PredictInput(path.name, str(path), lambda p=path: _load_case(p, predictor)))
         elif path.is_dir() and ((path / "cases").is_dir() or (path / "dataset.json").is_file()):
             cases = path / "cases"
-            dirs = sorted(p for p in cases.iterdir() if p.is_dir() and not p.name.startswith(".")) if cases.is_dir() else []
+            dirs = (
+                sorted(p for p in cases.iterdir() if p.is_dir() and not p.name.startswith("."))
+                if cases.is_dir()
+                else []
+            )
             if not dirs:
                 items.append(PredictInput(path.name, str(path), _failing(f"{path}: dataset folder without cases")))
             items += [PredictInput(d.name, str(d), lambda p=d: _load_case(p, predictor)) for d in dirs]
@@ -400,8 +446,10 @@ def find_inputs(inputs: Sequence[str | os.PathLike], predictor: Predictor, opts:
             except (DatasetError, ValueError) as e:
                 items.append(PredictInput(path.stem or str(path), str(path), _failing(str(e))))
                 continue
-            items += [PredictInput(s.case_id, str(s.source), lambda s=s, o=popts: _load_export(s.read, s.case_id, o))
-                      for s in sources]
+            items += [
+                PredictInput(s.case_id, str(s.source), lambda s=s, o=popts: _load_export(s.read, s.case_id, o))
+                for s in sources
+            ]
     unique = unique_ids([it.scan_id for it in items])
     return [replace(it, scan_id=uid) for it, uid in zip(items, unique)]
 
@@ -434,15 +482,25 @@ def _write_outputs(
     atomic_save_npy(out / "uncertainty.npy", std.astype(np.float32))
     atomic_save_png(out / "uncertainty.png", np.round(np.clip(std / 0.5, 0, 1) * 65535).astype(np.uint16))
     atomic_save_png(out / "overlay.png", overlay)
-    atomic_write_json(out / "prediction.json", {
-        "scan_id": item.scan_id, "source": item.source, "task": predictor.task,
-        "area_mm2": area, "member_areas_mm2": member_areas, "n_pixels": n,
-        "mean_uncertainty_in_mask": None if math.isnan(mean_unc) else mean_unc, "threshold": threshold,
-        "shape": [int(s) for s in scan.volumes.shape[1:]], "spacing": [float(s) for s in scan.spacing],
-        **{k: scan.meta.get(k) for k in ("patient_id", "eye", "visit", "visit_date")},
-        "checkpoints": [str(p) for p in predictor.checkpoints],
-        "grid": {"orientation": "SLO: row 0 = topmost B-scan on the SLO", **scan.flips}, "notes": scan.notes,
-    })
+    atomic_write_json(
+        out / "prediction.json",
+        {
+            "scan_id": item.scan_id,
+            "source": item.source,
+            "task": predictor.task,
+            "area_mm2": area,
+            "member_areas_mm2": member_areas,
+            "n_pixels": n,
+            "mean_uncertainty_in_mask": None if math.isnan(mean_unc) else mean_unc,
+            "threshold": threshold,
+            "shape": [int(s) for s in scan.volumes.shape[1:]],
+            "spacing": [float(s) for s in scan.spacing],
+            **{k: scan.meta.get(k) for k in ("patient_id", "eye", "visit", "visit_date")},
+            "checkpoints": [str(p) for p in predictor.checkpoints],
+            "grid": {"orientation": "SLO: row 0 = topmost B-scan on the SLO", **scan.flips},
+            "notes": scan.notes,
+        },
+    )
     return ScanResult(item.scan_id, item.source, "ok", area, n, mean_unc, out_dir=out)
 
 
@@ -501,17 +559,25 @@ def predict(
         raise ValueError("no inputs to predict")
     out = Path(out)
     _check_output_folder(out)
-    predictor = model_or_run if isinstance(model_or_run, Predictor) else Predictor.load(
-        model_or_run, top_k, options.device, options.depth, options.window_mm, options.fast)
+    predictor = (
+        model_or_run
+        if isinstance(model_or_run, Predictor)
+        else Predictor.load(model_or_run, top_k, options.device, options.depth, options.window_mm, options.fast)
+    )
     items = find_inputs(inputs, predictor, options)
-    log.info("predicting %d scan(s) with %d checkpoint(s) (task %s, depth %d)",
-             len(items), len(predictor.checkpoints), predictor.task, predictor.flatten.depth)
+    log.info(
+        "predicting %d scan(s) with %d checkpoint(s) (task %s, depth %d)",
+        len(items),
+        len(predictor.checkpoints),
+        predictor.task,
+        predictor.flatten.depth,
+    )
     results: list[ScanResult] = []
     for i, item in enumerate(items, 1):
         try:
             res, notes = _predict_one(item, predictor, out, options.threshold)
         except (EnfaceError, ValueError, OSError) as e:  # a bad scan must not stop the batch; bugs surface
-            reason = (str(e) if isinstance(e, (EnfaceError, ValueError)) else f"{type(e).__name__}: {e}")
+            reason = str(e) if isinstance(e, (EnfaceError, ValueError)) else f"{type(e).__name__}: {e}"
             reason = reason.removeprefix(f"{item.source}: ")
             log.warning("[%d/%d] %s: failed: %s (%s)", i, len(items), item.scan_id, reason, item.source)
             results.append(ScanResult(item.scan_id, item.source, "failed", reason=reason))
@@ -522,6 +588,8 @@ def predict(
             unc = "" if res.n_pixels == 0 else f", mean uncertainty {res.mean_uncertainty_in_mask:.3f}"
             log.info("[%d/%d] %s: %.3f mm² (%d px)%s", i, len(items), item.scan_id, res.area_mm2, res.n_pixels, unc)
         results.append(res)
-    report = PredictReport(out, results, atomic_write_csv(out / "summary.csv", [r.row() for r in results], SUMMARY_COLUMNS))
+    report = PredictReport(
+        out, results, atomic_write_csv(out / "summary.csv", [r.row() for r in results], SUMMARY_COLUMNS)
+    )
     log.debug("%s", report.summary())  # the CLI prints it
     return report

@@ -47,7 +47,9 @@ def check_name(value: str, what: str) -> str:
         ConfigError: naming ``what`` and the value.
     """
     if not isinstance(value, str) or not _NAME_RE.match(value):
-        raise ConfigError(f"{what} {value!r} is not a valid name (letters, digits, '_', '-'; not starting with '_' or '-')")
+        raise ConfigError(
+            f"{what} {value!r} is not a valid name (letters, digits, '_', '-'; not starting with '_' or '-')"
+        )
     return value
 
 
@@ -76,34 +78,34 @@ class Target:
             raise ConfigError(f"target kind must be 'reconstruct' or 'segment', got {self.kind!r}")
 
     @classmethod
-    def reconstruct(cls, modality: str) -> "Target":
+    def reconstruct(cls, modality: str) -> Target:
         return cls("reconstruct", modality)
 
     @classmethod
-    def segment(cls, task: str) -> "Target":
+    def segment(cls, task: str) -> Target:
         return cls("segment", task)
 
     @classmethod
-    def for_stage(cls, stage: str, name: str) -> "Target":
+    def for_stage(cls, stage: str, name: str) -> Target:
         """The target of a ``pretrain`` (reconstruction) or ``train`` (segmentation) run."""
         return cls.reconstruct(name) if stage == "pretrain" else cls.segment(name)
 
     @classmethod
-    def parse(cls, label: str) -> "Target":
+    def parse(cls, label: str) -> Target:
         """From a dataset target label: ``"faf_inv"`` or ``"mask:ga"``."""
         if label.startswith(_MASK_PREFIX):
-            return cls.segment(label[len(_MASK_PREFIX):])
+            return cls.segment(label[len(_MASK_PREFIX) :])
         return cls.reconstruct(label)
 
     @classmethod
-    def from_folder_name(cls, folder: str) -> "Target":
+    def from_folder_name(cls, folder: str) -> Target:
         """From a run-folder task: ``"recon-faf_inv"`` or ``"ga"``."""
         if folder.startswith(_RECON_PREFIX):
-            return cls.reconstruct(folder[len(_RECON_PREFIX):])
+            return cls.reconstruct(folder[len(_RECON_PREFIX) :])
         return cls.segment(folder)
 
     @classmethod
-    def from_init_label(cls, init: str) -> "Target | None":
+    def from_init_label(cls, init: str) -> Target | None:
         """The reconstruction target an init label names (``"ssl-faf_inv"``), None for scratch.
 
         Raises:
@@ -111,8 +113,8 @@ class Target:
         """
         if init == SCRATCH:
             return None
-        if init.startswith(_SSL_PREFIX) and init[len(_SSL_PREFIX):] in RECON_TARGETS:
-            return cls.reconstruct(init[len(_SSL_PREFIX):])
+        if init.startswith(_SSL_PREFIX) and init[len(_SSL_PREFIX) :] in RECON_TARGETS:
+            return cls.reconstruct(init[len(_SSL_PREFIX) :])
         raise ConfigError(f"init {init!r} must be {SCRATCH!r} or one of {[_SSL_PREFIX + t for t in RECON_TARGETS]}")
 
     @property

@@ -27,20 +27,20 @@ if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
 __all__ = [
-    "new_figure",
-    "save_figure",
-    "default_bscan",
-    "case_figure",
-    "show_case",
-    "confusion_rgb",
-    "plot_overlay_grid",
-    "plot_metric_vs_fraction",
-    "plot_training_curves",
-    "enface_projection",
-    "mask_overlay",
-    "scan_overlay",
     "MASK_COLOR",
     "OVERLAY_MIN_SIZE",
+    "case_figure",
+    "confusion_rgb",
+    "default_bscan",
+    "enface_projection",
+    "mask_overlay",
+    "new_figure",
+    "plot_metric_vs_fraction",
+    "plot_overlay_grid",
+    "plot_training_curves",
+    "save_figure",
+    "scan_overlay",
+    "show_case",
 ]
 
 GREEN = (0.1, 0.9, 0.2)
@@ -49,7 +49,7 @@ MASK_COLOR: tuple[int, int, int] = (255, 40, 40)
 YELLOW = (1.0, 0.9, 0.0)
 
 
-def new_figure(figsize: tuple[float, float]) -> "Figure":
+def new_figure(figsize: tuple[float, float]) -> Figure:
     """A matplotlib figure attached to an Agg canvas (safe without a display)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -59,7 +59,7 @@ def new_figure(figsize: tuple[float, float]) -> "Figure":
     return fig
 
 
-def save_figure(fig: "Figure", out: str | os.PathLike, dpi: int = 150) -> Path:
+def save_figure(fig: Figure, out: str | os.PathLike, dpi: int = 150) -> Path:
     """Render ``fig`` and write it atomically; the format follows the suffix (png, pdf, svg)."""
     out = Path(out)
     fmt = out.suffix.lstrip(".").lower() or "png"
@@ -80,7 +80,7 @@ def _display_range(image: np.ndarray) -> tuple[float, float]:
     return float(lo), float(max(hi, lo + 1e-6))
 
 
-def _empty_panel(ax, title: str, text: str) -> None:  # noqa: ANN001 - matplotlib Axes
+def _empty_panel(ax, title: str, text: str) -> None:
     ax.set_title(title)
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
     ax.set_xticks([])
@@ -96,7 +96,7 @@ def case_figure(
     faf: np.ndarray | None = None,
     task: str = "mask",
     title: str | None = None,
-) -> "Figure":
+) -> Figure:
     """The four-panel figure of one case.
 
     Args:
@@ -133,8 +133,7 @@ def case_figure(
     ax = axes[0]
     img = np.asarray(volume[bscan], dtype=np.float32).T
     vmin, vmax = _display_range(img)
-    ax.imshow(img, cmap="gray", vmin=vmin, vmax=vmax, extent=(0.0, ew, ed, 0.0), aspect="auto",
-              interpolation="nearest")
+    ax.imshow(img, cmap="gray", vmin=vmin, vmax=vmax, extent=(0.0, ew, ed, 0.0), aspect="auto", interpolation="nearest")
     if mask is not None:
         overlay = np.zeros((1, w, 4), dtype=np.float32)
         overlay[0, :, :3] = GREEN
@@ -145,8 +144,7 @@ def case_figure(
     ax.set_ylabel("depth (mm)")
 
     if mask is not None:
-        axes[1].imshow(np.asarray(mask) > 0, cmap="gray", vmin=0, vmax=1, extent=enface_extent,
-                       interpolation="nearest")
+        axes[1].imshow(np.asarray(mask) > 0, cmap="gray", vmin=0, vmax=1, extent=enface_extent, interpolation="nearest")
         axes[1].set_title(f"{task} mask")
     else:
         _empty_panel(axes[1], "mask", "unlabeled")
@@ -306,8 +304,15 @@ def plot_metric_vs_fraction(rows: list[dict], out: str | os.PathLike, title: str
         x = [100 * r["fraction"] for r in rs]
         style = "--" if all(r["init"] == "scratch" for r in rs) else "-"
         for ax, metric in zip(axes, ("dice", "area_diff_mm2")):
-            ax.errorbar(x, [r[f"{metric}_mean"] for r in rs], yerr=[r[f"{metric}_seed_std"] for r in rs],
-                        label=label, linestyle=style, marker="o", capsize=3)
+            ax.errorbar(
+                x,
+                [r[f"{metric}_mean"] for r in rs],
+                yerr=[r[f"{metric}_seed_std"] for r in rs],
+                label=label,
+                linestyle=style,
+                marker="o",
+                capsize=3,
+            )
     for ax, ylabel in zip(axes, ("Dice", "absolute area difference (mm²)")):
         ax.set_xscale("log")
         ax.set_xlabel("labeled training data (%)")

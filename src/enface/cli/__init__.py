@@ -16,11 +16,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from enface.cli import apply, data, study, training
 
-__all__ = ["build_parser", "main", "COMMANDS"]
+__all__ = ["COMMANDS", "build_parser", "main"]
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     data.add_models,

@@ -7,7 +7,6 @@ import sys
 
 from enface.io.formats import FORMATS as PREPARE_FORMATS  # light: no numpy
 
-
 # --------------------------------------------------------------------------- predict
 
 
@@ -25,17 +24,30 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--top-k", type=int, default=5, help="checkpoints of a run folder averaged (default 5)")
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold of the mask (default 0.5)")
-    p.add_argument("--format", dest="fmt", choices=PREPARE_FORMATS,
-                   help="format of device exports (default: from the file suffixes; octa500 must be given)")
+    p.add_argument(
+        "--format",
+        dest="fmt",
+        choices=PREPARE_FORMATS,
+        help="format of device exports (default: from the file suffixes; octa500 must be given)",
+    )
     p.add_argument("--depth", type=int, help="depth samples of prepared exports (default: the model's training depth)")
-    p.add_argument("--window-mm", metavar="ABOVE,BELOW",
-                   help="depth window around Bruch's membrane in mm (default: the training dataset's)")
-    p.add_argument("--bm", choices=("auto", "export", "estimate"), default="auto", help="BM for flattening (as in prepare)")
+    p.add_argument(
+        "--window-mm",
+        metavar="ABOVE,BELOW",
+        help="depth window around Bruch's membrane in mm (default: the training dataset's)",
+    )
+    p.add_argument(
+        "--bm", choices=("auto", "export", "estimate"), default="auto", help="BM for flattening (as in prepare)"
+    )
     p.add_argument("--axes", help="stored axis order of numpy/nifti volumes, e.g. DWH (default HWD)")
     p.add_argument("--spacing", metavar="SH,SW,SD", help="voxel spacing in mm when the input does not give it")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--no-fast", dest="fast", action="store_false",
-                   help="plain inference path (each network's own forward on the whole volume, BatchNorm unfolded)")
+    p.add_argument(
+        "--no-fast",
+        dest="fast",
+        action="store_false",
+        help="plain inference path (each network's own forward on the whole volume, BatchNorm unfolded)",
+    )
     p.set_defaults(handler=_cmd_predict)
 
 
@@ -84,8 +96,12 @@ def add_progression(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grader", help="reference masks of this extra grader (mask_<task>.<grader>.png)")
     p.add_argument("--task", help="mask task (default: the predictions' task, else the dataset's only task)")
     p.add_argument("--split", choices=("train", "val", "test"), help="only the patients of this split (splits.json)")
-    p.add_argument("--min-focus-mm2", type=float, default=None,
-                   help="smallest connected component counted as a focus, mm² (default 0.05)")
+    p.add_argument(
+        "--min-focus-mm2",
+        type=float,
+        default=None,
+        help="smallest connected component counted as a focus, mm² (default 0.05)",
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(handler=_cmd_progression)
 
@@ -94,9 +110,15 @@ def _cmd_progression(args: argparse.Namespace) -> int:
     from enface.progression import MIN_FOCUS_MM2
     from enface.progression.run import run_progression
 
-    res = run_progression(args.dataset, args.out, predictions=args.predictions, grader=args.grader, task=args.task,
-                          min_focus_mm2=MIN_FOCUS_MM2 if args.min_focus_mm2 is None else args.min_focus_mm2,
-                          split=args.split)
+    res = run_progression(
+        args.dataset,
+        args.out,
+        predictions=args.predictions,
+        grader=args.grader,
+        task=args.task,
+        min_focus_mm2=MIN_FOCUS_MM2 if args.min_focus_mm2 is None else args.min_focus_mm2,
+        split=args.split,
+    )
     c = res.cohort
     g, s = c["growth_mm2_per_year"], c["sqrt_growth_mm_per_year"]
     print(f"{c['visits']} visits of {c['eyes']} eyes ({c['eyes_with_rate']} with a rate; {c['skipped']} left out)")
@@ -105,8 +127,10 @@ def _cmd_progression(args: argparse.Namespace) -> int:
     if c["agreement"]:
         for rate, unit in (("sqrt_growth_mm_per_year", "mm/year"), ("growth_mm2_per_year", "mm²/year")):
             a = c["agreement"][rate]
-            print(f"  agreement {rate}: bias {a['bias']:.3f} {unit}, LoA [{a['loa_low']:.3f}, {a['loa_high']:.3f}], "
-                  f"ICC(A,1) {a['icc']:.3f} ({a['n']} eyes)")
+            print(
+                f"  agreement {rate}: bias {a['bias']:.3f} {unit}, LoA [{a['loa_low']:.3f}, {a['loa_high']:.3f}], "
+                f"ICC(A,1) {a['icc']:.3f} ({a['n']} eyes)"
+            )
     for note in c["notes"]:
         print(f"  note: {note}")
     print(f"report: {res.out / 'report.html'}")

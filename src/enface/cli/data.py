@@ -6,7 +6,6 @@ import argparse
 
 from enface.io.formats import FORMATS as PREPARE_FORMATS  # light: no numpy
 
-
 # --------------------------------------------------------------------------- models
 
 
@@ -47,8 +46,6 @@ def _cmd_import_weights(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- prepare / check
 
 
-
-
 def add_prepare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "prepare",
@@ -62,25 +59,47 @@ def add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", dest="fmt", required=True, choices=PREPARE_FORMATS, help="input format")
     p.add_argument("--name", help="dataset name (default: the OUT folder name)")
     p.add_argument("--depth", type=int, default=128, help="output depth samples (default 128)")
-    p.add_argument("--window-mm", default="0.6,0.25", metavar="ABOVE,BELOW",
-                   help="depth window kept around Bruch's membrane in mm (default 0.6,0.25)")
-    p.add_argument("--bm", choices=("auto", "export", "estimate"), default="auto",
-                   help="BM for flattening: the export's when present (auto), only the export's, or always estimated")
+    p.add_argument(
+        "--window-mm",
+        default="0.6,0.25",
+        metavar="ABOVE,BELOW",
+        help="depth window kept around Bruch's membrane in mm (default 0.6,0.25)",
+    )
+    p.add_argument(
+        "--bm",
+        choices=("auto", "export", "estimate"),
+        default="auto",
+        help="BM for flattening: the export's when present (auto), only the export's, or always estimated",
+    )
     p.add_argument("--axes", help="stored axis order of numpy/nifti volumes, e.g. HWD or DWH (default HWD)")
     p.add_argument("--spacing", metavar="SH,SW,SD", help="voxel spacing in mm when the input does not give it")
     p.add_argument("--octa", action="store_true", help="octa500: add OCTA as a second input channel (octa.npy)")
     p.add_argument("--tasks", metavar="T1,T2", help="keep only these mask tasks (octa500: e.g. largevessel,faz)")
-    p.add_argument("--no-register-faf", action="store_true",
-                   help="do not register FAF to SLO (assume it covers the SLO's field)")
-    p.add_argument("--faf-model", choices=("rigid", "similarity", "affine"), default="affine",
-                   help="FAF-to-SLO registration model (default affine)")
-    p.add_argument("--faf-min-quality", type=float, default=0.3,
-                   help="drop FAF whose registration quality is below this (default 0.3)")
-    p.add_argument("--patient-regex", metavar="REGEX",
-                   help="regex with a group (?P<patient>...) applied to file names when the input gives no patient id")
+    p.add_argument(
+        "--no-register-faf", action="store_true", help="do not register FAF to SLO (assume it covers the SLO's field)"
+    )
+    p.add_argument(
+        "--faf-model",
+        choices=("rigid", "similarity", "affine"),
+        default="affine",
+        help="FAF-to-SLO registration model (default affine)",
+    )
+    p.add_argument(
+        "--faf-min-quality",
+        type=float,
+        default=0.3,
+        help="drop FAF whose registration quality is below this (default 0.3)",
+    )
+    p.add_argument(
+        "--patient-regex",
+        metavar="REGEX",
+        help="regex with a group (?P<patient>...) applied to file names when the input gives no patient id",
+    )
     p.add_argument("--eye", default="OD", choices=("OD", "OS"), help="eye when the input does not say (default OD)")
     p.add_argument("--seed", type=int, default=0, help="seed of the patient split (default 0)")
-    p.add_argument("--ratios", default="0.6,0.1,0.3", metavar="TR,VA,TE", help="train/val/test ratios (default 0.6,0.1,0.3)")
+    p.add_argument(
+        "--ratios", default="0.6,0.1,0.3", metavar="TR,VA,TE", help="train/val/test ratios (default 0.6,0.1,0.3)"
+    )
     p.add_argument("--overwrite", action="store_true", help="re-prepare cases that already exist")
     p.add_argument("--resplit", action="store_true", help="rewrite splits.json even when it exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -117,10 +136,13 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def add_check(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("check", help="validate a dataset folder and print a report",
-                       description="Check dataset.json, splits.json (no patient in two splits) and every case: "
-                       "files present and readable, shapes consistent, finite voxels, binary masks. "
-                       "Exit status 1 when problems are found.")
+    p = sub.add_parser(
+        "check",
+        help="validate a dataset folder and print a report",
+        description="Check dataset.json, splits.json (no patient in two splits) and every case: "
+        "files present and readable, shapes consistent, finite voxels, binary masks. "
+        "Exit status 1 when problems are found.",
+    )
     p.add_argument("dataset", help="dataset folder")
     p.add_argument("--quick", action="store_true", help="skip reading every voxel (no NaN/inf check)")
     p.set_defaults(handler=_cmd_check)
@@ -141,11 +163,25 @@ def add_split(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("split", help="patient-wise train/val/test splits and label fractions (splits.json)")
     p.add_argument("dataset", help="dataset folder")
     p.add_argument("--seed", type=int, default=0, help="seed of the split and of the label fractions (default 0)")
-    p.add_argument("--ratios", type=float, nargs=3, default=(0.6, 0.1, 0.3), metavar=("TRAIN", "VAL", "TEST"),
-                   help="patient fractions of train/val/test when a split is made (default 0.6 0.1 0.3)")
-    p.add_argument("--fractions", type=float, nargs="+", default=(0.05, 0.1, 0.2, 1.0), metavar="F",
-                   help="label fractions in (0, 1] (default 0.05 0.1 0.2 1.0)")
-    p.add_argument("--tasks", nargs="+", metavar="TASK", help="tasks to make label fractions for (default: all with masks)")
+    p.add_argument(
+        "--ratios",
+        type=float,
+        nargs=3,
+        default=(0.6, 0.1, 0.3),
+        metavar=("TRAIN", "VAL", "TEST"),
+        help="patient fractions of train/val/test when a split is made (default 0.6 0.1 0.3)",
+    )
+    p.add_argument(
+        "--fractions",
+        type=float,
+        nargs="+",
+        default=(0.05, 0.1, 0.2, 1.0),
+        metavar="F",
+        help="label fractions in (0, 1] (default 0.05 0.1 0.2 1.0)",
+    )
+    p.add_argument(
+        "--tasks", nargs="+", metavar="TASK", help="tasks to make label fractions for (default: all with masks)"
+    )
     p.add_argument("--redo", action="store_true", help="re-split train/val/test even if splits.json has an assignment")
     p.set_defaults(handler=_cmd_split)
 
@@ -154,8 +190,9 @@ def _cmd_split(args: argparse.Namespace) -> int:
     from enface.data.folder import list_cases
     from enface.data.splits import SPLITS, split_dataset
 
-    out = split_dataset(args.dataset, seed=args.seed, ratios=args.ratios, fractions=args.fractions,
-                        tasks=args.tasks, redo=args.redo)
+    out = split_dataset(
+        args.dataset, seed=args.seed, ratios=args.ratios, fractions=args.fractions, tasks=args.tasks, redo=args.redo
+    )
     n_cases = {k: 0 for k in SPLITS}
     where = {pid: k for k in SPLITS for pid in out[k]}
     for case in list_cases(args.dataset):
@@ -187,14 +224,23 @@ def add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out", help="dataset folder to write (absent or empty)")
     p.add_argument("--patients", type=int, default=20, help="number of patients (default 20)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--shape", type=int, nargs=3, metavar=("H", "W", "D"),
-                   help="grid: B-scans, A-scans, depth (default: the preset's; spacing scales with it)")
+    p.add_argument(
+        "--shape",
+        type=int,
+        nargs=3,
+        metavar=("H", "W", "D"),
+        help="grid: B-scans, A-scans, depth (default: the preset's; spacing scales with it)",
+    )
     p.add_argument("--task", choices=("ga", "rpd", "both"), default="ga", help="lesions and masks (default ga)")
     p.add_argument("--preset", choices=tuple(PRESETS), default="demo", help="acquisition preset (default demo)")
     p.add_argument("--label-fraction", type=float, default=0.7, help="share of labeled visits (default 0.7)")
     p.add_argument("--faf-fraction", type=float, default=0.85, help="share of visits with FAF (default 0.85)")
-    p.add_argument("--grader2-fraction", type=float, default=0.3,
-                   help="share of labeled visits with a second grader's masks (default 0.3)")
+    p.add_argument(
+        "--grader2-fraction",
+        type=float,
+        default=0.3,
+        help="share of labeled visits with a second grader's masks (default 0.3)",
+    )
     p.add_argument("--name", help="dataset name (default phantom-<preset>-<task>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in OUT")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

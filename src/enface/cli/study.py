@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-
 # --------------------------------------------------------------------------- experiment / demo
 
 
@@ -21,18 +20,22 @@ def add_experiment(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_no_fast(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--no-fast", dest="fast", action="store_false",
-                   help="plain path for every run and evaluation (eager float32; same run folders)")
+    p.add_argument(
+        "--no-fast",
+        dest="fast",
+        action="store_false",
+        help="plain path for every run and evaluation (eager float32; same run folders)",
+    )
 
 
-def _plain(study, fast: bool):  # noqa: ANN001, ANN202
+def _plain(study, fast: bool):
     """The study with ``fast: false`` in its common run settings when ``fast`` is False."""
     import dataclasses
 
     return study if fast else dataclasses.replace(study, common={**study.common, "fast": False})
 
 
-def _print_plan(study, plan) -> None:  # noqa: ANN001
+def _print_plan(study, plan) -> None:
     from enface.study.plan import run_spec
 
     n_pre = sum(r.stage == "pretrain" for r in plan)
@@ -75,9 +78,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from enface.study import demo_study, headline, run_study
 
     study = _plain(demo_study(args.out, seed=args.seed), args.fast)
-    print(f"enface demo: phantom dataset + study '{study.name}' in {args.out}/ "
-          f"(FPN from scratch vs pre-trained on inverted FAF; label fractions "
-          f"{', '.join(f'{100 * f:g} %' for f in study.fractions)})")
+    print(
+        f"enface demo: phantom dataset + study '{study.name}' in {args.out}/ "
+        f"(FPN from scratch vs pre-trained on inverted FAF; label fractions "
+        f"{', '.join(f'{100 * f:g} %' for f in study.fractions)})"
+    )
     result = run_study(study, progress=not args.no_progress)
     print(headline(study))
     if result["report"]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-
 # --------------------------------------------------------------------------- pretrain / train
 
 
@@ -12,7 +11,9 @@ def _add_run_options(p: argparse.ArgumentParser, stage: str) -> None:
     p.add_argument("--config", help="YAML config (sections common/pretrain/train; see configs/paper.yaml)")
     p.add_argument("--dataset", help="dataset folder")
     if stage == "pretrain":
-        p.add_argument("--target", choices=("slo", "faf", "faf_inv"), help="2D modality to reconstruct (default faf_inv)")
+        p.add_argument(
+            "--target", choices=("slo", "faf", "faf_inv"), help="2D modality to reconstruct (default faf_inv)"
+        )
     else:
         p.add_argument("--task", dest="target", help="mask task to segment, e.g. ga")
         p.add_argument("--init", help="checkpoint to initialise from (e.g. a pre-training run's best)")
@@ -29,8 +30,13 @@ def _add_run_options(p: argparse.ArgumentParser, stage: str) -> None:
     p.add_argument("--precision", help="Lightning precision: 32-true, bf16-mixed, 16-mixed")
     p.add_argument("--num-nodes", type=int)
     p.add_argument("--compile", action="store_const", const=True, help="torch.compile the model")
-    p.add_argument("--no-fast", dest="fast", action="store_const", const=False,
-                   help="plain path: eager float32, contiguous layout (default: the fast path, see README 'Speed')")
+    p.add_argument(
+        "--no-fast",
+        dest="fast",
+        action="store_const",
+        const=False,
+        help="plain path: eager float32, contiguous layout (default: the fast path, see README 'Speed')",
+    )
     p.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override any config field")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -38,7 +44,9 @@ def _add_run_options(p: argparse.ArgumentParser, stage: str) -> None:
 
 
 def add_pretrain(sub: argparse._SubParsersAction) -> None:
-    _add_run_options(sub.add_parser("pretrain", help="self-supervised reconstruction pre-training (OCT -> SLO/FAF)"), "pretrain")
+    _add_run_options(
+        sub.add_parser("pretrain", help="self-supervised reconstruction pre-training (OCT -> SLO/FAF)"), "pretrain"
+    )
 
 
 def add_train(sub: argparse._SubParsersAction) -> None:
@@ -50,8 +58,25 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from enface.engine.fit import fit
 
     overrides = parse_overrides(args.set)
-    for name in ("dataset", "target", "init", "fraction", "model", "width", "seed", "epochs", "batch_size",
-                 "runs_dir", "accelerator", "devices", "strategy", "precision", "num_nodes", "compile", "fast"):
+    for name in (
+        "dataset",
+        "target",
+        "init",
+        "fraction",
+        "model",
+        "width",
+        "seed",
+        "epochs",
+        "batch_size",
+        "runs_dir",
+        "accelerator",
+        "devices",
+        "strategy",
+        "precision",
+        "num_nodes",
+        "compile",
+        "fast",
+    ):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
@@ -78,21 +103,36 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--out", help="output folder (default <run>/eval/<dataset>-<split>)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--no-fast", dest="fast", action="store_false",
-                   help="plain inference path (each network's own forward, BatchNorm unfolded)")
+    p.add_argument(
+        "--no-fast",
+        dest="fast",
+        action="store_false",
+        help="plain inference path (each network's own forward, BatchNorm unfolded)",
+    )
     p.set_defaults(handler=_cmd_evaluate)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from enface.evaluate import evaluate
 
-    res = evaluate(args.run, split=args.split, dataset=args.dataset, task=args.task, top_k=args.top_k,
-                   threshold=args.threshold, out_dir=args.out, device=args.device, fast=args.fast)
+    res = evaluate(
+        args.run,
+        split=args.split,
+        dataset=args.dataset,
+        task=args.task,
+        top_k=args.top_k,
+        threshold=args.threshold,
+        out_dir=args.out,
+        device=args.device,
+        fast=args.fast,
+    )
     m = res.summary["metrics"]
     print(f"{res.summary['n_cases']} cases, {len(res.summary['checkpoints'])} checkpoints averaged")
     for name in ("dice", "area_diff_mm2", "hd95_mm"):
         extra = f" ({m[name]['n_undefined']} undefined)" if m[name]["n_undefined"] else ""
-        print(f"  {name:<14} mean {m[name]['mean']:.4f}  std {m[name]['std']:.4f}  median {m[name]['median']:.4f}{extra}")
+        print(
+            f"  {name:<14} mean {m[name]['mean']:.4f}  std {m[name]['std']:.4f}  median {m[name]['median']:.4f}{extra}"
+        )
     print(f"per-case table: {res.out_dir / 'cases.csv'}")
     print(f"summary: {res.out_dir / 'summary.json'}")
     return 0

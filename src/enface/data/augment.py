@@ -14,12 +14,13 @@ nothing is ever resampled (models pad).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-__all__ = ["AugmentConfig", "AugmentParams", "draw_params", "apply_geometry", "apply_intensity", "augment_pair"]
+__all__ = ["AugmentConfig", "AugmentParams", "apply_geometry", "apply_intensity", "augment_pair", "draw_params"]
 
 
 def _pair(value: Sequence[Any], name: str) -> tuple[Any, Any]:
@@ -64,7 +65,9 @@ class AugmentConfig:
         for name in ("contrast", "shift"):
             lo, hi = (float(v) for v in _pair(getattr(self, name), name))
             if not (np.isfinite(lo) and np.isfinite(hi) and lo <= hi):
-                raise ValueError(f"AugmentConfig.{name} must be a finite range (low <= high), got {getattr(self, name)!r}")
+                raise ValueError(
+                    f"AugmentConfig.{name} must be a finite range (low <= high), got {getattr(self, name)!r}"
+                )
             object.__setattr__(self, name, (lo, hi))
         for name in ("p_rotate180", "p_flip"):
             p = float(getattr(self, name))
@@ -74,7 +77,7 @@ class AugmentConfig:
             raise ValueError(f"AugmentConfig.noise_std must be >= 0, got {self.noise_std}")
 
     @classmethod
-    def from_dict(cls, obj: Mapping[str, Any]) -> "AugmentConfig":
+    def from_dict(cls, obj: Mapping[str, Any]) -> AugmentConfig:
         """Build from a mapping (e.g. a YAML section); unknown keys are an error."""
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(obj) - known)

@@ -111,8 +111,9 @@ def _quadratic_design(h: int, w: int, spacing: tuple[float, float]) -> np.ndarra
     return np.stack([np.ones_like(xx), xx, yy, xx * xx, xx * yy, yy * yy], axis=-1).reshape(h * w, 6)
 
 
-def _robust_quadratic(cand: np.ndarray, weight: np.ndarray, spacing_hw: tuple[float, float],
-                      sigma_px: tuple[float, float], tol: float) -> tuple[np.ndarray, float]:
+def _robust_quadratic(
+    cand: np.ndarray, weight: np.ndarray, spacing_hw: tuple[float, float], sigma_px: tuple[float, float], tol: float
+) -> tuple[np.ndarray, float]:
     """Quadratic surface (curvature and tilt) by iteratively reweighted least squares with
     Tukey's biweight, started from a local median; returns ``(H, W)`` surface and the
     residual scale."""
@@ -226,7 +227,7 @@ def _working_volume(vol: np.ndarray, spacing: tuple[float, float, float], max_de
     Raises:
         ValueError: NaN/inf voxels.
     """
-    h, w, d = vol.shape
+    h, _, d = vol.shape
     sh, sw, sd = spacing
     factor = max(1, int(np.ceil(d / max_depth_samples)))
     small = _block_mean_depth(vol, factor) if factor > 1 else vol.astype(np.float32)
@@ -255,7 +256,7 @@ def _bm_proposals(s: np.ndarray, e: np.ndarray, sdw: float) -> tuple[np.ndarray,
     atrophic and the dark-to-bright edge is BM (a bright-to-dark edge under a merely bright
     band is the top of a vessel in a hypertransmitted choroid).
     """
-    h, w, d = s.shape
+    h, _, d = s.shape
     vitreous = float(np.median(s[..., : max(2, d // 10)]))
     bright = float(np.percentile(s, 99))
     above = s > vitreous + 0.25 * (bright - vitreous)
@@ -359,14 +360,15 @@ def _refine_in_band(
     typical_contrast = max(float(np.median(contrast[hyper])) if hyper.any() else 0.0, 1e-6)
     depth = surface + np.where(hyper, pos_top, pos_fall - 0.5) - radius
     weight = np.where(hyper, np.clip(contrast / typical_contrast, 0, 1), np.clip(val_fall / typical_fall, 0, 1) ** 2)
-    log.debug("BM refinement: %.0f%% hypertransmission (GA), %.0f%% strong RPE edges",
-              100 * hyper.mean(), 100 * (~hyper & (val_fall >= 0.5 * typical_fall)).mean())
+    log.debug(
+        "BM refinement: %.0f%% hypertransmission (GA), %.0f%% strong RPE edges",
+        100 * hyper.mean(),
+        100 * (~hyper & (val_fall >= 0.5 * typical_fall)).mean(),
+    )
     return depth, weight
 
 
-def _settle(
-    depth: np.ndarray, weight: np.ndarray, spacing: tuple[float, float, float], smooth_mm: float
-) -> np.ndarray:
+def _settle(depth: np.ndarray, weight: np.ndarray, spacing: tuple[float, float, float], smooth_mm: float) -> np.ndarray:
     """Robust re-fit through the fine edges; smoothed along the B-scans.
 
     The confident fine edges (weight >= :data:`_MIN_VOTE`) are fitted robustly, each

@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 
 from enface.data.folder import MASK_RE, MODALITIES, CaseMeta, list_ids, read_dataset_info, read_splits, split_coverage
+from enface.errors import DatasetError
 from enface.io.base import load_npy, read_json_object
 from enface.io.images import read_image, read_mask
-from enface.errors import DatasetError
 
-__all__ = ["CheckReport", "check_dataset", "check_case"]
+__all__ = ["CheckReport", "check_case", "check_dataset"]
 
 _CHUNK_VOXELS = 1 << 24  # finiteness is checked in chunks of ~16 M voxels
 
@@ -192,7 +192,7 @@ def check_case(case_dir: Path, report: CheckReport, deep: bool = True) -> dict[s
                 continue
             if m.group("grader") is None:
                 info["tasks"].append(m.group("task"))
-            info.setdefault("mask_keys", []).append(name[len("mask_"):-len(".png")])
+            info.setdefault("mask_keys", []).append(name[len("mask_") : -len(".png")])
             if hw is not None and mask.shape != hw:
                 report.problem(p, f"mask has shape {mask.shape}, expected the en-face grid {hw} of oct.npy")
             continue
@@ -217,13 +217,19 @@ def _check_orientation(case_dir: Path, meta: CaseMeta, mask_keys: list[str], rep
         return
     on_grid = sorted(k for k in mask_keys if k not in extra.get("mask_space", {}))
     if on_grid:
-        report.warn(case_dir, f"OCT-grid mask(s) {', '.join(on_grid)} of a flipped export, prepared by an enface "
-                              "version that did not flip companions with the volume: they may lie on the wrong "
-                              "B-scans (re-run enface prepare --overwrite)")
+        report.warn(
+            case_dir,
+            f"OCT-grid mask(s) {', '.join(on_grid)} of a flipped export, prepared by an enface "
+            "version that did not flip companions with the volume: they may lie on the wrong "
+            "B-scans (re-run enface prepare --overwrite)",
+        )
     elif extra.get("bm_source") == "export":
-        report.warn(case_dir, "flipped export prepared by an enface version that did not flip a _bm.npy companion "
-                              "with the volume: if BM came from one, the flattening is wrong (re-run enface "
-                              "prepare --overwrite)")
+        report.warn(
+            case_dir,
+            "flipped export prepared by an enface version that did not flip a _bm.npy companion "
+            "with the volume: if BM came from one, the flattening is wrong (re-run enface "
+            "prepare --overwrite)",
+        )
 
 
 def check_dataset(root: str | os.PathLike, deep: bool = True) -> CheckReport:

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,13 +26,14 @@ from torch.utils.data import Dataset
 
 from enface.data.augment import AugmentConfig, AugmentParams, apply_geometry, draw_params
 from enface.data.folder import Case, load_case
-from enface.errors import DatasetError
 from enface.data.normalize import EPS, bscan_stats
+from enface.errors import DatasetError
 from enface.targets import Target
 
 __all__ = ["EnfaceDataset"]
 
 log = logging.getLogger(__name__)
+
 
 class EnfaceDataset(Dataset):
     """Cases of a dataset folder as ``(volume, en-face target)`` samples.
@@ -96,7 +98,9 @@ class EnfaceDataset(Dataset):
             shape = case.oct_shape()
             for name in (c for c in self.channels if c != "oct"):
                 if not case.has_volume(name):
-                    raise DatasetError(f"case {cid}: input channel {name!r} needs {folder / (name + '.npy')}, which is missing")
+                    raise DatasetError(
+                        f"case {cid}: input channel {name!r} needs {folder / (name + '.npy')}, which is missing"
+                    )
                 other = case.load_volume(name, mmap=True).shape
                 if other != shape:
                     raise DatasetError(f"case {cid}: {name}.npy has shape {other}, expected the OCT shape {shape}")
@@ -105,9 +109,7 @@ class EnfaceDataset(Dataset):
         self.shapes = shapes
         # per-B-scan, per-channel (mean, std) table, NaN until computed; shared with workers
         self._offsets = np.concatenate([[0], np.cumsum([s[0] for s in shapes], dtype=np.int64)])
-        self._stats = torch.full(
-            (int(self._offsets[-1]), len(self.channels), 2), float("nan"), dtype=torch.float64
-        )
+        self._stats = torch.full((int(self._offsets[-1]), len(self.channels), 2), float("nan"), dtype=torch.float64)
         try:
             self._stats.share_memory_()
         except (RuntimeError, OSError) as e:  # pragma: no cover - platform without shared memory
@@ -166,7 +168,9 @@ class EnfaceDataset(Dataset):
         case = self.cases[i]
         h, w, _ = self.shapes[i]
         target = self._target(i, (h, w))
-        params = None if self.augment is None else draw_params((h, w), len(self.channels), self.augment, self.item_rng())
+        params = (
+            None if self.augment is None else draw_params((h, w), len(self.channels), self.augment, self.item_rng())
+        )
         outs = []
         for c in range(len(self.channels)):
             vol = self._volume(i, c)

@@ -21,33 +21,34 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from enface.fileio import atomic_save_npy, atomic_save_png, atomic_write_json, temp_dir
 from enface.errors import ConfigError, DatasetError
+from enface.fileio import atomic_save_npy, atomic_save_png, atomic_write_json, temp_dir
 from enface.io.base import load_npy, read_json_object
 from enface.io.images import read_image, read_mask
 from enface.targets import check_name
 
 __all__ = [
-    "DatasetError",
-    "CaseMeta",
-    "Case",
     "MODALITIES",
-    "write_dataset_info",
-    "read_dataset_info",
-    "write_case",
-    "list_cases",
-    "load_case",
-    "write_splits",
-    "read_splits",
+    "Case",
+    "CaseMeta",
+    "DatasetError",
     "check_patient_overlap",
-    "split_coverage",
+    "list_cases",
     "list_ids",
+    "load_case",
+    "read_dataset_info",
+    "read_splits",
+    "split_coverage",
+    "write_case",
+    "write_dataset_info",
+    "write_splits",
 ]
 
 MODALITIES: tuple[str, ...] = ("slo", "faf")
@@ -55,7 +56,6 @@ MODALITIES: tuple[str, ...] = ("slo", "faf")
 
 MASK_RE = re.compile(r"^mask_(?P<task>[A-Za-z0-9-]+)(?:\.(?P<grader>[A-Za-z0-9_-]+))?\.png$")
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ class CaseMeta:
         }
 
     @classmethod
-    def from_json(cls, obj: Mapping[str, Any], where: str = "meta.json", folder_name: str | None = None) -> "CaseMeta":
+    def from_json(cls, obj: Mapping[str, Any], where: str = "meta.json", folder_name: str | None = None) -> CaseMeta:
         """Parse ``meta.json``; ``case_id`` may be left out (it is the folder's name).
 
         Raises:
@@ -109,8 +109,10 @@ class CaseMeta:
             raise DatasetError(f"{where}: missing key 'case_id'")
         patient = obj.get("patient_id")
         if patient is None or isinstance(patient, (bool, dict, list)) or not str(patient).strip():
-            raise DatasetError(f"{where}: patient_id is missing, null or not a name ({patient!r}); every case "
-                               "needs its patient (splits are made by patient)")
+            raise DatasetError(
+                f"{where}: patient_id is missing, null or not a name ({patient!r}); every case "
+                "needs its patient (splits are made by patient)"
+            )
         try:
             spacing = tuple(float(s) for s in obj["spacing"])
             if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
@@ -193,9 +195,7 @@ def _to_uint8_image(image: np.ndarray, where: str) -> np.ndarray:
     if not np.isfinite(image).all():
         raise DatasetError(f"{where}: image has NaN or inf values")
     if image.min() < -1e-6 or image.max() > 1 + 1e-6:
-        raise DatasetError(
-            f"{where}: float image must lie in [0, 1], got [{image.min():.3g}, {image.max():.3g}]"
-        )
+        raise DatasetError(f"{where}: float image must lie in [0, 1], got [{image.min():.3g}, {image.max():.3g}]")
     return np.round(image.clip(0, 1) * 255).astype(np.uint8)
 
 
@@ -204,9 +204,7 @@ def _to_uint8_image(image: np.ndarray, where: str) -> np.ndarray:
 
 def _check_id(value: str, what: str) -> None:
     if not _ID_RE.match(value):
-        raise DatasetError(
-            f"{what} {value!r} is not a valid identifier (letters, digits, '_', '-', '.')"
-        )
+        raise DatasetError(f"{what} {value!r} is not a valid identifier (letters, digits, '_', '-', '.')")
 
 
 def validate_case_arrays(
@@ -254,11 +252,9 @@ def validate_case_arrays(
     for key, mask in (masks or {}).items():
         m = np.asarray(mask)
         if m.shape != hw:
-            raise DatasetError(
-                f"case {case_id}: mask {key!r} has shape {m.shape}, expected the en-face grid {hw}"
-            )
+            raise DatasetError(f"case {case_id}: mask {key!r} has shape {m.shape}, expected the en-face grid {hw}")
         values = set(np.unique(m).tolist())
-        if not values <= {0, 1, True, False}:
+        if not values <= {0, 1}:
             raise DatasetError(f"case {case_id}: mask {key!r} is not binary (values {sorted(values)[:8]})")
 
 
@@ -326,7 +322,9 @@ def write_case(
         atomic_save_npy(tmp / "oct.npy", vol)
         for name, extra in (volumes or {}).items():
             ev = np.asarray(extra)
-            atomic_save_npy(tmp / f"{name}.npy", ev if ev.dtype in (np.float32, np.uint8, np.uint16) else ev.astype(np.float32))
+            atomic_save_npy(
+                tmp / f"{name}.npy", ev if ev.dtype in (np.float32, np.uint8, np.uint16) else ev.astype(np.float32)
+            )
         for name, img in (images or {}).items():
             atomic_save_png(tmp / f"{name}.png", _to_uint8_image(img, f"case {meta.case_id}: {name}"))
         for key, mask in (masks or {}).items():
@@ -430,7 +428,9 @@ def load_case(path: str | os.PathLike) -> Case:
     path = Path(path)
     if not path.is_dir():
         raise DatasetError(f"{path}: case folder not found")
-    meta = CaseMeta.from_json(read_json_object(path / "meta.json"), where=str(path / "meta.json"), folder_name=path.name)
+    meta = CaseMeta.from_json(
+        read_json_object(path / "meta.json"), where=str(path / "meta.json"), folder_name=path.name
+    )
     if meta.case_id != path.name:
         raise DatasetError(f"{path / 'meta.json'}: case_id {meta.case_id!r} does not match folder name")
     return Case(path=path, meta=meta)

@@ -13,7 +13,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-__all__ = ["EPS", "bscan_stats", "apply_zscore", "zscore_per_bscan"]
+__all__ = ["EPS", "apply_zscore", "bscan_stats", "zscore_per_bscan"]
 
 EPS: float = 1e-6
 """Smallest standard deviation divided by: a constant B-scan maps to zeros, never NaN."""

@@ -27,9 +27,10 @@ import datetime as _dt
 import logging
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -42,13 +43,13 @@ from enface.io.base import Scan, safe_id, unique_ids
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "CaseArrays",
     "PrepareOptions",
     "PrepareReport",
     "ScanSource",
-    "CaseArrays",
     "discover_sources",
-    "scan_to_case",
     "prepare_dataset",
+    "scan_to_case",
 ]
 
 
@@ -136,8 +137,9 @@ def discover_sources(src: str | os.PathLike, opts: PrepareOptions) -> list[ScanS
                 ScanSource(
                     safe_id(case.case_id),
                     case.oct_dir,
-                    lambda c=case: read_octa500_case(c, with_octa=opts.octa, tasks=opts.tasks,
-                                                     use_layers=opts.bm != "estimate"),
+                    lambda c=case: read_octa500_case(
+                        c, with_octa=opts.octa, tasks=opts.tasks, use_layers=opts.bm != "estimate"
+                    ),
                 )
             )
     else:
@@ -168,8 +170,12 @@ def _read_file_scan(path: Path, opts: PrepareOptions) -> Scan:
     stem = scan_stem(path)
     sidecar = read_sidecar(path.parent / f"{stem}.json")
     sp = sidecar.get("spacing")
-    scan = read_heidelberg(path, opts.fmt, spacing=None if sp is None else tuple(sp),  # type: ignore[arg-type]
-                           default_spacing=opts.spacing)
+    scan = read_heidelberg(
+        path,
+        opts.fmt,
+        spacing=None if sp is None else tuple(sp),  # type: ignore[arg-type]
+        default_spacing=opts.spacing,
+    )
     return attach_companions(scan, find_companions(path.parent, stem), sidecar, use_slo=False)
 
 
@@ -243,8 +249,11 @@ def _write_splits(out: Path, opts: PrepareOptions, patients: list[str], report: 
         missing, _ = split_coverage(read_splits(out), patients)
         if missing:
             report.notes.append(
-                ("splits.json", f"{len(missing)} patient(s) in no split: {list_ids(missing, 5)} "
-                 "(re-run with --resplit, or enface split)")
+                (
+                    "splits.json",
+                    f"{len(missing)} patient(s) in no split: {list_ids(missing, 5)} "
+                    "(re-run with --resplit, or enface split)",
+                )
             )
         report.splits = "kept"
         return
@@ -304,8 +313,15 @@ def prepare_dataset(
             continue
         try:
             arrays = scan_to_case(item.read(), item.case_id, opts)
-            write_case(out, arrays.meta, arrays.oct, arrays.images, arrays.masks,
-                       overwrite=opts.overwrite, volumes=arrays.volumes)
+            write_case(
+                out,
+                arrays.meta,
+                arrays.oct,
+                arrays.images,
+                arrays.masks,
+                overwrite=opts.overwrite,
+                volumes=arrays.volumes,
+            )
         except (EnfaceError, ValueError, OSError) as e:  # a bad scan must not stop the batch; bugs surface
             reason = str(e) if isinstance(e, (EnfaceError, ValueError)) else f"{type(e).__name__}: {e}"
             reason = reason.removeprefix(f"{item.source}: ")  # the summary names the file already

@@ -28,11 +28,11 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "FlattenParams",
+    "enface_points",
     "estimate_bm",
     "fill_bm",
     "flatten_volume",
     "resample_depth",
-    "enface_points",
     "sample_enface",
     "sample_enface_mask",
 ]
@@ -57,9 +57,7 @@ class FlattenParams:
 
     def __post_init__(self) -> None:
         if not (self.above_mm > 0 and self.below_mm >= 0 and self.depth >= 2):
-            raise ValueError(
-                f"flattening window must have above_mm > 0, below_mm >= 0 and depth >= 2, got {self}"
-            )
+            raise ValueError(f"flattening window must have above_mm > 0, below_mm >= 0 and depth >= 2, got {self}")
 
     @property
     def bm_index(self) -> float:

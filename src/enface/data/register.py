@@ -45,12 +45,12 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "Registration",
+    "apply_matrix",
     "informative_mask",
-    "vessel_map",
     "register_images",
     "registration_quality",
+    "vessel_map",
     "warp_image",
-    "apply_matrix",
 ]
 
 Model = Literal["rigid", "similarity", "affine"]
@@ -92,8 +92,11 @@ class Registration:
             "ncc": round(float(self.ncc), 4),
             "overlap": round(float(self.overlap), 4),
             "model": self.model,
-            **({"distinctiveness": round(float(self.details["distinctiveness"]), 3)}
-               if "distinctiveness" in self.details else {}),
+            **(
+                {"distinctiveness": round(float(self.details["distinctiveness"]), 3)}
+                if "distinctiveness" in self.details
+                else {}
+            ),
         }
 
 
@@ -213,8 +216,13 @@ def warp_image(
     swap = np.array([[0, 1, 0], [1, 0, 0], [0, 0, 1]], dtype=np.float64)
     rc = swap @ inv @ swap
     return ndimage.affine_transform(
-        np.asarray(moving, dtype=np.float32), rc[:2, :2], offset=rc[:2, 2], output_shape=output_shape,
-        order=order, mode="constant", cval=cval,
+        np.asarray(moving, dtype=np.float32),
+        rc[:2, :2],
+        offset=rc[:2, 2],
+        output_shape=output_shape,
+        order=order,
+        mode="constant",
+        cval=cval,
     ).astype(np.float32)
 
 
@@ -308,8 +316,13 @@ def _working_frames(fixed: np.ndarray, moving: np.ndarray, work_size: int) -> _F
     fmask = informative_mask(fixed_w)
     mmask = informative_mask(moving_w)
     return _Frames(
-        shape=wshape, vf=vessel_map(fixed_w, fmask), vm=vessel_map(moving_w, mmask), fmask=fmask, mmask=mmask,
-        to_work_fixed=scaling(fixed.shape), to_work_moving=scaling(moving.shape),
+        shape=wshape,
+        vf=vessel_map(fixed_w, fmask),
+        vm=vessel_map(moving_w, mmask),
+        fmask=fmask,
+        mmask=mmask,
+        to_work_fixed=scaling(fixed.shape),
+        to_work_moving=scaling(moving.shape),
         centre=np.array([(wshape[1] - 1) / 2.0, (wshape[0] - 1) / 2.0]),
     )
 
@@ -350,8 +363,12 @@ def _refine(frames: _Frames, similarity: _Similarity, starts: list[np.ndarray], 
     scales = np.ones(len(_matrix_to_params(np.eye(3), model, centre)))
     scales[2:] = 1.0 / max(frames.shape)  # a unit step moves the image border by about a pixel
     levels = [
-        _Similarity(ndimage.gaussian_filter(frames.vf, sg) if sg > 0 else frames.vf, frames.fmask,
-                    ndimage.gaussian_filter(frames.vm, sg) if sg > 0 else frames.vm, frames.mmask)
+        _Similarity(
+            ndimage.gaussian_filter(frames.vf, sg) if sg > 0 else frames.vf,
+            frames.fmask,
+            ndimage.gaussian_filter(frames.vm, sg) if sg > 0 else frames.vm,
+            frames.mmask,
+        )
         for sg in (2.0, 1.0, 0.0)
     ]
     best_score, best = -np.inf, starts[0]
@@ -362,8 +379,9 @@ def _refine(frames: _Frames, similarity: _Similarity, starts: list[np.ndarray], 
             def cost(x: np.ndarray, sim: _Similarity = sim) -> float:
                 return -sim(_params_to_matrix(x * scales, model, centre))[0]
 
-            res = optimize.minimize(cost, q / scales, method="Powell",
-                                    options={"xtol": 1e-2, "ftol": 1e-4, "maxfev": 400})
+            res = optimize.minimize(
+                cost, q / scales, method="Powell", options={"xtol": 1e-2, "ftol": 1e-4, "maxfev": 400}
+            )
             if res.fun <= cost(q / scales):
                 q = res.x * scales
         m = _params_to_matrix(q, model, centre)
@@ -396,8 +414,13 @@ def _score(similarity: _Similarity, m_work: np.ndarray, frames: _Frames) -> dict
     null = _null_nccs(similarity, m_work, frames)
     spread = max(float(null.std()), _MIN_NULL_SPREAD)
     distinct = (ncc - float(null.mean())) / spread
-    return {"ncc": float(ncc), "compared": float(compared), "overlap": overlap, "distinctiveness": float(distinct),
-            "quality": _quality(distinct)}
+    return {
+        "ncc": float(ncc),
+        "compared": float(compared),
+        "overlap": overlap,
+        "distinctiveness": float(distinct),
+        "quality": _quality(distinct),
+    }
 
 
 def _quality(distinctiveness: float) -> float:
@@ -423,9 +446,14 @@ def registration_quality(
     frames = _working_frames(fixed, moving, work_size)
     similarity = _Similarity(frames.vf, frames.fmask, frames.vm, frames.mmask)
     sc = _score(similarity, frames.to_work(np.asarray(matrix, dtype=np.float64)), frames)
-    return Registration(matrix=np.asarray(matrix, dtype=np.float64), quality=sc["quality"], ncc=sc["ncc"],
-                        overlap=sc["overlap"], model="given",
-                        details={"distinctiveness": sc["distinctiveness"], "compared": sc["compared"]})
+    return Registration(
+        matrix=np.asarray(matrix, dtype=np.float64),
+        quality=sc["quality"],
+        ncc=sc["ncc"],
+        overlap=sc["overlap"],
+        model="given",
+        details={"distinctiveness": sc["distinctiveness"], "compared": sc["compared"]},
+    )
 
 
 def register_images(
@@ -463,10 +491,24 @@ def register_images(
     starts = _coarse_starts(frames, similarity, max_rotation_deg, rotation_step_deg, n_starts)
     m_work = _refine(frames, similarity, [m for _, m, _ in starts], model)
     sc = _score(similarity, m_work, frames)
-    log.debug("registration: coarse angle %.1f deg (ncc %.3f) -> ncc %.3f, distinctiveness %.1f, overlap %.2f",
-              starts[0][2], starts[0][0], sc["ncc"], sc["distinctiveness"], sc["overlap"])
+    log.debug(
+        "registration: coarse angle %.1f deg (ncc %.3f) -> ncc %.3f, distinctiveness %.1f, overlap %.2f",
+        starts[0][2],
+        starts[0][0],
+        sc["ncc"],
+        sc["distinctiveness"],
+        sc["overlap"],
+    )
     return Registration(
-        matrix=frames.to_full(m_work), quality=sc["quality"], ncc=sc["ncc"], overlap=sc["overlap"], model=model,
-        details={"coarse_angle_deg": starts[0][2], "coarse_ncc": float(starts[0][0]),
-                 "distinctiveness": sc["distinctiveness"], "compared": sc["compared"]},
+        matrix=frames.to_full(m_work),
+        quality=sc["quality"],
+        ncc=sc["ncc"],
+        overlap=sc["overlap"],
+        model=model,
+        details={
+            "coarse_angle_deg": starts[0][2],
+            "coarse_ncc": float(starts[0][0]),
+            "distinctiveness": sc["distinctiveness"],
+            "compared": sc["compared"],
+        },
     )

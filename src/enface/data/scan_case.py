@@ -18,14 +18,13 @@ produces the arrays and ``meta.json`` of one dataset case, in named steps:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from enface.data.folder import CaseMeta
-from enface.errors import DatasetError
 from enface.data.preprocess import (
     FlattenParams,
     enface_points,
@@ -37,10 +36,11 @@ from enface.data.preprocess import (
     sample_enface_mask,
 )
 from enface.data.register import apply_matrix, register_images
+from enface.errors import DatasetError
 from enface.io.base import Scan, normalise_eye, safe_id
 from enface.io.formats import FORMATS
 
-__all__ = ["PrepareOptions", "CaseArrays", "scan_to_case"]
+__all__ = ["CaseArrays", "PrepareOptions", "scan_to_case"]
 """Input formats of ``enface prepare``."""
 
 
@@ -75,7 +75,7 @@ class PrepareOptions:
     """
 
     fmt: str
-    flatten: FlattenParams = FlattenParams()
+    flatten: FlattenParams = field(default_factory=FlattenParams)
     bm: Literal["auto", "export", "estimate"] = "auto"
     axes: str | None = None
     spacing: tuple[float, float, float] | None = None
@@ -176,9 +176,12 @@ def _flatten(
         step = d / params.depth
         extra["flattening"] = "input already flattened"
         extra["resampling"] = {
-            "input_depth": int(d), "depth": params.depth, "step_voxels": round(step, 6),
+            "input_depth": int(d),
+            "depth": params.depth,
+            "step_voxels": round(step, 6),
             "mapping": "output sample k = input depth (k + 0.5) * step_voxels - 0.5",
-            "interpolation": "linear", "antialias_sigma_voxels": round(0.4 * step, 6) if step > 1 else 0.0,
+            "interpolation": "linear",
+            "antialias_sigma_voxels": round(0.4 * step, 6) if step > 1 else 0.0,
         }
         vols = {k: resample_depth(v, params.depth) for k, v in scan.extra_volumes.items()}
         return resample_depth(scan.volume, params.depth), vols, sd * d / params.depth
@@ -246,7 +249,10 @@ def _enface_images(
 
 
 def _enface_masks(
-    scan: Scan, opts: PrepareOptions, points: np.ndarray | None, faf_to_ref: np.ndarray | None,
+    scan: Scan,
+    opts: PrepareOptions,
+    points: np.ndarray | None,
+    faf_to_ref: np.ndarray | None,
     extra: dict[str, Any],
 ) -> dict[str, np.ndarray]:
     """Masks on the grid: OCT-grid masks as they are (the reader oriented them with the
@@ -278,8 +284,12 @@ def _enface_masks(
 
 
 def _case_meta(
-    scan: Scan, case_id: str, opts: PrepareOptions, spacing: tuple[float, float, float],
-    extra: dict[str, Any], notes: list[str],
+    scan: Scan,
+    case_id: str,
+    opts: PrepareOptions,
+    spacing: tuple[float, float, float],
+    extra: dict[str, Any],
+    notes: list[str],
 ) -> CaseMeta:
     """``meta.json``: patient, eye, visit, orientation and provenance of the case."""
     patient = _patient_id(scan, case_id, Path(scan.source), opts, notes)
@@ -293,8 +303,12 @@ def _case_meta(
         if scan.meta.get("visit_date"):
             extra["visit_date"] = str(scan.meta["visit_date"])
     flips = scan.file_flips
-    for key, value in (("flipped_bscans", flips[0]), ("flipped_ascans", flips[1]), ("depth_flipped", flips[2]),
-                       ("split", scan.meta.get("split"))):
+    for key, value in (
+        ("flipped_bscans", flips[0]),
+        ("flipped_ascans", flips[1]),
+        ("depth_flipped", flips[2]),
+        ("split", scan.meta.get("split")),
+    ):
         if value:
             extra[key] = value
     extra["grid_order"] = ORIENTATION_NOTE

@@ -15,7 +15,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -23,7 +24,7 @@ from enface.data.folder import MODALITIES, list_cases, list_ids, read_splits, sp
 from enface.errors import DatasetError
 from enface.targets import Target
 
-__all__ = ["make_splits", "fraction_key", "label_fractions", "split_dataset", "select_cases", "SPLITS"]
+__all__ = ["SPLITS", "fraction_key", "label_fractions", "make_splits", "select_cases", "split_dataset"]
 
 log = logging.getLogger(__name__)
 
@@ -190,8 +191,12 @@ def _kept_assignment(
     assignment = {k: sorted(existing[k]) for k in SPLITS}
     missing, unknown = split_coverage(assignment, patients)
     if missing:
-        log.warning("%d patient(s) of %s are in no split and will not be used: %s (use redo to re-split)",
-                    len(missing), root, list_ids(missing, 5))
+        log.warning(
+            "%d patient(s) of %s are in no split and will not be used: %s (use redo to re-split)",
+            len(missing),
+            root,
+            list_ids(missing, 5),
+        )
     if unknown:
         log.warning("%d patient(s) in splits.json have no case in %s: %s", len(unknown), root, list_ids(unknown, 5))
     n = max(1, sum(len(v) for v in assignment.values()))

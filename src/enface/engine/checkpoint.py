@@ -30,14 +30,14 @@ import torch
 from enface.errors import CheckpointError
 
 __all__ = [
+    "FORMAT_VERSION",
     "checkpoint_info",
-    "read_checkpoint",
     "load_model",
     "model_state_dict",
-    "upgraded_state_dict",
-    "FORMAT_VERSION",
+    "read_checkpoint",
     "strip_prefixes",
     "topk_checkpoints",
+    "upgraded_state_dict",
 ]
 
 WRAPPER_PREFIXES: tuple[str, ...] = ("model.", "module.", "_orig_mod.")
@@ -46,7 +46,6 @@ FORMAT_VERSION = 2
 """Format of the ``"enface"`` entry and of the weights' layout. 2: FPN decoders concatenate
 ``[skip, upsampled]`` like the paper's code (1 had ``[upsampled, skip]``; such checkpoints are
 converted when read, see ``FeatureProjectionNetwork.upgrade_state_dict``)."""
-
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -77,7 +76,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return ckpt
 
 
-def strip_prefixes(state: dict[str, torch.Tensor], prefixes: tuple[str, ...] = WRAPPER_PREFIXES) -> dict[str, torch.Tensor]:
+def strip_prefixes(
+    state: dict[str, torch.Tensor], prefixes: tuple[str, ...] = WRAPPER_PREFIXES
+) -> dict[str, torch.Tensor]:
     """Remove wrapper prefixes (Lightning's ``model.``, DDP's ``module.``, compile's ``_orig_mod.``)."""
     out = {}
     for k, v in state.items():
@@ -133,7 +134,9 @@ def load_model(path: str | os.PathLike, eval_mode: bool = True) -> tuple[torch.n
     ckpt = read_checkpoint(path)
     info = checkpoint_info(ckpt, str(path))
     spec = info["model"]
-    model = create_model(spec["name"], spec["in_channels"], spec["out_channels"], spec["width"], **spec.get("kwargs", {}))
+    model = create_model(
+        spec["name"], spec["in_channels"], spec["out_channels"], spec["width"], **spec.get("kwargs", {})
+    )
     model.load_state_dict(upgraded_state_dict(model, ckpt), strict=True)
     return (model.eval() if eval_mode else model), info
 

@@ -35,25 +35,26 @@ import ctypes
 import functools
 import logging
 import platform
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
 __all__ = [
-    "native_bf16",
-    "fast_precision",
-    "to_channels_last",
     "channels_last_input",
-    "contiguous_state",
-    "fold_batchnorm",
-    "to_contiguous",
     "channels_last_is_faster",
+    "contiguous_state",
+    "fast_precision",
+    "fold_batchnorm",
     "inference_network",
-    "use_onednn",
-    "tune_allocator",
+    "native_bf16",
     "release_free_memory",
+    "to_channels_last",
+    "to_contiguous",
+    "tune_allocator",
+    "use_onednn",
 ]
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def _cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cpu_native_bf16() -> bool:
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return False
@@ -300,7 +301,11 @@ def use_onednn(model: nn.Module) -> nn.Module:
     if not torch.backends.mkldnn.is_available():
         return model
     for layer in model.modules():
-        if type(layer) in (nn.Conv2d, nn.Conv3d) and layer.padding_mode == "zeros" and not isinstance(layer.padding, str):
+        if (
+            type(layer) in (nn.Conv2d, nn.Conv3d)
+            and layer.padding_mode == "zeros"
+            and not isinstance(layer.padding, str)
+        ):
             layer.__class__ = _OneDNNConv2d if type(layer) is nn.Conv2d else _OneDNNConv3d
     return model
 

@@ -31,9 +31,10 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import lightning as L
 import torch
@@ -53,7 +54,16 @@ from enface.engine.transfer import TransferReport, transfer_weights
 from enface.errors import CheckpointError, ConfigError, DatasetError, RunFolderError
 from enface.fileio import FolderLock, atomic_write, atomic_write_json, atomic_write_text
 
-__all__ = ["AtomicCheckpointIO", "resolved_precision", "FitResult", "ResolvedRun", "fit", "resolve_run", "select_run_cases", "resumable_checkpoint"]
+__all__ = [
+    "AtomicCheckpointIO",
+    "FitResult",
+    "ResolvedRun",
+    "fit",
+    "resolve_run",
+    "resolved_precision",
+    "resumable_checkpoint",
+    "select_run_cases",
+]
 
 log = logging.getLogger(__name__)
 
@@ -153,12 +163,15 @@ def resolve_run(config: RunConfig) -> ResolvedRun:
         init_ckpt = read_checkpoint(init_path)
         init_sha = file_sha256(init_path)
         config = dataclasses.replace(config, init=str(init_path.resolve()))
-    info_init = checkpoint_info(init_ckpt, str(config.init)) if init_ckpt is not None and "enface" in init_ckpt else None
+    info_init = (
+        checkpoint_info(init_ckpt, str(config.init)) if init_ckpt is not None and "enface" in init_ckpt else None
+    )
     spec = RunSpec.from_config(config, name, RunSpec.init_label(info_init, config.init))
     folder = spec.folder(config.runs_dir)
     if RunSpec.parse(folder)[1] != spec:  # the folder must name the run unambiguously
-        raise ConfigError(f"{folder}: this run's name does not read back as the same run ({spec}); "
-                          "use a width with fewer digits")
+        raise ConfigError(
+            f"{folder}: this run's name does not read back as the same run ({spec}); use a width with fewer digits"
+        )
     train_ids, val_ids = select_run_cases(config)
     fingerprint = dataset_fingerprint(root, [*train_ids, *val_ids])
     identity = run_identity(config.to_dict(), fingerprint, init_sha)
@@ -247,8 +260,10 @@ def _existing_state(run: ResolvedRun, resume: bool) -> tuple[str, Path | None]:
         return "new", None  # nothing learned yet: (re)start
     stored = json.loads(ident_path.read_text(encoding="utf-8")) if ident_path.is_file() else None
     if stored is None:
-        raise RunFolderError(f"{folder}: run folder without identity.json (written by an older enface?); "
-                             "use another --runs-dir, or remove the folder to start over")
+        raise RunFolderError(
+            f"{folder}: run folder without identity.json (written by an older enface?); "
+            "use another --runs-dir, or remove the folder to start over"
+        )
     diff = identity_diff(stored, run.identity)
     if diff:
         raise RunFolderError(
@@ -271,8 +286,10 @@ def _start_folder(run: ResolvedRun, module: EnfaceModule) -> None:
         net = getattr(module.model, "_orig_mod", module.model)
         missing, unexpected = net.load_state_dict(loaded, strict=False)
         assert sorted(missing) == sorted(run.transfer.skipped) and not unexpected, (missing, unexpected)
-        atomic_write_json(run.folder / "transfer.json", {"source": run.config.init, "loaded": len(run.transfer.loaded),
-                                                         "not_loaded": run.transfer.not_loaded})
+        atomic_write_json(
+            run.folder / "transfer.json",
+            {"source": run.config.init, "loaded": len(run.transfer.loaded), "not_loaded": run.transfer.not_loaded},
+        )
 
 
 def _loaders(config: RunConfig, train_ids: Sequence[str], val_ids: Sequence[str]) -> tuple[DataLoader, DataLoader]:
@@ -281,7 +298,9 @@ def _loaders(config: RunConfig, train_ids: Sequence[str], val_ids: Sequence[str]
 
     aug = AugmentConfig(crop=tuple(config.crop))
     if not config.augment:  # random crops only
-        aug = dataclasses.replace(aug, rotate180=False, flip=False, noise_std=0.0, contrast=(1.0, 1.0), shift=(0.0, 0.0))
+        aug = dataclasses.replace(
+            aug, rotate180=False, flip=False, noise_std=0.0, contrast=(1.0, 1.0), shift=(0.0, 0.0)
+        )
     target, channels = config.target_spec, tuple(config.channels or ("oct",))
     train_ds = EnfaceDataset(config.dataset, train_ids, target, augment=aug, seed=config.seed, channels=channels)
     val_ds = EnfaceDataset(config.dataset, val_ids, target, augment=None, seed=config.seed, channels=channels)
@@ -290,9 +309,14 @@ def _loaders(config: RunConfig, train_ids: Sequence[str], val_ids: Sequence[str]
         if config.samples_per_epoch
         else None
     )
-    common: dict[str, Any] = dict(num_workers=config.num_workers, persistent_workers=config.num_workers > 0,
-                                  pin_memory=config.fast and _on_gpu(config))
-    train_dl = DataLoader(train_ds, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler, drop_last=False, **common)
+    common: dict[str, Any] = dict(
+        num_workers=config.num_workers,
+        persistent_workers=config.num_workers > 0,
+        pin_memory=config.fast and _on_gpu(config),
+    )
+    train_dl = DataLoader(
+        train_ds, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler, drop_last=False, **common
+    )
     val_dl = DataLoader(val_ds, batch_size=1, shuffle=False, **common)
     return train_dl, val_dl
 
@@ -337,13 +361,23 @@ def _build_module(config: RunConfig) -> EnfaceModule:
 
 def _checkpoint_callbacks(ckdir: Path, metric: str, top_k: int) -> tuple[ModelCheckpoint, ModelCheckpoint]:
     best = ModelCheckpoint(
-        dirpath=str(ckdir), filename="epoch={epoch:04d}-" + metric + "={" + metric + ":.4f}",
-        auto_insert_metric_name=False, monitor=metric, mode="max", save_top_k=top_k,
-        save_last=False, enable_version_counter=False,
+        dirpath=str(ckdir),
+        filename="epoch={epoch:04d}-" + metric + "={" + metric + ":.4f}",
+        auto_insert_metric_name=False,
+        monitor=metric,
+        mode="max",
+        save_top_k=top_k,
+        save_last=False,
+        enable_version_counter=False,
     )
     last = ModelCheckpoint(
-        dirpath=str(ckdir), filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
-        save_on_train_epoch_end=True, enable_version_counter=False,
+        dirpath=str(ckdir),
+        filename="last",
+        monitor=None,
+        save_top_k=1,
+        every_n_epochs=1,
+        save_on_train_epoch_end=True,
+        enable_version_counter=False,
     )
     return best, last
 
@@ -355,12 +389,23 @@ def _trainer(config: RunConfig, folder: Path, callbacks: Sequence[Callback], pro
 
         loggers.append(TensorBoardLogger(save_dir=str(folder), name="tb", version="", default_hp_metric=False))
     return L.Trainer(
-        default_root_dir=str(folder), max_epochs=config.epochs, accelerator=config.accelerator,
-        devices=config.devices, strategy=config.strategy, num_nodes=config.num_nodes,
-        precision=resolved_precision(config), accumulate_grad_batches=config.accumulate,
-        check_val_every_n_epoch=config.val_every, deterministic=config.deterministic,
-        callbacks=list(callbacks), logger=loggers or False, plugins=[AtomicCheckpointIO()],
-        num_sanity_val_steps=0, log_every_n_steps=1, enable_progress_bar=progress, enable_model_summary=False,
+        default_root_dir=str(folder),
+        max_epochs=config.epochs,
+        accelerator=config.accelerator,
+        devices=config.devices,
+        strategy=config.strategy,
+        num_nodes=config.num_nodes,
+        precision=resolved_precision(config),
+        accumulate_grad_batches=config.accumulate,
+        check_val_every_n_epoch=config.val_every,
+        deterministic=config.deterministic,
+        callbacks=list(callbacks),
+        logger=loggers or False,
+        plugins=[AtomicCheckpointIO()],
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
         benchmark=True if config.fast and _on_gpu(config) and not config.deterministic else None,
     )
 
@@ -368,11 +413,20 @@ def _trainer(config: RunConfig, folder: Path, callbacks: Sequence[Callback], pro
 def _finished(run: ResolvedRun, trainer: L.Trainer, best: list[tuple[str, float]], metric: str, seconds: float) -> None:
     if not trainer.is_global_zero:
         return
-    atomic_write_json(run.folder / "done.json", {
-        "run": str(run.folder), "spec": run.spec.label, "metric": metric, "best": best,
-        "epochs": int(trainer.current_epoch), "world_size": int(trainer.world_size),
-        "train_cases": list(run.train_ids), "val_cases": list(run.val_ids), "seconds": round(seconds, 1),
-    })
+    atomic_write_json(
+        run.folder / "done.json",
+        {
+            "run": str(run.folder),
+            "spec": run.spec.label,
+            "metric": metric,
+            "best": best,
+            "epochs": int(trainer.current_epoch),
+            "world_size": int(trainer.world_size),
+            "train_cases": list(run.train_ids),
+            "val_cases": list(run.val_ids),
+            "seconds": round(seconds, 1),
+        },
+    )
 
 
 def fit(
@@ -405,16 +459,23 @@ def fit(
         if state == "finished":
             summary = json.loads((run.folder / "done.json").read_text(encoding="utf-8"))
             log.info("run already finished: %s", run.folder)
-            return FitResult(run.folder, "skipped", [tuple(b) for b in summary.get("best", [])], metric,
-                             summary.get("epochs", 0))
+            return FitResult(
+                run.folder, "skipped", [tuple(b) for b in summary.get("best", [])], metric, summary.get("epochs", 0)
+            )
         return _train(run, resume_from, callbacks, progress)
 
 
 def _train(run: ResolvedRun, resume_from: Path | None, callbacks: Sequence[Callback], progress: bool) -> FitResult:
     config, folder = run.config, run.folder
     metric = TASK_METRIC[config.task]
-    log.info("%s: %d training / %d validation cases -> %s%s", run.spec.label, len(run.train_ids),
-             len(run.val_ids), folder, f" (resuming from {resume_from.name})" if resume_from else "")
+    log.info(
+        "%s: %d training / %d validation cases -> %s%s",
+        run.spec.label,
+        len(run.train_ids),
+        len(run.val_ids),
+        folder,
+        f" (resuming from {resume_from.name})" if resume_from else "",
+    )
     L.seed_everything(config.seed, workers=True, verbose=False)
     _fast_settings(config)
     module = _build_module(config)
@@ -429,13 +490,20 @@ def _train(run: ResolvedRun, resume_from: Path | None, callbacks: Sequence[Callb
         trainer.fit(module, train_dl, val_dl, ckpt_path=str(resume_from) if resume_from else None, weights_only=True)
     except SystemExit:  # Lightning exits after a graceful shutdown on Ctrl+C
         if trainer.interrupted:
-            log.warning("interrupted: %s keeps its last checkpoint; continue with --resume (or re-run the study)", folder)
+            log.warning(
+                "interrupted: %s keeps its last checkpoint; continue with --resume (or re-run the study)", folder
+            )
             raise KeyboardInterrupt from None
         raise
     best = sorted(((str(p), float(v)) for p, v in best_cb.best_k_models.items()), key=lambda t: -t[1])
     if trainer.interrupted:
         return FitResult(folder, "interrupted", best, metric, int(trainer.current_epoch))
     _finished(run, trainer, best, metric, time.time() - t0)
-    log.info("finished %s: best %s %s; checkpoints in %s", folder, metric,
-             f"{best[0][1]:.4f}" if best else "n/a", folder / "checkpoints")
+    log.info(
+        "finished %s: best %s %s; checkpoints in %s",
+        folder,
+        metric,
+        f"{best[0][1]:.4f}" if best else "n/a",
+        folder / "checkpoints",
+    )
     return FitResult(folder, "finished", best, metric, int(trainer.current_epoch))

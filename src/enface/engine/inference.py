@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ from enface.engine.streaming import DEFAULT_SLAB_MB, streamed_forward
 from enface.errors import CheckpointError, DatasetError
 from enface.io.base import load_npy, read_json_object
 
-__all__ = ["Ensemble", "EnsembleOutput", "read_run_config", "predict_logits", "training_preparation"]
+__all__ = ["Ensemble", "EnsembleOutput", "predict_logits", "read_run_config", "training_preparation"]
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,9 @@ class EnsembleOutput:
         return self.members.std(axis=0, dtype=np.float64).astype(np.float32)
 
 
-def predict_logits(net: torch.nn.Module, volume: torch.Tensor, fast: bool = True,
-                   slab_mb: float = DEFAULT_SLAB_MB) -> torch.Tensor:
+def predict_logits(
+    net: torch.nn.Module, volume: torch.Tensor, fast: bool = True, slab_mb: float = DEFAULT_SLAB_MB
+) -> torch.Tensor:
     """Logits ``(N, C_out, H, W)`` of an eval-mode network for ``(N, C_in, H, W, D)`` volumes.
 
     Args:
@@ -89,8 +91,9 @@ class Ensemble:
             their task, input channels, output channels or fixed depth.
     """
 
-    def __init__(self, checkpoints: Sequence[str | os.PathLike], device: str | torch.device = "cpu",
-                 fast: bool = True) -> None:
+    def __init__(
+        self, checkpoints: Sequence[str | os.PathLike], device: str | torch.device = "cpu", fast: bool = True
+    ) -> None:
         if not checkpoints:
             raise CheckpointError("no checkpoints to ensemble")
         self.device = torch.device(device)
@@ -109,8 +112,10 @@ class Ensemble:
     def _check_members(self) -> None:
         def agreed(what: str, values: set) -> Any:
             if len(values) > 1:
-                raise CheckpointError(f"ensemble members disagree on {what}: {sorted(values, key=str)} "
-                                      f"({', '.join(p.name for p in self.paths)})")
+                raise CheckpointError(
+                    f"ensemble members disagree on {what}: {sorted(values, key=str)} "
+                    f"({', '.join(p.name for p in self.paths)})"
+                )
             return values.pop()
 
         self.task: str | None = agreed("the task", {i.get("task") for i in self.infos})
@@ -122,12 +127,15 @@ class Ensemble:
         if len(names) > 1:
             log.info("ensembling different architectures: %s", sorted(names))
         if len(self.channels) != self.in_channels:
-            raise CheckpointError(f"{self.paths[0]}: the run config lists input channels {list(self.channels)}, "
-                                  f"but the model takes {self.in_channels}")
+            raise CheckpointError(
+                f"{self.paths[0]}: the run config lists input channels {list(self.channels)}, "
+                f"but the model takes {self.in_channels}"
+            )
 
     @classmethod
-    def from_run(cls, run: str | os.PathLike, top_k: int = 5, device: str | torch.device = "cpu",
-                 fast: bool = True) -> "Ensemble":
+    def from_run(
+        cls, run: str | os.PathLike, top_k: int = 5, device: str | torch.device = "cpu", fast: bool = True
+    ) -> Ensemble:
         """The top-k checkpoints of a run folder.
 
         A run that has not finished (no ``done.json``) is used with a warning; a run with no
@@ -234,7 +242,9 @@ def training_preparation(config: dict[str, Any]) -> tuple[int | None, tuple[floa
         return None, None, f"{info_path} unreadable"
     prep = info.get("preparation") or {}
     if prep.get("depth"):
-        window = (float(prep["above_mm"]), float(prep["below_mm"])) if "above_mm" in prep and "below_mm" in prep else None
+        window = (
+            (float(prep["above_mm"]), float(prep["below_mm"])) if "above_mm" in prep and "below_mm" in prep else None
+        )
         return int(prep["depth"]), window, str(info_path)
     cases = root / "cases"
     for case_dir in sorted(cases.iterdir()) if cases.is_dir() else ():

@@ -8,9 +8,6 @@ from typing import Any
 import lightning as L
 import torch
 
-from enface.losses import DiceBCELoss, NegativeSSIMLoss
-from enface.metrics import dice_per_sample, ssim
-from enface.models import create_model, model_spec
 from enface.engine.checkpoint import FORMAT_VERSION
 from enface.engine.fastpath import (
     channels_last_input,
@@ -22,14 +19,16 @@ from enface.engine.fastpath import (
 )
 from enface.engine.inference import predict_logits
 from enface.errors import NonFiniteLossError
+from enface.losses import DiceBCELoss, NegativeSSIMLoss
+from enface.metrics import dice_per_sample, ssim
+from enface.models import create_model, model_spec
 
-__all__ = ["EnfaceModule", "TASK_METRIC"]
+__all__ = ["TASK_METRIC", "EnfaceModule"]
 
 log = logging.getLogger(__name__)
 
 TASK_METRIC: dict[str, str] = {"segment": "val_dice", "reconstruct": "val_ssim"}
 """Validation metric (higher is better) that ranks the checkpoints of each task."""
-
 
 
 class EnfaceModule(L.LightningModule):
@@ -45,9 +44,10 @@ class EnfaceModule(L.LightningModule):
         compile: wrap the network in ``torch.compile``.
         fast: the fast path (:mod:`enface.engine.fastpath`): channels-last weights and inputs
             for training (on a CPU, the first training batch times both layouts and keeps
-            the faster: :func:`~enface.engine.fastpath.channels_last_is_faster`); validation in float32 on a BatchNorm-folded copy of the network,
-            over slabs of A-scans where the network allows it. Checkpoints are written as the
-            plain path writes them (contiguous tensors, BatchNorm layers, same keys).
+            the faster: :func:`~enface.engine.fastpath.channels_last_is_faster`); validation
+            in float32 on a BatchNorm-folded copy of the network, over slabs of A-scans where
+            the network allows it. Checkpoints are written as the plain path writes them
+            (contiguous tensors, BatchNorm layers, same keys).
 
     Batches are dicts with ``volume (N, C_in, H, W, D)`` and ``target (N, C_out, H, W)``.
     """
@@ -97,8 +97,12 @@ class EnfaceModule(L.LightningModule):
         self.channels_last = faster
         if not faster:
             to_contiguous(self.model)
-        log.info("training layout: %s (a step %.2f s channels-last, %.2f s contiguous)",
-                 "channels-last" if faster else "contiguous", t_last, t_contiguous)
+        log.info(
+            "training layout: %s (a step %.2f s channels-last, %.2f s contiguous)",
+            "channels-last" if faster else "contiguous",
+            t_last,
+            t_contiguous,
+        )
 
     def on_validation_epoch_start(self) -> None:
         if self.fast:  # a BatchNorm-folded copy of this epoch's weights
@@ -124,7 +128,9 @@ class EnfaceModule(L.LightningModule):
                 f"training loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step} "
                 f"(cases {list(batch.get('case_id', []))}); stopping. The last good checkpoint is kept."
             )
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=logits.shape[0], sync_dist=True)
+        self.log(
+            "train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=logits.shape[0], sync_dist=True
+        )
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

@@ -26,24 +26,25 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 
 from enface.engine.checkpoint import FORMAT_VERSION, read_checkpoint
 from enface.errors import CheckpointError
-from enface.targets import Target
 from enface.fileio import atomic_write
+from enface.targets import Target
 
 __all__ = [
     "PAPER_MODELS",
     "ImportReport",
-    "read_paper_state_dict",
+    "import_paper_weights",
     "map_paper_state_dict",
     "paper_checkpoint",
-    "import_paper_weights",
+    "read_paper_state_dict",
 ]
 
 log = logging.getLogger(__name__)
@@ -97,8 +98,10 @@ class ImportReport:
     def summary(self) -> str:
         s = self.spec
         kw = "".join(f", {k}={v}" for k, v in s["kwargs"].items())
-        text = (f"{self.model} ({s['in_channels']} in, {s['out_channels']} out, width {s['width']:g}{kw}): "
-                f"{len(self.mapped)} tensors from {self.source}" + (f" -> {self.out}" if self.out else ""))
+        text = (
+            f"{self.model} ({s['in_channels']} in, {s['out_channels']} out, width {s['width']:g}{kw}): "
+            f"{len(self.mapped)} tensors from {self.source}" + (f" -> {self.out}" if self.out else "")
+        )
         return text + (f"; left out {len(self.unused)} tensors unused by the paper code" if self.unused else "")
 
 
@@ -135,8 +138,9 @@ def extract_state_dict(obj: Any, where: str = "checkpoint") -> tuple[dict[str, t
     bad = [str(k) for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if not state or bad:
         what = f"non-tensor entries {bad[:5]}" if bad else "no entries"
-        raise CheckpointError(f"{where}: not a state dict ({what}); expected one of the keys "
-                              f"{list(STATE_DICT_KEYS)} or a dict of tensors")
+        raise CheckpointError(
+            f"{where}: not a state dict ({what}); expected one of the keys {list(STATE_DICT_KEYS)} or a dict of tensors"
+        )
     return {str(k): v for k, v in state.items()}, extra
 
 
@@ -145,7 +149,7 @@ def _strip(state: Mapping[str, torch.Tensor], prefixes: tuple[str, ...], where: 
     for key, value in state.items():
         short = key
         while any(short.startswith(p) for p in prefixes):
-            short = next(short[len(p):] for p in prefixes if short.startswith(p))
+            short = next(short[len(p) :] for p in prefixes if short.startswith(p))
         if short in out:
             raise CheckpointError(f"{where}: keys collide after removing wrapper prefixes: {short!r}")
         out[short] = value
@@ -173,17 +177,27 @@ def _fpn_rules() -> list[Rule]:
         return ""
 
     return [
-        (re.compile(r"conv([1-5])\.([01])\.convBlock\.(\d+)\.([01])\.(.+)"),
-         lambda lv, u, j, t, rest: f"encoder.{int(lv) - 1}.unit{int(u) + 1}.body.{body(j, t)}.{rest}"),
-        (re.compile(r"conv([1-5])\.0\.downsample\.([01])\.(.+)"),
-         lambda lv, t, rest: f"encoder.{int(lv) - 1}.unit1.shortcut.{t}.{rest}"),
+        (
+            re.compile(r"conv([1-5])\.([01])\.convBlock\.(\d+)\.([01])\.(.+)"),
+            lambda lv, u, j, t, rest: f"encoder.{int(lv) - 1}.unit{int(u) + 1}.body.{body(j, t)}.{rest}",
+        ),
+        (
+            re.compile(r"conv([1-5])\.0\.downsample\.([01])\.(.+)"),
+            lambda lv, t, rest: f"encoder.{int(lv) - 1}.unit1.shortcut.{t}.{rest}",
+        ),
         (re.compile(r"zdimRed([1-5])\.([01])\.convBlock\.(\d+)\.([01])\.(.+)"), projection),
-        (re.compile(r"zdimRed([1-4])\.0\.downsample\.([01])\.(.+)"),
-         lambda lv, t, rest: f"projections.{int(lv) - 1}.downsample.shortcut.{t}.{rest}"),
-        (re.compile(r"up_concat([1-4])\.conv\.convBlock\.([01])\.([01])\.(.+)"),
-         lambda k, j, t, rest: f"decoder.{4 - int(k)}.body.{body(j, t)}.{rest}"),
-        (re.compile(r"up_concat([1-4])\.conv\.downsample\.([01])\.(.+)"),
-         lambda k, t, rest: f"decoder.{4 - int(k)}.shortcut.{t}.{rest}"),
+        (
+            re.compile(r"zdimRed([1-4])\.0\.downsample\.([01])\.(.+)"),
+            lambda lv, t, rest: f"projections.{int(lv) - 1}.downsample.shortcut.{t}.{rest}",
+        ),
+        (
+            re.compile(r"up_concat([1-4])\.conv\.convBlock\.([01])\.([01])\.(.+)"),
+            lambda k, j, t, rest: f"decoder.{4 - int(k)}.body.{body(j, t)}.{rest}",
+        ),
+        (
+            re.compile(r"up_concat([1-4])\.conv\.downsample\.([01])\.(.+)"),
+            lambda k, t, rest: f"decoder.{4 - int(k)}.shortcut.{t}.{rest}",
+        ),
         (re.compile(r"final1\.0\.(weight|bias)"), lambda p: f"head.{p}"),
     ]
 
@@ -202,11 +216,15 @@ def _lachinov_rules(levels: int) -> list[Rule]:
 
     return [
         (re.compile(r"conv_first\.([01])\.(weight|bias)"), lambda j, p: f"stem.{j}.{p}"),
-        (re.compile(rf"conv_first\.(\d+)\.({_PARTS})\.(weight|bias)"),
-         lambda b, name, p: f"stem.{b}.body.{part(name)}.{p}" if int(b) >= 2 else ""),
+        (
+            re.compile(rf"conv_first\.(\d+)\.({_PARTS})\.(weight|bias)"),
+            lambda b, name, p: f"stem.{b}.body.{part(name)}.{p}" if int(b) >= 2 else "",
+        ),
         (re.compile(r"encoder_convs\.(\d+)\.0\.downsample\.0\.weight"), lambda i: f"encoder.{i}.0.weight"),
-        (re.compile(rf"encoder_convs\.(\d+)\.(\d+)\.({_PARTS})\.(weight|bias)"),
-         lambda i, b, name, p: f"encoder.{i}.{int(b) + 1}.body.{part(name)}.{p}"),
+        (
+            re.compile(rf"encoder_convs\.(\d+)\.(\d+)\.({_PARTS})\.(weight|bias)"),
+            lambda i, b, name, p: f"encoder.{i}.{int(b) + 1}.body.{part(name)}.{p}",
+        ),
         (re.compile(r"upsampling\.(\d+)\.1\.weight"), lambda i: f"upsample.{i}.conv.weight"),
         (re.compile(r"decoder_convs\.(\d+)\.([01])\.(weight|bias)"), decoder_conv),
         (re.compile(rf"decoder_convs\.(\d+)\.2\.(\d+)\.({_PARTS})\.(weight|bias)"), decoder_block),
@@ -238,8 +256,10 @@ def _convert(tensor: torch.Tensor, model: str, target_shape: torch.Size) -> torc
 
 def _shape(state: Mapping[str, torch.Tensor], key: str, model: str, where: str) -> tuple[int, ...]:
     if key not in state:
-        raise CheckpointError(f"{where}: no {key!r} in the state dict; is it a {PAPER_MODELS[model]} "
-                              f"checkpoint of the paper code? (first keys: {sorted(state)[:3]})")
+        raise CheckpointError(
+            f"{where}: no {key!r} in the state dict; is it a {PAPER_MODELS[model]} "
+            f"checkpoint of the paper code? (first keys: {sorted(state)[:3]})"
+        )
     return tuple(state[key].shape)
 
 
@@ -255,7 +275,8 @@ def infer_spec(state: Mapping[str, torch.Tensor], model: str, where: str = "stat
         raise CheckpointError(
             f"{where}: projection kernel {kernel} along depth ({_PROJECTION!r}), but the paper code's "
             f"{PAPER_MODELS[model]} has {_PROJECTION_KERNEL[model]}; is it a {PAPER_MODELS[other]} "
-            f"checkpoint (kernel {_PROJECTION_KERNEL[other]})? try --model {other}")
+            f"checkpoint (kernel {_PROJECTION_KERNEL[other]})? try --model {other}"
+        )
     if model == "resensnet":
         kwargs["depth"] = 16 * _PROJECTION_KERNEL[model]  # the depth its projection spans exactly
     return {
@@ -292,8 +313,9 @@ def map_paper_state_dict(
     source = _strip(state, SOURCE_PREFIXES[model], where)
     spec = infer_spec(source, model, where)
     try:
-        target = create_model(spec["name"], spec["in_channels"], spec["out_channels"], spec["width"],
-                              **spec["kwargs"]).state_dict()
+        target = create_model(
+            spec["name"], spec["in_channels"], spec["out_channels"], spec["width"], **spec["kwargs"]
+        ).state_dict()
     except ValueError as e:
         raise CheckpointError(f"{where}: cannot build {model} for these tensors ({e})") from None
     levels = len({k.split(".")[1] for k in source if k.startswith("encoder_convs.")}) + 1
@@ -315,13 +337,15 @@ def map_paper_state_dict(
             if out[dest].shape != target[dest].shape:
                 raise CheckpointError(
                     f"{where}: {key!r} has shape {tuple(tensor.shape)}, enface's {dest!r} needs "
-                    f"{tuple(target[dest].shape)}")
+                    f"{tuple(target[dest].shape)}"
+                )
     missing = [k for k in target if k not in out]
     if unknown or missing:
         raise CheckpointError(
             f"{where}: does not match the paper code's {PAPER_MODELS[model]}: "
             f"{len(unknown)} source keys not mapped {unknown[:8]}; "
-            f"{len(missing)} enface keys without a source {missing[:8]}")
+            f"{len(missing)} enface keys without a source {missing[:8]}"
+        )
     report.mapped = {k: report.mapped[k] for k in target}
     return {k: out[k] for k in target}, report
 
@@ -368,8 +392,10 @@ def paper_checkpoint(
         "channels": ["oct"] if spec["in_channels"] == 1 else None,
     }
     return {
-        "state_dict": {f"model.{k}": v.detach().to(torch.float32 if v.is_floating_point() else v.dtype).clone()
-                       for k, v in state.items()},
+        "state_dict": {
+            f"model.{k}": v.detach().to(torch.float32 if v.is_floating_point() else v.dtype).clone()
+            for k, v in state.items()
+        },
         "enface": {
             "model": {**spec, "kwargs": dict(spec["kwargs"])},
             "task": task,
@@ -377,8 +403,12 @@ def paper_checkpoint(
             "metric": None,
             "epoch": epoch,
             "format_version": FORMAT_VERSION,
-            "imported_from": {"source": report.source, "code": "j-morano/multimodal-ssl-fpn",
-                              "class": PAPER_MODELS[report.model], "unused_keys": list(report.unused)},
+            "imported_from": {
+                "source": report.source,
+                "code": "j-morano/multimodal-ssl-fpn",
+                "class": PAPER_MODELS[report.model],
+                "unused_keys": list(report.unused),
+            },
         },
     }
 

@@ -19,26 +19,38 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from enface.data.splits import fraction_key
 from enface.errors import RunFolderError
 from enface.targets import SCRATCH, Target, check_name
 
 __all__ = [
-    "RunSpec",
     "OPERATIONAL_FIELDS",
-    "run_identity",
-    "identity_diff",
+    "RunSpec",
     "dataset_fingerprint",
     "file_sha256",
+    "identity_diff",
+    "run_identity",
 ]
 
 OPERATIONAL_FIELDS: frozenset[str] = frozenset(
-    {"runs_dir", "num_workers", "accelerator", "devices", "strategy", "num_nodes", "compile", "dataset", "init",
-     "precision", "fast"}
+    {
+        "runs_dir",
+        "num_workers",
+        "accelerator",
+        "devices",
+        "strategy",
+        "num_nodes",
+        "compile",
+        "dataset",
+        "init",
+        "precision",
+        "fast",
+    }
 )
 """Config fields that do not change what a run learns (where and how fast it runs: the
 hardware, and whether it computes in bf16 or float32 rounding), plus the dataset and init
@@ -77,10 +89,17 @@ class RunSpec:
             raise RunFolderError(f"init label {self.init!r} cannot name a run folder")
 
     @classmethod
-    def from_config(cls, config: Any, dataset_name: str, init: str = SCRATCH) -> "RunSpec":
+    def from_config(cls, config: Any, dataset_name: str, init: str = SCRATCH) -> RunSpec:
         """The spec of a :class:`~enface.config.RunConfig` (``init`` from :func:`init_label`)."""
-        return cls(dataset_name, config.target_spec, config.model, float(config.width), init,
-                   float(config.fraction), int(config.seed))
+        return cls(
+            dataset_name,
+            config.target_spec,
+            config.model,
+            float(config.width),
+            init,
+            float(config.fraction),
+            int(config.seed),
+        )
 
     @staticmethod
     def init_label(info: Mapping[str, Any] | None, path: str | os.PathLike | None) -> str:
@@ -110,12 +129,18 @@ class RunSpec:
 
     def folder(self, root: str | os.PathLike) -> Path:
         """The run folder under ``root``."""
-        parts = (self.dataset, self.target.folder_name, self.model_dir, self.init,
-                 f"frac-{fraction_key(self.fraction)}", f"seed-{self.seed}")
+        parts = (
+            self.dataset,
+            self.target.folder_name,
+            self.model_dir,
+            self.init,
+            f"frac-{fraction_key(self.fraction)}",
+            f"seed-{self.seed}",
+        )
         return Path(root, *parts)
 
     @classmethod
-    def parse(cls, path: str | os.PathLike) -> tuple[Path, "RunSpec"]:
+    def parse(cls, path: str | os.PathLike) -> tuple[Path, RunSpec]:
         """Inverse of :meth:`folder`: ``(root, spec)`` from a run folder path.
 
         Raises:
@@ -133,8 +158,9 @@ class RunSpec:
         mw = _MODEL_DIR_RE.fullmatch(model_dir)
         model, width = (mw.group("model"), float(mw.group("width"))) if mw else (model_dir, 1.0)
         try:
-            spec = cls(dataset, Target.from_folder_name(task), model, width, init,
-                       float(mf.group(1)) / 100.0, int(ms.group(1)))
+            spec = cls(
+                dataset, Target.from_folder_name(task), model, width, init, float(mf.group(1)) / 100.0, int(ms.group(1))
+            )
         except ValueError as e:
             raise RunFolderError(f"{path}: not a run folder ({e})") from None
         return (Path(*parts[:-6]) if len(parts) > 6 else Path(".")), spec

@@ -19,7 +19,7 @@ network's own forward.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -30,7 +30,7 @@ from enface.models.fpn import FeatureProjectionNetwork
 from enface.models.ipn import ImageProjectionNetwork, pool_depth
 from enface.models.ipnv2 import IPNV2
 
-__all__ = ["w_radius", "widest", "slab_starts", "run_in_slabs", "streamed_forward", "DEFAULT_SLAB_MB"]
+__all__ = ["DEFAULT_SLAB_MB", "run_in_slabs", "slab_starts", "streamed_forward", "w_radius", "widest"]
 
 DEFAULT_SLAB_MB = 16.0
 """Memory of one activation of a slab (per stage), in MiB. Below glibc's largest mmap
@@ -75,7 +75,9 @@ def slab_starts(width: int, core: int) -> list[tuple[int, int]]:
 
 def widest(*modules: nn.Module) -> int:
     """The most output channels of any convolution in ``modules`` (at least 1)."""
-    return max([1] + [m.out_channels for mod in modules for m in mod.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))])
+    return max(
+        [1] + [m.out_channels for mod in modules for m in mod.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))]
+    )
 
 
 def _core(x: torch.Tensor, channels: int, slab_mb: float, align: int, halo: int) -> int:
@@ -88,8 +90,15 @@ def _core(x: torch.Tensor, channels: int, slab_mb: float, align: int, halo: int)
     return int(math.ceil(core / align) * align)
 
 
-def run_in_slabs(stage: Stage, x: torch.Tensor, halo: int, align: int = 1, channels: int = 16,
-                 slab_mb: float = DEFAULT_SLAB_MB, scales: Sequence[int] = ()) -> list[torch.Tensor]:
+def run_in_slabs(
+    stage: Stage,
+    x: torch.Tensor,
+    halo: int,
+    align: int = 1,
+    channels: int = 16,
+    slab_mb: float = DEFAULT_SLAB_MB,
+    scales: Sequence[int] = (),
+) -> list[torch.Tensor]:
     """Run a ``W``-local ``stage`` over slabs of ``x`` and assemble its outputs.
 
     Args:
@@ -118,8 +127,15 @@ def run_in_slabs(stage: Stage, x: torch.Tensor, halo: int, align: int = 1, chann
         parts = stage(x[:, :, :, a:b])
         scales = tuple(scales) or (1,) * len(parts)
         if outs is None:
-            outs = [torch.empty((*p.shape[:3], width // f, *p.shape[4:]), dtype=p.dtype, device=p.device,
-                                memory_format=_layout_of(p)) for p, f in zip(parts, scales)]
+            outs = [
+                torch.empty(
+                    (*p.shape[:3], width // f, *p.shape[4:]),
+                    dtype=p.dtype,
+                    device=p.device,
+                    memory_format=_layout_of(p),
+                )
+                for p, f in zip(parts, scales)
+            ]
         for out, part, f in zip(outs, parts, scales):
             out[:, :, :, w0 // f : w1 // f] = part[:, :, :, (w0 - a) // f : (w1 - a) // f]
     assert outs is not None
@@ -136,7 +152,7 @@ def _layout_of(t: torch.Tensor) -> torch.memory_format:
 
 def _fpn(net: FeatureProjectionNetwork, x: torch.Tensor, slab_mb: float) -> torch.Tensor:
     depth = x.shape[-1]
-    if net.fixed_depth is not None and depth != net.fixed_depth or depth < net.min_depth:
+    if (net.fixed_depth is not None and depth != net.fixed_depth) or depth < net.min_depth:
         return net(x)  # the network's own error message
     x, size = pad_to_multiple(x, (4, 16, 1))
     x = channels_last_input(x)
@@ -150,8 +166,15 @@ def _fpn(net: FeatureProjectionNetwork, x: torch.Tensor, slab_mb: float) -> torc
             return [project(y)] + ([] if pool is None else [pool(y)])
 
         align = 1 if pool is None else int(pool.kernel_size[1])
-        outs = run_in_slabs(stage, x, w_radius(level, project), align, widest(level, project), slab_mb,
-                            scales=(1,) if last else (1, align))
+        outs = run_in_slabs(
+            stage,
+            x,
+            w_radius(level, project),
+            align,
+            widest(level, project),
+            slab_mb,
+            scales=(1,) if last else (1, align),
+        )
         skips.append(outs[0])
         if not last:
             x = outs[1]

@@ -22,7 +22,7 @@ from enface.engine.checkpoint import read_checkpoint, upgraded_state_dict
 from enface.errors import CheckpointError
 from enface.models import model_spec
 
-__all__ = ["TransferReport", "transfer_weights", "HEAD_PREFIX"]
+__all__ = ["HEAD_PREFIX", "TransferReport", "transfer_weights"]
 
 log = logging.getLogger(__name__)
 

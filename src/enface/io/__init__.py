@@ -14,4 +14,4 @@ has it, masks and metadata); :mod:`enface.data.prepare` turns scans into dataset
 
 from enface.io.base import MASK_SPACES, Scan, positions_from_box
 
-__all__ = ["Scan", "MASK_SPACES", "positions_from_box"]
+__all__ = ["MASK_SPACES", "Scan", "positions_from_box"]

@@ -23,26 +23,27 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from enface.errors import DatasetError
 
 __all__ = [
-    "Scan",
-    "orient_scan",
     "MASK_SPACES",
-    "positions_from_box",
+    "Scan",
     "full_image_box",
-    "safe_id",
     "load_npy",
-    "read_json_object",
-    "unique_ids",
     "normalise_eye",
+    "orient_scan",
+    "positions_from_box",
+    "read_json_object",
+    "safe_id",
     "source_str",
+    "unique_ids",
 ]
 
 MASK_SPACES: tuple[str, ...] = ("oct", "slo", "faf")
@@ -169,16 +170,17 @@ class Scan:
             space = self.mask_spaces.get(key, "oct")
             if space not in MASK_SPACES:
                 raise DatasetError(f"{where}: mask {key!r} has unknown space {space!r} (known: {MASK_SPACES})")
-            expected = {"oct": hw, "slo": None if self.slo is None else self.slo.shape,
-                        "faf": None if self.faf is None else self.faf.shape}[space]
+            expected = {
+                "oct": hw,
+                "slo": None if self.slo is None else self.slo.shape,
+                "faf": None if self.faf is None else self.faf.shape,
+            }[space]
             if expected is None:
                 raise DatasetError(
                     f"{where}: mask {key!r} is drawn on the {space.upper()} but the scan has no {space.upper()} image"
                 )
             if mask.shape != expected:
-                raise DatasetError(
-                    f"{where}: mask {key!r} has shape {mask.shape}, expected {expected} ({space} space)"
-                )
+                raise DatasetError(f"{where}: mask {key!r} has shape {mask.shape}, expected {expected} ({space} space)")
             values = np.unique(mask)
             if not set(values.tolist()) <= {0, 1}:
                 raise DatasetError(f"{where}: mask {key!r} is not binary (values {values[:8].tolist()})")
@@ -195,6 +197,7 @@ def orient_scan(scan: Scan, flip_bscans: bool, flip_ascans: bool) -> Scan:
     Returns:
         The same scan.
     """
+
     def flip(a: np.ndarray | None) -> np.ndarray | None:
         if a is None:
             return None

@@ -16,7 +16,12 @@ FORMATS: tuple[str, ...] = ("vol", "xml", "e2e", "octa500", "nifti", "numpy")
 ``.e2e``, the OCTA-500 layout, NIfTI and NumPy volumes."""
 
 SUFFIX_FORMATS: tuple[tuple[str, str], ...] = (
-    (".nii.gz", "nifti"), (".nii", "nifti"), (".npy", "numpy"), (".vol", "vol"), (".xml", "xml"), (".e2e", "e2e"),
+    (".nii.gz", "nifti"),
+    (".nii", "nifti"),
+    (".npy", "numpy"),
+    (".vol", "vol"),
+    (".xml", "xml"),
+    (".e2e", "e2e"),
 )
 """``(suffix, format)`` pairs, longest suffix first; OCTA-500 has no suffix of its own."""
 
@@ -39,13 +44,17 @@ def infer_format(path: Path) -> str:
         fmt = format_of_name(path.name)
         if fmt is None:
             known = ", ".join(s for s, _ in SUFFIX_FORMATS)
-            raise DatasetError(f"{path}: not an OCT volume or export (suffix {''.join(path.suffixes) or 'none'}; "
-                               f"known: {known}; give --format)")
+            raise DatasetError(
+                f"{path}: not an OCT volume or export (suffix {''.join(path.suffixes) or 'none'}; "
+                f"known: {known}; give --format)"
+            )
         return fmt
     found = {format_of_name(p.name) for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")} - {None}
     if not found:
-        raise DatasetError(f"{path}: no case, dataset or OCT export found in this folder "
-                           "(give --format for OCTA-500 or unusual suffixes)")
+        raise DatasetError(
+            f"{path}: no case, dataset or OCT export found in this folder "
+            "(give --format for OCTA-500 or unusual suffixes)"
+        )
     if len(found) > 1:
         raise DatasetError(f"{path}: files of several formats ({', '.join(sorted(found))}); give --format")
     return found.pop()  # type: ignore[return-value]

@@ -32,7 +32,7 @@ from enface.io.base import Scan, normalise_eye, orient_scan, safe_id, source_str
 
 log = logging.getLogger(__name__)
 
-__all__ = ["read_heidelberg", "eyevolume_to_scan", "HEIDELBERG_FORMATS"]
+__all__ = ["HEIDELBERG_FORMATS", "eyevolume_to_scan", "read_heidelberg"]
 
 HEIDELBERG_FORMATS: tuple[str, ...] = ("vol", "xml", "e2e")
 
@@ -270,5 +270,6 @@ def read_heidelberg(
         raise
     except Exception as e:  # eyepy / construct raise many types on truncated or foreign files
         raise DatasetError(f"{source}: unreadable or truncated {fmt} export ({type(e).__name__}: {e})") from None
-    return eyevolume_to_scan(ev, source, patient_id=patient, visit_date=visit, spacing=spacing,
-                             default_spacing=default_spacing)
+    return eyevolume_to_scan(
+        ev, source, patient_id=patient, visit_date=visit, spacing=spacing, default_spacing=default_spacing
+    )

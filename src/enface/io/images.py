@@ -17,7 +17,7 @@ import numpy as np
 
 from enface.errors import DatasetError
 
-__all__ = ["IMAGE_SUFFIXES", "read_image", "read_mask", "read_bscan_stack"]
+__all__ = ["IMAGE_SUFFIXES", "read_bscan_stack", "read_image", "read_mask"]
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")
 """File suffixes recognised as 2D images."""

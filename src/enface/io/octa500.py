@@ -40,13 +40,13 @@ from enface.io.images import read_bscan_stack, read_mask
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "OCTA500_SPLITS",
     "OCTA500_EXTENT_MM",
+    "OCTA500_SPLITS",
     "Octa500Case",
     "find_octa500_cases",
+    "label_to_grid",
     "octa500_split",
     "read_octa500_case",
-    "label_to_grid",
 ]
 
 OCTA500_EXTENT_MM: dict[str, tuple[float, float, float]] = {
@@ -123,8 +123,10 @@ def find_octa500_cases(root: str | os.PathLike) -> list[Octa500Case]:
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: folder not found")
-    subsets = [root] if _SUBSET_RE.match(root.name) else sorted(
-        p for p in root.iterdir() if p.is_dir() and _SUBSET_RE.match(p.name)
+    subsets = (
+        [root]
+        if _SUBSET_RE.match(root.name)
+        else sorted(p for p in root.iterdir() if p.is_dir() and _SUBSET_RE.match(p.name))
     )
     if not subsets:
         raise DatasetError(f"{root}: no OCTA_6mm/ or OCTA_3mm/ folder (is this the OCTA-500 layout?)")
@@ -170,9 +172,7 @@ def _read_bm(mat_path: Path, grid: tuple[int, int], depth: int) -> np.ndarray | 
     except (KeyError, ValueError, OSError, TypeError) as e:
         raise DatasetError(f"{mat_path}: unreadable layer file ({e})") from None
     if layers.ndim != 3 or layers.shape[0] <= _BM_SURFACE or layers.shape[1:] != grid:
-        raise DatasetError(
-            f"{mat_path}: expected Layer of shape (6, {grid[0]}, {grid[1]}), got {layers.shape}"
-        )
+        raise DatasetError(f"{mat_path}: expected Layer of shape (6, {grid[0]}, {grid[1]}), got {layers.shape}")
     bm = layers[_BM_SURFACE]
     bm = np.where((bm > 0) & (bm < depth), bm, np.nan)
     return bm.astype(np.float32)

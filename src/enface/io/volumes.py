@@ -45,23 +45,33 @@ from typing import Any
 import numpy as np
 
 from enface.errors import DatasetError
-from enface.io.base import MASK_SPACES, load_npy, read_json_object, Scan, full_image_box, normalise_eye, positions_from_box, safe_id, source_str
+from enface.io.base import (
+    MASK_SPACES,
+    Scan,
+    full_image_box,
+    load_npy,
+    normalise_eye,
+    positions_from_box,
+    read_json_object,
+    safe_id,
+    source_str,
+)
 from enface.io.images import IMAGE_SUFFIXES, read_image, read_mask
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "VOLUME_SUFFIXES",
     "SIDECAR_KEYS",
-    "parse_axes",
-    "scan_stem",
-    "find_volume_files",
-    "read_numpy_volume",
-    "read_nifti_volume",
-    "read_sidecar",
-    "find_companions",
+    "VOLUME_SUFFIXES",
     "attach_companions",
+    "find_companions",
+    "find_volume_files",
+    "parse_axes",
+    "read_nifti_volume",
+    "read_numpy_volume",
+    "read_sidecar",
     "read_volume_scan",
+    "scan_stem",
 ]
 
 VOLUME_SUFFIXES: dict[str, tuple[str, ...]] = {"numpy": (".npy",), "nifti": (".nii", ".nii.gz")}
@@ -69,8 +79,20 @@ VOLUME_SUFFIXES: dict[str, tuple[str, ...]] = {"numpy": (".npy",), "nifti": (".n
 
 SIDECAR_KEYS: frozenset[str] = frozenset(
     {
-        "axes", "spacing", "patient_id", "eye", "visit", "visit_date", "device", "flattened",
-        "depth_flipped", "slo_box", "faf_box", "faf_registered", "faf_to_slo", "mask_space",
+        "axes",
+        "spacing",
+        "patient_id",
+        "eye",
+        "visit",
+        "visit_date",
+        "device",
+        "flattened",
+        "depth_flipped",
+        "slo_box",
+        "faf_box",
+        "faf_registered",
+        "faf_to_slo",
+        "mask_space",
     }
 )
 """Keys a sidecar JSON may hold (anything else is an error: it is probably a typo)."""
@@ -224,7 +246,7 @@ def find_companions(folder: Path, stem: str) -> dict[str, Any]:
     for p in sorted(folder.glob(f"{glob_escape(stem)}_*")):
         if not p.is_file():
             continue
-        rest = p.name[len(stem):]
+        rest = p.name[len(stem) :]
         suffix = "".join(p.suffixes[-1:]).lower()
         m = _COMPANION_RE.match(rest[: -len(suffix)] if suffix else rest)
         if not m:
@@ -262,7 +284,7 @@ def _infer_mask_space(key: str, mask: np.ndarray, scan: Scan, path: Path, declar
     if slo_fit and faf_fit:
         raise DatasetError(
             f"{path}: mask matches both the SLO and the FAF size {mask.shape}; say which one it is "
-            f"drawn on with \"mask_space\": {{\"{task}\": \"slo\" | \"faf\"}} in the sidecar JSON"
+            f'drawn on with "mask_space": {{"{task}": "slo" | "faf"}} in the sidecar JSON'
         )
     if slo_fit:
         return "slo"
@@ -400,7 +422,7 @@ def read_volume_scan(
     sp = sidecar.get("spacing") or spacing or header_spacing
     if sp is None:
         raise DatasetError(
-            f"{path}: voxel spacing unknown; give \"spacing\": [sh, sw, sd] (mm) in {stem}.json "
+            f'{path}: voxel spacing unknown; give "spacing": [sh, sw, sd] (mm) in {stem}.json '
             "or --spacing on the command line"
         )
     scan = Scan(

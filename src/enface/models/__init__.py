@@ -7,10 +7,13 @@ Every model maps a volume ``(N, C_in, H, W, D)`` to en-face logits ``(N, C_out, 
     >>> model = create_model("fpn", out_channels=1, width=0.25)
 """
 
+# Importing the architecture modules registers them.
+from enface.models import (  # noqa: F401
+    fpn,
+    ipn,
+    ipnv2,
+    lachinov,
+)
 from enface.models.registry import count_parameters, create_model, list_models, model_spec, register_model
 
-# Importing the architecture modules registers them.
-from enface.models import fpn  # noqa: F401,E402
-from enface.models import ipn, ipnv2, lachinov  # noqa: F401,E402
-
-__all__ = ["create_model", "list_models", "register_model", "count_parameters", "model_spec"]
+__all__ = ["count_parameters", "create_model", "list_models", "model_spec", "register_model"]

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["scale_channels", "pad_to_multiple", "crop_enface", "init_weights"]
+__all__ = ["crop_enface", "init_weights", "pad_to_multiple", "scale_channels"]
 
 
 def scale_channels(channels: int, width: float, minimum: int = 1) -> int:

@@ -33,7 +33,7 @@ Departures from the paper's public code, and why:
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -49,7 +49,10 @@ __all__ = ["FeatureProjectionNetwork"]
 
 def _conv_bn_3d(c_in: int, c_out: int, kernel: Sequence[int], stride: Sequence[int] = (1, 1, 1)) -> list[nn.Module]:
     padding = tuple(k // 2 for k in kernel)
-    return [nn.Conv3d(c_in, c_out, tuple(kernel), stride=tuple(stride), padding=padding, bias=False), nn.BatchNorm3d(c_out)]
+    return [
+        nn.Conv3d(c_in, c_out, tuple(kernel), stride=tuple(stride), padding=padding, bias=False),
+        nn.BatchNorm3d(c_out),
+    ]
 
 
 class ResidualUnit3d(nn.Module):

@@ -37,7 +37,7 @@ Departures from the public code (chaosallen/IPN_tensorflow), and why:
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +46,7 @@ from torch import nn
 from enface.models.blocks import init_weights, scale_channels
 from enface.models.registry import register_model
 
-__all__ = ["ImageProjectionNetwork", "ProjectionLearningModule", "pooling_factors", "pool_depth"]
+__all__ = ["ImageProjectionNetwork", "ProjectionLearningModule", "pool_depth", "pooling_factors"]
 
 
 @functools.lru_cache(maxsize=256)

@@ -51,7 +51,7 @@ Departures from the public code, and why:
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -60,7 +60,7 @@ from torch import nn
 from enface.models.blocks import crop_enface, init_weights, pad_to_multiple, scale_channels
 from enface.models.registry import register_model
 
-__all__ = ["LachinovNet", "BottleneckBlock"]
+__all__ = ["BottleneckBlock", "LachinovNet"]
 
 _WITHIN_BSCAN: tuple[int, int, int] = (1, 3, 3)
 _EN_FACE: tuple[int, int, int] = (3, 3, 1)
@@ -205,9 +205,7 @@ class LachinovNet(nn.Module):
         if x.dim() != 5:
             raise ValueError(f"expected a volume batch (N, C, H, W, D), got shape {tuple(x.shape)}")
         if x.shape[-1] < self.min_depth:
-            raise ValueError(
-                f"input depth D = {x.shape[-1]} is below this network's minimum of {self.min_depth}"
-            )
+            raise ValueError(f"input depth D = {x.shape[-1]} is below this network's minimum of {self.min_depth}")
         x, size = pad_to_multiple(x, (1, self.min_depth, 1), minimum=(1, self._min_ascans(x), 1))
         x = self.stem(x)
         skips = []

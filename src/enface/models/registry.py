@@ -19,11 +19,12 @@ The model interface, checked by :func:`create_model` for every model it builds:
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
-__all__ = ["register_model", "create_model", "list_models", "count_parameters", "model_spec"]
+__all__ = ["count_parameters", "create_model", "list_models", "model_spec", "register_model"]
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -34,20 +35,20 @@ from enface.metrics import area_mm2
 from enface.progression.stats import RateFit, bland_altman, fit_rate, icc_a1, mean_sd
 
 __all__ = [
-    "MIN_FOCUS_MM2",
     "DAYS_PER_YEAR",
-    "VISIT_COLUMNS",
     "EYE_COLUMNS",
-    "LesionFeatures",
-    "Visit",
+    "MIN_FOCUS_MM2",
+    "VISIT_COLUMNS",
     "EyeRates",
+    "LesionFeatures",
     "Skipped",
+    "Visit",
     "VisitSet",
-    "crofton_perimeter",
-    "lesion_features",
     "check_visits",
-    "eye_rates",
     "cohort_summary",
+    "crofton_perimeter",
+    "eye_rates",
+    "lesion_features",
     "rate_agreement",
 ]
 
@@ -62,15 +63,35 @@ DAYS_PER_YEAR = 365.25
 """Years are days / 365.25."""
 
 VISIT_COLUMNS: tuple[str, ...] = (
-    "case_id", "patient_id", "eye", "day", "area_mm2", "sqrt_area_mm", "foci", "perimeter_mm", "circularity",
+    "case_id",
+    "patient_id",
+    "eye",
+    "day",
+    "area_mm2",
+    "sqrt_area_mm",
+    "foci",
+    "perimeter_mm",
+    "circularity",
 )
 """Columns of ``visits.csv`` (ensembles add ``area_sd_mm2``, ``sqrt_area_sd_mm``, ``members``)."""
 
 EYE_COLUMNS: tuple[str, ...] = (
-    "patient_id", "eye", "visits", "years", "baseline_area_mm2", "growth_mm2_per_year", "sqrt_growth_mm_per_year",
-    "growth_mm2_per_year_ci_low", "growth_mm2_per_year_ci_high",
-    "sqrt_growth_mm_per_year_ci_low", "sqrt_growth_mm_per_year_ci_high",
-    "baseline_sqrt_area_mm", "baseline_foci", "baseline_focality", "first_day", "last_day",
+    "patient_id",
+    "eye",
+    "visits",
+    "years",
+    "baseline_area_mm2",
+    "growth_mm2_per_year",
+    "sqrt_growth_mm_per_year",
+    "growth_mm2_per_year_ci_low",
+    "growth_mm2_per_year_ci_high",
+    "sqrt_growth_mm_per_year_ci_low",
+    "sqrt_growth_mm_per_year_ci_high",
+    "baseline_sqrt_area_mm",
+    "baseline_foci",
+    "baseline_focality",
+    "first_day",
+    "last_day",
 )
 """Columns of ``eyes.csv`` (intervals need three visits; an eye with one visit has no rate)."""
 
@@ -117,12 +138,15 @@ def crofton_perimeter(mask: np.ndarray, spacing: Sequence[float]) -> float:
     """
     sh, sw = float(spacing[0]), float(spacing[1])
     m = np.pad(np.asarray(mask).astype(bool), 1).astype(np.int8)
-    crossings = np.array([
-        np.count_nonzero(m[:, 1:] != m[:, :-1]),
-        np.count_nonzero(m[1:, 1:] != m[:-1, :-1]),
-        np.count_nonzero(m[1:, :] != m[:-1, :]),
-        np.count_nonzero(m[1:, :-1] != m[:-1, 1:]),
-    ], dtype=np.float64)
+    crossings = np.array(
+        [
+            np.count_nonzero(m[:, 1:] != m[:, :-1]),
+            np.count_nonzero(m[1:, 1:] != m[:-1, :-1]),
+            np.count_nonzero(m[1:, :] != m[:-1, :]),
+            np.count_nonzero(m[1:, :-1] != m[:-1, 1:]),
+        ],
+        dtype=np.float64,
+    )
     weights, spacings = _crofton_directions(sh, sw)
     return float(0.5 * (weights * spacings * crossings).sum())
 
@@ -146,9 +170,7 @@ class LesionFeatures:
     circularity: float
 
 
-def lesion_features(
-    mask: np.ndarray, spacing: Sequence[float], min_focus_mm2: float = MIN_FOCUS_MM2
-) -> LesionFeatures:
+def lesion_features(mask: np.ndarray, spacing: Sequence[float], min_focus_mm2: float = MIN_FOCUS_MM2) -> LesionFeatures:
     """Area, sqrt area, foci, perimeter and circularity of a binary ``(H, W)`` mask.
 
     Args:
@@ -217,13 +239,20 @@ class Visit:
     def row(self) -> dict[str, Any]:
         f = self.features
         out: dict[str, Any] = {
-            "case_id": self.case_id, "patient_id": self.patient_id, "eye": self.eye, "day": self.day,
-            "area_mm2": f.area_mm2, "sqrt_area_mm": f.sqrt_area_mm, "foci": f.foci,
-            "perimeter_mm": f.perimeter_mm, "circularity": f.circularity,
+            "case_id": self.case_id,
+            "patient_id": self.patient_id,
+            "eye": self.eye,
+            "day": self.day,
+            "area_mm2": f.area_mm2,
+            "sqrt_area_mm": f.sqrt_area_mm,
+            "foci": f.foci,
+            "perimeter_mm": f.perimeter_mm,
+            "circularity": f.circularity,
         }
         if len(self.member_areas_mm2) > 1:
-            out.update(area_sd_mm2=self.area_sd_mm2, sqrt_area_sd_mm=self.sqrt_area_sd_mm,
-                       members=len(self.member_areas_mm2))
+            out.update(
+                area_sd_mm2=self.area_sd_mm2, sqrt_area_sd_mm=self.sqrt_area_sd_mm, members=len(self.member_areas_mm2)
+            )
         out.update(years=self.years, spacing_h_mm=self.spacing[0], spacing_w_mm=self.spacing[1])
         return out
 
@@ -292,8 +321,10 @@ def check_visits(visit_set: VisitSet) -> None:
         spacings = list(dict.fromkeys(v.spacing for v in vs))  # in visit order
         if len(spacings) > 1:
             shown = ", ".join(f"{a:.4g} x {b:.4g}" for a, b in spacings)
-            note = (f"patient {patient} {eye}: visits scanned with different en-face spacings ({shown} mm); "
-                    "areas are in mm², so the visits remain comparable")
+            note = (
+                f"patient {patient} {eye}: visits scanned with different en-face spacings ({shown} mm); "
+                "areas are in mm², so the visits remain comparable"
+            )
             log.info("%s", note)
             visit_set.notes.append(note)
     raise_problems(problems, f"{visit_set.source}: two visits of one eye on the same day")
@@ -330,13 +361,22 @@ class EyeRates:
     def row(self) -> dict[str, Any]:
         base = self.visits[0].features
         return {
-            "patient_id": self.patient_id, "eye": self.eye, "visits": len(self.visits), "years": self.years,
+            "patient_id": self.patient_id,
+            "eye": self.eye,
+            "visits": len(self.visits),
+            "years": self.years,
             "baseline_area_mm2": base.area_mm2,
-            "growth_mm2_per_year": self.area.slope, "sqrt_growth_mm_per_year": self.sqrt_area.slope,
-            "growth_mm2_per_year_ci_low": self.area.lo, "growth_mm2_per_year_ci_high": self.area.hi,
-            "sqrt_growth_mm_per_year_ci_low": self.sqrt_area.lo, "sqrt_growth_mm_per_year_ci_high": self.sqrt_area.hi,
-            "baseline_sqrt_area_mm": base.sqrt_area_mm, "baseline_foci": base.foci,
-            "baseline_focality": self.focality, "first_day": self.visits[0].day, "last_day": self.visits[-1].day,
+            "growth_mm2_per_year": self.area.slope,
+            "sqrt_growth_mm_per_year": self.sqrt_area.slope,
+            "growth_mm2_per_year_ci_low": self.area.lo,
+            "growth_mm2_per_year_ci_high": self.area.hi,
+            "sqrt_growth_mm_per_year_ci_low": self.sqrt_area.lo,
+            "sqrt_growth_mm_per_year_ci_high": self.sqrt_area.hi,
+            "baseline_sqrt_area_mm": base.sqrt_area_mm,
+            "baseline_foci": base.foci,
+            "baseline_focality": self.focality,
+            "first_day": self.visits[0].day,
+            "last_day": self.visits[-1].day,
         }
 
 
@@ -345,16 +385,29 @@ def eye_rates(visits: Iterable[Visit]) -> list[EyeRates]:
     out = []
     for (patient, eye), vs in _by_eye(visits).items():
         t = [v.years for v in vs]
-        out.append(EyeRates(patient, eye, tuple(vs), fit_rate(t, [v.features.area_mm2 for v in vs]),
-                            fit_rate(t, [v.features.sqrt_area_mm for v in vs])))
+        out.append(
+            EyeRates(
+                patient,
+                eye,
+                tuple(vs),
+                fit_rate(t, [v.features.area_mm2 for v in vs]),
+                fit_rate(t, [v.features.sqrt_area_mm for v in vs]),
+            )
+        )
     return out
 
 
 def cohort_summary(eyes: Sequence[EyeRates]) -> dict[str, Any]:
     """Mean ± SD (ddof 1) of both rates over the eyes with a rate, and baseline focality counts."""
-    out: dict[str, Any] = {"eyes": len(eyes), "eyes_with_rate": sum(len(e.visits) > 1 for e in eyes),
-                           "visits": sum(len(e.visits) for e in eyes)}
-    for name, get in (("growth_mm2_per_year", lambda e: e.area.slope), ("sqrt_growth_mm_per_year", lambda e: e.sqrt_area.slope)):
+    out: dict[str, Any] = {
+        "eyes": len(eyes),
+        "eyes_with_rate": sum(len(e.visits) > 1 for e in eyes),
+        "visits": sum(len(e.visits) for e in eyes),
+    }
+    for name, get in (
+        ("growth_mm2_per_year", lambda e: e.area.slope),
+        ("sqrt_growth_mm_per_year", lambda e: e.sqrt_area.slope),
+    ):
         mean, sd, n = mean_sd([get(e) for e in eyes])
         out[name] = {"mean": mean, "sd": sd, "n": n}
     out["baseline_focality"] = {k: sum(e.focality == k for e in eyes) for k in ("unifocal", "multifocal", "none")}
@@ -379,13 +432,18 @@ def rate_agreement(test: Sequence[Visit], reference: Sequence[Visit]) -> tuple[l
             continue
         pair = {"test": eye_rates(vs)[0], "reference": eye_rates([ref_by_key[v.key] for v in vs])[0]}
         row: dict[str, Any] = {"patient_id": patient, "eye": eye, "visits": len(vs), "years": pair["test"].years}
-        for rate, get in (("growth_mm2_per_year", lambda e: e.area.slope), ("sqrt_growth_mm_per_year", lambda e: e.sqrt_area.slope)):
+        for rate, get in (
+            ("growth_mm2_per_year", lambda e: e.area.slope),
+            ("sqrt_growth_mm_per_year", lambda e: e.sqrt_area.slope),
+        ):
             r, p = get(pair["reference"]), get(pair["test"])
             row.update({f"reference_{rate}": r, f"predicted_{rate}": p, f"diff_{rate}": p - r})
         rows.append(row)
-    summary: dict[str, Any] = {"eyes": len(rows), "pairing": "visits matched by patient, eye and day; "
-                               "rates refitted on the matched visits", "icc_form": "ICC(A,1): two-way random, "
-                               "absolute agreement, single measures (= Shrout & Fleiss ICC(2,1))"}
+    summary: dict[str, Any] = {
+        "eyes": len(rows),
+        "pairing": "visits matched by patient, eye and day; rates refitted on the matched visits",
+        "icc_form": "ICC(A,1): two-way random, absolute agreement, single measures (= Shrout & Fleiss ICC(2,1))",
+    }
     for rate in ("growth_mm2_per_year", "sqrt_growth_mm_per_year"):
         p = [r[f"predicted_{rate}"] for r in rows]
         ref = [r[f"reference_{rate}"] for r in rows]

@@ -13,7 +13,8 @@ import base64
 import html
 import io
 import math
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,15 +25,13 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from enface.progression.core import EyeRates
 
-__all__ = ["plot_sqrt_area", "plot_bland_altman", "figure_png", "progression_html", "LEGEND_MAX_EYES"]
+__all__ = ["LEGEND_MAX_EYES", "figure_png", "plot_bland_altman", "plot_sqrt_area", "progression_html"]
 
 LEGEND_MAX_EYES = 12
 """Eyes are named in the legend only up to this many."""
 
 
-def plot_sqrt_area(
-    eyes: Sequence["EyeRates"], reference: Sequence["EyeRates"] | None = None, title: str = ""
-) -> "Figure":
+def plot_sqrt_area(eyes: Sequence[EyeRates], reference: Sequence[EyeRates] | None = None, title: str = "") -> Figure:
     """Square root of the lesion area (mm) against years since each eye's first visit.
 
     Args:
@@ -83,7 +82,7 @@ _RATES: tuple[tuple[str, str], ...] = (
 )
 
 
-def plot_bland_altman(rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any]) -> "Figure":
+def plot_bland_altman(rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any]) -> Figure:
     """Bland–Altman plots of both growth rates (predicted − reference vs their mean).
 
     Args:
@@ -96,7 +95,11 @@ def plot_bland_altman(rows: Sequence[Mapping[str, Any]], summary: Mapping[str, A
         pred = np.array([r[f"predicted_{rate}"] for r in rows], dtype=np.float64)
         ax.scatter((ref + pred) / 2.0, pred - ref, s=18, color="C0")
         s = summary[rate]
-        for value, style, name in ((s["bias"], "-", "bias"), (s["loa_low"], "--", "95 % LoA"), (s["loa_high"], "--", None)):
+        for value, style, name in (
+            (s["bias"], "-", "bias"),
+            (s["loa_low"], "--", "95 % LoA"),
+            (s["loa_high"], "--", None),
+        ):
             if value is not None and math.isfinite(value):
                 ax.axhline(value, color="C3", ls=style, lw=1.0, label=name)
         ax.axhline(0.0, color="0.6", lw=0.8)
@@ -110,7 +113,7 @@ def plot_bland_altman(rows: Sequence[Mapping[str, Any]], summary: Mapping[str, A
     return fig
 
 
-def figure_png(fig: "Figure", dpi: int = 120) -> bytes:
+def figure_png(fig: Figure, dpi: int = 120) -> bytes:
     """The figure rendered as PNG bytes."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
@@ -127,7 +130,9 @@ def _cell(value: Any) -> str:
 
 def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(r.get(c)))}</td>" for c in columns) + "</tr>" for r in rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_cell(r.get(c)))}</td>" for c in columns) + "</tr>" for r in rows
+    )
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -145,13 +150,19 @@ def progression_html(title: str, sections: Sequence[tuple[str, Sequence[Any]]]) 
         for part in parts:
             if isinstance(part, bytes):
                 data = base64.b64encode(part).decode("ascii")
-                body.append(f'<img alt="{html.escape(heading)}" src="data:image/png;base64,{data}" style="max-width:100%">')
+                body.append(
+                    f'<img alt="{html.escape(heading)}" src="data:image/png;base64,{data}" style="max-width:100%">'
+                )
             elif isinstance(part, str):
                 body.append(f"<p>{html.escape(part)}</p>")
             else:
                 rows, columns = part
                 body.append(_table(rows, columns))
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto}table{border-collapse:collapse;"
-             "font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
+    style = (
+        "body{font-family:sans-serif;max-width:1200px;margin:2em auto}table{border-collapse:collapse;"
+        "font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n"
+    )

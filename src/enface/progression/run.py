@@ -21,23 +21,24 @@ import logging
 import math
 import os
 import shutil
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from enface.data.folder import Case, list_cases, mask_filename, read_dataset_info, read_splits
 from enface.errors import DatasetError
-from enface.io.base import read_json_object
-from enface.io.images import read_mask
 from enface.fileio import (
-    temp_dir,
     atomic_write_bytes,
     atomic_write_csv,
     atomic_write_json,
     atomic_write_text,
+    temp_dir,
 )
+from enface.io.base import read_json_object
+from enface.io.images import read_mask
 from enface.progression.core import (
     EYE_COLUMNS,
     MIN_FOCUS_MM2,
@@ -56,9 +57,9 @@ from enface.progression.core import (
 
 __all__ = [
     "ProgressionResult",
-    "resolve_task",
-    "reference_visits",
     "prediction_visits",
+    "reference_visits",
+    "resolve_task",
     "run_progression",
 ]
 
@@ -74,7 +75,12 @@ def _case_day(case: Case) -> int | None:
 
 
 def _as_day(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value != int(value):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value != int(value)
+    ):
         raise DatasetError(f"{where}: visit must be a whole number of days, got {value!r}")
     return int(value)
 
@@ -88,11 +94,15 @@ def resolve_task(dataset: str | os.PathLike, task: str | None) -> str:
     tasks = [str(t) for t in read_dataset_info(dataset).get("tasks", [])]
     if task is not None:
         if task not in tasks:
-            raise DatasetError(f"{Path(dataset) / 'dataset.json'}: no task {task!r} (tasks: {', '.join(tasks) or 'none'})")
+            raise DatasetError(
+                f"{Path(dataset) / 'dataset.json'}: no task {task!r} (tasks: {', '.join(tasks) or 'none'})"
+            )
         return task
     if len(tasks) != 1:
-        raise DatasetError(f"{Path(dataset) / 'dataset.json'}: the dataset has tasks {', '.join(tasks) or 'none'}; "
-                           "choose one with --task")
+        raise DatasetError(
+            f"{Path(dataset) / 'dataset.json'}: the dataset has tasks {', '.join(tasks) or 'none'}; "
+            "choose one with --task"
+        )
     return tasks[0]
 
 
@@ -160,7 +170,9 @@ def _read_prediction_json(scan_dir: Path) -> dict[str, Any]:
         if len(spacing) < 2 or not all(math.isfinite(s) and s > 0 for s in spacing):
             raise ValueError
     except (KeyError, TypeError, ValueError):
-        raise DatasetError(f"{path}: 'spacing' must list the positive voxel spacing in mm, got {pj.get('spacing')!r}") from None
+        raise DatasetError(
+            f"{path}: 'spacing' must list the positive voxel spacing in mm, got {pj.get('spacing')!r}"
+        ) from None
     members = pj.get("member_areas_mm2") or []
     if not isinstance(members, list) or not all(
         isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a) and a >= 0 for a in members
@@ -187,14 +199,18 @@ def _meta_of_scan(
     """
     origin = _source_dataset(source)
     if origin is not None and not os.path.samefile(origin, dataset):
-        raise DatasetError(f"{where}: predicted from {source}, a case of the dataset {origin}, not of {dataset} "
-                           "(predictions of another dataset?)")
+        raise DatasetError(
+            f"{where}: predicted from {source}, a case of the dataset {origin}, not of {dataset} "
+            "(predictions of another dataset?)"
+        )
     own = {k: pj.get(k) for k in ("patient_id", "eye", "visit")}
     if case is None:
         if any(v is None for v in own.values()):
             lacking = ", ".join(k for k, v in own.items() if v is None)
-            raise DatasetError(f"{where}: scan {scan_id!r} is not a case of {dataset} and its prediction.json has no "
-                               f"{lacking} (predictions of another dataset?)")
+            raise DatasetError(
+                f"{where}: scan {scan_id!r} is not a case of {dataset} and its prediction.json has no "
+                f"{lacking} (predictions of another dataset?)"
+            )
         patient, eye, day = str(own["patient_id"]), str(own["eye"]), _as_day(own["visit"], where)
     else:
         case_day = _case_day(case)
@@ -203,9 +219,11 @@ def _meta_of_scan(
         day = case_day if own["visit"] is None else _as_day(own["visit"], where)
         patient, eye = str(own["patient_id"] or case.patient_id), str(own["eye"] or case.meta.eye)
         if (patient, eye) != (case.patient_id, case.meta.eye) or (case_day is not None and day != case_day):
-            raise DatasetError(f"{where}: scan {scan_id!r} is patient {patient} {eye} day {day}, but case {case.case_id} "
-                               f"of {dataset} is patient {case.patient_id} {case.meta.eye} day {case_day} "
-                               "(predictions of another dataset?)")
+            raise DatasetError(
+                f"{where}: scan {scan_id!r} is patient {patient} {eye} day {day}, but case {case.case_id} "
+                f"of {dataset} is patient {case.patient_id} {case.meta.eye} day {case_day} "
+                "(predictions of another dataset?)"
+            )
     if eye not in ("OD", "OS"):
         raise DatasetError(f"{where}: eye must be 'OD' or 'OS', got {eye!r}")
     return patient, eye, day
@@ -221,7 +239,9 @@ def _check_against_case(mask: np.ndarray, spacing: tuple[float, float], case: Ca
 
 
 def prediction_visits(
-    pred_dir: str | os.PathLike, dataset: str | os.PathLike, task: str | None = None,
+    pred_dir: str | os.PathLike,
+    dataset: str | os.PathLike,
+    task: str | None = None,
     min_focus_mm2: float = MIN_FOCUS_MM2,
 ) -> VisitSet:
     """The visits of a predictions folder written by ``enface predict``.
@@ -267,7 +287,9 @@ def prediction_visits(
         visits.append(Visit(scan_id, patient, eye, day, sp, feats, members))
     raise_problems(problems, f"{pred_dir}: unusable predictions")
     if len(tasks) > 1:
-        shown = "; ".join(f"{t}: {', '.join(ids[:3])}{' ...' if len(ids) > 3 else ''}" for t, ids in sorted(tasks.items()))
+        shown = "; ".join(
+            f"{t}: {', '.join(ids[:3])}{' ...' if len(ids) > 3 else ''}" for t, ids in sorted(tasks.items())
+        )
         raise DatasetError(f"{pred_dir}: predictions of several tasks ({shown}); predict one task per folder")
     found = next(iter(tasks), task or "lesion")
     if task is not None and tasks and found != task:
@@ -275,8 +297,6 @@ def prediction_visits(
     if not visits:
         raise DatasetError(f"{pred_dir}: no successfully predicted scan")
     return VisitSet(sorted(visits, key=lambda v: v.key), skipped, found, f"predictions in {pred_dir}")
-
-
 
 
 # --------------------------------------------------------------------------- the command
@@ -305,23 +325,33 @@ class ProgressionResult:
 
 
 AGREEMENT_COLUMNS: tuple[str, ...] = (
-    "patient_id", "eye", "visits", "years",
-    "reference_growth_mm2_per_year", "predicted_growth_mm2_per_year", "diff_growth_mm2_per_year",
-    "reference_sqrt_growth_mm_per_year", "predicted_sqrt_growth_mm_per_year", "diff_sqrt_growth_mm_per_year",
+    "patient_id",
+    "eye",
+    "visits",
+    "years",
+    "reference_growth_mm2_per_year",
+    "predicted_growth_mm2_per_year",
+    "diff_growth_mm2_per_year",
+    "reference_sqrt_growth_mm_per_year",
+    "predicted_sqrt_growth_mm_per_year",
+    "diff_sqrt_growth_mm_per_year",
 )
 """Columns of ``agreement.csv`` (differences are predicted − reference)."""
 
 
 def _check_out(out: Path) -> None:
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "cohort.json").is_file())):
-        raise ValueError(f"{out}: exists and is not an output folder of `enface progression` (no cohort.json); "
-                         "choose another --out")
+        raise ValueError(
+            f"{out}: exists and is not an output folder of `enface progression` (no cohort.json); choose another --out"
+        )
 
 
 def _blank(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Rows with NaN/None as empty cells."""
-    return [{k: ("" if v is None or (isinstance(v, float) and not math.isfinite(v)) else v) for k, v in r.items()}
-            for r in rows]
+    return [
+        {k: ("" if v is None or (isinstance(v, float) and not math.isfinite(v)) else v) for k, v in r.items()}
+        for r in rows
+    ]
 
 
 def _visit_columns(vs: VisitSet) -> tuple[str, ...]:
@@ -329,7 +359,9 @@ def _visit_columns(vs: VisitSet) -> tuple[str, ...]:
     return VISIT_COLUMNS + extra + ("years", "spacing_h_mm", "spacing_w_mm")
 
 
-def _reference_beside(dataset: Path, task: str, grader: str | None, min_focus_mm2: float) -> tuple[VisitSet | None, str]:
+def _reference_beside(
+    dataset: Path, task: str, grader: str | None, min_focus_mm2: float
+) -> tuple[VisitSet | None, str]:
     """Reference visits for the agreement, or ``None`` and why not."""
     if task not in [str(t) for t in read_dataset_info(dataset).get("tasks", [])]:
         return None, f"{dataset} has no reference masks of task {task!r}: no agreement computed"
@@ -361,8 +393,10 @@ def _summary_lines(result: ProgressionResult, agreement: Mapping[str, Any] | Non
     if agreement is not None:
         for rate, unit in (("sqrt_growth_mm_per_year", "mm/year"), ("growth_mm2_per_year", "mm²/year")):
             a = agreement[rate]
-            lines.append(f"Agreement of {rate} over {a['n']} eyes: bias {a['bias']:.3f} {unit}, 95 % limits of agreement "
-                         f"[{a['loa_low']:.3f}, {a['loa_high']:.3f}], ICC(A,1) {a['icc']:.3f}.")
+            lines.append(
+                f"Agreement of {rate} over {a['n']} eyes: bias {a['bias']:.3f} {unit}, 95 % limits of agreement "
+                f"[{a['loa_low']:.3f}, {a['loa_high']:.3f}], ICC(A,1) {a['icc']:.3f}."
+            )
     return lines
 
 
@@ -373,9 +407,16 @@ def _report(result: ProgressionResult, figures: Mapping[str, bytes]) -> str:
     sections: list[tuple[str, list[Any]]] = [("Summary", [*_summary_lines(result, agreement), *vs.notes])]
     sections.append(("√area over time", [figures["sqrt_area.png"]]))
     if result.agreement is not None:
-        sections.append(("Agreement of growth rates with the reference", [
-            f"{agreement['pairing']}; differences are predicted − reference; {agreement['icc_form']}.",
-            figures["bland_altman.png"], (result.agreement, AGREEMENT_COLUMNS)]))
+        sections.append(
+            (
+                "Agreement of growth rates with the reference",
+                [
+                    f"{agreement['pairing']}; differences are predicted − reference; {agreement['icc_form']}.",
+                    figures["bland_altman.png"],
+                    (result.agreement, AGREEMENT_COLUMNS),
+                ],
+            )
+        )
     sections.append(("Eyes", [([e.row() for e in result.eyes], EYE_COLUMNS)]))
     sections.append(("Visits", [([v.row() for v in vs.visits], _visit_columns(vs))]))
     if vs.skipped:
@@ -417,8 +458,12 @@ def _only(visit_set: VisitSet, patients: set[str], split: str) -> None:
 
 
 def _read_inputs(
-    dataset: Path, predictions: str | os.PathLike | None, grader: str | None, task: str | None,
-    min_focus_mm2: float, split: str | None,
+    dataset: Path,
+    predictions: str | os.PathLike | None,
+    grader: str | None,
+    task: str | None,
+    min_focus_mm2: float,
+    split: str | None,
 ) -> tuple[VisitSet, VisitSet | None]:
     """The visits to report and, beside predictions, the reference visits (all checked)."""
     patients = _split_patients(dataset, split) if split is not None else None
@@ -443,10 +488,12 @@ def _write_files(folder: Path, result: ProgressionResult, figures: Mapping[str, 
     atomic_write_csv(folder / "eyes.csv", _blank([e.row() for e in result.eyes]), EYE_COLUMNS)
     atomic_write_csv(folder / "skipped.csv", [s.__dict__ for s in visits.skipped], ("case_id", "source", "reason"))
     if reference is not None:
-        atomic_write_csv(folder / "reference_visits.csv", _blank([v.row() for v in reference.visits]),
-                         _visit_columns(reference))
-        atomic_write_csv(folder / "reference_eyes.csv", _blank([e.row() for e in eye_rates(reference.visits)]),
-                         EYE_COLUMNS)
+        atomic_write_csv(
+            folder / "reference_visits.csv", _blank([v.row() for v in reference.visits]), _visit_columns(reference)
+        )
+        atomic_write_csv(
+            folder / "reference_eyes.csv", _blank([e.row() for e in eye_rates(reference.visits)]), EYE_COLUMNS
+        )
     if result.agreement is not None:
         atomic_write_csv(folder / "agreement.csv", _blank(result.agreement), AGREEMENT_COLUMNS)
     for name, png in figures.items():
@@ -489,20 +536,33 @@ def run_progression(
     _check_out(out)
     visits, reference = _read_inputs(dataset, predictions, grader, task, min_focus_mm2, split)
     eyes = eye_rates(visits.visits)
-    cohort = {"task": visits.task, "source": visits.source, "dataset": str(dataset), "split": split, "grader": grader,
-              "min_focus_mm2": min_focus_mm2, **cohort_summary(eyes), "skipped": len(visits.skipped),
-              "notes": visits.notes, "agreement": None}
+    cohort = {
+        "task": visits.task,
+        "source": visits.source,
+        "dataset": str(dataset),
+        "split": split,
+        "grader": grader,
+        "min_focus_mm2": min_focus_mm2,
+        **cohort_summary(eyes),
+        "skipped": len(visits.skipped),
+        "notes": visits.notes,
+        "agreement": None,
+    }
     result = ProgressionResult(out, visits, eyes, cohort, reference)
-    figures = {"sqrt_area.png": figure_png(plot_sqrt_area(eyes, eye_rates(reference.visits) if reference else None,
-                                                          f"√area per eye ({visits.task})"))}
+    figures = {
+        "sqrt_area.png": figure_png(
+            plot_sqrt_area(eyes, eye_rates(reference.visits) if reference else None, f"√area per eye ({visits.task})")
+        )
+    }
     if reference is not None:
         rows, agreement = rate_agreement(visits.visits, reference.visits)
         if rows:
             result.agreement, cohort["agreement"] = rows, agreement
             figures["bland_altman.png"] = figure_png(plot_bland_altman(rows, agreement))
         else:
-            visits.notes.append("no eye has two or more visits with both a prediction and a reference mask: "
-                                "no agreement computed")
+            visits.notes.append(
+                "no eye has two or more visits with both a prediction and a reference mask: no agreement computed"
+            )
     html_text = _report(result, figures)
     _write_folder(out, lambda folder: _write_files(folder, result, figures, html_text))
     log.info("progression of %d eyes (%d visits) written to %s", len(eyes), len(visits.visits), out)

@@ -12,12 +12,12 @@ Small, dependency-light helpers used by :mod:`enface.progression`:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
-__all__ = ["RateFit", "fit_rate", "BlandAltman", "bland_altman", "icc_a1", "mean_sd"]
+__all__ = ["BlandAltman", "RateFit", "bland_altman", "fit_rate", "icc_a1", "mean_sd"]
 
 LOA_Z = 1.96
 """Multiplier of the SD of the differences for the 95 % limits of agreement."""
@@ -103,8 +103,7 @@ class BlandAltman:
     loa_high: float
 
     def to_json(self) -> dict[str, float | int]:
-        return {"n": self.n, "bias": self.bias, "sd_diff": self.sd,
-                "loa_low": self.loa_low, "loa_high": self.loa_high}
+        return {"n": self.n, "bias": self.bias, "sd_diff": self.sd, "loa_low": self.loa_low, "loa_high": self.loa_high}
 
 
 def bland_altman(test: Sequence[float], reference: Sequence[float]) -> BlandAltman:

@@ -16,17 +16,17 @@ from enface.study.results import collect_results, paired_wilcoxon
 from enface.study.run import ensure_datasets, execute_run, run_study
 
 __all__ = [
-    "StudyConfig",
-    "load_study",
     "PlannedRun",
-    "plan_study",
-    "run_folder",
+    "StudyConfig",
+    "collect_results",
+    "demo_study",
     "ensure_datasets",
     "execute_run",
-    "run_study",
-    "collect_results",
-    "paired_wilcoxon",
-    "write_report",
-    "demo_study",
     "headline",
+    "load_study",
+    "paired_wilcoxon",
+    "plan_study",
+    "run_folder",
+    "run_study",
+    "write_report",
 ]

@@ -30,11 +30,26 @@ from enface.config import read_yaml_mapping
 from enface.errors import ConfigError
 from enface.targets import Target, check_name
 
-__all__ = ["StudyConfig", "load_study", "study_as_dict", "STUDY_KEYS"]
+__all__ = ["STUDY_KEYS", "StudyConfig", "load_study", "study_as_dict"]
 
 STUDY_KEYS: tuple[str, ...] = (
-    "name", "dataset", "synth", "task", "test_sets", "models", "inits", "fractions", "seeds",
-    "pretrain_seed", "reference", "common", "pretrain", "train", "top_k", "out", "overlay_cases",
+    "name",
+    "dataset",
+    "synth",
+    "task",
+    "test_sets",
+    "models",
+    "inits",
+    "fractions",
+    "seeds",
+    "pretrain_seed",
+    "reference",
+    "common",
+    "pretrain",
+    "train",
+    "top_k",
+    "out",
+    "overlay_cases",
 )
 """Keys a study YAML may hold (``name`` and ``dataset`` are required)."""
 
@@ -75,7 +90,7 @@ class StudyConfig:
         found = {Target.from_init_label(i) for i in self.inits} - {None}
         return sorted(found, key=lambda t: t.name)  # type: ignore[arg-type, return-value]
 
-    def validate(self) -> "StudyConfig":
+    def validate(self) -> StudyConfig:
         """Check every field's value; raise :class:`ConfigError` naming the first bad one."""
         from enface.models import list_models
 
@@ -132,8 +147,10 @@ def load_study(path: str | os.PathLike, out: str | os.PathLike | None = None) ->
         raise ConfigError(f"{p}: unknown study keys {sorted(extra)}; known: {sorted(STUDY_KEYS)}")
     missing = [k for k in ("name", "dataset") if not doc.get(k)]
     if missing:
-        raise ConfigError(f"{p}: the study needs {' and '.join(repr(k) for k in missing)} "
-                          f"(an empty file is not a study; see configs/phantom-study.yaml)")
+        raise ConfigError(
+            f"{p}: the study needs {' and '.join(repr(k) for k in missing)} "
+            f"(an empty file is not a study; see configs/phantom-study.yaml)"
+        )
     study = StudyConfig(**_coerce(doc, p))
     study.out = str(out or study.out or Path("studies") / study.name)
     if not study.test_sets:

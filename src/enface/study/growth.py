@@ -11,8 +11,9 @@ seeds of each statistic.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -21,11 +22,16 @@ from enface.progression import Visit, lesion_features, rate_agreement
 from enface.study.config import StudyConfig
 from enface.study.plan import PlannedRun, plan_study, run_folder
 
-__all__ = ["growth_agreement", "GROWTH_COLUMNS"]
+__all__ = ["GROWTH_COLUMNS", "growth_agreement"]
 
 RATES: tuple[tuple[str, str], ...] = (("sqrt_growth_mm_per_year", "sqrt"), ("growth_mm2_per_year", "area"))
 GROWTH_COLUMNS: tuple[str, ...] = (
-    "test_set", "model", "init", "fraction", "n_seeds", "eyes",
+    "test_set",
+    "model",
+    "init",
+    "fraction",
+    "n_seeds",
+    "eyes",
     *(f"{short}_{stat}" for _, short in RATES for stat in ("bias", "loa_low", "loa_high", "icc")),
 )
 """Columns of ``results/growth.csv``: per configuration, seed means of the agreement statistics
@@ -76,8 +82,14 @@ def _mean(values: Sequence[float]) -> float:
 
 def _row(key: tuple[str, str, str, float], summaries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     ts, model, init, fraction = key
-    row: dict[str, Any] = {"test_set": ts, "model": model, "init": init, "fraction": fraction,
-                           "n_seeds": len(summaries), "eyes": max(s["eyes"] for s in summaries)}
+    row: dict[str, Any] = {
+        "test_set": ts,
+        "model": model,
+        "init": init,
+        "fraction": fraction,
+        "n_seeds": len(summaries),
+        "eyes": max(s["eyes"] for s in summaries),
+    }
     for rate, short in RATES:
         for stat in ("bias", "loa_low", "loa_high", "icc"):
             row[f"{short}_{stat}"] = _mean([s[rate][stat] for s in summaries])

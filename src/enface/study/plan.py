@@ -18,7 +18,7 @@ from enface.errors import ConfigError
 from enface.study.config import StudyConfig
 from enface.targets import SCRATCH, Target
 
-__all__ = ["PlannedRun", "plan_study", "run_config", "run_spec", "run_folder", "check_index"]
+__all__ = ["PlannedRun", "check_index", "plan_study", "run_config", "run_folder", "run_spec"]
 
 
 @dataclass(frozen=True)
@@ -65,8 +65,14 @@ def plan_study(study: StudyConfig) -> list[PlannedRun]:
 def run_config(study: StudyConfig, run: PlannedRun, init_ckpt: str | None = None) -> RunConfig:
     """The :class:`RunConfig` of a planned run (``init_ckpt``: its pre-trained checkpoint)."""
     overrides: dict[str, Any] = {**study.common, **(study.pretrain if run.stage == "pretrain" else study.train)}
-    overrides.update(dataset=study.dataset, target=run.target, model=run.model, seed=run.seed,
-                     runs_dir=str(study.runs_dir), top_k=study.top_k)
+    overrides.update(
+        dataset=study.dataset,
+        target=run.target,
+        model=run.model,
+        seed=run.seed,
+        runs_dir=str(study.runs_dir),
+        top_k=study.top_k,
+    )
     if run.stage == "train":
         overrides.update(fraction=run.fraction, init=init_ckpt)
     return load_config(None, run.stage, overrides)

@@ -10,8 +10,9 @@ import base64
 import html
 import logging
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -21,12 +22,14 @@ from enface.study.config import StudyConfig
 from enface.study.plan import PlannedRun, run_folder
 from enface.study.results import config_label
 
-__all__ = ["write_report", "table_markdown", "wilcoxon_markdown", "growth_markdown", "markdown_to_html"]
+__all__ = ["growth_markdown", "markdown_to_html", "table_markdown", "wilcoxon_markdown", "write_report"]
 
 log = logging.getLogger(__name__)
 
-_STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
-          "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:100%}")
+_STYLE = (
+    "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
+    "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:100%}"
+)
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
@@ -79,10 +82,14 @@ def growth_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
         "|---|---|---|---:|---:|---:|---|---:|---|---:|",
     ]
     for r in rows:
-        cells = [f"{_fmt(r[f'{k}_bias'])} [{_fmt(r[f'{k}_loa_low'])}, {_fmt(r[f'{k}_loa_high'])}] | {_fmt(r[f'{k}_icc'])}"
-                 for k in ("sqrt", "area")]
-        lines.append(f"| {r['test_set']} | {r['model']} | {r['init']} | {fraction_key(r['fraction'])} % | "
-                     f"{r['n_seeds']} | {r['eyes']} | {cells[0]} | {cells[1]} |")
+        cells = [
+            f"{_fmt(r[f'{k}_bias'])} [{_fmt(r[f'{k}_loa_low'])}, {_fmt(r[f'{k}_loa_high'])}] | {_fmt(r[f'{k}_icc'])}"
+            for k in ("sqrt", "area")
+        ]
+        lines.append(
+            f"| {r['test_set']} | {r['model']} | {r['init']} | {fraction_key(r['fraction'])} % | "
+            f"{r['n_seeds']} | {r['eyes']} | {cells[0]} | {cells[1]} |"
+        )
     return "\n".join(lines)
 
 
@@ -107,8 +114,10 @@ def markdown_to_html(markdown_text: str, title: str, base: Path) -> str:
 
     inlined = re.sub(r"!\[([^\]]*)\]\(([^)\s]+\.png)\)", embed, markdown_text)
     body = markdown.markdown(inlined, extensions=["tables"], output_format="html")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{_STYLE}</style></head><body>{body}</body></html>\n")
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{_STYLE}</style></head><body>{body}</body></html>\n"
+    )
 
 
 def _overlay_figure(study: StudyConfig, plan: Sequence[PlannedRun], fig_dir: Path) -> Path | None:
@@ -134,7 +143,9 @@ def _overlay_figure(study: StudyConfig, plan: Sequence[PlannedRun], fig_dir: Pat
         return None
     cases = {c: load_case(Path(ts["dataset"]) / "cases" / c) for c in case_ids}
     return viz.plot_overlay_grid(
-        panels, {c: case.load_mask(study.task) for c, case in cases.items()}, fig_dir / "overlays.png",
+        panels,
+        {c: case.load_mask(study.task) for c, case in cases.items()},
+        fig_dir / "overlays.png",
         title=f"{ts_name}, {fraction_key(fraction)} % labels, seed {seed}",
         spacings={c: case.spacing for c, case in cases.items()},
     )
@@ -154,8 +165,9 @@ def _curves_figure(study: StudyConfig, plan: Sequence[PlannedRun], fig_dir: Path
     return viz.plot_training_curves(curves, fig_dir / "training-curves.png") if curves else None
 
 
-def _figures(study: StudyConfig, plan: Sequence[PlannedRun], table: Sequence[Mapping[str, Any]],
-             fig_dir: Path) -> list[tuple[str, Path]]:
+def _figures(
+    study: StudyConfig, plan: Sequence[PlannedRun], table: Sequence[Mapping[str, Any]], fig_dir: Path
+) -> list[tuple[str, Path]]:
     from enface import viz
 
     figures: list[tuple[str, Path]] = []
@@ -176,29 +188,40 @@ def _figures(study: StudyConfig, plan: Sequence[PlannedRun], table: Sequence[Map
 def _report_markdown(study: StudyConfig, results: Mapping[str, Any], figures: Sequence[tuple[str, Path]]) -> str:
     ref = config_label(study.reference["model"], study.reference["init"])
     md = [
-        f"# Study: {study.name}", "",
+        f"# Study: {study.name}",
+        "",
         f"Dataset `{study.dataset}`, task `{study.task}`; models {', '.join(study.models)}; initialisations "
         f"{', '.join(study.inits)}; label fractions {', '.join(fraction_key(f) + ' %' for f in study.fractions)}; "
         f"seeds {', '.join(map(str, study.seeds))}. Top-{study.top_k} checkpoint ensembles, threshold 0.5.",
-        "", "## Results", "",
+        "",
+        "## Results",
+        "",
         "Mean ± std over test cases of per-case values averaged over seeds; 'Dice per seed' gives each "
         "seed's mean test Dice. HD95 is undefined for a case where exactly one of prediction and "
         "reference is empty in some seed (it is then infinite); such cases are counted, not averaged.",
-        "", table_markdown(results["table"]), "",
-        "## Paired Wilcoxon signed-rank tests on per-case Dice", "",
+        "",
+        table_markdown(results["table"]),
+        "",
+        "## Paired Wilcoxon signed-rank tests on per-case Dice",
+        "",
         f"The reference configuration ({ref}) against every other one, then each pre-trained model against "
         "the same model from scratch; per test set and label fraction, pairing the seed-averaged Dice of each "
         "test case. Cases of one patient (eyes, visits) are not independent, so p-values are optimistic.",
-        "", wilcoxon_markdown(results["wilcoxon"]), "",
+        "",
+        wilcoxon_markdown(results["wilcoxon"]),
+        "",
     ]
     if results.get("growth"):
         md += [
-            "## GA growth rates: predictions against the reference", "",
+            "## GA growth rates: predictions against the reference",
+            "",
             "Per eye of the test cases with at least two labeled visits, the growth rates of the predicted masks "
             "against those of the reference masks on the same visits (least squares over the visits; "
             "`enface progression`): Bland–Altman bias (predicted − reference) with 95 % limits of agreement, "
             "and ICC(A,1); each the mean over seeds.",
-            "", growth_markdown(results["growth"]), "",
+            "",
+            growth_markdown(results["growth"]),
+            "",
         ]
     if results["missing"]:
         md += ["## Missing evaluations", "", *[f"- {m}" for m in results["missing"]], ""]

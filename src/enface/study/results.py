@@ -11,7 +11,8 @@ scratch.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -19,7 +20,7 @@ from enface.evaluate import METRICS, read_cases_csv, summarize
 from enface.study.config import StudyConfig
 from enface.study.plan import PlannedRun, plan_study, run_folder
 
-__all__ = ["collect_results", "paired_wilcoxon", "config_label"]
+__all__ = ["collect_results", "config_label", "paired_wilcoxon"]
 
 ConfigKey = tuple[str, str, str, float]
 """(test set, model, init, fraction)."""
@@ -52,8 +53,12 @@ def paired_wilcoxon(
     ok = np.isfinite(a) & np.isfinite(b)
     a, b = a[ok], b[ok]
     diff = b - a
-    result = {"n": int(a.size), "statistic": math.nan, "p_value": math.nan,
-              "median_difference": float(np.median(diff)) if diff.size else math.nan}
+    result = {
+        "n": int(a.size),
+        "statistic": math.nan,
+        "p_value": math.nan,
+        "median_difference": float(np.median(diff)) if diff.size else math.nan,
+    }
     if np.count_nonzero(diff) >= 2:
         res = wilcoxon(b, a, alternative=alternative)
         result["statistic"] = float(res.statistic)
@@ -95,8 +100,14 @@ def _table(averaged: Mapping[ConfigKey, dict], seed_means: Mapping[ConfigKey, di
         ts, model, init, fraction = key
         rows = [{"case_id": c, **vals} for c, vals in averaged[key].items()]
         summ = summarize(rows)
-        row: dict[str, Any] = {"test_set": ts, "model": model, "init": init, "fraction": fraction,
-                               "n_seeds": len(seed_means[key]["dice"]), "n_cases": len(rows)}
+        row: dict[str, Any] = {
+            "test_set": ts,
+            "model": model,
+            "init": init,
+            "fraction": fraction,
+            "n_seeds": len(seed_means[key]["dice"]),
+            "n_cases": len(rows),
+        }
         for m in METRICS:
             row[f"{m}_mean"] = summ[m]["mean"]
             row[f"{m}_std"] = summ[m]["std"]
@@ -117,11 +128,20 @@ def _wilcoxon_rows(study: StudyConfig, averaged: Mapping[ConfigKey, dict]) -> li
         if key == ref_key or ref_key not in averaged or {(ref_key, key), (key, ref_key)} & seen:
             continue
         seen.add((ref_key, key))
-        res = paired_wilcoxon({c: v["dice"] for c, v in averaged[ref_key].items()},
-                              {c: v["dice"] for c, v in averaged[key].items()})
-        rows.append({"test_set": key[0], "fraction": key[3], "reference": config_label(ref_key[1], ref_key[2]),
-                     "other": config_label(key[1], key[2]), "n": res["n"],
-                     "median_dice_difference": res["median_difference"], "p_value": res["p_value"]})
+        res = paired_wilcoxon(
+            {c: v["dice"] for c, v in averaged[ref_key].items()}, {c: v["dice"] for c, v in averaged[key].items()}
+        )
+        rows.append(
+            {
+                "test_set": key[0],
+                "fraction": key[3],
+                "reference": config_label(ref_key[1], ref_key[2]),
+                "other": config_label(key[1], key[2]),
+                "n": res["n"],
+                "median_dice_difference": res["median_difference"],
+                "p_value": res["p_value"],
+            }
+        )
     return rows
 
 

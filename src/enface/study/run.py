@@ -22,7 +22,7 @@ from enface.study.config import StudyConfig, study_as_dict
 from enface.study.plan import PlannedRun, check_index, plan_study, run_config, run_folder
 from enface.targets import Target
 
-__all__ = ["ensure_datasets", "execute_run", "run_study", "pretrained_checkpoint"]
+__all__ = ["ensure_datasets", "execute_run", "pretrained_checkpoint", "run_study"]
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +87,16 @@ def execute_run(study: StudyConfig, run: PlannedRun, progress: bool = True) -> s
             out = path_under(result.run_dir, "eval", name)
             if (out / "summary.json").is_file():
                 continue
-            evaluate(result.run_dir, split=ts.get("split", "test"), dataset=ts["dataset"], task=study.task,
-                     top_k=study.top_k, out_dir=out, progress=False, fast=config.fast)
+            evaluate(
+                result.run_dir,
+                split=ts.get("split", "test"),
+                dataset=ts["dataset"],
+                task=study.task,
+                top_k=study.top_k,
+                out_dir=out,
+                progress=False,
+                fast=config.fast,
+            )
     return result.status
 
 

@@ -36,14 +36,14 @@ _LAZY = {
 
 __all__ = [
     "PRESETS",
-    "Preset",
-    "get_preset",
     "TASKS",
-    "PhantomCase",
-    "EyeModel",
-    "make_grid",
-    "generate_case",
     "CohortCase",
+    "EyeModel",
+    "PhantomCase",
+    "Preset",
+    "generate_case",
+    "get_preset",
+    "make_grid",
     "plan_cohort",
     "synthesize_dataset",
 ]

@@ -17,19 +17,29 @@ import numpy as np
 from enface.synth.oct import LAYERS, RetinaMaps
 
 __all__ = [
-    "LayerStyle",
-    "BMShape",
-    "RETINA_MAX_MM",
     "CHOROID_MIN_MM",
-    "retina_maps",
-    "flat_bm_depth",
+    "RETINA_MAX_MM",
+    "BMShape",
+    "LayerStyle",
     "bm_surface",
+    "flat_bm_depth",
+    "retina_maps",
     "tilt_for_visit",
 ]
 
 _BASE_REFLECT: dict[str, float] = {
-    "rnfl": 0.7, "gcl": 0.3, "ipl": 0.45, "inl": 0.16, "opl": 0.45, "onl": 0.08,
-    "elm": 0.35, "mz": 0.12, "ez": 0.75, "iz": 0.3, "sdd": 0.7, "rpe": 1.0,
+    "rnfl": 0.7,
+    "gcl": 0.3,
+    "ipl": 0.45,
+    "inl": 0.16,
+    "opl": 0.45,
+    "onl": 0.08,
+    "elm": 0.35,
+    "mz": 0.12,
+    "ez": 0.75,
+    "iz": 0.3,
+    "sdd": 0.7,
+    "rpe": 1.0,
 }
 RETINA_MAX_MM = 0.5
 """Upper bound of the retina's thickness above BM (room kept above BM in the depth window)."""
@@ -60,7 +70,7 @@ class LayerStyle:
     rpe_transmission: float
 
     @classmethod
-    def random(cls, rng: np.random.Generator) -> "LayerStyle":
+    def random(cls, rng: np.random.Generator) -> LayerStyle:
         return cls(
             thickness_scale={k: float(rng.uniform(0.88, 1.12)) for k in LAYERS},
             reflect={k: float(v * rng.uniform(0.88, 1.12)) for k, v in _BASE_REFLECT.items()},
@@ -134,8 +144,10 @@ def retina_maps(
     """
     a = rpe_loss.astype(np.float32)
     e = np.maximum(photoreceptor_loss, a).astype(np.float32)
-    thick = {k: (v * style.thickness_scale[k]).astype(np.float32)
-             for k, v in _normal_thickness(fovea_dist, nasal, vert).items()}
+    thick = {
+        k: (v * style.thickness_scale[k]).astype(np.float32)
+        for k, v in _normal_thickness(fovea_dist, nasal, vert).items()
+    }
     thick["onl"] *= 1.0 - 0.7 * e
     thick["opl"] *= 1.0 - 0.3 * e
     for k in ("elm", "mz", "ez", "iz"):
@@ -189,7 +201,7 @@ class BMShape:
     undulation_mm: float
 
     @classmethod
-    def random(cls, rng: np.random.Generator) -> "BMShape":
+    def random(cls, rng: np.random.Generator) -> BMShape:
         return cls(
             sag_mm=float(rng.uniform(0.05, 0.25)),
             centre=(float(rng.normal(0, 0.5)), float(rng.normal(0, 0.5))),

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["Grid", "Canvas", "Affine"]
+__all__ = ["Affine", "Canvas", "Grid"]
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ class Canvas:
     shape: tuple[int, int]
 
     @classmethod
-    def for_grid(cls, grid: Grid, margin_mm: float = 0.3) -> "Canvas":
+    def for_grid(cls, grid: Grid, margin_mm: float = 0.3) -> Canvas:
         """A canvas covering ``grid``'s field plus ``margin_mm`` on each side.
 
         The pixel size is a third of the finest en-face spacing, kept within

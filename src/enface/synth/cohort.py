@@ -208,33 +208,52 @@ def synthesize_dataset(
     # patient-wise 60/10/30 split plus the nested label fractions of every task
     split_dataset(out, seed=seed)
     generator = {
-        "name": "enface.synth", "seed": int(seed), "preset": preset, "shape": list(grid.shape), "task": task,
-        "patients": int(patients), "label_fraction": label_fraction, "faf_fraction": faf_fraction,
-        "grader2_fraction": grader2_fraction, "max_visits": int(max_visits),
+        "name": "enface.synth",
+        "seed": int(seed),
+        "preset": preset,
+        "shape": list(grid.shape),
+        "task": task,
+        "patients": int(patients),
+        "label_fraction": label_fraction,
+        "faf_fraction": faf_fraction,
+        "grader2_fraction": grader2_fraction,
+        "max_visits": int(max_visits),
     }
     counts = _write_info(out, name or f"phantom-{preset}-{task}", plan, written, grid.spacing, generator)
     log.info(
         "wrote %d cases of %d patients (%d labeled, %d with FAF, %d with a second grader) to %s in %.1f s",
-        counts["cases"], counts["patients"], counts["labeled"], counts["with_faf"], counts["second_grader"],
-        out, time.perf_counter() - t0,
+        counts["cases"],
+        counts["patients"],
+        counts["labeled"],
+        counts["with_faf"],
+        counts["second_grader"],
+        out,
+        time.perf_counter() - t0,
     )
     return out
 
 
-def _write_info(out: Path, name: str, plan: list[CohortCase], written: list[dict[str, Any]],
-                spacing: Any, generator: dict[str, Any]) -> dict[str, int]:
+def _write_info(
+    out: Path, name: str, plan: list[CohortCase], written: list[dict[str, Any]], spacing: Any, generator: dict[str, Any]
+) -> dict[str, int]:
     """Write ``dataset.json`` of a phantom; returns its counts."""
     from enface.data.folder import write_dataset_info
 
     counts = {
-        "patients": len({c.patient_id for c in plan}), "cases": len(plan),
-        "labeled": sum(w["labeled"] for w in written), "with_faf": sum(w["faf"] for w in written),
+        "patients": len({c.patient_id for c in plan}),
+        "cases": len(plan),
+        "labeled": sum(w["labeled"] for w in written),
+        "with_faf": sum(w["faf"] for w in written),
         "second_grader": sum(w["grader2"] for w in written),
     }
     write_dataset_info(
-        out, name=name, modalities=["oct", "slo"] + (["faf"] if counts["with_faf"] else []),
-        tasks=sorted(set().union(*(w["tasks"] for w in written))), spacing=spacing,
-        generator=generator, counts=counts,
+        out,
+        name=name,
+        modalities=["oct", "slo"] + (["faf"] if counts["with_faf"] else []),
+        tasks=sorted(set().union(*(w["tasks"] for w in written))),
+        spacing=spacing,
+        generator=generator,
+        counts=counts,
     )
     return counts
 
@@ -247,13 +266,28 @@ def _write_phantom_case(out: Path, model: EyeModel, case: CohortCase, device: st
     images = {"slo": ph.slo, **({"faf": ph.faf} if case.has_faf else {})}
     masks = {k: m for k, m in ph.masks.items() if "." not in k or case.grader2} if case.labeled else {}
     extra: dict[str, Any] = {
-        "visit_index": case.visit_index, "eye_seed": case.eye_seed, "flattened": True,
-        "bm_depth": ph.info["bm_flat"], "generator": "enface.synth",
+        "visit_index": case.visit_index,
+        "eye_seed": case.eye_seed,
+        "flattened": True,
+        "bm_depth": ph.info["bm_flat"],
+        "generator": "enface.synth",
     }
     if case.labeled:
         extra.update({k: v for k, v in ph.info.items() if k.endswith("_mm2") or k == "rpd_deposits"})
-    meta = CaseMeta(case_id=case.case_id, patient_id=case.patient_id, eye=case.eye, visit=case.day,
-                    spacing=ph.spacing, device=device, source=source, extra=extra)
+    meta = CaseMeta(
+        case_id=case.case_id,
+        patient_id=case.patient_id,
+        eye=case.eye,
+        visit=case.day,
+        spacing=ph.spacing,
+        device=device,
+        source=source,
+        extra=extra,
+    )
     write_case(out, meta, ph.oct, images=images, masks=masks)
-    return {"labeled": bool(masks), "faf": bool(case.has_faf), "grader2": bool(case.labeled and case.grader2),
-            "tasks": {k for k in masks if "." not in k}}
+    return {
+        "labeled": bool(masks),
+        "faf": bool(case.has_faf),
+        "grader2": bool(case.labeled and case.grader2),
+        "tasks": {k for k in masks if "." not in k},
+    }

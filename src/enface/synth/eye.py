@@ -22,7 +22,7 @@ from enface.synth.oct import Acquisition, render_oct
 from enface.synth.presets import get_preset
 from enface.synth.vessels import grow_vessel_tree, rasterise_vessels
 
-__all__ = ["TASKS", "PhantomCase", "EyeModel", "make_grid", "generate_case"]
+__all__ = ["TASKS", "EyeModel", "PhantomCase", "generate_case", "make_grid"]
 
 TASKS: tuple[str, ...] = ("ga", "rpd", "both")
 """Lesion settings: GA only, RPD only, or both (each eye has GA, RPD or both)."""
@@ -228,9 +228,15 @@ class EyeModel:
             spacing=self.grid.spacing,
             eye=self.eye,
             day=day,
-            info={**self._info(day, flattened, lesions, masks), "faf_misregistration": {
-                "ty_mm": float(faf_affine.ty), "tx_mm": float(faf_affine.tx),
-                "rot_deg": float(faf_affine.rot_deg), "scale": float(faf_affine.scale)}},
+            info={
+                **self._info(day, flattened, lesions, masks),
+                "faf_misregistration": {
+                    "ty_mm": float(faf_affine.ty),
+                    "tx_mm": float(faf_affine.tx),
+                    "rot_deg": float(faf_affine.rot_deg),
+                    "scale": float(faf_affine.scale),
+                },
+            },
             drusen=drusen_map,
         )
 
@@ -238,7 +244,7 @@ class EyeModel:
         """Canvas image point-sampled at the B-scan lines and A-scan positions."""
         return self.canvas.to_grid(image, self.grid)
 
-    def _lesions(self, day: int) -> "_VisitLesions":
+    def _lesions(self, day: int) -> _VisitLesions:
         """Canvas maps of the lesions present at ``day``."""
         zeros = np.zeros(self.canvas.shape, dtype=np.float32)
         rpd = self.rpd.rasterise(self.canvas, day) if self.rpd is not None else None
@@ -254,7 +260,7 @@ class EyeModel:
             rpd=rpd,
         )
 
-    def _masks(self, lesions: "_VisitLesions") -> dict[str, np.ndarray]:
+    def _masks(self, lesions: _VisitLesions) -> dict[str, np.ndarray]:
         """Labels as graded along the B-scans: ``{task: mask, task.grader2: mask}``."""
         h, w = self.grid.shape[:2]
         masks: dict[str, np.ndarray] = {}
@@ -271,7 +277,7 @@ class EyeModel:
         return masks
 
     def _volume(
-        self, lesions: "_VisitLesions", rng: np.random.Generator, flattened: bool, drusen: np.ndarray | None
+        self, lesions: _VisitLesions, rng: np.random.Generator, flattened: bool, drusen: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
         """The OCT volume ``(H, W, D)`` and its BM depth ``(H, W)`` (``drusen``: ``(H, W)`` mm or None)."""
         h, w, d = self.grid.shape
@@ -309,9 +315,7 @@ class EyeModel:
         )
         return render_oct(maps, bm, d, sd, acq, rng), bm.astype(np.float32)
 
-    def _info(
-        self, day: int, flattened: bool, lesions: "_VisitLesions", masks: dict[str, np.ndarray]
-    ) -> dict[str, Any]:
+    def _info(self, day: int, flattened: bool, lesions: _VisitLesions, masks: dict[str, np.ndarray]) -> dict[str, Any]:
         """Ground truth and settings of a visit (true areas, deposit count, fovea, ...)."""
         sh, sw, _ = self.grid.spacing
         info: dict[str, Any] = {
@@ -376,4 +380,3 @@ def generate_case(
     """
     grid = make_grid(shape, spacing, preset)
     return EyeModel(seed, grid, task=task, eye=eye).render(day=day, flattened=flattened, drusen=drusen)
-

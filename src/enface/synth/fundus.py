@@ -28,7 +28,7 @@ from enface.synth.canvas import Affine, Canvas, Grid
 from enface.synth.lesions import RPDMaps
 from enface.synth.vessels import VesselMaps
 
-__all__ = ["FundusScene", "SLOStyle", "FAFStyle", "render_slo", "render_faf"]
+__all__ = ["FAFStyle", "FundusScene", "SLOStyle", "render_faf", "render_slo"]
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ class SLOStyle:
     fovea_dip: float
 
     @classmethod
-    def random(cls, rng: np.random.Generator) -> "SLOStyle":
+    def random(cls, rng: np.random.Generator) -> SLOStyle:
         return cls(
             brightness=rng.uniform(0.38, 0.5),
             ga_gain=rng.uniform(0.06, 0.18),
@@ -95,7 +95,7 @@ class FAFStyle:
     """Relative AF change in the junctional zone (negative: decreased AF)."""
 
     @classmethod
-    def random(cls, rng: np.random.Generator) -> "FAFStyle":
+    def random(cls, rng: np.random.Generator) -> FAFStyle:
         return cls(
             brightness=rng.uniform(0.42, 0.56),
             pigment_depth=rng.uniform(0.3, 0.7),
@@ -161,9 +161,7 @@ def render_slo(scene: FundusScene, style: SLOStyle, grid: Grid, rng: np.random.G
     return _finish(img.astype(np.float32), scene.canvas, grid, rng, blur_mm=0.012, noise=0.015)
 
 
-def render_faf(
-    scene: FundusScene, style: FAFStyle, grid: Grid, rng: np.random.Generator
-) -> tuple[np.ndarray, Affine]:
+def render_faf(scene: FundusScene, style: FAFStyle, grid: Grid, rng: np.random.Generator) -> tuple[np.ndarray, Affine]:
     """The FAF of one visit, with a small residual misregistration to the OCT grid.
 
     Args:

@@ -28,7 +28,7 @@ from scipy import ndimage
 
 from enface.synth.canvas import Canvas
 
-__all__ = ["GALesions", "RPDDeposits", "RPDMaps", "Drusen"]
+__all__ = ["Drusen", "GALesions", "RPDDeposits", "RPDMaps"]
 
 DAYS_PER_YEAR = 365.25
 
@@ -78,9 +78,7 @@ class GALesions:
     faf_scale: float
 
     @classmethod
-    def random(
-        cls, rng: np.random.Generator, canvas: Canvas, fov: np.ndarray, fovea: tuple[float, float]
-    ) -> "GALesions":
+    def random(cls, rng: np.random.Generator, canvas: Canvas, fov: np.ndarray, fovea: tuple[float, float]) -> GALesions:
         """Draw the GA of one eye.
 
         Args:
@@ -226,7 +224,7 @@ class RPDDeposits:
         canvas: Canvas,
         field_half: tuple[float, float],
         fovea: tuple[float, float],
-    ) -> "RPDDeposits":
+    ) -> RPDDeposits:
         """Draw the RPD of one eye.
 
         Args:
@@ -313,7 +311,7 @@ class Drusen:
     height: np.ndarray
 
     @classmethod
-    def random(cls, rng: np.random.Generator, fovea: tuple[float, float]) -> "Drusen":
+    def random(cls, rng: np.random.Generator, fovea: tuple[float, float]) -> Drusen:
         """Draw the drusen of one eye: clustered in the central macula around ``fovea``."""
         n = 20 + int(rng.poisson(40))
         spread = rng.uniform(0.6, 1.2)

@@ -7,8 +7,9 @@ sampling. Below BM the light has passed the RPE: choroid and sclera are multipli
 RPE transmission (low normally, high where the RPE is lost: GA hypertransmission) and
 decay with depth. Drusen lift the RPE (and the layers above it) off BM; the space between
 is filled with moderately reflective deposit material, and BM stays where it was. Retinal
-vessels are bright round profiles in the inner retina that shadow everything below them. The acquisition adds multiplicative speckle (gamma, a few
-averaged frames), a noise floor, depth fall-off and per-B-scan / lateral gain.
+vessels are bright round profiles in the inner retina that shadow everything below them.
+The acquisition adds multiplicative speckle (gamma, a few averaged frames), a noise floor,
+depth fall-off and per-B-scan / lateral gain.
 
 Depth coordinates are voxel indices: voxel ``d`` covers ``[d - 0.5, d + 0.5)``; a boundary
 at depth ``b`` separates what lies above (smaller index) from what lies below.
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["LAYERS", "RetinaMaps", "Acquisition", "render_oct"]
+__all__ = ["LAYERS", "Acquisition", "RetinaMaps", "render_oct"]
 
 LAYERS: tuple[str, ...] = ("rnfl", "gcl", "ipl", "inl", "opl", "onl", "elm", "mz", "ez", "iz", "sdd", "rpe")
 """Retinal layers from the inner limiting membrane down to Bruch's membrane: nerve fibre,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Preset", "PRESETS", "get_preset"]
+__all__ = ["PRESETS", "Preset", "get_preset"]
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,7 @@ PRESETS: dict[str, Preset] = {
             (49, 1024, 128),
             (6.68, 6.68, 1.92),
             "Spectralis (phantom)",
-            "Spectralis macular cube as in GA-M: 49 x 1024 A-scans over 6.68 x 6.68 mm, "
-            "1.92 mm depth resampled to 128",
+            "Spectralis macular cube as in GA-M: 49 x 1024 A-scans over 6.68 x 6.68 mm, 1.92 mm depth resampled to 128",
         ),
         Preset(
             "spectralis-512",

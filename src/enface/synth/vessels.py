@@ -17,7 +17,7 @@ from scipy import ndimage
 
 from enface.synth.canvas import Canvas
 
-__all__ = ["VesselPath", "VesselMaps", "grow_vessel_tree", "rasterise_vessels"]
+__all__ = ["VesselMaps", "VesselPath", "grow_vessel_tree", "rasterise_vessels"]
 
 MIN_RADIUS_MM = 0.012
 
@@ -149,8 +149,10 @@ def grow_vessel_tree(
     paths: list[VesselPath] = []
     trunks: list[VesselPath] = []
     for side in (-1.0, 1.0):
-        for r0, r_arc in ((rng.uniform(0.042, 0.052), rng.uniform(2.2, 2.9)),
-                          (rng.uniform(0.055, 0.068), rng.uniform(2.4, 3.1))):
+        for r0, r_arc in (
+            (rng.uniform(0.042, 0.052), rng.uniform(2.2, 2.9)),
+            (rng.uniform(0.055, 0.068), rng.uniform(2.4, 3.1)),
+        ):
             end = math.radians(rng.uniform(150, 185))
             n = max(8, int(end * r_arc / step))
             theta = np.linspace(0.0, end, n)
