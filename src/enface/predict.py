@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from enface.config import FAST_DEFAULT
 from enface.data.folder import load_case
 from enface.data.prepare import PrepareOptions, discover_sources, scan_to_case
 from enface.data.scan_case import BMChoice
@@ -109,7 +110,7 @@ class PredictOptions:
     axes: str | None = None
     spacing: tuple[float, float, float] | None = None
     device: str = "cpu"
-    fast: bool = True
+    fast: bool = FAST_DEFAULT
 
     def __post_init__(self) -> None:
         if self.fmt is not None and self.fmt not in FORMATS:
