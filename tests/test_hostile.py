@@ -192,43 +192,23 @@ _TRAINING = (
     "oct_2d",
     "oct_truncated",
 )
+
+
+def _fit_args(stage: str, dataset: Path, tmp: Path) -> list[str]:
+    """A one-epoch ``pretrain``/``train`` of the tiny network on ``dataset``."""
+    fixed = "--width 0.125 --epochs 1 --no-progress --set crop=[8,32] num_workers=0".split()
+    return [stage, "--dataset", str(dataset), "--runs-dir", str(tmp / "runs"), *fixed]
+
+
 DATASET_COMMANDS: dict[str, tuple[Callable[[Path, dict, Path], list[str]], tuple[str, ...]]] = {
     "check": (lambda d, g, t: ["check", str(d)], tuple(k for k in DATASET_BREAKS if k != "no_splits_json")),
     "split": (lambda d, g, t: ["split", str(d)], ("patient_in_two_splits", *_READS_CASES)),
     "train": (
-        lambda d, g, t: [
-            "train",
-            "--dataset",
-            str(d),
-            "--runs-dir",
-            str(t / "runs"),
-            "--width",
-            "0.125",
-            "--epochs",
-            "1",
-            "--no-progress",
-            "--set",
-            "crop=[8,32]",
-            "num_workers=0",
-        ],
+        lambda d, g, t: _fit_args("train", d, t),
         (*_TRAINING, "mask_grey", "mask_colour", "mask_wrong_size"),
     ),
     "pretrain": (
-        lambda d, g, t: [
-            "pretrain",
-            "--dataset",
-            str(d),
-            "--runs-dir",
-            str(t / "runs"),
-            "--width",
-            "0.125",
-            "--epochs",
-            "1",
-            "--no-progress",
-            "--set",
-            "crop=[8,32]",
-            "num_workers=0",
-        ],
+        lambda d, g, t: _fit_args("pretrain", d, t),
         (*_TRAINING, "faf_truncated"),
     ),
     "evaluate": (

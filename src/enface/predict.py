@@ -48,8 +48,8 @@ import numpy as np
 
 from enface.config import FAST_DEFAULT
 from enface.data.folder import load_case
+from enface.data.options import BM_CHOICES, DEFAULT_BM, BMChoice
 from enface.data.prepare import PrepareOptions, discover_sources, scan_to_case
-from enface.data.scan_case import BMChoice
 from enface.engine.inference import EnsembleOutput
 from enface.engine.predictor import Predictor
 from enface.errors import DatasetError, EnfaceError
@@ -106,7 +106,7 @@ class PredictOptions:
     threshold: float = 0.5
     depth: int | None = None
     window_mm: tuple[float, float] | None = None
-    bm: BMChoice = "auto"
+    bm: BMChoice = DEFAULT_BM
     axes: str | None = None
     spacing: tuple[float, float, float] | None = None
     device: str = "cpu"
@@ -119,7 +119,7 @@ class PredictOptions:
             raise ValueError(f"threshold must lie in (0, 1), got {self.threshold}")
         if self.depth is not None and self.depth < 2:
             raise ValueError(f"depth must be >= 2, got {self.depth}")
-        if self.bm not in ("auto", "export", "estimate"):
+        if self.bm not in BM_CHOICES:
             raise ValueError(f"bm must be 'auto', 'export' or 'estimate', got {self.bm!r}")
 
 

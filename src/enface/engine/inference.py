@@ -29,7 +29,7 @@ from enface.config import FAST_DEFAULT
 from enface.engine.checkpoint import load_model, topk_checkpoints
 from enface.engine.fastpath import FastPath
 from enface.errors import CheckpointError, DatasetError
-from enface.io.base import load_npy, read_json_object
+from enface.fileio import load_npy, read_json_object
 
 __all__ = ["Ensemble", "EnsembleOutput", "read_run_config", "training_preparation"]
 
