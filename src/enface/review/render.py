@@ -74,7 +74,7 @@ def bm_depth_index(extra: Mapping[str, Any], depth: int) -> float:
 def sub_bm_slab(bm_index: float, depth: int, depth_spacing_mm: float) -> tuple[int, int] | None:
     """``(top, bottom)`` depth indices of the slab :data:`SUB_BM_SLAB_MM` below BM, or None if thinner than 2."""
     top = max(0, math.floor(bm_index + SUB_BM_SLAB_MM[0] / depth_spacing_mm) + 1)
-    bottom = min(depth, math.ceil(bm_index + SUB_BM_SLAB_MM[1] / depth_spacing_mm) + 1)
+    bottom = min(depth, math.floor(bm_index + SUB_BM_SLAB_MM[1] / depth_spacing_mm) + 1)  # k - bm <= the slab
     return (top, bottom) if bottom - top >= 2 else None
 
 
