@@ -19,7 +19,7 @@ const S = {
   row: 0, col: 0, layer: null, base: null,
   masks: { reference: null, prediction: null, grader: null },
   overlays: {}, savedMask: null, version: "none", startedFrom: "empty", openedAt: 0,
-  undo: [], redo: [], tool: "brush", bscans: new Map(), bscanWanted: -1, bscanShown: -1,
+  undo: [], redo: [], tool: "brush", bscans: new Map(), inFlight: new Set(), bscanShown: -1,
   stroke: null, extentDrag: null, panDrag: null, space: false,
 };
 const timings = { firstView: null, caseOpen: [], bscan: [] };
@@ -282,15 +282,17 @@ function showRow(row, col = S.col) {
 }
 
 function requestBscan(row, since) {
-  S.bscanWanted = row;
+  if (S.inFlight.has(row)) return;
   if (S.bscans.has(row)) {
     touchBscan(row);
     requestAnimationFrame(() => timings.bscan.push({ row, ms: performance.now() - since, cached: true }));
     return;
   }
   const id = S.caseId;
+  S.inFlight.add(row);
   fetchBitmap(caseUrl(id, "/bscan/" + row)).then((bitmap) => {
     if (id !== S.caseId) return;
+    S.inFlight.delete(row);
     S.bscans.set(row, bitmap);
     trimBscans();
     if (S.row === row) {
@@ -298,7 +300,7 @@ function requestBscan(row, since) {
       requestAnimationFrame(() => timings.bscan.push({ row, ms: performance.now() - since, cached: false }));
       prefetch(row);
     }
-  }).catch((e) => status("B-scan " + row + ": " + e.message, "error"));
+  }).catch((e) => { S.inFlight.delete(row); status("B-scan " + row + ": " + e.message, "error"); });
 }
 
 function touchBscan(row) { const b = S.bscans.get(row); S.bscans.delete(row); S.bscans.set(row, b); }
@@ -313,10 +315,14 @@ function trimBscans() {
 function prefetch(row) {  // the neighbours, one at a time, while nothing else is asked for
   const id = S.caseId;
   for (const r of [row + 1, row - 1, row + 2, row - 2]) {
-    if (r < 0 || r >= S.H || S.bscans.has(r)) continue;
+    if (r < 0 || r >= S.H || S.bscans.has(r) || S.inFlight.has(r)) continue;
+    S.inFlight.add(r);
     fetchBitmap(caseUrl(id, "/bscan/" + r)).then((bitmap) => {
-      if (id === S.caseId && !S.bscans.has(r)) { S.bscans.set(r, bitmap); trimBscans(); } else bitmap.close();
-    }).catch(() => {});
+      if (id !== S.caseId) { bitmap.close(); return; }
+      S.inFlight.delete(r);
+      if (S.bscans.has(r)) bitmap.close(); else { S.bscans.set(r, bitmap); trimBscans(); }
+      if (S.row === r) drawBscan();
+    }).catch(() => S.inFlight.delete(r));
     return;
   }
 }
@@ -625,6 +631,7 @@ async function openCase(id) {
   const info = await (await api(caseUrl(id))).json();
   for (const b of S.bscans.values()) b.close();
   S.bscans.clear();
+  S.inFlight = new Set();
   Object.assign(S, { caseId: id, info, H: info.shape[0], W: info.shape[1], D: info.shape[2] });
   [S.sh, S.sw, S.sd] = info.spacing;
   enfaceView = new View($("enface"), S.W, S.H);
@@ -659,8 +666,11 @@ async function openCase(id) {
   $("case-info").textContent = `${id}: patient ${info.patient_id}, ${info.eye}${visit} · ${S.H} x ${S.W} x ${S.D}` +
     ` · ${(S.H * S.sh).toFixed(2)} x ${(S.W * S.sw).toFixed(2)} mm`;
   layout();
-  const bscan = await fetchBitmap(caseUrl(id, "/bscan/" + S.row));
-  S.bscans.set(S.row, bscan);
+  const first = S.row;
+  S.inFlight.add(first);
+  const bscan = await fetchBitmap(caseUrl(id, "/bscan/" + first));
+  S.inFlight.delete(first);
+  S.bscans.set(first, bscan);
   refreshGrader();
   const ms = performance.now() - t0;
   timings.caseOpen.push({ case: id, ms });
@@ -733,6 +743,7 @@ async function start() {
   $("session").textContent = `${S.session.dataset} · task ${S.session.task} · ${g ? "grader " + g : "read-only"}`;
   $("grader-name").textContent = g || "grader";
   for (const id of ["save", "clear", "promote"]) $(id).disabled = !g;
+  if (!S.session.predictions) for (const id of ["from-prediction", "op-prediction"]) $(id).closest(id === "from-prediction" ? "button" : ".overlay").hidden = true;
   wire();
   setTool("brush");
   await loadCaseList();
