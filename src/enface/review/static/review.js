@@ -591,6 +591,7 @@ function showReview() {
   const sd = p.area_sd_mm2 === null ? "" : ` ± ${p.area_sd_mm2.toFixed(3)}`;
   $("pred-area").textContent = `area ${p.area_mm2 === null ? "?" : p.area_mm2.toFixed(3)}${sd} mm² (ensemble spread)`;
   $("decision").textContent = S.info.decision ? `your decision: ${S.info.decision}` : "no decision yet";
+  for (const b of $("decisions").children) b.classList.toggle("active", b.dataset.decision === S.info.decision);
 }
 
 // ------------------------------------------------------------------ cases
@@ -609,8 +610,7 @@ function renderCaseList() {
     li.dataset.case = c.case_id;
     if (c.case_id === S.caseId) li.className = "current";
     const add = (cls, text) => { const s = document.createElement("span"); s.className = cls; s.textContent = text; li.appendChild(s); };
-    if (c.rank !== undefined) add("badge", "#" + c.rank);
-    add("id", c.case_id);
+    add("id", (c.rank !== undefined ? "#" + c.rank + "  " : "") + c.case_id);
     add(c.labeled ? "badge ref" : "badge", c.labeled ? "labeled" : "unlabeled");
     if (c.graded || c.reviewed) add("badge mine", c.decision || "✓");
     if (c.score !== undefined && c.score !== null) add("badge", c.score.toFixed(3));
@@ -659,6 +659,9 @@ async function openCase(id) {
   S.col = Math.floor(S.W / 2);
   S.openedAt = performance.now();
   $("from-prediction").disabled = !S.masks.prediction;
+  $("promote").disabled = !S.session.grader || info.masks.reference !== "none";
+  $("promote").title = info.masks.reference !== "none" ? "this case has a reference mask already (it is never replaced here)"
+    : "copy this grader's saved mask to the reference mask_" + S.session.task + ".png";
   $("conflict").hidden = true;
   showReview();
   renderCaseList();
