@@ -338,9 +338,7 @@ def test_bscans_and_projections_follow_the_volume(data: Path) -> None:
     service = CaseService(data)
     case = service.case(LABELED)
     vol = np.load(case.path / "oct.npy")
-    png = service.bscan_png(LABELED, 3)
-    img = np.asarray(Image.open(io.BytesIO(png)))
-    assert img.shape == (vol.shape[2], vol.shape[1])  # depth down, A-scans across
+    img = np.frombuffer(service.bscan_bytes(LABELED, 3), np.uint8).reshape(vol.shape[2], vol.shape[1])
     assert np.array_equal(img, bscan_image(vol, 3, service.maps(case).display_range))
     assert np.corrcoef(img.ravel().astype(float), vol[3].T.ravel())[0, 1] > 0.9
     mean = np.asarray(Image.open(io.BytesIO(service.enface_png(LABELED, "mean"))))
@@ -353,7 +351,7 @@ def test_bscans_and_projections_follow_the_volume(data: Path) -> None:
     assert bm_depth_index({}, 128) == pytest.approx(128 * 0.6 / 0.85 - 0.5)
     assert sub_bm_slab(89.5, 128, 0.015) == (90, 117) and sub_bm_slab(126.5, 128, 0.015) is None
     with pytest.raises(Exception, match="B-scans 0..7"):
-        service.bscan_png(LABELED, 8)
+        service.bscan_bytes(LABELED, 8)
 
 
 def test_memory_holds_only_the_last_few_cases(data: Path) -> None:
@@ -391,3 +389,26 @@ def test_the_command_prints_the_url_and_stops_on_ctrl_c(data: Path) -> None:
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=20)
     assert proc.returncode == 0 and "stopped; nothing saved" in err
+
+
+def test_other_hosts_are_warned_about_and_bad_arguments_refused(
+    data: Path, caplog: pytest.LogCaptureFixture, capsys
+) -> None:
+    import logging
+
+    from enface.cli import main
+    from enface.review import ReviewServer
+
+    with caplog.at_level(logging.WARNING, logger="enface.review.server"):
+        server = ReviewServer(CaseService(data), host="127.0.0.2")
+    try:
+        assert server.url.startswith(f"http://127.0.0.2:{server.port}/?token=")
+        assert "other machines can reach this page" in caplog.text
+        with pytest.raises(ValueError, match="choose another --port"):
+            ReviewServer(CaseService(data), host="127.0.0.2", port=server.port)
+    finally:
+        server.socket.close()
+    assert main(["review", str(data), "--grader", "../x", "--no-browser"]) == 2
+    assert "grader name '../x'" in capsys.readouterr().err
+    assert main(["review", str(data / "cases"), "--no-browser"]) == 2
+    assert "dataset.json" in capsys.readouterr().err

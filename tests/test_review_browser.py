@@ -98,7 +98,10 @@ def _wait(driver: Any, script: str, timeout: float = 15.0) -> Any:
 
 def _open(driver: Any, url: str) -> None:
     driver.get(url)
-    _wait(driver, "return window.enface && window.enface.timings.firstView !== null && window.enface.S.info")
+    _wait(
+        driver,
+        "return window.enfaceReview && window.enfaceReview.timings.firstView !== null && window.enfaceReview.S.info",
+    )
 
 
 def _rect(driver: Any, element_id: str) -> dict[str, float]:
@@ -135,7 +138,9 @@ def _capsule(mask: np.ndarray, p0: tuple[float, float], p1: tuple[float, float],
 
 
 def _page_mask(driver: Any, shape: tuple[int, int]) -> np.ndarray:
-    return np.array(driver.execute_script("return Array.from(window.enface.S.masks.grader)"), np.uint8).reshape(shape)
+    return np.array(driver.execute_script("return Array.from(window.enfaceReview.S.masks.grader)"), np.uint8).reshape(
+        shape
+    )
 
 
 def _pointer(driver: Any) -> Any:
@@ -174,9 +179,11 @@ def test_draw_save_follow_undo_reload(driver: Any, server: ReviewServer, dataset
 
     _open(driver, server.url)
     case_dir = dataset / "cases" / BIG
-    h, w, d = driver.execute_script("return [window.enface.S.H, window.enface.S.W, window.enface.S.D]")
+    h, w, d = driver.execute_script(
+        "return [window.enfaceReview.S.H, window.enfaceReview.S.W, window.enfaceReview.S.D]"
+    )
     assert (h, w, d) == (49, 1024, 128)
-    sh, sw, _ = driver.execute_script("return window.enface.S.info.spacing")
+    sh, sw, _ = driver.execute_script("return window.enfaceReview.S.info.spacing")
     shown = _shown_row(driver)
 
     # a brush stroke on the en-face view (200 µm brush), across rows 12 and 13
@@ -184,7 +191,7 @@ def test_draw_save_follow_undo_reload(driver: Any, server: ReviewServer, dataset
     y = int(en["top"] + 12.7 / h * en["height"])
     xs = [int(en["left"] + f * en["width"]) for f in (0.15, 0.2, 0.26, 0.33, 0.4)]
     _stroke(driver, [(x, y) for x in xs])
-    points = driver.execute_script("return window.enface.debug.lastStroke")
+    points = driver.execute_script("return window.enfaceReview.debug.lastStroke")
     grid = [_grid(p, en, h, w) for p in points]
     expected = np.zeros((h, w), np.uint8)
     for a, b in zip([grid[0], *grid[:-1]], grid):
@@ -212,7 +219,7 @@ def test_draw_save_follow_undo_reload(driver: Any, server: ReviewServer, dataset
     _stroke(driver, [(bx0, by), ((bx0 + bx1) // 2, by), (bx1, by)])
     c0, c1 = (int(np.floor(_grid((x, by), bs, d, w)[0])) for x in (bx0, bx1))
     expected[row, c0 : c1 + 1] = 1
-    assert driver.execute_script("return window.enface.debug.lastExtent") == {
+    assert driver.execute_script("return window.enfaceReview.debug.lastExtent") == {
         "row": row,
         "from": c0,
         "to": c1,
@@ -248,15 +255,20 @@ def test_draw_save_follow_undo_reload(driver: Any, server: ReviewServer, dataset
     for _ in range(4):
         _actions(driver).send_keys(Keys.ARROW_DOWN).perform()
         time.sleep(0.05)
-    _wait(driver, "return window.enface.timings.bscan.length >= 10")
-    timings = driver.execute_script("return window.enface.timings")
+    _wait(driver, "return window.enfaceReview.timings.bscan.length >= 10")
+    timings = driver.execute_script("return window.enfaceReview.timings")
 
     driver.refresh()  # reload: the saved mask comes back
-    _wait(driver, "return window.enface.timings.firstView !== null && window.enface.S.info")
-    _wait(driver, "return window.enface.S.version !== 'none'")
+    _wait(
+        driver,
+        "return window.enfaceReview && window.enfaceReview.timings.firstView !== null && window.enfaceReview.S.info",
+    )
+    _wait(driver, "return window.enfaceReview && window.enfaceReview.S.version !== 'none'")
     assert np.array_equal(_page_mask(driver, (h, w)), expected)
-    reload_timings = driver.execute_script("return window.enface.timings")
+    reload_timings = driver.execute_script("return window.enfaceReview.timings")
     _write_timings(timings, reload_timings)
+    errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
+    assert not errors, errors  # no script error on the page
 
 
 def _write_timings(first: dict[str, Any], reload: dict[str, Any]) -> None:

@@ -13,7 +13,7 @@ API (all under the token)::
     GET  /api/cases                         the case list with statuses (queue order)
     GET  /api/cases/{id}                    grid, spacing, layers, mask versions, prediction
     GET  /api/cases/{id}/enface/{layer}     8-bit PNG (H, W): slo faf mean sub_bm probability uncertainty
-    GET  /api/cases/{id}/bscan/{row}        8-bit PNG (D, W) of B-scan `row`, from the memory map
+    GET  /api/cases/{id}/bscan/{row}        D*W bytes (8-bit grey, depth down) of B-scan `row`, from the memory map
     GET  /api/cases/{id}/mask/{which}       H*W bytes 0/1: reference, grader, prediction
     PUT  /api/cases/{id}/mask               save the grader's mask (H*W bytes; X-Base-Version...)
     POST /api/cases/{id}/review             {"decision": "accept" | "correct" | "reject"}
@@ -182,7 +182,7 @@ class _Endpoints:
 
     def bscan(self, request: Request) -> Response:
         p = request.path_params
-        return Response(self.service.bscan_png(p["case_id"], p["row"]), media_type="image/png")
+        return Response(self.service.bscan_bytes(p["case_id"], p["row"]), media_type="application/octet-stream")
 
     def mask(self, request: Request) -> Response:
         p = request.path_params

@@ -24,7 +24,7 @@ const S = {
 };
 const timings = { firstView: null, caseOpen: [], bscan: [] };
 const debug = { lastStroke: [], lastExtent: null };
-window.enface = { S, timings, debug };
+window.enfaceReview = { S, timings, debug };  // for tests and the console (window.enface is the canvas)
 
 // ------------------------------------------------------------------ server
 
@@ -57,6 +57,17 @@ async function fetchMask(which) {
 async function fetchBitmap(path) {
   const response = await api(path);
   return createImageBitmap(await response.blob());
+}
+
+async function fetchBscan(row) {  // D x W bytes of grey -> an image
+  const [w, depth] = [S.W, S.D];
+  const response = await api(caseUrl(S.caseId, "/bscan/" + row));
+  const grey = new Uint8Array(await response.arrayBuffer());
+  if (grey.length !== w * depth) throw new Error(`B-scan ${row}: ${grey.length} bytes, expected ${w} x ${depth}`);
+  const image = new ImageData(w, depth);
+  const d = image.data;
+  for (let i = 0, k = 0; i < grey.length; i++, k += 4) { d[k] = d[k + 1] = d[k + 2] = grey[i]; d[k + 3] = 255; }
+  return createImageBitmap(image);
 }
 
 function status(text, kind = "") {
@@ -290,7 +301,7 @@ function requestBscan(row, since) {
   }
   const id = S.caseId;
   S.inFlight.add(row);
-  fetchBitmap(caseUrl(id, "/bscan/" + row)).then((bitmap) => {
+  fetchBscan(row).then((bitmap) => {
     if (id !== S.caseId) return;
     S.inFlight.delete(row);
     S.bscans.set(row, bitmap);
@@ -317,7 +328,7 @@ function prefetch(row) {  // the neighbours, one at a time, while nothing else i
   for (const r of [row + 1, row - 1, row + 2, row - 2]) {
     if (r < 0 || r >= S.H || S.bscans.has(r) || S.inFlight.has(r)) continue;
     S.inFlight.add(r);
-    fetchBitmap(caseUrl(id, "/bscan/" + r)).then((bitmap) => {
+    fetchBscan(r).then((bitmap) => {
       if (id !== S.caseId) { bitmap.close(); return; }
       S.inFlight.delete(r);
       if (S.bscans.has(r)) bitmap.close(); else { S.bscans.set(r, bitmap); trimBscans(); }
@@ -671,7 +682,7 @@ async function openCase(id) {
   layout();
   const first = S.row;
   S.inFlight.add(first);
-  const bscan = await fetchBitmap(caseUrl(id, "/bscan/" + first));
+  const bscan = await fetchBscan(first);
   S.inFlight.delete(first);
   S.bscans.set(first, bscan);
   refreshGrader();
