@@ -89,6 +89,11 @@ def test_paper_config_loads(dataset: Path) -> None:
     assert cfg.crop == (32, 256) and cfg.task == "reconstruct"
     cfg = load_config(ROOT / "configs/paper.yaml", "train", {"dataset": str(dataset), "fraction": 0.05})
     assert (cfg.batch_size, cfg.target, cfg.fraction, cfg.task) == (8, "ga", 0.05, "segment")
+    # the paper's settings train on the fast path like every command: bf16 where native
+    from enface.engine.fastpath import fast_precision
+    from enface.engine.fit import resolved_precision
+
+    assert cfg.precision == "auto" and cfg.fast and resolved_precision(cfg) == fast_precision(cfg.accelerator)
 
 
 def test_a_run_config_yaml_recreates_the_run(dataset: Path, tmp_path: Path) -> None:
