@@ -52,7 +52,7 @@ REVIEW_COLUMNS: tuple[str, ...] = (
 
 def utc_now() -> str:
     """The current time as ISO 8601 UTC, to the second."""
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def _json_value(value: Any) -> Any:
