@@ -412,3 +412,15 @@ def test_other_hosts_are_warned_about_and_bad_arguments_refused(
     assert "grader name '../x'" in capsys.readouterr().err
     assert main(["review", str(data / "cases"), "--no-browser"]) == 2
     assert "dataset.json" in capsys.readouterr().err
+
+
+def test_a_broken_case_is_reported_and_the_others_still_served(data: Path) -> None:
+    (data / "cases" / UNLABELED / "meta.json").write_text("{not json")
+    oct_file = data / "cases" / LABELED / "oct.npy"
+    oct_file.write_bytes(oct_file.read_bytes()[:200])
+    client = _client(CaseService(data, grader="g"))
+    r = client.get(f"/api/cases/{UNLABELED}", headers=AUTH)
+    assert r.status_code == 404 and "meta.json" in r.json()["error"]
+    r = client.get(f"/api/cases/{LABELED}/bscan/0", headers=AUTH)
+    assert r.status_code == 422 and "oct.npy" in r.json()["error"]
+    assert client.get("/api/cases/P0001_OD_V1", headers=AUTH).json()["shape"] == [8, 32, 64]
