@@ -71,7 +71,7 @@ class ReviewServer:
         shown = f"[{host}]" if ":" in host else host
         names = {f"{shown}:{self.port}"} | {f"{h}:{self.port}" for h in ("127.0.0.1", "localhost", "[::1]")}
         app = create_app(service, self.token, tuple(sorted(names)))
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=5)
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
 
