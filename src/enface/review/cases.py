@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from enface.data.folder import MODALITIES, Case, load_case, read_dataset_info
+from enface.data.folder import MODALITIES, Case, load_case, mask_filename, read_dataset_info
 from enface.errors import DatasetError, UnsafePathError
 from enface.fileio import path_under
 from enface.io.base import load_npy
@@ -182,8 +182,8 @@ class CaseService:
             folder = self.cases_dir / cid
             entry: dict[str, Any] = {
                 "case_id": cid,
-                "labeled": (folder / f"mask_{self.task}.png").is_file(),
-                "graded": bool(self.grader) and (folder / f"mask_{self.task}.{self.grader}.png").is_file(),
+                "labeled": (folder / mask_filename(self.task)).is_file(),
+                "graded": bool(self.grader) and (folder / mask_filename(self.task, self.grader)).is_file(),
                 "reviewed": cid in saved or cid in decided,
                 "decision": decided.get(cid, {}).get("decision"),
             }
