@@ -478,6 +478,8 @@ NOT_SWEPT = {
     "prepare": "reads device exports, not dataset folders (tests/test_prepare.py, tests/test_bad_input.py)",
     "experiment": "reads a study YAML (tests/test_study.py); its runs go through train and evaluate, swept here",
     "demo": "generates its own phantom and runs a study on it",
+    "review": "serves until stopped; its hostile inputs (traversal, symlinks, uploads, bad dataset, queue and "
+    "predictions folders) are tested in tests/test_review.py",
 }
 """Sub-commands the sweep leaves out, each with the reason."""
 

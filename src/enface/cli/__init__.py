@@ -18,7 +18,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from enface.cli import apply, data, study, training
+from enface.cli import apply, data, review, study, training
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -37,6 +37,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     apply.add_predict,
     apply.add_progression,
     data.add_import_weights,
+    review.add_review,
 ]
 """Each entry adds one sub-command to the parser, in the order of the help text."""
 

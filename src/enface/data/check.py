@@ -75,6 +75,9 @@ class CheckReport:
         if s.get("shapes"):
             shapes = ", ".join(f"{'x'.join(map(str, k))} ({v})" for k, v in sorted(s["shapes"].items()))
             lines.append(f"  volume shapes: {shapes}")
+        if s.get("grader_masks"):
+            graders = ", ".join(f"{k} {v}" for k, v in sorted(s["grader_masks"].items()))
+            lines.append(f"  extra graders' masks (<task>.<grader>): {graders}")
         if s.get("splits"):
             lines.append("  splits: " + ", ".join(f"{k} {v} patient(s)" for k, v in s["splits"].items()))
         if self.problems:
@@ -276,7 +279,9 @@ def check_dataset(root: str | os.PathLike, deep: bool = True) -> CheckReport:
     modalities = Counter(m for r in results for m in r["modalities"])
     tasks = Counter(t for r in results for t in r["tasks"])
     shapes = Counter(r["shape"] for r in results)
+    graders = Counter(k for r in results for k in r.get("mask_keys", []) if "." in k)
     report.stats.update(patients=len(patients), modalities=dict(modalities), tasks=dict(tasks), shapes=dict(shapes))
+    report.stats["grader_masks"] = dict(graders)
     if len({s[2] for s in shapes}) > 1:
         report.warn(cases_dir, f"cases have different depths {sorted({s[2] for s in shapes})}")
 
