@@ -35,6 +35,7 @@ __all__ = [
     "enface_projection",
     "mask_overlay",
     "new_figure",
+    "plot_active_learning",
     "plot_metric_vs_fraction",
     "plot_overlay_grid",
     "plot_training_curves",
@@ -320,6 +321,43 @@ def plot_metric_vs_fraction(rows: list[dict], out: str | os.PathLike, title: str
         ticks = sorted({100 * r["fraction"] for r in rows})
         ax.set_xticks(ticks)
         ax.set_xticklabels([f"{t:g}" for t in ticks])
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return save_figure(fig, out)
+
+
+def plot_active_learning(rows: list[dict], out: str | os.PathLike, title: str = "") -> Path:
+    """Dice and absolute area difference vs labeled patients, one line per selection strategy.
+
+    Args:
+        rows: active-learning table rows with ``strategy``, ``n_patients``, ``dice_mean``,
+            ``dice_seed_std``, ``area_diff_mm2_mean``, ``area_diff_mm2_seed_std``.
+        out: output image path.
+        title: figure title (e.g. the test set).
+    """
+    fig = new_figure((10, 4))
+    axes = fig.subplots(1, 2)
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["strategy"], []).append(r)
+    for label, rs in sorted(groups.items()):
+        rs = sorted(rs, key=lambda r: r["n_patients"])
+        for ax, metric in zip(axes, ("dice", "area_diff_mm2")):
+            ax.errorbar(
+                [r["n_patients"] for r in rs],
+                [r[f"{metric}_mean"] for r in rs],
+                yerr=[r[f"{metric}_seed_std"] for r in rs],
+                label=label,
+                linestyle="--" if label == "random" else "-",
+                marker="o",
+                capsize=3,
+            )
+    for ax, ylabel in zip(axes, ("Dice", "absolute area difference (mm²)")):
+        ax.set_xlabel("labeled training patients")
+        ax.set_ylabel(ylabel)
+        ax.set_xticks(sorted({r["n_patients"] for r in rows}))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     if title:

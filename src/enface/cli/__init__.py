@@ -18,7 +18,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from enface.cli import apply, data, study, training
+from enface.cli import apply, data, select, study, training
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -36,6 +36,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     study.add_demo,
     apply.add_predict,
     apply.add_progression,
+    select.add_select,
     data.add_import_weights,
 ]
 """Each entry adds one sub-command to the parser, in the order of the help text."""

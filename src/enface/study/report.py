@@ -176,7 +176,7 @@ def _figures(
         if rows:
             p = viz.plot_metric_vs_fraction(rows, path_under(fig_dir, f"{ts}-vs-fraction.png"), title=ts)
             figures.append((f"Dice and area difference vs label fraction ({ts})", p))
-    overlay = _overlay_figure(study, plan, fig_dir)
+    overlay = _overlay_figure(study, plan, fig_dir) if study.fractions else None  # none: an active-only study
     if overlay is not None:
         figures.append(("Predictions at the lowest label fraction (TP green, TN black, FP red, FN blue)", overlay))
     curves = _curves_figure(study, plan, fig_dir)
@@ -251,6 +251,10 @@ def write_report(study: StudyConfig, plan: Sequence[PlannedRun], results: Mappin
         atomic_write_csv(res_dir / "growth.csv", results["growth"], GROWTH_COLUMNS)
         atomic_write_text(res_dir / "growth.md", growth_markdown(results["growth"]) + "\n")
     md = _report_markdown(study, results, _figures(study, plan, table, fig_dir))
+    if results.get("active"):
+        from enface.study.active_results import write_active_report
+
+        md += "\n" + write_active_report(study, results["active"], res_dir, fig_dir)
     atomic_write_text(out / "report.md", md)
     atomic_write_text(out / "report.html", markdown_to_html(md, study.name, out))
     log.info("report written: %s (and report.html); tables in %s, figures in %s", out / "report.md", res_dir, fig_dir)

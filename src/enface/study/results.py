@@ -150,7 +150,8 @@ def collect_results(study: StudyConfig, plan: Sequence[PlannedRun] | None = None
 
     Returns:
         ``{"table": [rows], "wilcoxon": [rows], "growth": [rows], "per_case": {...},
-        "missing": [labels]}``; ``growth`` is :func:`enface.study.growth.growth_agreement`.
+        "missing": [labels]}``; ``growth`` is :func:`enface.study.growth.growth_agreement`; with
+        an ``active:`` block also ``"active"`` (:func:`enface.study.active_results.active_results`).
     """
     from enface.study.growth import growth_agreement
 
@@ -160,10 +161,15 @@ def collect_results(study: StudyConfig, plan: Sequence[PlannedRun] | None = None
         key: {cid: {m: float(np.mean(v[m])) if v[m] else math.nan for m in METRICS} for cid, v in cases.items()}
         for key, cases in per_case.items()
     }
-    return {
+    out = {
         "table": _table(averaged, seed_means),
         "wilcoxon": _wilcoxon_rows(study, averaged),
         "growth": growth_agreement(study, plan),
         "per_case": {"|".join(map(str, k)): v for k, v in averaged.items()},
         "missing": missing,
     }
+    if study.active is not None:
+        from enface.study.active_results import active_results
+
+        out["active"] = active_results(study, plan)
+    return out
