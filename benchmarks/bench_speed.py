@@ -167,11 +167,7 @@ def _infer_job(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def _timed(
-    fn,
-    job: dict[str, Any],
-    warm_up: bool = True,
-    extra: dict | None = None,
-    rss0: float | None = None,
+    fn, job: dict[str, Any], warm_up: bool = True, extra: dict | None = None, rss0: float | None = None
 ) -> dict[str, Any]:
     import torch
 

@@ -432,13 +432,7 @@ def _run_checkpoints_truncated(r: Path) -> str:
 
 RUN_BREAKS = {
     f.__name__.removeprefix("_run_"): f
-    for f in (
-        _run_no_config,
-        _run_config_garbage,
-        _run_pretraining,
-        _run_no_checkpoints,
-        _run_checkpoints_truncated,
-    )
+    for f in (_run_no_config, _run_config_garbage, _run_pretraining, _run_no_checkpoints, _run_checkpoints_truncated)
 }
 RUN_COMMANDS: dict[str, tuple[Callable[[Path, dict, Path], list[str]], tuple[str, ...]]] = {
     "evaluate": (lambda r, g, t: ["evaluate", str(r), "--split", "all", "--out", str(t / "ev")], tuple(RUN_BREAKS)),

@@ -234,11 +234,7 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def load_config(
-    path: str | os.PathLike | None,
-    stage: str,
-    overrides: Mapping[str, Any] | None = None,
-) -> RunConfig:
+def load_config(path: str | os.PathLike | None, stage: str, overrides: Mapping[str, Any] | None = None) -> RunConfig:
     """Resolve a :class:`RunConfig`: defaults ← YAML ``common`` ← YAML ``<stage>`` ← overrides.
 
     The YAML is either sectioned (``common``/``pretrain``/``train``, as ``configs/paper.yaml``)

@@ -4,6 +4,9 @@
   target: a reader never sees a half-written file, and a crash mid-write never destroys the
   file that was there before. Files get the permissions the umask allows (``0644`` under
   ``umask 022``), like any file a program creates, so colleagues can read shared outputs.
+* :func:`replace_folder` puts a finished temporary folder in place of an existing one (the
+  replaced folder survives as ``.<name>.old`` until the new one is in place, and
+  :func:`recover_replaced_folder` undoes a crash between the two renames).
 * :func:`path_under` joins user-given names onto a root and refuses any result that would
   leave it (``..``, absolute names, symbolic links pointing out).
 * :class:`FolderLock` keeps two processes from writing one run or study folder at once.
@@ -18,6 +21,7 @@ import io
 import json
 import math
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -39,11 +43,13 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "path_under",
+    "recover_replaced_folder",
+    "replace_folder",
     "temp_dir",
 ]
 
 
-def atomic_write(path: str | os.PathLike, writer: Callable[[BinaryIO], None]) -> Path:
+def atomic_write(path: str | os.PathLike, writer: Callable[[BinaryIO], object]) -> Path:
     """Call ``writer(fileobj)`` on a temporary file beside ``path``, then rename it over ``path``.
 
     Args:
@@ -84,6 +90,45 @@ def temp_dir(parent: str | os.PathLike, prefix: str) -> Path:
     path = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=parent))
     os.chmod(path, 0o777 & ~_umask())
     return path
+
+
+def _replaced_copy(final: Path) -> Path:
+    """Where :func:`replace_folder` keeps the folder it replaces until the new one is in place."""
+    return final.parent / f".{final.name}.old"
+
+
+def replace_folder(tmp: str | os.PathLike, final: str | os.PathLike) -> Path:
+    """Put the finished folder ``tmp`` in place of ``final`` (whole or not at all).
+
+    An existing ``final`` is first renamed to ``.<name>.old`` beside it and removed once
+    ``tmp`` is in place; if the second rename fails, it is put back. A crash between the two
+    renames leaves ``.<name>.old`` and no ``final``: :func:`recover_replaced_folder` undoes it.
+    """
+    tmp, final = Path(tmp), Path(final)
+    if not final.exists():
+        os.replace(tmp, final)
+        return final
+    old = _replaced_copy(final)
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(final, old)
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        os.replace(old, final)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def recover_replaced_folder(final: str | os.PathLike) -> bool:
+    """Undo a :func:`replace_folder` interrupted between its two renames (the old folder is
+    put back). Returns whether there was one to undo."""
+    final = Path(final)
+    old = _replaced_copy(final)
+    if old.is_dir() and not final.exists():
+        os.replace(old, final)
+        return True
+    return False
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

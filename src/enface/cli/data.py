@@ -269,10 +269,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def add_show(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "show",
-        help="figure of one case: B-scan with mask, mask, SLO with B-scan position, FAF",
-    )
+    p = sub.add_parser("show", help="figure of one case: B-scan with mask, mask, SLO with B-scan position, FAF")
     p.add_argument("case_dir", help="case folder (<dataset>/cases/<case_id>)")
     p.add_argument("--out", required=True, help="image to write (.png, .pdf or .svg)")
     p.add_argument("--bscan", type=int, help="B-scan index (default: the one crossing the most labeled pixels)")

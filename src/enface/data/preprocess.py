@@ -70,11 +70,7 @@ class FlattenParams:
 
 
 def flatten_volume(
-    volume: np.ndarray,
-    bm: np.ndarray,
-    sd: float,
-    params: FlattenParams = FlattenParams(),
-    fill: float | None = None,
+    volume: np.ndarray, bm: np.ndarray, sd: float, params: FlattenParams = FlattenParams(), fill: float | None = None
 ) -> np.ndarray:
     """Flatten along BM, crop a window around it and resample depth.
 

@@ -44,6 +44,10 @@ __all__ = ["CaseArrays", "PrepareOptions", "scan_to_case"]
 """Input formats of ``enface prepare``."""
 
 
+BMChoice = Literal["auto", "export", "estimate"]
+"""Where the BM that flattens a scan comes from (``--bm``)."""
+
+
 @dataclass(frozen=True)
 class PrepareOptions:
     """Settings of :func:`prepare_dataset`.
@@ -76,7 +80,7 @@ class PrepareOptions:
 
     fmt: str
     flatten: FlattenParams = field(default_factory=FlattenParams)
-    bm: Literal["auto", "export", "estimate"] = "auto"
+    bm: BMChoice = "auto"
     axes: str | None = None
     spacing: tuple[float, float, float] | None = None
     octa: bool = False
@@ -249,11 +253,7 @@ def _enface_images(
 
 
 def _enface_masks(
-    scan: Scan,
-    opts: PrepareOptions,
-    points: np.ndarray | None,
-    faf_to_ref: np.ndarray | None,
-    extra: dict[str, Any],
+    scan: Scan, opts: PrepareOptions, points: np.ndarray | None, faf_to_ref: np.ndarray | None, extra: dict[str, Any]
 ) -> dict[str, np.ndarray]:
     """Masks on the grid: OCT-grid masks as they are (the reader oriented them with the
     volume), SLO / FAF masks sampled at the grid points."""

@@ -34,7 +34,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -235,7 +235,7 @@ def resumable_checkpoint(folder: Path) -> Path:
     """
     ckdir = folder / "checkpoints"
     candidates = [ckdir / "last.ckpt"] + sorted(ckdir.glob("epoch=*.ckpt"), key=lambda p: p.name, reverse=True)
-    problems = []
+    problems: list[str] = []
     for path in candidates:
         if not path.is_file():
             continue
@@ -322,7 +322,7 @@ def _loaders(config: RunConfig, train_ids: Sequence[str], val_ids: Sequence[str]
     from enface.data.augment import AugmentConfig
     from enface.data.dataset import EnfaceDataset
 
-    aug = AugmentConfig(crop=tuple(config.crop))
+    aug = AugmentConfig(crop=(config.crop[0], config.crop[1]))
     if not config.augment:  # random crops only
         aug = dataclasses.replace(
             aug, rotate180=False, flip=False, noise_std=0.0, contrast=(1.0, 1.0), shift=(0.0, 0.0)
@@ -421,7 +421,7 @@ def _trainer(config: RunConfig, folder: Path, callbacks: Sequence[Callback], pro
         devices=config.devices,
         strategy=config.strategy,
         num_nodes=config.num_nodes,
-        precision=resolved_precision(config),
+        precision=cast(Any, resolved_precision(config)),
         accumulate_grad_batches=config.accumulate,
         check_val_every_n_epoch=config.val_every,
         deterministic=config.deterministic,
@@ -456,10 +456,7 @@ def _finished(run: ResolvedRun, trainer: L.Trainer, best: list[tuple[str, float]
 
 
 def fit(
-    config: RunConfig,
-    resume: bool = False,
-    callbacks: Sequence[Callback] = (),
-    progress: bool = True,
+    config: RunConfig, resume: bool = False, callbacks: Sequence[Callback] = (), progress: bool = True
 ) -> FitResult:
     """Train one run described by ``config``.
 

@@ -122,7 +122,7 @@ class Ensemble:
         self.in_channels: int = agreed("input channels", {int(i["model"]["in_channels"]) for i in self.infos})
         self.out_channels: int = agreed("output channels", {int(i["model"]["out_channels"]) for i in self.infos})
         self.fixed_depth: int | None = agreed("the fixed depth", {m.fixed_depth for m in self.models})
-        self.min_depth: int = max(int(m.min_depth) for m in self.models)
+        self.min_depth: int = max(int(getattr(m, "min_depth")) for m in self.models)
         names = {i["model"]["name"] for i in self.infos}
         if len(names) > 1:
             log.info("ensembling different architectures: %s", sorted(names))

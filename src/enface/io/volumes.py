@@ -180,7 +180,7 @@ def read_nifti_volume(
     if not path.is_file():
         raise DatasetError(f"{where}: file not found")
     try:
-        img = nib.load(str(path))
+        img: Any = nib.load(str(path))
         arr = np.asarray(img.dataobj)
         zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
         unit = img.header.get_xyzt_units()[0]
@@ -384,10 +384,7 @@ def attach_companions(scan: Scan, comp: dict[str, Any], sidecar: dict[str, Any],
 
 
 def read_volume_scan(
-    path: str | os.PathLike,
-    fmt: str,
-    axes: str | None = None,
-    spacing: tuple[float, float, float] | None = None,
+    path: str | os.PathLike, fmt: str, axes: str | None = None, spacing: tuple[float, float, float] | None = None
 ) -> Scan:
     """Read one scan of the generic layout: volume, sidecar and companions.
 

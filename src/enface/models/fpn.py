@@ -34,11 +34,12 @@ Departures from the paper's public code, and why:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
 
-from enface.models.blocks import crop_enface, init_weights, pad_to_multiple, scale_channels
+from enface.models.blocks import Triple, crop_enface, init_weights, pad_to_multiple, scale_channels
 from enface.models.registry import register_model
 
 __all__ = ["FeatureProjectionNetwork"]
@@ -47,12 +48,9 @@ __all__ = ["FeatureProjectionNetwork"]
 # --------------------------------------------------------------------------- blocks
 
 
-def _conv_bn_3d(c_in: int, c_out: int, kernel: Sequence[int], stride: Sequence[int] = (1, 1, 1)) -> list[nn.Module]:
-    padding = tuple(k // 2 for k in kernel)
-    return [
-        nn.Conv3d(c_in, c_out, tuple(kernel), stride=tuple(stride), padding=padding, bias=False),
-        nn.BatchNorm3d(c_out),
-    ]
+def _conv_bn_3d(c_in: int, c_out: int, kernel: Triple, stride: Triple = (1, 1, 1)) -> list[nn.Module]:
+    padding = (kernel[0] // 2, kernel[1] // 2, kernel[2] // 2)
+    return [nn.Conv3d(c_in, c_out, kernel, stride=stride, padding=padding, bias=False), nn.BatchNorm3d(c_out)]
 
 
 class ResidualUnit3d(nn.Module):
@@ -74,9 +72,9 @@ class ResidualUnit3d(nn.Module):
         self,
         c_in: int,
         c_out: int,
-        kernels: Sequence[Sequence[int]],
-        strides: Sequence[Sequence[int]] | None = None,
-        shortcut_stride: Sequence[int] = (1, 1, 1),
+        kernels: Sequence[Triple],
+        strides: Sequence[Triple] | None = None,
+        shortcut_stride: Triple = (1, 1, 1),
     ) -> None:
         super().__init__()
         strides = strides or [(1, 1, 1)] * len(kernels)
@@ -90,7 +88,7 @@ class ResidualUnit3d(nn.Module):
         self.body = nn.Sequential(*layers)
         if c_in != c_out or any(s != 1 for s in shortcut_stride):
             self.shortcut: nn.Module = nn.Sequential(
-                nn.Conv3d(c_in, c_out, 1, stride=tuple(shortcut_stride), bias=False), nn.BatchNorm3d(c_out)
+                nn.Conv3d(c_in, c_out, 1, stride=shortcut_stride, bias=False), nn.BatchNorm3d(c_out)
             )
         else:
             self.shortcut = nn.Identity()
@@ -287,7 +285,7 @@ class FeatureProjectionNetwork(nn.Module):
             for key in (f"decoder.{i}.body.0.weight", f"decoder.{i}.shortcut.0.weight"):
                 if key in out:
                     w = out[key]
-                    c_up = w.shape[1] - stage.c_skip
+                    c_up = w.shape[1] - cast(DecoderStage, stage).c_skip
                     out[key] = torch.cat([w[:, c_up:], w[:, :c_up]], dim=1)
         return out
 

@@ -142,12 +142,7 @@ class ImageProjectionNetwork(nn.Module):
     fixed_depth: int | None = None
 
     def __init__(
-        self,
-        in_channels: int = 1,
-        out_channels: int = 1,
-        channels: int = 64,
-        n_modules: int = 5,
-        width: float = 1.0,
+        self, in_channels: int = 1, out_channels: int = 1, channels: int = 64, n_modules: int = 5, width: float = 1.0
     ) -> None:
         super().__init__()
         if n_modules < 1:

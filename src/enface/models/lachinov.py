@@ -57,7 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from enface.models.blocks import crop_enface, init_weights, pad_to_multiple, scale_channels
+from enface.models.blocks import Triple, crop_enface, init_weights, pad_to_multiple, scale_channels
 from enface.models.registry import register_model
 
 __all__ = ["BottleneckBlock", "LachinovNet"]
@@ -82,15 +82,15 @@ class BottleneckBlock(nn.Module):
         ``(N, C, H, W, D)`` -> ``(N, C, H, W, D)``.
     """
 
-    def __init__(self, channels: int, kernel: Sequence[int], compression: int = 8) -> None:
+    def __init__(self, channels: int, kernel: Triple, compression: int = 8) -> None:
         super().__init__()
         mid = max(1, channels // compression)
-        padding = tuple(k // 2 for k in kernel)
+        padding = (kernel[0] // 2, kernel[1] // 2, kernel[2] // 2)
         self.body = nn.Sequential(
             nn.Conv3d(channels, mid, 1, bias=False),
             nn.InstanceNorm3d(mid, affine=True),
             nn.ReLU(inplace=True),
-            nn.Conv3d(mid, mid, tuple(kernel), padding=padding, bias=False),
+            nn.Conv3d(mid, mid, kernel, padding=padding, bias=False),
             nn.InstanceNorm3d(mid, affine=True),
             nn.ReLU(inplace=True),
             nn.Conv3d(mid, channels, 1, bias=False),
@@ -101,7 +101,7 @@ class BottleneckBlock(nn.Module):
         return x + self.body(x)
 
 
-def _blocks(channels: int, n: int, kernel: Sequence[int]) -> list[nn.Module]:
+def _blocks(channels: int, n: int, kernel: Triple) -> list[nn.Module]:
     return [BottleneckBlock(channels, kernel) for _ in range(n)]
 
 

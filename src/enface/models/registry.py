@@ -44,11 +44,7 @@ def list_models() -> list[str]:
 
 
 def create_model(
-    name: str,
-    in_channels: int = 1,
-    out_channels: int = 1,
-    width: float = 1.0,
-    **kwargs: Any,
+    name: str, in_channels: int = 1, out_channels: int = 1, width: float = 1.0, **kwargs: Any
 ) -> nn.Module:
     """Build a registered model.
 
@@ -76,13 +72,14 @@ def create_model(
         raise ValueError(f"width must be > 0, got {width}")
     model = _REGISTRY[name](in_channels=in_channels, out_channels=out_channels, width=width, **kwargs)
     _check_interface(model, name)
-    model.spec = {
+    spec = {
         "name": name,
         "in_channels": int(in_channels),
         "out_channels": int(out_channels),
         "width": float(width),
         "kwargs": dict(kwargs),
     }
+    setattr(model, "spec", spec)
     return model
 
 
@@ -108,7 +105,7 @@ def model_spec(model: nn.Module) -> dict[str, Any]:
     """The spec :func:`create_model` attached to ``model`` (unwrapping DDP/compile wrappers)."""
     for m in (model, getattr(model, "module", None), getattr(model, "_orig_mod", None)):
         if m is not None and hasattr(m, "spec"):
-            return dict(m.spec)
+            return dict(getattr(m, "spec"))
     raise ValueError("model was not built by enface.models.create_model (no .spec attribute)")
 
 

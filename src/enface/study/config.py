@@ -101,7 +101,7 @@ class StudyConfig:
         """The reconstruction targets the study pre-trains (one per ``ssl-*`` init, the active one too), sorted."""
         active = self.active_config
         inits = (*self.inits, *((active.init,) if active else ()))
-        found = {t for t in (Target.from_init_label(i) for i in inits) if t is not None}
+        found = {t for i in inits if (t := Target.from_init_label(i)) is not None}
         return sorted(found, key=lambda t: t.name)
 
     def validate(self) -> StudyConfig:

@@ -119,10 +119,7 @@ def _run_plan(study: StudyConfig, todo: list[PlannedRun], progress: bool) -> dic
 
 
 def run_study(
-    study: StudyConfig,
-    run_index: int | None = None,
-    progress: bool = True,
-    report: bool = True,
+    study: StudyConfig, run_index: int | None = None, progress: bool = True, report: bool = True
 ) -> dict[str, Any]:
     """Run the whole study (or one run of it) and write results, figures and report.
 

@@ -69,10 +69,7 @@ class Affine:
 
     def apply(self, y: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         c, s = math.cos(math.radians(self.rot_deg)), math.sin(math.radians(self.rot_deg))
-        return (
-            self.scale * (c * y - s * x) + self.ty,
-            self.scale * (s * y + c * x) + self.tx,
-        )
+        return (self.scale * (c * y - s * x) + self.ty, self.scale * (s * y + c * x) + self.tx)
 
 
 @dataclass(frozen=True)
@@ -123,13 +120,7 @@ class Canvas:
         )
         return out.reshape(np.shape(iy)).astype(np.float32)
 
-    def to_grid(
-        self,
-        image: np.ndarray,
-        grid: Grid,
-        area: bool = False,
-        affine: Affine | None = None,
-    ) -> np.ndarray:
+    def to_grid(self, image: np.ndarray, grid: Grid, area: bool = False, affine: Affine | None = None) -> np.ndarray:
         """Sample a canvas image onto the en-face grid.
 
         Args:

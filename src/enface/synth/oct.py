@@ -96,12 +96,7 @@ def _step(d: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def render_oct(
-    maps: RetinaMaps,
-    bm: np.ndarray,
-    depth: int,
-    sd: float,
-    acq: Acquisition,
-    rng: np.random.Generator,
+    maps: RetinaMaps, bm: np.ndarray, depth: int, sd: float, acq: Acquisition, rng: np.random.Generator
 ) -> np.ndarray:
     """Render one OCT volume.
 
