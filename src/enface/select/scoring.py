@@ -33,13 +33,12 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from enface.data.folder import Case, load_case
+from enface.data.folder import Case
 from enface.engine.inference import Ensemble, predict_logits
 
 __all__ = [
@@ -219,7 +218,6 @@ def score_cases(
     """
     from enface.data.dataset import EnfaceDataset
 
-    root = Path(root)
     ds = EnfaceDataset(root, list(case_ids), None, augment=None, channels=ensemble.channels)
     views = TTA_VIEWS if tta else TTA_VIEWS[:1]
     hooks = _HeadFeatures(ensemble.models) if features else None
@@ -230,8 +228,7 @@ def score_cases(
             ensemble.check_input(volume, where=f"case {cid}")
             probs = _samples(ensemble, volume[None], views)
             feats = None if hooks is None else hooks.take(len(ensemble.models))
-            score = _case_score(load_case(root / "cases" / cid), probs, area_floor_mm2, feats)
-            out.append(score)
+            out.append(_case_score(ds.cases[i], probs, area_floor_mm2, feats))
             if on_case is not None:
                 on_case(cid, probs.mean(axis=0))
             if progress and ((i + 1) % 10 == 0 or i + 1 == len(ds)):
