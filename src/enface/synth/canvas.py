@@ -129,6 +129,7 @@ class Canvas:
         grid: Grid,
         area: bool = False,
         affine: Affine | None = None,
+        motion: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> np.ndarray:
         """Sample a canvas image onto the en-face grid.
 
@@ -138,6 +139,8 @@ class Canvas:
             area: average over each grid pixel's footprint (fundus images) instead of
                 point-sampling at the B-scan lines (OCT, annotations).
             affine: misregistration applied to the grid points before the lookup.
+            motion: ``(dy, dx)``, each ``(H,)`` mm: where the eye had moved when each
+                B-scan was taken (the B-scan samples the fundus at ``y + dy``, ``x + dx``).
 
         Returns:
             ``(H, W)`` float32 image.
@@ -149,6 +152,9 @@ class Canvas:
                 img = ndimage.uniform_filter(img, size=size, mode="nearest")
         y = np.broadcast_to(grid.rows_mm()[:, None], grid.shape[:2])
         x = np.broadcast_to(grid.cols_mm()[None, :], grid.shape[:2])
+        if motion is not None:
+            y = y + np.asarray(motion[0], dtype=np.float64)[:, None]
+            x = x + np.asarray(motion[1], dtype=np.float64)[:, None]
         if affine is not None:
             y, x = affine.apply(y, x)
         return self.sample(img, y, x, order=1)
