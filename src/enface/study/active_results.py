@@ -44,8 +44,10 @@ ACTIVE_COLUMNS: tuple[str, ...] = (
     "n_cases",
     *(f"{m}_{s}" for m in ACTIVE_METRICS for s in ("mean", "std", "seed_std")),
     "dice_per_seed",
+    "n_flagged",
+    "flags",
 )
-"""Columns of ``results/active.csv``."""
+"""Columns of ``results/active.csv`` (``flags``: seeds whose run did not converge or collapsed)."""
 
 Key = tuple[str, str, int]
 """(test set, strategy, round)."""
@@ -59,17 +61,22 @@ def _fmt_p(p: float) -> str:
     return "n/a" if not math.isfinite(p) else f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
 
 
-def _gather(study: StudyConfig, plan: Sequence[PlannedRun]) -> tuple[dict, dict, list[str]]:
-    """Per-case values per (key, case) over seeds, and per-seed means, from the rounds' cases.csv."""
+def _gather(study: StudyConfig, plan: Sequence[PlannedRun]) -> tuple[dict, dict, list[str], dict]:
+    """Per-case values per (key, case) over seeds, per-seed means and the seeds' convergence flags
+    (:mod:`enface.study.convergence`), from the rounds' cases.csv and metrics.csv."""
+    from enface.study.convergence import collapse_flag, rising_flag
+
     active = study.active_config
     assert active is not None
     per_case: dict[Key, dict[str, dict[str, list[float]]]] = {}
     seed_means: dict[Key, dict[str, list[float]]] = {}
+    flags: dict[Key, dict[int, list[str]]] = {}
     missing: list[str] = []
     for run in plan:
         if run.stage != "active":
             continue
         folder = run_folder(study, run)
+        rising = rising_flag(folder)
         strategies = active.strategies if run.strategy == START else (run.strategy,)
         for ts in study.test_sets:
             path = folder / "eval" / ts / "cases.csv"
@@ -78,8 +85,10 @@ def _gather(study: StudyConfig, plan: Sequence[PlannedRun]) -> tuple[dict, dict,
                 continue
             rows = [r for r in read_cases_csv(path) if r["grader"] == ""]
             means = summarize(rows, ACTIVE_METRICS)
+            run_flags = [f for f in (collapse_flag(rows, path.parent / "predictions.npz"), rising) if f]
             for strategy in strategies:
                 key = (ts, strategy, run.round)
+                flags.setdefault(key, {})[run.seed] = run_flags
                 cases = per_case.setdefault(key, {})
                 for r in rows:
                     slot = cases.setdefault(r["case_id"], {m: [] for m in ACTIVE_METRICS})
@@ -88,10 +97,12 @@ def _gather(study: StudyConfig, plan: Sequence[PlannedRun]) -> tuple[dict, dict,
                 sm = seed_means.setdefault(key, {m: [] for m in ACTIVE_METRICS})
                 for m in ACTIVE_METRICS:
                     sm[m].append(means[m]["mean"])
-    return per_case, seed_means, missing
+    return per_case, seed_means, missing, flags
 
 
-def _table(study: StudyConfig, averaged: Mapping[Key, dict], seed_means: Mapping[Key, dict]) -> list[dict[str, Any]]:
+def _table(
+    study: StudyConfig, averaged: Mapping[Key, dict], seed_means: Mapping[Key, dict], flags: Mapping[Key, dict]
+) -> list[dict[str, Any]]:
     active = study.active_config
     assert active is not None
     rows = []
@@ -112,6 +123,9 @@ def _table(study: StudyConfig, averaged: Mapping[Key, dict], seed_means: Mapping
             row[f"{m}_std"] = summ[m]["std"]
             row[f"{m}_seed_std"] = float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
         row["dice_per_seed"] = "/".join(f"{v:.3f}" for v in seed_means[key]["dice"])
+        flagged = {seed: f for seed, f in sorted(flags.get(key, {}).items()) if f}
+        row["n_flagged"] = len(flagged)
+        row["flags"] = "; ".join(f"seed {seed}: {', '.join(f)}" for seed, f in flagged.items())
         rows.append(row)
     return rows
 
@@ -206,13 +220,13 @@ def _selection_rows(study: StudyConfig, plan: Sequence[PlannedRun]) -> list[dict
 
 def active_results(study: StudyConfig, plan: Sequence[PlannedRun]) -> dict[str, Any]:
     """``{"table", "wilcoxon", "selection", "missing"}`` of a study's active-learning rounds."""
-    per_case, seed_means, missing = _gather(study, plan)
+    per_case, seed_means, missing, flags = _gather(study, plan)
     averaged = {
         key: {cid: {m: float(np.mean(v[m])) for m in ACTIVE_METRICS} for cid, v in cases.items()}
         for key, cases in per_case.items()
     }
     return {
-        "table": _table(study, averaged, seed_means),
+        "table": _table(study, averaged, seed_means, flags),
         "wilcoxon": _wilcoxon(study, averaged),
         "selection": _selection_rows(study, plan),
         "missing": missing,
@@ -222,14 +236,14 @@ def active_results(study: StudyConfig, plan: Sequence[PlannedRun]) -> dict[str, 
 def active_markdown(results: Mapping[str, Any]) -> str:
     """The three tables as Markdown (results, paired tests, selection diagnostics)."""
     lines = [
-        "| test set | strategy | round | patients | seeds | cases | Dice | Dice per seed | area diff (mm²) |",
-        "|---|---|---:|---:|---:|---:|---|---|---|",
+        "| test set | strategy | round | patients | seeds | cases | Dice | Dice per seed | area diff (mm²) | flagged |",
+        "|---|---|---:|---:|---:|---:|---|---|---|---|",
     ]
     for r in results["table"]:
         lines.append(
             f"| {r['test_set']} | {r['strategy']} | {r['round']} | {r['n_patients']} | {r['n_seeds']} | "
             f"{r['n_cases']} | {_fmt(r['dice_mean'])} ± {_fmt(r['dice_std'])} | {r['dice_per_seed']} | "
-            f"{_fmt(r['area_diff_mm2_mean'])} ± {_fmt(r['area_diff_mm2_std'])} |"
+            f"{_fmt(r['area_diff_mm2_mean'])} ± {_fmt(r['area_diff_mm2_std'])} | {r['flags'] or '–'} |"
         )
     lines += [
         "",
