@@ -20,7 +20,12 @@ import yaml
 from enface.errors import ConfigError
 from enface.targets import Target
 
-__all__ = ["RunConfig", "load_config", "parse_overrides", "read_yaml_mapping"]
+__all__ = ["FAST_DEFAULT", "RunConfig", "load_config", "parse_overrides", "read_yaml_mapping"]
+
+FAST_DEFAULT = True
+"""Whether training and inference run on the fast path (:mod:`enface.engine.fastpath`) unless
+told otherwise (``fast: false``, ``--no-fast``, ``fast=False``). Every default of ``fast``
+in enface is this one."""
 
 
 @dataclass
@@ -97,7 +102,7 @@ class RunConfig:
     num_nodes: int = 1
     compile: bool = False
     deterministic: bool = False
-    fast: bool = True
+    fast: bool = FAST_DEFAULT
 
     @property
     def task(self) -> str:

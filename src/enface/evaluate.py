@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from enface.config import FAST_DEFAULT
 from enface.data.folder import Case, load_case, read_dataset_info
 from enface.engine.inference import Ensemble, read_run_config
 from enface.errors import DatasetError
@@ -192,7 +193,7 @@ def evaluate(
     device: str = "cpu",
     save_probabilities: bool = True,
     progress: bool = True,
-    fast: bool = True,
+    fast: bool = FAST_DEFAULT,
 ) -> EvalResult:
     """Evaluate the top-k ensemble of a segmentation run on a split of a dataset.
 

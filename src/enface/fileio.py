@@ -1,4 +1,8 @@
-"""Safe file writes: atomic replacement, paths that stay under their root, folder locks.
+"""Safe file reads and writes: checked JSON and ``.npy`` loaders, atomic replacement, paths
+that stay under their root, folder locks.
+
+* :func:`read_json_object` and :func:`load_npy` read the two generic formats of a dataset and
+  a run folder, with errors that name the file (never a parser's traceback, never unpickling).
 
 * Atomic writes go to a temporary file in the same folder, then are renamed over the
   target: a reader never sees a half-written file, and a crash mid-write never destroys the
@@ -31,7 +35,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from enface.errors import RunFolderError, UnsafePathError
+from enface.errors import DatasetError, RunFolderError, UnsafePathError
 
 __all__ = [
     "FolderLock",
@@ -42,7 +46,9 @@ __all__ = [
     "atomic_write_csv",
     "atomic_write_json",
     "atomic_write_text",
+    "load_npy",
     "path_under",
+    "read_json_object",
     "recover_replaced_folder",
     "replace_folder",
     "temp_dir",
@@ -76,6 +82,57 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[BinaryIO], object]) 
             pass
         raise
     return path
+
+
+# --------------------------------------------------------------------------- safe reads
+
+
+def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON file whose top level is an object.
+
+    Raises:
+        DatasetError: naming the file: missing, not valid JSON, or not an object.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: file not found")
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise DatasetError(f"{path}: expected a JSON object")
+    return obj
+
+
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def load_npy(path: str | os.PathLike, mmap: bool = True, where: str | None = None) -> np.ndarray:
+    """Load a ``.npy`` array of real numbers (memory-mapped by default), never unpickling.
+
+    Raises:
+        DatasetError: naming the file: missing, not a ``.npy`` file at all, truncated, or
+            holding objects, strings or complex numbers.
+    """
+    path = Path(path)
+    where = where or str(path)
+    if not path.is_file():
+        raise DatasetError(f"{where}: file not found")
+    with open(path, "rb") as f:
+        magic = f.read(len(_NPY_MAGIC))
+    if magic != _NPY_MAGIC:
+        raise DatasetError(f"{where}: not a .npy file (it does not start with the NumPy format's signature)")
+    try:
+        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise DatasetError(f"{where}: unreadable or truncated .npy file ({e})") from None
+    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+        raise DatasetError(f"{where}: expected real numbers, got dtype {arr.dtype}")
+    return arr
+
+
+# --------------------------------------------------------------------------- atomic writes
 
 
 def _umask() -> int:

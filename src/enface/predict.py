@@ -46,9 +46,10 @@ from typing import Any
 
 import numpy as np
 
+from enface.config import FAST_DEFAULT
 from enface.data.folder import load_case
+from enface.data.options import BM_CHOICES, DEFAULT_BM, BMChoice
 from enface.data.prepare import PrepareOptions, discover_sources, scan_to_case
-from enface.data.scan_case import BMChoice
 from enface.engine.inference import EnsembleOutput
 from enface.engine.predictor import Predictor
 from enface.errors import DatasetError, EnfaceError
@@ -105,11 +106,11 @@ class PredictOptions:
     threshold: float = 0.5
     depth: int | None = None
     window_mm: tuple[float, float] | None = None
-    bm: BMChoice = "auto"
+    bm: BMChoice = DEFAULT_BM
     axes: str | None = None
     spacing: tuple[float, float, float] | None = None
     device: str = "cpu"
-    fast: bool = True
+    fast: bool = FAST_DEFAULT
 
     def __post_init__(self) -> None:
         if self.fmt is not None and self.fmt not in FORMATS:
@@ -118,7 +119,7 @@ class PredictOptions:
             raise ValueError(f"threshold must lie in (0, 1), got {self.threshold}")
         if self.depth is not None and self.depth < 2:
             raise ValueError(f"depth must be >= 2, got {self.depth}")
-        if self.bm not in ("auto", "export", "estimate"):
+        if self.bm not in BM_CHOICES:
             raise ValueError(f"bm must be 'auto', 'export' or 'estimate', got {self.bm!r}")
 
 

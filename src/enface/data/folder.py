@@ -33,11 +33,12 @@ from enface.fileio import (
     atomic_save_npy,
     atomic_save_png,
     atomic_write_json,
+    load_npy,
+    read_json_object,
     recover_replaced_folder,
     replace_folder,
     temp_dir,
 )
-from enface.io.base import load_npy, read_json_object
 from enface.io.images import read_image, read_mask
 from enface.targets import check_name
 

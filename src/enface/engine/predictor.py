@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from enface.config import FAST_DEFAULT
 from enface.data.normalize import zscore_per_bscan
 from enface.data.preprocess import FlattenParams
 from enface.engine.inference import Ensemble, EnsembleOutput, training_preparation
@@ -81,7 +82,7 @@ class Predictor:
         device: str = "cpu",
         depth: int | None = None,
         window_mm: tuple[float, float] | None = None,
-        fast: bool = True,
+        fast: bool = FAST_DEFAULT,
     ) -> Predictor:
         """Load a checkpoint file or the top-k checkpoints of a run folder.
 

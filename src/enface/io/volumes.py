@@ -45,14 +45,13 @@ from typing import Any
 import numpy as np
 
 from enface.errors import DatasetError
+from enface.fileio import load_npy, read_json_object
 from enface.io.base import (
     MASK_SPACES,
     Scan,
     full_image_box,
-    load_npy,
     normalise_eye,
     positions_from_box,
-    read_json_object,
     safe_id,
     source_str,
 )

@@ -158,6 +158,8 @@ class LachinovNet(nn.Module):
     """
 
     fixed_depth: int | None = None
+    slab_stages = False
+    """Not streamed: its InstanceNorms normalise over the whole volume."""
 
     def __init__(
         self,
@@ -207,6 +209,11 @@ class LachinovNet(nn.Module):
         if x.shape[-1] < self.min_depth:
             raise ValueError(f"input depth D = {x.shape[-1]} is below this network's minimum of {self.min_depth}")
         x, size = pad_to_multiple(x, (1, self.min_depth, 1), minimum=(1, self._min_ascans(x), 1))
+        return crop_enface(self.forward_head(self.forward_features(x)), size)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoder, projective skips and decoder of a padded volume, averaged over depth:
+        ``(N, C_in, H, W, D)`` -> ``(N, C, H, W)``."""
         x = self.stem(x)
         skips = []
         for i, down in enumerate(self.encoder):
@@ -215,7 +222,11 @@ class LachinovNet(nn.Module):
             x = down(x)
         for i in reversed(range(self.levels - 1)):
             x = self.decoder[i](self.upsample[i](x), skips[i])
-        return crop_enface(self.head(x.mean(dim=-1)), size)
+        return x.mean(dim=-1)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """The en-face 3x3 conv to (padded) logits."""
+        return self.head(features)
 
 
 # --------------------------------------------------------------------------- registered constructors

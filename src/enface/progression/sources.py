@@ -20,7 +20,7 @@ import numpy as np
 
 from enface.data.folder import Case, list_cases, mask_filename, read_dataset_info
 from enface.errors import DatasetError
-from enface.io.base import read_json_object
+from enface.fileio import read_json_object
 from enface.io.images import read_mask
 from enface.progression.core import MIN_FOCUS_MM2, Skipped, Visit, VisitSet, lesion_features, raise_problems
 

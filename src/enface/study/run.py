@@ -71,7 +71,7 @@ def execute_run(study: StudyConfig, run: PlannedRun, progress: bool = True) -> s
     Returns:
         ``"finished"``, ``"skipped"`` (already done) or ``"interrupted"``.
     """
-    from enface.engine.fit import fit
+    from enface.engine.fit import fit, run_device
     from enface.evaluate import evaluate
 
     init_ckpt, patients = None, None
@@ -100,6 +100,7 @@ def execute_run(study: StudyConfig, run: PlannedRun, progress: bool = True) -> s
                 out_dir=out,
                 progress=False,
                 fast=config.fast,
+                device=run_device(config),  # where it trained: a study on a GPU evaluates on it
             )
     return result.status
 
