@@ -16,6 +16,7 @@ import yaml
 from enface.cli import main
 from enface.config import load_config
 from enface.data.folder import load_case
+from enface.engine.fastpath import FastPath
 from enface.engine.fit import fit
 from enface.errors import DatasetError
 from enface.select import (
@@ -143,7 +144,9 @@ class _Projection(torch.nn.Module):
 
 
 def test_mirrored_views_are_mirrored_back() -> None:
-    ensemble = types.SimpleNamespace(models=[_Projection(1), _Projection(3)], device=torch.device("cpu"), fast=False)
+    ensemble = types.SimpleNamespace(
+        models=[_Projection(1), _Projection(3)], device=torch.device("cpu"), fastpath=FastPath(False)
+    )
     volume = torch.randn(1, 1, 6, 10, 4)
     samples = _samples(ensemble, volume, TTA_VIEWS)  # type: ignore[arg-type]
     assert samples.shape == (2 * len(TTA_VIEWS), 6, 10)

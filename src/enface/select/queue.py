@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from enface.config import FAST_DEFAULT
 from enface.data.folder import Case, list_cases, load_case, read_dataset_info
 from enface.engine.inference import Ensemble, read_run_config
 from enface.errors import DatasetError
@@ -192,7 +193,7 @@ def select_queue(
     tta: bool = True,
     area_floor_mm2: float = AREA_FLOOR_MM2,
     device: str = "cpu",
-    fast: bool = True,
+    fast: bool = FAST_DEFAULT,
 ) -> QueueResult:
     """Rank the unlabeled cases of a split and write the first ``n`` as a queue CSV.
 

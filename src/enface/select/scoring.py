@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from enface.data.folder import Case
-from enface.engine.inference import Ensemble, predict_logits
+from enface.engine.inference import Ensemble
 
 __all__ = [
     "AREA_FLOOR_MM2",
@@ -168,7 +168,7 @@ def _samples(ensemble: Ensemble, volume: torch.Tensor, views: Sequence[tuple[int
     batch = torch.cat([volume.flip(dims) if dims else volume for dims in views]).to(ensemble.device, torch.float32)
     out = []
     for net in ensemble.models:
-        probs = torch.sigmoid(predict_logits(net, batch, ensemble.fast).float())[:, 0]  # (V, H, W)
+        probs = torch.sigmoid(ensemble.fastpath.logits(net, batch).float())[:, 0]  # (V, H, W)
         out += [(p.flip([d - 2 for d in dims]) if dims else p).cpu().numpy() for p, dims in zip(probs, views)]
     return np.stack(out)
 

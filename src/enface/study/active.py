@@ -36,11 +36,11 @@ from typing import Any
 
 import numpy as np
 
+from enface.config import FAST_DEFAULT
 from enface.data.folder import load_case
 from enface.engine.inference import read_run_config
 from enface.errors import ConfigError
-from enface.fileio import atomic_write_json
-from enface.io.base import read_json_object
+from enface.fileio import atomic_write_json, read_json_object
 from enface.study.active_config import START, ActiveConfig
 from enface.study.config import StudyConfig
 from enface.study.plan import PlannedRun, run_folder
@@ -200,7 +200,7 @@ def pool_scores(
                 "oracle_dice": cached["oracle_dice"],
             }
     root = Path(study.dataset)
-    ensemble = Ensemble.from_run(run_dir, study.top_k, fast=bool(study.common.get("fast", True)))
+    ensemble = Ensemble.from_run(run_dir, study.top_k, fast=bool(study.common.get("fast", FAST_DEFAULT)))
     oracle: dict[str, float] = {}
 
     def dice_of(cid: str, prob: np.ndarray) -> None:

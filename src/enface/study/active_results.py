@@ -24,8 +24,7 @@ from typing import Any
 import numpy as np
 
 from enface.evaluate import read_cases_csv, summarize
-from enface.fileio import atomic_write_csv, atomic_write_text, path_under
-from enface.io.base import read_json_object
+from enface.fileio import atomic_write_csv, atomic_write_text, path_under, read_json_object
 from enface.study.active_config import START
 from enface.study.config import StudyConfig
 from enface.study.plan import PlannedRun, run_folder
