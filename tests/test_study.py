@@ -98,6 +98,10 @@ def test_study_runs_resumes_and_reports(dataset: Path, tmp_path: Path, capsys) -
         (i, f) for i in ("scratch", "ssl-faf_inv") for f in (0.2, 1.0)
     }
     assert all(0 <= float(r["dice_mean"]) <= 1 for r in table)
+    # every configuration says which seeds did not converge or collapsed, and the mean without them
+    assert all((int(r["n_flagged"]) > 0) == bool(r["flags"]) for r in table)
+    assert all(r["dice_mean_unflagged"] != "" for r in table)
+    assert "## Convergence" in (out_dir / "report.md").read_text()
     html = (out_dir / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 3 and "<table>" in html
     # the table agrees with the per-run evaluation files
@@ -186,3 +190,21 @@ def test_a_study_is_run_by_one_process_at_a_time(dataset: Path, tmp_path: Path) 
         with pytest.raises(RunFolderError, match="this study is being written by another process"):
             run_study(study, progress=False)
     assert not (study.runs_dir).exists()
+
+
+def test_demo_paired_difference_by_patient() -> None:
+    from enface.study.demo import demo_study, paired_difference
+
+    rng = np.random.default_rng(1)
+    cases = [f"P{p}_V{v}" for p in range(8) for v in range(2)]
+    ref = {c: float(rng.uniform(0.5, 0.8)) for c in cases}
+    better = {c: v + 0.1 + 0.02 * rng.standard_normal() for c, v in ref.items()}
+    groups = {c: c.split("_")[0] for c in cases}
+    d = paired_difference(ref, better, groups)
+    assert d["n"] == 16 and d["patients"] == 8
+    assert d["low"] < d["mean"] < d["high"] and d["low"] > 0.05 and d["mean"] == pytest.approx(0.1, abs=0.02)
+    assert d["p_value"] < 0.01
+    same = paired_difference(ref, ref, groups)
+    assert same["mean"] == 0 and same["low"] == same["high"] == 0 and math.isnan(same["p_value"])
+    study = demo_study("/tmp/x")
+    assert min(study.fractions) < 1.0 and max(study.fractions) == 1.0 and set(study.inits) == {"scratch", "ssl-faf_inv"}

@@ -210,13 +210,14 @@ def test_bm_truth_curved_raw_and_constant_flattened() -> None:
 
 
 def test_drusen_lift_the_rpe_off_bm_in_raw_scans() -> None:
-    raw = generate_case(2, SHAPE, flattened=False)
-    flat = generate_case(2, SHAPE, flattened=True)
-    assert flat.drusen is None, "flattened scans (the synth datasets) stay without drusen"
+    assert generate_case(2, SHAPE, flattened=True).drusen is not None, "realistic flattened scans have drusen"
+    raw = generate_case(2, SHAPE, flattened=False, difficulty="easy")
+    flat = generate_case(2, SHAPE, flattened=True, difficulty="easy")
+    assert flat.drusen is None, "easy flattened scans stay without drusen"
     assert raw.drusen is not None and raw.drusen.shape == SHAPE[:2] and (raw.drusen > 0.02).sum() > 5
-    assert np.array_equal(raw.drusen, generate_case(2, SHAPE, flattened=False).drusen)
+    assert np.array_equal(raw.drusen, generate_case(2, SHAPE, flattened=False, difficulty="easy").drusen)
     assert raw.drusen[raw.masks["ga"] > 0].max(initial=0.0) < 0.005, "drusen regress inside GA"
-    with_drusen = generate_case(2, SHAPE, flattened=True, drusen=True)
+    with_drusen = generate_case(2, SHAPE, flattened=True, drusen=True, difficulty="easy")
     sd = with_drusen.spacing[2]
     lifted = with_drusen.drusen > 0.04
     plain = with_drusen.drusen == 0
@@ -367,3 +368,79 @@ def test_cli_synth_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert read_splits(out)
     assert main(["synth", str(tmp_path / "bad"), "--patients", "0", "--no-progress"]) == 2
     assert "patients" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- realistic phantom
+
+
+def test_easy_phantom_labels_the_truth_and_draws_nothing_realistic() -> None:
+    c = generate_case(3, SHAPE, difficulty="easy")
+    assert c.regions == {} and "quality" not in c.info and c.info["difficulty"] == "easy"
+    with pytest.raises(ValueError, match="unknown phantom difficulty"):
+        generate_case(3, SHAPE, difficulty="hard")
+
+
+def test_realistic_eyes_vary_like_clinical_ga() -> None:
+    grid = make_grid(SHAPE)
+    eyes = [EyeModel(s, grid, task="ga") for s in range(24)]
+    with_ga = [e for e in eyes if e.ga is not None]
+    assert 1 <= len(eyes) - len(with_ga) <= 12, "some eyes have no GA at all"
+    assert any(len(e.ga.foci) > 1 for e in with_ga) and any(len(e.ga.foci) == 1 for e in with_ga)
+    assert any(e.ga.spares_fovea for e in with_ga)
+    areas = [e.ga.area(0) for e in with_ga]
+    assert min(areas) < 0.7 and max(areas) > 3.0, "tiny to large lesions"
+    free = next(e for e in eyes if e.ga is None).render(day=0)
+    assert free.masks["ga"].sum() == 0 and free.masks["ga.grader2"].sum() == 0, "an eye without GA: empty labels"
+    e = with_ga[0]
+    assert e.ga.area(400) > e.ga.area(0) and (e.ga.lesion(400) | ~e.ga.lesion(0)).all(), "lesions grow, contain"
+
+
+def test_realistic_graders_disagree_and_the_reference_is_not_the_truth() -> None:
+    dices, off_truth = [], []
+    for s in range(10):
+        c = generate_case(s, SHAPE)
+        a, b = c.masks["ga"].astype(bool), c.masks["ga.grader2"].astype(bool)
+        truth = c.regions["ga_truth"] >= 0.5
+        if truth.sum() >= 10:
+            dices.append(2 * (a & b).sum() / max(1, a.sum() + b.sum()))
+            off_truth.append((a != truth).sum())
+    assert dices and 0.6 < np.mean(dices) < 0.97
+    assert all(n > 0 for n in off_truth), "the reference grader does not copy the truth"
+
+
+def test_grader_misses_small_foci_and_merges_close_ones() -> None:
+    from enface.synth.atrophy import GraderStyle, grade
+    from enface.synth.canvas import Canvas
+    from enface.synth.realism import Realism
+
+    canvas = Canvas(y0=-1.0, x0=-1.0, cs=0.01, shape=(200, 200))
+    y, x = canvas.coords()
+    truth = (np.hypot(y, x + 0.35) < 0.3) | (np.hypot(y, x - 0.35) < 0.3) | (np.hypot(y - 0.8, x) < 0.05)
+    strict = Realism("t", boundary_bias_mm=0.0, boundary_noise_mm=0.0, miss_probability=1.0, miss_area_mm2=0.05)
+    rng = np.random.default_rng(0)
+    kept = grade(truth, canvas, GraderStyle(0.0, 0.0), strict, rng)
+    assert not kept[180:, 100].any() and kept[100, 65], "the small focus is missed, the large ones kept"
+    merged = grade(truth, canvas, GraderStyle(0.0, 0.15), strict, rng)
+    assert merged[100, 100] and not kept[100, 100], "the 0.1 mm gap is bridged"
+
+
+def test_realistic_mimics_and_acquisition_are_rendered() -> None:
+    c = generate_case(5, SHAPE)
+    assert {"irora", "pigment", "hypertransmission", "junction", "vessel", "ga_truth"} <= set(c.regions)
+    q = c.info["quality"]
+    assert q["frames"] >= 1 and q["signal"] > 0 and q["motion_rms_mm"] > 0
+    assert set(c.info["mimics"]) == {"irora", "pigment_clumps", "hypertransmission_patch"}
+    # pigment clumps shadow the choroid: darker below BM than the rest
+    shadows, irora = [], []
+    for s in range(6):
+        c = generate_case(s, SHAPE)
+        b = int(math.floor(c.bm[0, 0]))
+        sub = c.oct[..., b + 1 : b + 8].mean(-1)
+        ga = c.regions["ga_truth"] >= 0.5
+        bg = ~ga & (c.regions["pigment"] < 0.05) & (c.regions["irora"] < 0.05) & (c.regions["vessel"] < 0.2)
+        for name, out in (("pigment", shadows), ("irora", irora)):
+            m = (c.regions[name] > 0.3) & ~ga
+            if m.sum() >= 2:
+                out.append(sub[m].mean() / sub[bg].mean())
+    assert shadows and np.mean(shadows) < 0.95
+    assert irora and np.mean(irora) > 1.05, "iRORA lets some light through"

@@ -45,6 +45,10 @@ class RunConfig:
             ``dataset.json``, else ``("oct",)``.
         init: checkpoint to initialise from (``train`` only), or None for scratch.
         fraction: label fraction of the training patients (``train`` only), in (0, 1].
+        patients: the labeled training patients to train on (``train`` only), instead of a
+            label fraction (``fraction`` must then be 1): the study's active-learning rounds
+            name the patients they selected. Part of the run's identity; the run folder is
+            named like a 100 % run, so such runs need their own ``runs_dir``.
         seed: random seed (weights, sampling, augmentation).
         epochs: training epochs.
         batch_size: batch size (paper: 4 reconstruction, 8 segmentation).
@@ -76,6 +80,7 @@ class RunConfig:
     channels: tuple[str, ...] | None = None
     init: str | None = None
     fraction: float = 1.0
+    patients: tuple[str, ...] | None = None
     seed: int = 0
     epochs: int = 800
     batch_size: int = 8
@@ -134,6 +139,11 @@ class RunConfig:
             raise bad("width", f"must be > 0, got {self.width}")
         if not 0 < self.fraction <= 1:
             raise bad("fraction", f"must be in (0, 1], got {self.fraction}")
+        if self.patients is not None:
+            if self.stage != "train" or not self.patients:
+                raise bad("patients", "names the labeled patients of a segmentation run (a non-empty list)")
+            if self.fraction != 1.0:
+                raise bad("patients", f"give either patients or a label fraction, not both (fraction {self.fraction})")
         if self.stage == "pretrain" and self.init:
             raise bad("init", "pre-training starts from scratch")
         for name in ("epochs", "batch_size", "accumulate", "top_k", "val_every", "num_nodes"):
@@ -159,6 +169,7 @@ class RunConfig:
         d = dataclasses.asdict(self)
         d["crop"] = list(self.crop)
         d["channels"] = None if self.channels is None else list(self.channels)
+        d["patients"] = None if self.patients is None else list(self.patients)
         return d
 
 
@@ -189,7 +200,7 @@ def _coerce(name: str, value: Any) -> Any:
         if name == "crop":
             seq = value.split(",") if isinstance(value, str) else value
             return tuple(int(v) for v in seq)
-        if name == "channels":
+        if name in ("channels", "patients"):
             seq = value.split(",") if isinstance(value, str) else value
             return tuple(str(v).strip() for v in seq)
         if name == "model_kwargs":

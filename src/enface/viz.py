@@ -36,6 +36,7 @@ __all__ = [
     "enface_projection",
     "mask_overlay",
     "new_figure",
+    "plot_active_learning",
     "plot_metric_vs_fraction",
     "plot_overlay_grid",
     "plot_training_curves",
@@ -246,8 +247,10 @@ def plot_overlay_grid(
     out: str | os.PathLike,
     title: str = "",
     spacings: dict[str, tuple[float, ...]] | None = None,
+    images: dict[str, dict[str, np.ndarray]] | None = None,
 ) -> Path:
-    """Grid of prediction overlays: one row per case, one column per configuration.
+    """Grid of prediction overlays: one row per case; its SLO/FAF, the reference, then one
+    column per configuration.
 
     Args:
         panels: ``{config label: {case id: (H, W) binary prediction}}``.
@@ -256,20 +259,32 @@ def plot_overlay_grid(
         title: figure title.
         spacings: ``{case id: (sh, sw, ...)}`` in mm, to draw pixels at their physical
             aspect ratio (B-scans are usually much farther apart than A-scans).
+        images: ``{case id: {"SLO": (H, W), "FAF": (H, W)}}`` shown before the reference.
     """
     from enface.metrics import dice_score
 
     cases = list(truths)
     labels = list(panels)
-    fig = new_figure((2.6 * (len(labels) + 1), 2.2 * len(cases) + 0.6))
-    axes = fig.subplots(len(cases), len(labels) + 1, squeeze=False)
+    names = sorted({n for imgs in (images or {}).values() for n in imgs}, key=lambda n: (n != "SLO", n))
+    n_cols = len(names) + 1 + len(labels)
+    fig = new_figure((2.6 * n_cols, 2.4 * len(cases) + 0.8))
+    axes = fig.subplots(len(cases), n_cols, squeeze=False)
     for i, cid in enumerate(cases):
         truth = truths[cid]
         sp = (spacings or {}).get(cid)
         aspect = float(sp[0]) / float(sp[1]) if sp else 1.0
-        axes[i, 0].imshow(truth, cmap="gray", interpolation="nearest", aspect=aspect)
-        axes[i, 0].set_title(f"{cid}\nreference", fontsize=8)
-        for j, label in enumerate(labels, 1):
+        for j, name in enumerate(names):
+            img = (images or {}).get(cid, {}).get(name)
+            if img is None:
+                _empty_panel(axes[i, j], name, "not acquired")
+                continue
+            vmin, vmax = _display_range(img)
+            axes[i, j].imshow(img, cmap="gray", vmin=vmin, vmax=vmax, interpolation="nearest", aspect=aspect)
+            axes[i, j].set_title(f"{cid}\n{name}" if j == 0 else name, fontsize=8)
+        ref = axes[i, len(names)]
+        ref.imshow(truth, cmap="gray", vmin=0, vmax=1, interpolation="nearest", aspect=aspect)
+        ref.set_title("reference" if names else f"{cid}\nreference", fontsize=8)
+        for j, label in enumerate(labels, len(names) + 1):
             ax = axes[i, j]
             pred = panels[label].get(cid)
             if pred is None:
@@ -315,12 +330,51 @@ def plot_metric_vs_fraction(rows: Sequence[Mapping[str, Any]], out: str | os.Pat
                 capsize=3,
             )
     for ax, ylabel in zip(axes, ("Dice", "absolute area difference (mm²)")):
+        ax.set_ylim(bottom=0.0)  # from zero: differences of a few thousandths must not fill the axis
         ax.set_xscale("log")
         ax.set_xlabel("labeled training data (%)")
         ax.set_ylabel(ylabel)
         ticks = sorted({100 * r["fraction"] for r in rows})
         ax.set_xticks(ticks)
         ax.set_xticklabels([f"{t:g}" for t in ticks])
+        ax.grid(alpha=0.3)
+    axes[0].set_ylim(0.0, 1.0)
+    axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return save_figure(fig, out)
+
+
+def plot_active_learning(rows: Sequence[Mapping[str, Any]], out: str | os.PathLike, title: str = "") -> Path:
+    """Dice and absolute area difference vs labeled patients, one line per selection strategy.
+
+    Args:
+        rows: active-learning table rows with ``strategy``, ``n_patients``, ``dice_mean``,
+            ``dice_seed_std``, ``area_diff_mm2_mean``, ``area_diff_mm2_seed_std``.
+        out: output image path.
+        title: figure title (e.g. the test set).
+    """
+    fig = new_figure((10, 4))
+    axes = fig.subplots(1, 2)
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(r["strategy"], []).append(r)
+    for label, rs in sorted(groups.items()):
+        rs = sorted(rs, key=lambda r: r["n_patients"])
+        for ax, metric in zip(axes, ("dice", "area_diff_mm2")):
+            ax.errorbar(
+                [r["n_patients"] for r in rs],
+                [r[f"{metric}_mean"] for r in rs],
+                yerr=[r[f"{metric}_seed_std"] for r in rs],
+                label=label,
+                linestyle="--" if label == "random" else "-",
+                marker="o",
+                capsize=3,
+            )
+    for ax, ylabel in zip(axes, ("Dice", "absolute area difference (mm²)")):
+        ax.set_xlabel("labeled training patients")
+        ax.set_ylabel(ylabel)
+        ax.set_xticks(sorted({r["n_patients"] for r in rows}))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     if title:

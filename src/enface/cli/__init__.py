@@ -18,7 +18,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from enface.cli import apply, data, review, study, training
+from enface.cli import apply, data, review, select, study, training
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -36,6 +36,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     study.add_demo,
     apply.add_predict,
     apply.add_progression,
+    select.add_select,
     data.add_import_weights,
     review.add_review,
 ]

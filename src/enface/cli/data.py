@@ -278,6 +278,13 @@ def add_synth(sub: argparse._SubParsersAction) -> None:
         default=0.3,
         help="share of labeled visits with a second grader's masks (default 0.3)",
     )
+    p.add_argument(
+        "--difficulty",
+        choices=("realistic", "easy"),
+        default="realistic",
+        help="realistic (default: GA from tiny to large or none, mimics, graders who disagree, clinical "
+        "image quality; see docs/phantom.md) or easy (unit tests)",
+    )
     p.add_argument("--name", help="dataset name (default phantom-<preset>-<task>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in OUT")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -298,6 +305,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         label_fraction=args.label_fraction,
         faf_fraction=args.faf_fraction,
         grader2_fraction=args.grader2_fraction,
+        difficulty=args.difficulty,
         name=args.name,
         overwrite=args.overwrite,
         progress=not args.no_progress and not args.quiet,

@@ -36,15 +36,14 @@ def _plain(study, fast: bool):
 
 
 def _print_plan(study, plan) -> None:
-    from enface.study.plan import run_spec
+    from enface.study.plan import run_folder, run_label
 
     n_pre = sum(r.stage == "pretrain" for r in plan)
     print(f"study {study.name}: {len(plan)} runs ({n_pre} pre-training, {len(plan) - n_pre} segmentation)")
     for r in plan:
-        spec = run_spec(study, r)
-        folder = spec.folder(study.runs_dir)
+        folder = run_folder(study, r)
         state = "done" if (folder / "done.json").is_file() else "started" if folder.is_dir() else "todo"
-        print(f"  [{r.index:3d}] {state:<7} {spec.label}")
+        print(f"  [{r.index:3d}] {state:<7} {run_label(study, r)}")
 
 
 def _cmd_experiment(args: argparse.Namespace) -> int:

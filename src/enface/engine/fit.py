@@ -118,13 +118,16 @@ def select_run_cases(config: RunConfig) -> tuple[list[str], list[str]]:
 
     Pre-training uses the cases of the training (and, for validation, validation) patients
     that have the target modality, labeled or not; test patients are never seen.
-    Segmentation uses the labeled cases, training patients restricted to the label fraction.
+    Segmentation uses the labeled cases, training patients restricted to the label fraction
+    (or to the patients the config names).
     """
     from enface.data.splits import select_cases
 
     target = config.target_spec
     if target.kind == "reconstruct":
         train = select_cases(config.dataset, "train", requires=target.requires)
+    elif config.patients is not None:
+        train = _patients_cases(config)
     else:
         fraction = None if config.fraction >= 1.0 else config.fraction  # 100 %: every labeled training case
         train = select_cases(config.dataset, "train", requires=target.requires, fraction=fraction, task=target.name)
@@ -134,6 +137,29 @@ def select_run_cases(config: RunConfig) -> tuple[list[str], list[str]]:
     if not val:
         raise DatasetError(f"{config.dataset}: no validation cases for {config.stage} target {config.target!r}")
     return train, val
+
+
+def _patients_cases(config: RunConfig) -> list[str]:
+    """The labeled training cases of the patients a config names.
+
+    Raises:
+        DatasetError: a named patient is not a training patient with a mask of the task.
+    """
+    from enface.data.folder import load_case
+    from enface.data.splits import select_cases
+
+    target = config.target_spec
+    ids = select_cases(config.dataset, "train", requires=target.requires)
+    by_patient: dict[str, list[str]] = {}
+    for cid in ids:
+        by_patient.setdefault(load_case(Path(config.dataset) / "cases" / cid).patient_id, []).append(cid)
+    unknown = sorted(set(config.patients or ()) - set(by_patient))
+    if unknown:
+        raise DatasetError(
+            f"{config.dataset}: config field 'patients' names {unknown}, which are not training patients "
+            f"with a {target.filename}"
+        )
+    return sorted(cid for p in set(config.patients or ()) for cid in by_patient[p])
 
 
 def resolve_run(config: RunConfig) -> ResolvedRun:

@@ -14,6 +14,8 @@
     common: {width: 0.25, crop: [16, 64]}    # RunConfig fields for every run
     pretrain: {epochs: 30}                    # ... for pre-training runs
     train: {epochs: 40}                       # ... for segmentation runs
+    active: {strategies: [random, uncertainty, diverse], rounds: 4}  # optional: simulated active
+                                              # learning (enface.study.active_config); fractions may then be []
 
 Names that become folder names (``name``, the test-set names) must be safe folder names.
 """
@@ -28,6 +30,7 @@ from typing import Any
 
 from enface.config import read_yaml_mapping
 from enface.errors import ConfigError
+from enface.study.active_config import ActiveConfig, parse_active
 from enface.targets import Target, check_name
 
 __all__ = ["STUDY_KEYS", "StudyConfig", "load_study", "study_as_dict"]
@@ -50,6 +53,7 @@ STUDY_KEYS: tuple[str, ...] = (
     "top_k",
     "out",
     "overlay_cases",
+    "active",
 )
 """Keys a study YAML may hold (``name`` and ``dataset`` are required)."""
 
@@ -75,6 +79,7 @@ class StudyConfig:
     synth: dict[str, Any] | None = None
     out: str = ""
     overlay_cases: int = 2
+    active: dict[str, Any] | None = None
 
     @property
     def out_dir(self) -> Path:
@@ -85,9 +90,18 @@ class StudyConfig:
         return self.out_dir / "runs"
 
     @property
+    def active_config(self) -> ActiveConfig | None:
+        """The ``active:`` block, checked (None without one)."""
+        if self.active is None:
+            return None
+        return parse_active(self.active, tuple(self.models), self.reference.get("model", "fpn"))
+
+    @property
     def targets(self) -> list[Target]:
-        """The reconstruction targets the study pre-trains (one per ``ssl-*`` init), sorted."""
-        found = {t for i in self.inits if (t := Target.from_init_label(i)) is not None}
+        """The reconstruction targets the study pre-trains (one per ``ssl-*`` init, the active one too), sorted."""
+        active = self.active_config
+        inits = (*self.inits, *((active.init,) if active else ()))
+        found = {t for i in inits if (t := Target.from_init_label(i)) is not None}
         return sorted(found, key=lambda t: t.name)
 
     def validate(self) -> StudyConfig:
@@ -103,7 +117,8 @@ class StudyConfig:
             raise ConfigError(f"study: unknown models {unknown or '(none given)'}; known: {', '.join(list_models())}")
         for init in self.inits:
             Target.from_init_label(init)  # raises naming the init
-        if not self.fractions or any(not 0 < f <= 1 for f in self.fractions):
+        active = self.active_config
+        if (not self.fractions and active is None) or any(not 0 < f <= 1 for f in self.fractions):
             raise ConfigError(f"study: fractions must lie in (0, 1], got {list(self.fractions)}")
         if not self.seeds:
             raise ConfigError("study: at least one seed is needed")

@@ -15,10 +15,20 @@ from enface.config import RunConfig, load_config
 from enface.data.folder import read_dataset_info
 from enface.engine.runs import RunSpec
 from enface.errors import ConfigError
+from enface.study.active_config import START
 from enface.study.config import StudyConfig
 from enface.targets import SCRATCH, Target
 
-__all__ = ["PlannedRun", "check_index", "plan_study", "run_config", "run_folder", "run_spec"]
+__all__ = [
+    "PlannedRun",
+    "active_runs_dir",
+    "check_index",
+    "plan_study",
+    "run_config",
+    "run_folder",
+    "run_label",
+    "run_spec",
+]
 
 
 @dataclass(frozen=True)
@@ -27,12 +37,15 @@ class PlannedRun:
 
     Attributes:
         index: position in the plan.
-        stage: ``"pretrain"`` or ``"train"``.
+        stage: ``"pretrain"``, ``"train"`` or ``"active"`` (a round of the active-learning
+            simulation, :mod:`enface.study.active`).
         model: model name.
-        target: reconstruction target (pretrain) or mask task (train).
-        init: ``"scratch"`` or ``"ssl-<target>"`` (train only).
-        fraction: label fraction (1.0 for pretrain).
+        target: reconstruction target (pretrain) or mask task (train, active).
+        init: ``"scratch"`` or ``"ssl-<target>"`` (train, active).
+        fraction: label fraction (1.0 for pretrain and active).
         seed: random seed.
+        strategy: selection strategy of an active round (``"start"`` for round 0).
+        round: the active round (0 for other stages).
     """
 
     index: int
@@ -42,10 +55,12 @@ class PlannedRun:
     init: str = SCRATCH
     fraction: float = 1.0
     seed: int = 0
+    strategy: str = ""
+    round: int = 0
 
     @property
     def target_spec(self) -> Target:
-        return Target.for_stage(self.stage, self.target)
+        return Target.for_stage(self.stage, self.target)  # "active" segments, as "train"
 
 
 def plan_study(study: StudyConfig) -> list[PlannedRun]:
@@ -59,11 +74,37 @@ def plan_study(study: StudyConfig) -> list[PlannedRun]:
             for fraction in sorted(study.fractions):
                 for seed in study.seeds:
                     runs.append(PlannedRun(len(runs), "train", model, study.task, init, fraction, seed))
+    active = study.active_config
+    if active is not None:  # round by round: a round selects with the run of the round before
+        for r in range(active.rounds + 1):
+            for strategy in active.strategies if r else (START,):
+                for seed in study.seeds:
+                    runs.append(
+                        PlannedRun(len(runs), "active", active.model, study.task, active.init, 1.0, seed, strategy, r)
+                    )
     return runs
 
 
-def run_config(study: StudyConfig, run: PlannedRun, init_ckpt: str | None = None) -> RunConfig:
-    """The :class:`RunConfig` of a planned run (``init_ckpt``: its pre-trained checkpoint)."""
+def active_runs_dir(study: StudyConfig, run: PlannedRun) -> Path:
+    """The runs root of an active round: ``<runs>/active-learning/<strategy>/round-<r>``."""
+    return study.runs_dir / "active-learning" / run.strategy / f"round-{run.round}"
+
+
+def run_label(study: StudyConfig, run: PlannedRun) -> str:
+    """A planned run in words: ``train fpn ssl-faf_inv 5% seed 0``, ``active fpn ... uncertainty round 2 ...``."""
+    spec = run_spec(study, run)
+    if run.stage != "active":
+        return spec.label
+    active = study.active_config
+    n = active.patients_at(run.round) if active else "?"
+    return f"active {spec.model_dir} {run.init} {run.strategy} round {run.round} ({n} patients) seed {run.seed}"
+
+
+def run_config(
+    study: StudyConfig, run: PlannedRun, init_ckpt: str | None = None, patients: tuple[str, ...] | None = None
+) -> RunConfig:
+    """The :class:`RunConfig` of a planned run (``init_ckpt``: its pre-trained checkpoint;
+    ``patients``: the labeled patients of an active round, None while they are not known)."""
     overrides: dict[str, Any] = {**study.common, **(study.pretrain if run.stage == "pretrain" else study.train)}
     overrides.update(
         dataset=study.dataset,
@@ -73,9 +114,11 @@ def run_config(study: StudyConfig, run: PlannedRun, init_ckpt: str | None = None
         runs_dir=str(study.runs_dir),
         top_k=study.top_k,
     )
-    if run.stage == "train":
+    if run.stage != "pretrain":
         overrides.update(fraction=run.fraction, init=init_ckpt)
-    return load_config(None, run.stage, overrides)
+    if run.stage == "active":
+        overrides.update(runs_dir=str(active_runs_dir(study, run)), patients=patients)
+    return load_config(None, "pretrain" if run.stage == "pretrain" else "train", overrides)
 
 
 def run_spec(study: StudyConfig, run: PlannedRun, dataset_name: str | None = None) -> RunSpec:
@@ -86,7 +129,8 @@ def run_spec(study: StudyConfig, run: PlannedRun, dataset_name: str | None = Non
 
 def run_folder(study: StudyConfig, run: PlannedRun, dataset_name: str | None = None) -> Path:
     """The run folder of a planned run."""
-    return run_spec(study, run, dataset_name).folder(study.runs_dir)
+    root = active_runs_dir(study, run) if run.stage == "active" else study.runs_dir
+    return run_spec(study, run, dataset_name).folder(root)
 
 
 def check_index(index: int, plan: list[PlannedRun]) -> int:

@@ -45,8 +45,9 @@ def _fmt_p(p: float | None) -> str:
 def table_markdown(table: Sequence[Mapping[str, Any]]) -> str:
     """The results table (one row per test set, model, init and fraction) as Markdown."""
     lines = [
-        "| test set | model | init | fraction | seeds | cases | Dice | Dice per seed | area diff (mm²) | HD95 (mm) |",
-        "|---|---|---|---:|---:|---:|---|---|---|---|",
+        "| test set | model | init | fraction | seeds | cases | Dice | Dice per seed | area diff (mm²) | HD95 (mm) "
+        "| flagged seeds | Dice, unflagged seeds |",
+        "|---|---|---|---:|---:|---:|---|---|---|---|---|---:|",
     ]
     for r in table:
         hd95 = f"{_fmt(r['hd95_mm_mean'], 2)} ± {_fmt(r['hd95_mm_std'], 2)}"
@@ -55,7 +56,8 @@ def table_markdown(table: Sequence[Mapping[str, Any]]) -> str:
         lines.append(
             f"| {r['test_set']} | {r['model']} | {r['init']} | {fraction_key(r['fraction'])} % | {r['n_seeds']} | "
             f"{r['n_cases']} | {_fmt(r['dice_mean'])} ± {_fmt(r['dice_std'])} | {r['dice_per_seed']} | "
-            f"{_fmt(r['area_diff_mm2_mean'])} ± {_fmt(r['area_diff_mm2_std'])} | {hd95} |"
+            f"{_fmt(r['area_diff_mm2_mean'])} ± {_fmt(r['area_diff_mm2_std'])} | {hd95} | "
+            f"{r.get('flags') or '–'} | {_fmt(r.get('dice_mean_unflagged'))} |"
         )
     return "\n".join(lines)
 
@@ -93,6 +95,30 @@ def growth_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _convergence_markdown(table: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The report's convergence section: how runs were checked, which were flagged."""
+    from enface.study.convergence import FULL_FRACTION, RISE_TOLERANCE
+
+    flagged = [r for r in table if r.get("flags")]
+    md = [
+        "## Convergence",
+        "",
+        f"Every training run is checked: *still rising* when its mean validation Dice over the last quarter of its "
+        f"epochs exceeds that of the quarter before by more than {RISE_TOLERANCE}; *collapsed (empty)* on a test set "
+        "when it predicts nothing on at least half of the test cases with a lesion; *collapsed (full)* when it marks "
+        f"over {FULL_FRACTION:.0%} of the scan on at least half of the test cases. Flagged seeds stay in the means "
+        "above; the last column gives the mean over the other seeds.",
+        "",
+    ]
+    if not flagged:
+        return [*md, "No run was flagged.", ""]
+    md += [
+        f"- {r['test_set']}, {config_label(r['model'], r['init'])}, {fraction_key(r['fraction'])} %: {r['flags']}"
+        for r in flagged
+    ]
+    return [*md, ""]
+
+
 def markdown_to_html(markdown_text: str, title: str, base: Path) -> str:
     """A self-contained HTML page: Markdown rendered, local PNG images embedded as data URIs.
 
@@ -120,6 +146,19 @@ def markdown_to_html(markdown_text: str, title: str, base: Path) -> str:
     )
 
 
+def _overlay_cases(dataset: Path, case_ids: Sequence[str], task: str, n: int) -> list[str]:
+    """``n`` cases to show: spread from the smallest to the largest reference lesion (cases
+    without one only when too few have one)."""
+    from enface.data.folder import load_case
+
+    areas = {c: int(load_case(dataset / "cases" / c).load_mask(task).sum()) for c in case_ids}
+    with_lesion = sorted((a, c) for c, a in areas.items() if a > 0)
+    if len(with_lesion) < n:
+        return [c for _, c in with_lesion] + [c for c in case_ids if areas[c] == 0][: n - len(with_lesion)]
+    picks = np.linspace(0, len(with_lesion) - 1, n).round().astype(int)
+    return [with_lesion[i][1] for i in sorted(set(picks.tolist()))]
+
+
 def _overlay_figure(study: StudyConfig, plan: Sequence[PlannedRun], fig_dir: Path) -> Path | None:
     """Fig. 5: predictions of every model+init at the lowest fraction (first seed, first test set)."""
     from enface import viz
@@ -137,17 +176,21 @@ def _overlay_figure(study: StudyConfig, plan: Sequence[PlannedRun], fig_dir: Pat
             continue
         with np.load(npz) as data:
             if not case_ids:
-                case_ids = sorted(data.files)[: study.overlay_cases]
+                case_ids = _overlay_cases(Path(ts["dataset"]), sorted(data.files), study.task, study.overlay_cases)
             panels[config_label(run.model, run.init)] = {c: data[c] >= 128 for c in case_ids if c in data.files}
     if not panels or not case_ids:
         return None
     cases = {c: load_case(Path(ts["dataset"]) / "cases" / c) for c in case_ids}
+    images = {
+        c: {m.upper(): case.load_image(m) for m in ("slo", "faf") if case.has_image(m)} for c, case in cases.items()
+    }
     return viz.plot_overlay_grid(
         panels,
         {c: case.load_mask(study.task) for c, case in cases.items()},
         fig_dir / "overlays.png",
         title=f"{ts_name}, {fraction_key(fraction)} % labels, seed {seed}",
         spacings={c: case.spacing for c, case in cases.items()},
+        images=images,
     )
 
 
@@ -176,7 +219,7 @@ def _figures(
         if rows:
             p = viz.plot_metric_vs_fraction(rows, path_under(fig_dir, f"{ts}-vs-fraction.png"), title=ts)
             figures.append((f"Dice and area difference vs label fraction ({ts})", p))
-    overlay = _overlay_figure(study, plan, fig_dir)
+    overlay = _overlay_figure(study, plan, fig_dir) if study.fractions else None  # none: an active-only study
     if overlay is not None:
         figures.append(("Predictions at the lowest label fraction (TP green, TN black, FP red, FN blue)", overlay))
     curves = _curves_figure(study, plan, fig_dir)
@@ -202,6 +245,7 @@ def _report_markdown(study: StudyConfig, results: Mapping[str, Any], figures: Se
         "",
         table_markdown(results["table"]),
         "",
+        *_convergence_markdown(results["table"]),
         "## Paired Wilcoxon signed-rank tests on per-case Dice",
         "",
         f"The reference configuration ({ref}) against every other one, then each pre-trained model against "
@@ -251,6 +295,10 @@ def write_report(study: StudyConfig, plan: Sequence[PlannedRun], results: Mappin
         atomic_write_csv(res_dir / "growth.csv", results["growth"], GROWTH_COLUMNS)
         atomic_write_text(res_dir / "growth.md", growth_markdown(results["growth"]) + "\n")
     md = _report_markdown(study, results, _figures(study, plan, table, fig_dir))
+    if results.get("active"):
+        from enface.study.active_results import write_active_report
+
+        md += "\n" + write_active_report(study, results["active"], res_dir, fig_dir)
     atomic_write_text(out / "report.md", md)
     atomic_write_text(out / "report.html", markdown_to_html(md, study.name, out))
     log.info("report written: %s (and report.html); tables in %s, figures in %s", out / "report.md", res_dir, fig_dir)

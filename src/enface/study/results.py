@@ -66,15 +66,20 @@ def paired_wilcoxon(
     return result
 
 
-def _gather(study: StudyConfig, plan: Sequence[PlannedRun]) -> tuple[dict, dict, list[str]]:
-    """Per-case values per (configuration, case) and per-seed means, from every run's cases.csv."""
+def _gather(study: StudyConfig, plan: Sequence[PlannedRun]) -> tuple[dict, dict, list[str], dict]:
+    """Per-case values per (configuration, case), per-seed means and the convergence flags of
+    each seed (:mod:`enface.study.convergence`), from every run's cases.csv and metrics.csv."""
+    from enface.study.convergence import collapse_flag, rising_flag
+
     per_case: dict[ConfigKey, dict[str, dict[str, list[float]]]] = {}
     seed_means: dict[ConfigKey, dict[str, list[float]]] = {}
+    flags: dict[ConfigKey, dict[int, list[str]]] = {}
     missing: list[str] = []
     for run in plan:
         if run.stage != "train":
             continue
         folder = run_folder(study, run)
+        rising = rising_flag(folder)
         for ts in study.test_sets:
             csv_path = folder / "eval" / ts / "cases.csv"
             if not csv_path.is_file():
@@ -91,10 +96,14 @@ def _gather(study: StudyConfig, plan: Sequence[PlannedRun]) -> tuple[dict, dict,
             sm = seed_means.setdefault(key, {m: [] for m in METRICS})
             for m in METRICS:
                 sm[m].append(means[m]["mean"])
-    return per_case, seed_means, missing
+            collapsed = collapse_flag(rows, csv_path.parent / "predictions.npz")
+            flags.setdefault(key, {})[run.seed] = [f for f in (collapsed, rising) if f]
+    return per_case, seed_means, missing, flags
 
 
-def _table(averaged: Mapping[ConfigKey, dict], seed_means: Mapping[ConfigKey, dict]) -> list[dict[str, Any]]:
+def _table(
+    averaged: Mapping[ConfigKey, dict], seed_means: Mapping[ConfigKey, dict], flags: Mapping[ConfigKey, dict]
+) -> list[dict[str, Any]]:
     table = []
     for key in sorted(averaged):
         ts, model, init, fraction = key
@@ -115,6 +124,11 @@ def _table(averaged: Mapping[ConfigKey, dict], seed_means: Mapping[ConfigKey, di
             finite = [v for v in seed_means[key][m] if math.isfinite(v)]
             row[f"{m}_seed_std"] = float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
         row["dice_per_seed"] = "/".join(f"{v:.3f}" for v in seed_means[key]["dice"])
+        seeds = flags.get(key, {})
+        ok = [v for v, f in zip(seed_means[key]["dice"], seeds.values()) if not f]
+        row["flags"] = "; ".join(f"seed {s}: {', '.join(f)}" for s, f in seeds.items() if f)
+        row["n_flagged"] = sum(1 for f in seeds.values() if f)
+        row["dice_mean_unflagged"] = float(np.mean(ok)) if ok else math.nan
         table.append(row)
     return table
 
@@ -149,22 +163,32 @@ def _wilcoxon_rows(study: StudyConfig, averaged: Mapping[ConfigKey, dict]) -> li
 def collect_results(study: StudyConfig, plan: Sequence[PlannedRun] | None = None) -> dict[str, Any]:
     """Aggregate the per-case evaluations of every finished training run of a study.
 
+    Each table row also names its flagged seeds (``flags``: not converged or collapsed, see
+    :mod:`enface.study.convergence`), counts them (``n_flagged``) and gives the mean test
+    Dice over the other seeds (``dice_mean_unflagged``).
+
     Returns:
         ``{"table": [rows], "wilcoxon": [rows], "growth": [rows], "per_case": {...},
-        "missing": [labels]}``; ``growth`` is :func:`enface.study.growth.growth_agreement`.
+        "missing": [labels]}``; ``growth`` is :func:`enface.study.growth.growth_agreement`; with
+        an ``active:`` block also ``"active"`` (:func:`enface.study.active_results.active_results`).
     """
     from enface.study.growth import growth_agreement
 
     plan = plan or plan_study(study)
-    per_case, seed_means, missing = _gather(study, plan)
+    per_case, seed_means, missing, flags = _gather(study, plan)
     averaged = {
         key: {cid: {m: float(np.mean(v[m])) if v[m] else math.nan for m in METRICS} for cid, v in cases.items()}
         for key, cases in per_case.items()
     }
-    return {
-        "table": _table(averaged, seed_means),
+    out = {
+        "table": _table(averaged, seed_means, flags),
         "wilcoxon": _wilcoxon_rows(study, averaged),
         "growth": growth_agreement(study, plan),
         "per_case": {"|".join(map(str, k)): v for k, v in averaged.items()},
         "missing": missing,
     }
+    if study.active is not None:
+        from enface.study.active_results import active_results
+
+        out["active"] = active_results(study, plan)
+    return out

@@ -66,7 +66,7 @@ def ensure_datasets(study: StudyConfig) -> None:
 
 
 def execute_run(study: StudyConfig, run: PlannedRun, progress: bool = True) -> str:
-    """Run one planned run (resuming it when killed earlier) and, for training, evaluate it.
+    """Run one planned run (resuming it when killed earlier) and, for segmentation, evaluate it.
 
     Returns:
         ``"finished"``, ``"skipped"`` (already done) or ``"interrupted"``.
@@ -74,15 +74,19 @@ def execute_run(study: StudyConfig, run: PlannedRun, progress: bool = True) -> s
     from enface.engine.fit import fit, run_device
     from enface.evaluate import evaluate
 
-    init_ckpt = None
-    source = Target.from_init_label(run.init) if run.stage == "train" else None
+    init_ckpt, patients = None, None
+    source = Target.from_init_label(run.init) if run.stage != "pretrain" else None
     if source is not None:
         init_ckpt = pretrained_checkpoint(study, run.model, source.name)
-    config = run_config(study, run, init_ckpt)
+    if run.stage == "active":  # its patients: drawn (round 0) or selected with the round before
+        from enface.study.active import round_patients
+
+        patients = round_patients(study, run)
+    config = run_config(study, run, init_ckpt, patients)
     result = fit(config, resume=True, progress=progress)
     if result.status == "interrupted":
         return "interrupted"
-    if run.stage == "train":
+    if run.stage != "pretrain":
         for name, ts in study.test_sets.items():
             out = path_under(result.run_dir, "eval", name)
             if (out / "summary.json").is_file():

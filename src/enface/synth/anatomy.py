@@ -121,6 +121,8 @@ def retina_maps(
     lumen_medium: np.ndarray,
     texture: np.ndarray,
     drusen: np.ndarray | None = None,
+    hypertransmission: np.ndarray | None = None,
+    pigment: np.ndarray | None = None,
 ) -> RetinaMaps:
     """Tissue maps of one scan on the en-face grid; every input is ``(H, W)``.
 
@@ -138,6 +140,9 @@ def retina_maps(
         lumen_medium: medium choroidal vessel profile in [0, 1].
         texture: unit-variance smooth field (stroma heterogeneity).
         drusen: height (mm) of the RPE lifted off BM by drusen, or None (no drusen).
+        hypertransmission: extra fraction of light passing an intact RPE (a thin choroid
+            and RPE without RPE loss), or None.
+        pigment: pigment-clump density in [0, 1], or None.
 
     Returns:
         The :class:`~enface.synth.oct.RetinaMaps`.
@@ -164,21 +169,36 @@ def retina_maps(
     refl["ez"] = style.reflect["ez"] * (1.0 - 0.85 * e) * (1.0 - 0.4 * lift)
     refl["iz"] = style.reflect["iz"] * (1.0 - 0.85 * e) * (1.0 - 0.4 * lift)
     refl["rpe"] = style.reflect["rpe"] * (1.0 - 0.8 * a)
-    t0 = style.rpe_transmission
+    transmission, choroid = _transmission_and_choroid(style, a, hypertransmission)
     return RetinaMaps(
         thickness=thick,
         reflect=refl,
         vitreous=style.vitreous,
-        choroid=(style.choroid_mm * (1.0 - 0.25 * a)).astype(np.float32),
+        choroid=np.asarray(choroid, dtype=np.float32),
         stroma=(style.stroma * (1.0 + 0.1 * texture)).astype(np.float32),
         lumen_large=lumen_large.astype(np.float32),
         lumen_medium=lumen_medium.astype(np.float32),
         sclera=style.sclera,
-        rpe_transmission=(t0 + (0.92 - t0) * a).astype(np.float32),
+        rpe_transmission=np.asarray(transmission, dtype=np.float32),
         vessel=vessel.astype(np.float32),
         vessel_radius=vessel_radius.astype(np.float32),
         drusen=None if drusen is None else drusen.astype(np.float32),
+        pigment=None if pigment is None else pigment.astype(np.float32),
     )
+
+
+def _transmission_and_choroid(
+    style: LayerStyle, rpe_loss: np.ndarray, hypertransmission: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Light passing the RPE/BM (high where the RPE is lost, raised in hypertransmission
+    patches with the RPE intact) and the choroid thickness (thinner under both)."""
+    t0 = style.rpe_transmission
+    transmission = t0 + (0.92 - t0) * rpe_loss
+    choroid = style.choroid_mm * (1.0 - 0.25 * rpe_loss)
+    if hypertransmission is not None:
+        transmission = transmission + hypertransmission * (1.0 - rpe_loss)
+        choroid = choroid * (1.0 - 0.8 * hypertransmission)
+    return transmission, choroid
 
 
 def flat_bm_depth(depth: int) -> float:

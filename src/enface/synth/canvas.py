@@ -120,7 +120,14 @@ class Canvas:
         )
         return out.reshape(np.shape(iy)).astype(np.float32)
 
-    def to_grid(self, image: np.ndarray, grid: Grid, area: bool = False, affine: Affine | None = None) -> np.ndarray:
+    def to_grid(
+        self,
+        image: np.ndarray,
+        grid: Grid,
+        area: bool = False,
+        affine: Affine | None = None,
+        motion: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> np.ndarray:
         """Sample a canvas image onto the en-face grid.
 
         Args:
@@ -129,6 +136,8 @@ class Canvas:
             area: average over each grid pixel's footprint (fundus images) instead of
                 point-sampling at the B-scan lines (OCT, annotations).
             affine: misregistration applied to the grid points before the lookup.
+            motion: ``(dy, dx)``, each ``(H,)`` mm: where the eye had moved when each
+                B-scan was taken (the B-scan samples the fundus at ``y + dy``, ``x + dx``).
 
         Returns:
             ``(H, W)`` float32 image.
@@ -140,6 +149,9 @@ class Canvas:
                 img = ndimage.uniform_filter(img, size=size, mode="nearest")
         y = np.broadcast_to(grid.rows_mm()[:, None], grid.shape[:2])
         x = np.broadcast_to(grid.cols_mm()[None, :], grid.shape[:2])
+        if motion is not None:
+            y = y + np.asarray(motion[0], dtype=np.float64)[:, None]
+            x = x + np.asarray(motion[1], dtype=np.float64)[:, None]
         if affine is not None:
             y, x = affine.apply(y, x)
         return self.sample(img, y, x, order=1)

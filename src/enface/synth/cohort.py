@@ -21,6 +21,7 @@ import numpy as np
 
 from enface.synth.eye import TASKS, EyeModel, make_grid
 from enface.synth.presets import get_preset
+from enface.synth.realism import get_difficulty
 
 __all__ = ["CohortCase", "plan_cohort", "synthesize_dataset"]
 
@@ -156,6 +157,7 @@ def synthesize_dataset(
     faf_fraction: float = 0.85,
     grader2_fraction: float = 0.3,
     max_visits: int = 3,
+    difficulty: str = "realistic",
     name: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
@@ -169,13 +171,13 @@ def synthesize_dataset(
         shape: ``(H, W, D)``; default: the preset's shape (spacing scales with it).
         task: ``"ga"``, ``"rpd"`` or ``"both"``.
         preset: acquisition preset (``enface.synth.PRESETS``).
-        label_fraction: probability that a visit is labeled.
-        faf_fraction: probability that a visit has FAF.
-        grader2_fraction: probability that a labeled visit has a second grader.
+        label_fraction, faf_fraction, grader2_fraction: probabilities that a visit is labeled,
+            has FAF, has a second grader (labeled visits only).
         max_visits: at most this many visits per eye.
+        difficulty: ``"realistic"`` (default) or ``"easy"`` (unit tests); see
+            :mod:`enface.synth.realism`.
         name: dataset name; default ``phantom-<preset>-<task>``.
-        overwrite: replace an existing dataset in ``out``.
-        progress: show a progress bar.
+        overwrite, progress: replace an existing dataset in ``out``; show a progress bar.
 
     Returns:
         The dataset folder.
@@ -183,13 +185,12 @@ def synthesize_dataset(
     Raises:
         ValueError: bad arguments, or ``out`` holds something that would be overwritten.
     """
-    from tqdm.auto import tqdm
-
     from enface.data.splits import split_dataset
 
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     p = get_preset(preset)
+    get_difficulty(difficulty)  # unknown names fail before anything is written
     grid = make_grid(shape, None, preset)
     plan = plan_cohort(patients, seed, label_fraction, faf_fraction, grader2_fraction, max_visits)
     out = Path(out)
@@ -197,13 +198,8 @@ def synthesize_dataset(
     out.mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
-    model: EyeModel | None = None
-    written: list[dict[str, Any]] = []
-    source = f"enface synth --preset {preset} --seed {seed}"
-    for case in tqdm(plan, desc="enface synth", unit="case", disable=not progress):
-        if model is None or model.seed != case.eye_seed:
-            model = EyeModel(case.eye_seed, grid, task=task, eye=case.eye)
-        written.append(_write_phantom_case(out, model, case, p.device, source))
+    source = f"enface synth --preset {preset} --seed {seed} --difficulty {difficulty}"
+    written = _write_cases(out, plan, grid, task, difficulty, p.device, source, progress)
 
     # patient-wise 60/10/30 split plus the nested label fractions of every task
     split_dataset(out, seed=seed)
@@ -214,10 +210,8 @@ def synthesize_dataset(
         "shape": list(grid.shape),
         "task": task,
         "patients": int(patients),
-        "label_fraction": label_fraction,
-        "faf_fraction": faf_fraction,
-        "grader2_fraction": grader2_fraction,
-        "max_visits": int(max_visits),
+        **dict(label_fraction=label_fraction, faf_fraction=faf_fraction, grader2_fraction=grader2_fraction),
+        **dict(max_visits=int(max_visits), difficulty=difficulty),
     }
     counts = _write_info(out, name or f"phantom-{preset}-{task}", plan, written, grid.spacing, generator)
     _log_summary(counts, out, time.perf_counter() - t0)
@@ -232,6 +226,28 @@ def _log_summary(counts: dict[str, int], out: Path, seconds: float) -> None:
         out,
         seconds,
     )
+
+
+def _write_cases(
+    out: Path,
+    plan: list[CohortCase],
+    grid: Any,
+    task: str,
+    difficulty: str,
+    device: str,
+    source: str,
+    progress: bool,
+) -> list[dict[str, Any]]:
+    """Render and write every planned case, one eye model at a time; what each holds."""
+    from tqdm.auto import tqdm
+
+    model: EyeModel | None = None
+    written: list[dict[str, Any]] = []
+    for case in tqdm(plan, desc="enface synth", unit="case", disable=not progress):
+        if model is None or model.seed != case.eye_seed:
+            model = EyeModel(case.eye_seed, grid, task=task, eye=case.eye, difficulty=difficulty)
+        written.append(_write_phantom_case(out, model, case, device, source))
+    return written
 
 
 def _write_info(

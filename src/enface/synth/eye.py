@@ -9,17 +9,22 @@ registration error). :func:`generate_case` is the one-call version.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from enface.synth.anatomy import BMShape, LayerStyle, bm_surface, flat_bm_depth, retina_maps, tilt_for_visit
+from enface.synth.atrophy import GraderStyle, MultifocalGA, grade
 from enface.synth.canvas import Canvas, Grid
 from enface.synth.fundus import FAFStyle, FundusScene, SLOStyle, render_faf, render_slo
 from enface.synth.lesions import Drusen, GALesions, RPDDeposits, RPDMaps
+from enface.synth.mimics import Mimics
 from enface.synth.oct import Acquisition, render_oct
 from enface.synth.presets import get_preset
+from enface.synth.quality import VisitQuality
+from enface.synth.realism import get_difficulty
 from enface.synth.vessels import grow_vessel_tree, rasterise_vessels
 
 __all__ = ["TASKS", "EyeModel", "PhantomCase", "generate_case", "make_grid"]
@@ -48,6 +53,10 @@ class PhantomCase:
             misregistration ``faf_misregistration`` as in :class:`~enface.synth.canvas.Affine`, ...).
         drusen: ``(H, W)`` float32 height (mm) of the RPE above BM where drusen lift it, or
             None when the scan was rendered without drusen.
+        regions: realistic phantom only: ``(H, W)`` float32 maps on the OCT grid of what
+            the scan shows and the labels do not say: ``ga_truth`` (the true RPE loss),
+            ``irora``, ``pigment``, ``hypertransmission``, ``junction`` (FAF) and
+            ``vessel`` (for statistics and tests).
     """
 
     oct: np.ndarray
@@ -60,6 +69,7 @@ class PhantomCase:
     day: int = 0
     info: dict[str, Any] = field(default_factory=dict)
     drusen: np.ndarray | None = None
+    regions: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def make_grid(
@@ -109,9 +119,14 @@ class EyeModel:
         grid: acquisition grid of its scans.
         task: ``"ga"``, ``"rpd"`` or ``"both"``.
         eye: ``"OD"``/``"OS"``; default: drawn from the seed.
+        difficulty: ``"realistic"`` (default: multifocal GA or none, mimics, graders who
+            disagree, clinical image quality) or ``"easy"`` (unit tests: the phantom of
+            earlier versions); see :mod:`enface.synth.realism`.
     """
 
-    def __init__(self, seed: int, grid: Grid, task: str = "ga", eye: str | None = None) -> None:
+    def __init__(
+        self, seed: int, grid: Grid, task: str = "ga", eye: str | None = None, difficulty: str = "realistic"
+    ) -> None:
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         if int(seed) != seed or seed < 0:
@@ -121,6 +136,7 @@ class EyeModel:
         self.seed = int(seed)
         self.grid = grid
         self.task = task
+        self.realism = get_difficulty(difficulty)
         rng = np.random.default_rng([self.seed, 0])
         drawn = "OD" if rng.random() < 0.5 else "OS"
         self.eye = eye or drawn
@@ -155,10 +171,29 @@ class EyeModel:
             if not (has_ga or has_rpd):
                 has_ga = True
         fov = canvas.fov(grid)
-        self.ga = GALesions.random(lesion_rng, canvas, fov, self.fovea) if has_ga else None
+        self.ga: GALesions | MultifocalGA | None = None
+        self.mimics: Mimics | None = None
+        self.graders: tuple[GraderStyle, GraderStyle] | None = None
+        if not self.realism.enabled:
+            self.ga = GALesions.random(lesion_rng, canvas, fov, self.fovea) if has_ga else None
+        else:  # every realistic draw from streams of its own: the easy phantom stays as it was
+            self._realistic_eye(has_ga, fov)
         self.rpd = RPDDeposits.random(lesion_rng, canvas, (eh / 2, ew / 2), self.fovea) if has_rpd else None
         # drawn from their own stream: scans rendered without drusen are unchanged by them
         self.drusen = Drusen.random(np.random.default_rng([self.seed, 3]), self.fovea)
+
+    def _realistic_eye(self, has_ga: bool, fov: np.ndarray) -> None:
+        """Draw the realistic GA (or none), its mimics, the graders' habits and fundus styles."""
+        real = self.realism
+        ga_rng = np.random.default_rng([self.seed, 4])
+        if has_ga and ga_rng.random() >= real.ga_free_eye:
+            self.ga = MultifocalGA.random(ga_rng, self.canvas, fov, self.fovea, real)
+        self.mimics = Mimics.random(np.random.default_rng([self.seed, 5]), self.canvas, self.fovea, real)
+        grader_rng = np.random.default_rng([self.seed, 6])
+        self.graders = (GraderStyle.random(grader_rng, real), GraderStyle.random(grader_rng, real))
+        style_rng = np.random.default_rng([self.seed, 7])
+        self.slo_style = SLOStyle.random(style_rng, realistic=True)
+        self.faf_style = FAFStyle.random(style_rng, realistic=True)
 
     def _af_spots(self, rng: np.random.Generator, extent: tuple[float, float]) -> np.ndarray:
         """Focal autofluorescence changes (mostly hypo-, some hyper-autofluorescent)."""
@@ -183,9 +218,9 @@ class EyeModel:
             day: days since the first visit (non-negative); lesions grow with it.
             flattened: BM at a constant depth (as ``prepare`` stores scans), or the raw
                 curved and tilted BM.
-            drusen: render the eye's drusen (RPE lifted off BM; OCT only). Default: in raw
-                scans only, so that flattened scans (the datasets ``enface synth`` writes)
-                stay as they were.
+            drusen: render the eye's drusen (RPE lifted off BM; OCT only in the easy
+                phantom). Default: always in the realistic phantom; in raw scans only in the
+                easy one.
 
         Returns:
             The :class:`PhantomCase`. The flattened and raw scans of the same day share
@@ -194,14 +229,73 @@ class EyeModel:
         if int(day) != day or day < 0:
             raise ValueError(f"day must be a non-negative integer, got {day!r}")
         day = int(day)
-        with_drusen = (not flattened) if drusen is None else bool(drusen)
+        default_drusen = (not flattened) or self.realism.drusen_flattened
+        with_drusen = default_drusen if drusen is None else bool(drusen)
         rng = np.random.default_rng([self.seed, 100, day])
+        quality = None
+        if self.realism.enabled:
+            quality = VisitQuality.random(
+                np.random.default_rng([self.seed, 100, day, 1]), self.grid.shape[0], self.realism
+            )
+        motion = None if quality is None else quality.motion
         lesions = self._lesions(day)
-        masks = self._masks(lesions)
-        drusen_map = None
+        masks = self._masks(lesions, motion)
+        drusen_canvas = drusen_map = None
         if with_drusen:  # drusen regress where the atrophy (and its margin) is
-            drusen_map = self._point(self.drusen.rasterise(self.canvas, lesions.photoreceptor_loss))
-        volume, bm = self._volume(lesions, rng, flattened, drusen_map)
+            drusen_canvas = self.drusen.rasterise(self.canvas, lesions.photoreceptor_loss)
+            drusen_map = self._point(drusen_canvas, motion)
+        volume, bm = self._volume(lesions, rng, flattened, drusen_map, quality)
+        slo, faf, faf_affine = self._fundus(lesions, rng, quality, drusen_canvas)
+        info = self._info(day, flattened, lesions, masks)
+        info["faf_misregistration"] = {
+            "ty_mm": float(faf_affine.ty),
+            "tx_mm": float(faf_affine.tx),
+            "rot_deg": float(faf_affine.rot_deg),
+            "scale": float(faf_affine.scale),
+        }
+        if quality is not None:
+            info["quality"] = {
+                "frames": quality.frames,
+                "signal": round(quality.signal, 3),
+                "motion_rms_mm": round(float(np.sqrt(np.mean(np.square(quality.motion)))), 4),
+                "slo_defocused": quality.slo_defocus_mm > 0,
+            }
+        return PhantomCase(
+            oct=volume,
+            bm=bm,
+            slo=slo,
+            faf=faf,
+            masks=masks,
+            spacing=self.grid.spacing,
+            eye=self.eye,
+            day=day,
+            info=info,
+            drusen=drusen_map,
+            regions=self._regions(lesions, motion) if self.mimics is not None else {},
+        )
+
+    def _regions(self, lesions: _VisitLesions, motion: tuple[np.ndarray, np.ndarray] | None) -> dict[str, np.ndarray]:
+        """Unlabeled structures point-sampled on the OCT grid (see :class:`PhantomCase`)."""
+        assert self.mimics is not None
+        canvas_maps = {
+            "ga_truth": lesions.ga,
+            "irora": self.mimics.irora,
+            "pigment": self.mimics.pigment,
+            "hypertransmission": self.mimics.hypertransmission,
+            "junction": lesions.junction,
+            "vessel": self.vessels.profile,
+        }
+        return {k: self._point(v, motion) for k, v in canvas_maps.items()}
+
+    def _fundus(
+        self,
+        lesions: _VisitLesions,
+        rng: np.random.Generator,
+        quality: VisitQuality | None,
+        drusen: np.ndarray | None,
+    ) -> tuple[np.ndarray, np.ndarray, Any]:
+        """SLO, FAF and the FAF's misregistration of one visit."""
+        mim = self.mimics
         scene = FundusScene(
             canvas=self.canvas,
             fovea_dist=self.fovea_dist,
@@ -213,94 +307,117 @@ class EyeModel:
             texture=self.texture,
             af_spots=self.af_spots,
             rpd=lesions.rpd,
+            irora=None if mim is None else mim.irora,
+            pigment=None if mim is None else mim.pigment,
+            pigment_af=None if mim is None else mim.pigment_af,
+            drusen=drusen if self.realism.enabled else None,
         )
-        slo = render_slo(scene, self.slo_style, self.grid, rng)
-        faf, faf_affine = render_faf(scene, self.faf_style, self.grid, rng)
-        return PhantomCase(
-            oct=volume,
-            bm=bm,
-            slo=slo,
-            faf=faf,
-            masks=masks,
-            spacing=self.grid.spacing,
-            eye=self.eye,
-            day=day,
-            info={
-                **self._info(day, flattened, lesions, masks),
-                "faf_misregistration": {
-                    "ty_mm": float(faf_affine.ty),
-                    "tx_mm": float(faf_affine.tx),
-                    "rot_deg": float(faf_affine.rot_deg),
-                    "scale": float(faf_affine.scale),
-                },
-            },
-            drusen=drusen_map,
-        )
+        if quality is None:
+            slo = render_slo(scene, self.slo_style, self.grid, rng)
+            faf, affine = render_faf(scene, self.faf_style, self.grid, rng)
+        else:
+            slo = render_slo(scene, self.slo_style, self.grid, rng, defocus_mm=quality.slo_defocus_mm)
+            faf, affine = render_faf(scene, self.faf_style, self.grid, rng, noise=quality.faf_noise)
+        return slo, faf, affine
 
-    def _point(self, image: np.ndarray) -> np.ndarray:
-        """Canvas image point-sampled at the B-scan lines and A-scan positions."""
-        return self.canvas.to_grid(image, self.grid)
+    def _point(self, image: np.ndarray, motion: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """Canvas image point-sampled at the B-scan lines and A-scan positions (moved by ``motion``)."""
+        return self.canvas.to_grid(image, self.grid, motion=motion)
 
     def _lesions(self, day: int) -> _VisitLesions:
         """Canvas maps of the lesions present at ``day``."""
         zeros = np.zeros(self.canvas.shape, dtype=np.float32)
         rpd = self.rpd.rasterise(self.canvas, day) if self.rpd is not None else None
+        graded = self._graded(day)
         if self.ga is None:
-            return _VisitLesions(zeros, zeros, zeros, zeros, zeros, rpd)
+            return _VisitLesions(zeros, zeros, zeros, zeros, zeros, rpd, graded)
         faf_ga, junction = self.ga.faf_lesion(day)
+        truth = self.ga.lesion(day)
+        if isinstance(self.ga, MultifocalGA):
+            grader2 = graded[1] if graded is not None else truth
+        else:
+            grader2 = self.ga.lesion_grader2(day)
         return _VisitLesions(
-            ga=self.ga.lesion(day).astype(np.float32),
+            ga=truth.astype(np.float32),
             photoreceptor_loss=self.ga.photoreceptor_loss(day, self.canvas.cs),
-            ga_grader2=self.ga.lesion_grader2(day).astype(np.float32),
+            ga_grader2=grader2.astype(np.float32),
             faf_ga=faf_ga,
             junction=junction,
             rpd=rpd,
+            graded=graded,
         )
 
-    def _masks(self, lesions: _VisitLesions) -> dict[str, np.ndarray]:
+    def _graded(self, day: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """The two realistic graders' outlines of the GA at ``day`` (None in the easy phantom)."""
+        if self.graders is None:
+            return None
+        truth = self.ga.lesion(day) if self.ga is not None else np.zeros(self.canvas.shape, dtype=bool)
+        rng = np.random.default_rng([self.seed, 100, day, 2])
+        g1, g2 = (grade(truth, self.canvas, style, self.realism, rng) for style in self.graders)
+        return g1, g2
+
+    def _masks(
+        self, lesions: _VisitLesions, motion: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> dict[str, np.ndarray]:
         """Labels as graded along the B-scans: ``{task: mask, task.grader2: mask}``."""
         h, w = self.grid.shape[:2]
         masks: dict[str, np.ndarray] = {}
         if "ga" in self.tasks:
-            masks["ga"] = (self._point(lesions.ga) >= 0.5).astype(np.uint8)
-            masks["ga.grader2"] = (self._point(lesions.ga_grader2) >= 0.5).astype(np.uint8)
+            first, second = lesions.ga, lesions.ga_grader2
+            if lesions.graded is not None:
+                first, second = (g.astype(np.float32) for g in lesions.graded)
+            masks["ga"] = (self._point(first, motion) >= 0.5).astype(np.uint8)
+            masks["ga.grader2"] = (self._point(second, motion) >= 0.5).astype(np.uint8)
         if "rpd" in self.tasks:
             if lesions.rpd is None:
                 masks["rpd"] = np.zeros((h, w), dtype=np.uint8)
                 masks["rpd.grader2"] = masks["rpd"].copy()
             else:
                 for key, outline in (("rpd", lesions.rpd.mask), ("rpd.grader2", lesions.rpd.mask2)):
-                    masks[key] = (self._point(outline.astype(np.float32)) >= 0.5).astype(np.uint8)
+                    masks[key] = (self._point(outline.astype(np.float32), motion) >= 0.5).astype(np.uint8)
         return masks
 
     def _volume(
-        self, lesions: _VisitLesions, rng: np.random.Generator, flattened: bool, drusen: np.ndarray | None
+        self,
+        lesions: _VisitLesions,
+        rng: np.random.Generator,
+        flattened: bool,
+        drusen: np.ndarray | None,
+        quality: VisitQuality | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """The OCT volume ``(H, W, D)`` and its BM depth ``(H, W)`` (``drusen``: ``(H, W)`` mm or None)."""
         h, w, d = self.grid.shape
         sd = self.grid.spacing[2]
+        motion = None if quality is None else quality.motion
         y = self.grid.rows_mm()[:, None].astype(np.float32)
         x = self.grid.cols_mm()[None, :].astype(np.float32)
+        ym, xm = (y, x) if motion is None else (y + motion[0][:, None], x + motion[1][:, None])
         fy, fx = self.fovea
         no_rpd = np.zeros((h, w), np.float32)
+        mim = self.mimics
+        rpe_loss = lesions.ga if mim is None else np.maximum(lesions.ga, mim.irora)
+        pr_loss = lesions.photoreceptor_loss if mim is None else np.maximum(lesions.photoreceptor_loss, mim.irora)
+        pt = self._point
         maps = retina_maps(
             self.layers,
-            fovea_dist=np.hypot(y - fy, x - fx),
-            nasal=np.broadcast_to((x - fx) * self.nasal_sign, (h, w)),
-            vert=np.broadcast_to(y - fy, (h, w)),
-            rpe_loss=self._point(lesions.ga),
-            photoreceptor_loss=self._point(lesions.photoreceptor_loss),
-            sdd_height=self._point(lesions.rpd.height) if lesions.rpd is not None else no_rpd,
-            vessel=self._point(self.vessels.profile),
-            vessel_radius=self._point(self.vessels.radius),
-            lumen_large=self._point(self.lumen_large),
-            lumen_medium=self._point(self.lumen_medium),
-            texture=self._point(self.stroma_texture),
+            fovea_dist=np.hypot(ym - fy, xm - fx),
+            nasal=np.broadcast_to((xm - fx) * self.nasal_sign, (h, w)),
+            vert=np.broadcast_to(ym - fy, (h, w)),
+            rpe_loss=pt(rpe_loss, motion),
+            photoreceptor_loss=pt(pr_loss, motion),
+            sdd_height=pt(lesions.rpd.height, motion) if lesions.rpd is not None else no_rpd,
+            vessel=pt(self.vessels.profile, motion),
+            vessel_radius=pt(self.vessels.radius, motion),
+            lumen_large=pt(self.lumen_large, motion),
+            lumen_medium=pt(self.lumen_medium, motion),
+            texture=pt(self.stroma_texture, motion),
             drusen=drusen,
+            hypertransmission=None if mim is None else pt(mim.hypertransmission, motion),
+            pigment=None if mim is None else pt(mim.pigment, motion),
         )
         # raw BM drawn in both modes, so that both share every later random draw
         tilt, jitter = tilt_for_visit(rng), rng.normal(0.0, 0.006, h)
-        raw_bm = bm_surface(self.bm_shape, y, x, self._point(self.undulation), tilt, jitter, d, sd)
+        raw_bm = bm_surface(self.bm_shape, y, x, pt(self.undulation, motion), tilt, jitter, d, sd)
         bm = np.full((h, w), flat_bm_depth(d), dtype=np.float32) if flattened else raw_bm
         gain = np.exp(rng.normal(0.0, 0.06, h)) * np.where(rng.random(h) < 0.03, 0.6, 1.0)
         acq = Acquisition(
@@ -310,6 +427,14 @@ class EyeModel:
             bscan_gain=gain,
             lateral_vignetting=float(rng.uniform(0.05, 0.15)),
         )
+        if quality is not None:
+            acq = dataclasses.replace(
+                acq,
+                looks=quality.looks,
+                bscan_gain=gain * quality.signal,
+                lateral_vignetting=quality.vignetting,
+                lateral_gradient=quality.lateral_gradient,
+            )
         return render_oct(maps, bm, d, sd, acq, rng), bm.astype(np.float32)
 
     def _info(self, day: int, flattened: bool, lesions: _VisitLesions, masks: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -320,9 +445,17 @@ class EyeModel:
             "flattened": bool(flattened),
             "fovea_mm": [round(self.fovea[0], 4), round(self.fovea[1], 4)],
             "bm_flat": flat_bm_depth(self.grid.shape[2]),
+            "difficulty": self.realism.name,
         }
         if self.ga is not None:
             info["ga_area_mm2"] = round(self.ga.area(day), 4)
+        elif "ga" in self.tasks and self.realism.enabled:
+            info["ga_area_mm2"] = 0.0
+        if isinstance(self.ga, MultifocalGA):
+            info["ga_foci"] = len(self.ga.foci)
+            info["ga_spares_fovea"] = self.ga.spares_fovea
+        if self.mimics is not None:
+            info["mimics"] = dict(self.mimics.counts)
         if self.rpd is not None:
             info["rpd_deposits"] = int((self.rpd.active(day) & self.rpd.in_fov).sum())
         if lesions.rpd is not None:
@@ -336,7 +469,8 @@ class EyeModel:
 
 @dataclass(frozen=True)
 class _VisitLesions:
-    """Canvas maps ``(ny, nx)`` of one visit's lesions (zeros where the eye has none)."""
+    """Canvas maps ``(ny, nx)`` of one visit's lesions (zeros where the eye has none); ``graded``:
+    the two realistic graders' outlines (bool), None in the easy phantom."""
 
     ga: np.ndarray
     photoreceptor_loss: np.ndarray
@@ -344,6 +478,7 @@ class _VisitLesions:
     faf_ga: np.ndarray
     junction: np.ndarray
     rpd: RPDMaps | None
+    graded: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def generate_case(
@@ -357,6 +492,7 @@ def generate_case(
     eye: str | None = None,
     day: int = 0,
     drusen: bool | None = None,
+    difficulty: str = "realistic",
 ) -> PhantomCase:
     """One phantom scan: the eye of ``seed`` at visit ``day``.
 
@@ -370,10 +506,12 @@ def generate_case(
         preset: acquisition preset.
         eye: ``"OD"``/``"OS"``; default: drawn from the seed.
         day: days since the first visit; lesions grow with it.
-        drusen: render drusen (RPE lifted off BM); default: in raw (un-flattened) scans only.
+        drusen: render drusen (RPE lifted off BM); default: see :meth:`EyeModel.render`.
+        difficulty: ``"realistic"`` (default) or ``"easy"`` (:mod:`enface.synth.realism`).
 
     Returns:
         The :class:`PhantomCase`.
     """
     grid = make_grid(shape, spacing, preset)
-    return EyeModel(seed, grid, task=task, eye=eye).render(day=day, flattened=flattened, drusen=drusen)
+    model = EyeModel(seed, grid, task=task, eye=eye, difficulty=difficulty)
+    return model.render(day=day, flattened=flattened, drusen=drusen)

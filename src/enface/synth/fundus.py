@@ -47,6 +47,10 @@ class FundusScene:
         texture: three independent unit-variance smooth fields ``(3, ny, nx)``.
         af_spots: relative focal autofluorescence changes (negative: hypo).
         rpd: RPD maps of the visit, or None.
+        irora: RPE attenuation of iRORA spots in [0, 1), or None (realistic phantom only).
+        pigment: pigment-clump density in [0, 1], or None.
+        pigment_af: relative FAF change of the pigment clumps, or None.
+        drusen: drusen height (mm), or None.
     """
 
     canvas: Canvas
@@ -59,6 +63,10 @@ class FundusScene:
     texture: np.ndarray
     af_spots: np.ndarray
     rpd: RPDMaps | None
+    irora: np.ndarray | None = None
+    pigment: np.ndarray | None = None
+    pigment_af: np.ndarray | None = None
+    drusen: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -72,7 +80,15 @@ class SLOStyle:
     fovea_dip: float
 
     @classmethod
-    def random(cls, rng: np.random.Generator) -> SLOStyle:
+    def random(cls, rng: np.random.Generator, realistic: bool = False) -> SLOStyle:
+        if realistic:  # GA barely brighter in near-infrared in many eyes; more varied vessels
+            return cls(
+                brightness=rng.uniform(0.3, 0.55),
+                ga_gain=rng.uniform(0.0, 0.12),
+                choroid_visibility=rng.uniform(0.02, 0.1),
+                vessel_contrast=rng.uniform(0.15, 0.4),
+                fovea_dip=rng.uniform(0.05, 0.2),
+            )
         return cls(
             brightness=rng.uniform(0.38, 0.5),
             ga_gain=rng.uniform(0.06, 0.18),
@@ -95,7 +111,16 @@ class FAFStyle:
     """Relative AF change in the junctional zone (negative: decreased AF)."""
 
     @classmethod
-    def random(cls, rng: np.random.Generator) -> FAFStyle:
+    def random(cls, rng: np.random.Generator, realistic: bool = False) -> FAFStyle:
+        if realistic:  # deeper macular pigment (a dark fovea like foveal GA), darker residual GA range
+            return cls(
+                brightness=rng.uniform(0.35, 0.6),
+                pigment_depth=rng.uniform(0.35, 0.8),
+                pigment_sigma_mm=rng.uniform(0.4, 0.8),
+                vessel_contrast=rng.uniform(0.35, 0.65),
+                ga_residual=rng.uniform(0.1, 0.45),
+                rim_gain=rng.uniform(0.1, 0.5) if rng.random() < 0.75 else rng.uniform(-0.4, -0.1),
+            )
         return cls(
             brightness=rng.uniform(0.42, 0.56),
             pigment_depth=rng.uniform(0.3, 0.7),
@@ -134,7 +159,9 @@ def _finish(
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
-def render_slo(scene: FundusScene, style: SLOStyle, grid: Grid, rng: np.random.Generator) -> np.ndarray:
+def render_slo(
+    scene: FundusScene, style: SLOStyle, grid: Grid, rng: np.random.Generator, defocus_mm: float = 0.0
+) -> np.ndarray:
     """The near-infrared SLO of one visit.
 
     Args:
@@ -142,6 +169,7 @@ def render_slo(scene: FundusScene, style: SLOStyle, grid: Grid, rng: np.random.G
         style: the eye's SLO appearance.
         grid: target en-face grid.
         rng: random generator of the visit.
+        defocus_mm: extra blur of a defocused SLO (its contrast drops as well); 0: in focus.
 
     Returns:
         ``(H, W)`` float32 in [0, 1].
@@ -157,11 +185,22 @@ def render_slo(scene: FundusScene, style: SLOStyle, grid: Grid, rng: np.random.G
     if scene.rpd is not None:
         ring = np.exp(-(((scene.rpd.rel_dist - 1.3) / 0.35) ** 2))
         img = img * (1.0 - 0.22 * ring)
+    if scene.irora is not None:
+        img = img * (1.0 + 0.5 * style.ga_gain * scene.irora)
+    if scene.pigment is not None:
+        img = img * (1.0 + 0.25 * scene.pigment)
+    if scene.drusen is not None:
+        img = img * (1.0 + 1.5 * scene.drusen)
     img = img * _illumination(rng, scene.canvas, 0.12)
-    return _finish(img.astype(np.float32), scene.canvas, grid, rng, blur_mm=0.012, noise=0.015)
+    if defocus_mm > 0:
+        img = img.mean() + (img - img.mean()) * 0.7
+    blur = float(np.hypot(0.012, defocus_mm))
+    return _finish(img.astype(np.float32), scene.canvas, grid, rng, blur_mm=blur, noise=0.015)
 
 
-def render_faf(scene: FundusScene, style: FAFStyle, grid: Grid, rng: np.random.Generator) -> tuple[np.ndarray, Affine]:
+def render_faf(
+    scene: FundusScene, style: FAFStyle, grid: Grid, rng: np.random.Generator, noise: float = 0.03
+) -> tuple[np.ndarray, Affine]:
     """The FAF of one visit, with a small residual misregistration to the OCT grid.
 
     Args:
@@ -169,6 +208,7 @@ def render_faf(scene: FundusScene, style: FAFStyle, grid: Grid, rng: np.random.G
         style: the eye's FAF appearance.
         grid: target en-face grid.
         rng: random generator of the visit.
+        noise: noise level.
 
     Returns:
         ``(H, W)`` float32 in [0, 1], and the misregistration: FAF pixel ``(i, j)`` shows
@@ -182,6 +222,10 @@ def render_faf(scene: FundusScene, style: FAFStyle, grid: Grid, rng: np.random.G
     img = img * (1.0 + scene.af_spots)
     if scene.rpd is not None:
         img = img * (1.0 - 0.15 * (scene.rpd.rel_dist < 1.0))
+    if scene.irora is not None:
+        img = img * (1.0 - 0.6 * scene.irora)
+    if scene.pigment_af is not None:
+        img = img * (1.0 + scene.pigment_af)
     residual = style.ga_residual * (1.0 + 0.4 * tex[0])
     img = img * (1.0 - scene.faf_ga * (1.0 - residual))
     img = img * _illumination(rng, scene.canvas, 0.25)
@@ -191,4 +235,4 @@ def render_faf(scene: FundusScene, style: FAFStyle, grid: Grid, rng: np.random.G
         rot_deg=rng.normal(0.0, 0.5),
         scale=1.0 + rng.normal(0.0, 0.008),
     )
-    return _finish(img.astype(np.float32), scene.canvas, grid, rng, blur_mm=0.02, noise=0.03, affine=affine), affine
+    return _finish(img.astype(np.float32), scene.canvas, grid, rng, blur_mm=0.02, noise=noise, affine=affine), affine

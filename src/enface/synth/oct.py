@@ -47,6 +47,8 @@ class RetinaMaps:
         vessel: retinal vessel profile in [0, 1].
         vessel_radius: radius in mm of the nearest retinal vessel.
         drusen: height in mm of the RPE above BM (sub-RPE deposits), or None (no drusen).
+        pigment: density in [0, 1] of pigment clumps (hyperreflective foci in the outer
+            nuclear layer that shadow what lies below them), or None (none).
     """
 
     thickness: dict[str, np.ndarray]
@@ -61,6 +63,7 @@ class RetinaMaps:
     vessel: np.ndarray
     vessel_radius: np.ndarray
     drusen: np.ndarray | None = None
+    pigment: np.ndarray | None = None
 
 
 DRUSEN_REFLECT = 0.32
@@ -79,6 +82,8 @@ class Acquisition:
         lateral_vignetting: brightness loss at the ends of a B-scan.
         vessel_shadow: fraction of light a vessel centre blocks.
         choroid_decay_mm: attenuation length of the light below BM.
+        lateral_gradient: brightness change from the centre to the ends of a B-scan
+            (oblique incidence on a tilted scan), ``1 + lateral_gradient * x`` for x in [-1, 1].
     """
 
     looks: float
@@ -88,11 +93,23 @@ class Acquisition:
     lateral_vignetting: float
     vessel_shadow: float = 0.7
     choroid_decay_mm: float = 0.3
+    lateral_gradient: float = 0.0
 
 
 def _step(d: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Fraction of each voxel lying below the boundary ``b``: ``(H, W)`` → ``(H, W, D)``."""
     return np.clip(d - b[..., None] + 0.5, 0.0, 1.0)
+
+
+def _pigment_clumps(
+    vol: np.ndarray, pigment: np.ndarray, elm: np.ndarray, onl: np.ndarray, d: np.ndarray
+) -> np.ndarray:
+    """Bright clumps in the lower half of the outer nuclear layer (above the ELM at depth
+    ``elm``, ONL ``onl`` voxels thick) that shadow everything below them."""
+    p = pigment.astype(np.float32)[..., None]
+    clump = _step(d, elm - 0.5 * onl) - _step(d, elm)
+    vol = vol * (1.0 - p * clump) + 0.85 * p * clump
+    return vol * (1.0 - 0.6 * p * _step(d, elm))
 
 
 def render_oct(
@@ -154,6 +171,8 @@ def render_oct(
     inside = _step(d, v_top) - _step(d, v_bot)
     vol = vol * (1.0 - inside) + 0.6 * inside
     vol *= 1.0 - acq.vessel_shadow * maps.vessel[..., None] * _step(d, v_bot)
+    if maps.pigment is not None:
+        vol = _pigment_clumps(vol, maps.pigment, tops["elm"], maps.thickness["onl"] / sd, d)
 
     # acquisition
     speckle = rng.standard_gamma(acq.looks, size=vol.shape, dtype=np.float32) / np.float32(acq.looks)
@@ -161,7 +180,7 @@ def render_oct(
     xs = np.linspace(-1.0, 1.0, w, dtype=np.float32)
     gain = (
         acq.bscan_gain.astype(np.float32)[:, None, None]
-        * (1.0 - acq.lateral_vignetting * xs**2)[None, :, None]
+        * ((1.0 - acq.lateral_vignetting * xs**2) * (1.0 + acq.lateral_gradient * xs))[None, :, None]
         * np.exp(-acq.falloff * d / depth)
     )
     vol *= gain
