@@ -278,9 +278,15 @@ def _existing_state(run: ResolvedRun, resume: bool) -> tuple[str, Path | None]:
 
 
 def _start_folder(run: ResolvedRun, module: EnfaceModule) -> None:
-    """Write a new run's config and identity, and start its network from the init weights."""
+    """Write a new run's config and identity, and start its network from the init weights
+    (from scratch, a segmentation head at the masks' foreground share: :mod:`enface.engine.prior`)."""
     atomic_write_text(run.folder / "config.yaml", yaml.safe_dump(run.config.to_dict(), sort_keys=False))
     atomic_write_json(run.folder / "identity.json", run.identity)
+    if run.init_weights is None and run.config.task == "segment":
+        from enface.engine.prior import foreground_share, set_head_prior
+
+        share = foreground_share(run.config.dataset, run.train_ids, run.config.target)
+        set_head_prior(getattr(module.model, "_orig_mod", module.model), share)
     if run.init_weights is not None and run.transfer is not None:
         loaded = {k: run.init_weights[k] for k in run.transfer.loaded}  # skipped keys keep the seeded init
         net = getattr(module.model, "_orig_mod", module.model)
