@@ -11,9 +11,9 @@ resident memory is its own, and no allocator or oneDNN cache is shared):
   float32), glibc reusing freed memory (``tune_allocator("training")``);
 * **infer / plain** — the network's own forward, ``torch.inference_mode``, on one whole
   volume (default 49 x 1024 x 128), then the sigmoid;
-* **infer / fast** — :func:`enface.engine.inference.predict_logits` on the network of
-  :func:`enface.engine.fastpath.inference_network`: BatchNorm folded, channels-last,
-  oneDNN convolutions, float32, encoder over slabs of A-scans, ``tune_allocator("inference")``
+* **infer / fast** — ``FastPath().logits`` on the network of ``FastPath().inference_network``
+  (:mod:`enface.engine.fastpath`): BatchNorm folded, channels-last, oneDNN convolutions,
+  float32, the model's slab stages over slabs of A-scans, ``tune_allocator("inference")``
   (what ``evaluate`` / ``predict`` run).
 
 With ``REF_CODE=<folder>`` naming an export of the paper's public repository
@@ -79,7 +79,6 @@ def _train_job(job: dict[str, Any]) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
 
-    from enface.engine.fastpath import fast_precision, tune_allocator
     from enface.engine.module import EnfaceModule
 
     dev, path = job["device"], job["path"]
@@ -100,13 +99,13 @@ def _train_job(job: dict[str, Any]) -> dict[str, Any]:
 
         params = net.parameters()
     else:
-        fast = path in ("fast", "fast32")
-        if fast and dev == "cpu":
-            tune_allocator("training")
-        if fast and dev == "cuda":
-            torch.backends.cudnn.benchmark = True
-        module = EnfaceModule(job["model"], width=job["width"], model_kwargs=job["kwargs"], fast=fast).to(dev)
-        bf16 = path == "fast" and fast_precision("gpu" if dev == "cuda" else "cpu") == "bf16-mixed"
+        module = EnfaceModule(job["model"], width=job["width"], model_kwargs=job["kwargs"], fast=path != "plain").to(
+            dev
+        )
+        fastpath = module.fastpath  # what `enface train` asks of it
+        fastpath.tune_process("training", dev)
+        torch.backends.cudnn.benchmark = bool(fastpath.cudnn_benchmark(dev == "cuda", deterministic=False))
+        bf16 = path == "fast" and fastpath.precision("auto", "gpu" if dev == "cuda" else "cpu") == "bf16-mixed"
 
         def loss_of() -> torch.Tensor:
             return module.loss(module(x), target)
@@ -128,8 +127,7 @@ def _train_job(job: dict[str, Any]) -> dict[str, Any]:
 def _infer_job(job: dict[str, Any]) -> dict[str, Any]:
     import torch
 
-    from enface.engine.fastpath import inference_network, tune_allocator
-    from enface.engine.inference import predict_logits
+    from enface.engine.fastpath import FastPath
     from enface.models import create_model
 
     dev, path = job["device"], job["path"]
@@ -144,14 +142,13 @@ def _infer_job(job: dict[str, Any]) -> dict[str, Any]:
                 return paper({"image": v.permute(0, 1, 2, 4, 3).contiguous()})["prediction"][:, :, :, 0]
     else:
         model = create_model(job["model"], width=job["width"], **job["kwargs"]).to(dev).eval()
-        fast = path == "fast"
-        if fast and dev == "cpu":
-            tune_allocator("inference")  # as the Ensemble of evaluate / predict does
-        net = inference_network(model, fast)
+        fastpath = FastPath(path == "fast")
+        fastpath.tune_process("inference", dev)  # as the Ensemble of evaluate / predict does
+        net = fastpath.inference_network(model)
 
         def forward(v: torch.Tensor) -> torch.Tensor:
             with torch.inference_mode():
-                return torch.sigmoid(predict_logits(net, v, fast))
+                return torch.sigmoid(fastpath.logits(net, v))
 
     x = torch.randn(1, 1, h, w, d, generator=g).to(dev)
     rss0 = _rss_mib()
@@ -167,11 +164,7 @@ def _infer_job(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def _timed(
-    fn,
-    job: dict[str, Any],
-    warm_up: bool = True,
-    extra: dict | None = None,
-    rss0: float | None = None,
+    fn, job: dict[str, Any], warm_up: bool = True, extra: dict | None = None, rss0: float | None = None
 ) -> dict[str, Any]:
     import torch
 

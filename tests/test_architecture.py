@@ -8,6 +8,7 @@ still ties two parts together.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,21 @@ def test_modules_and_functions_are_small(path: Path) -> None:
             if length > MAX_FUNCTION_LINES:
                 long.append(f"{node.name} ({length} lines)")
     assert not long, f"{path.name}: functions over {MAX_FUNCTION_LINES} lines: {', '.join(long)}"
+
+
+def test_the_streaming_executor_names_no_model() -> None:
+    """Streamed inference is generic over the stages a model declares: the executor neither
+    names a registered architecture nor imports one."""
+    from enface.models import create_model, list_models
+
+    text = (SRC / "engine" / "streaming.py").read_text(encoding="utf-8")
+    classes = {type(create_model(name, width=0.125)).__name__ for name in list_models()}
+    assert classes >= {"FeatureProjectionNetwork", "ImageProjectionNetwork", "IPNV2", "LachinovNet"}
+    named = sorted(c for c in classes | set(list_models()) if re.search(rf"\b{re.escape(c)}\b", text, re.IGNORECASE))
+    assert not named, f"engine/streaming.py names {named}"
+    modules = {
+        node.module
+        for node in ast.walk(ast.parse(text))
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("enface.models")
+    }
+    assert modules <= {"enface.models.stages"}, modules

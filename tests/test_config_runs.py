@@ -89,6 +89,11 @@ def test_paper_config_loads(dataset: Path) -> None:
     assert cfg.crop == (32, 256) and cfg.task == "reconstruct"
     cfg = load_config(ROOT / "configs/paper.yaml", "train", {"dataset": str(dataset), "fraction": 0.05})
     assert (cfg.batch_size, cfg.target, cfg.fraction, cfg.task) == (8, "ga", 0.05, "segment")
+    # the paper's settings train on the fast path like every command: bf16 where native
+    from enface.engine.fastpath import fast_precision
+    from enface.engine.fit import resolved_precision
+
+    assert cfg.precision == "auto" and cfg.fast and resolved_precision(cfg) == fast_precision(cfg.accelerator)
 
 
 def test_a_run_config_yaml_recreates_the_run(dataset: Path, tmp_path: Path) -> None:
@@ -145,3 +150,36 @@ def test_bad_yaml_files(dataset: Path, tmp_path: Path) -> None:
     bad.write_text("train:\n  epoch: 3\n")
     with pytest.raises(ConfigError, match=r"bad.yaml \[train\].*unknown config field 'epoch'"):
         load_config(bad, "train", {"dataset": str(dataset)})
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "train"])
+def test_each_config_option_is_declared_once_and_names_a_config_field(stage: str) -> None:
+    """The CLI's config options are one declaration each: given, they override; absent, they
+    leave --config and the defaults alone."""
+    import dataclasses
+
+    from enface.cli import build_parser
+    from enface.config import RunConfig
+
+    parser = build_parser()
+    given = parser.parse_args([stage, "--dataset", "d", "--epochs", "3", "--no-fast"])
+    assert set(given.config_fields) <= {f.name for f in dataclasses.fields(RunConfig)}
+    assert {n for n in given.config_fields if hasattr(given, n)} == {"dataset", "epochs", "fast"}
+    assert (given.dataset, given.epochs, given.fast) == ("d", 3, False)
+    assert not hasattr(parser.parse_args([stage]), "epochs")
+
+
+def test_prepare_and_predict_share_their_scan_options_and_prepare_its_defaults() -> None:
+    """`enface prepare` with no option gives PrepareOptions' own defaults (their one home);
+    predict declares the same scan options, defaulting depth and window to the training's."""
+    from enface.cli import build_parser
+    from enface.cli.data import prepare_options
+    from enface.data.options import PrepareOptions
+
+    parser = build_parser()
+    assert prepare_options(parser.parse_args(["prepare", "src", "out", "--format", "vol"])) == PrepareOptions(fmt="vol")
+    predict = parser.parse_args(["predict", "m.ckpt", "x", "--out", "o"])
+    prepare = parser.parse_args(["prepare", "src", "out", "--format", "vol"])
+    for name in ("depth", "window_mm", "bm", "axes", "spacing"):
+        assert hasattr(predict, name) and hasattr(prepare, name)
+    assert predict.depth is None and predict.window_mm is None and predict.bm == prepare.bm

@@ -176,8 +176,12 @@ def test_ddp_two_processes_one_epoch(dataset: Path, tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PL_DISABLE_FORK": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=Path(__file__).parents[1])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    done = json.loads((tmp_path / "tiny/ga/fpn-w0.125/scratch/frac-100/seed-0/done.json").read_text())
+    run = tmp_path / "tiny/ga/fpn-w0.125/scratch/frac-100/seed-0"
+    done = json.loads((run / "done.json").read_text())
     assert done["epochs"] == 1 and done["world_size"] == 2
+    # one layout for all ranks: no per-rank timing trial that could pick differently
+    info = read_checkpoint(run / "checkpoints" / "last.ckpt")["enface"]
+    assert info["layout"] == "channels-last" and info["layout_trial"] == "skipped: 2 training processes"
 
 
 def test_two_channel_dataset_trains_and_evaluates(tmp_path: Path) -> None:
@@ -221,10 +225,20 @@ def test_bf16_autocast_on_cpu(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_torch_compile_run_checkpoints_load_and_transfer(dataset: Path, tmp_path: Path) -> None:
-    """torch.compile (off by default on CPU) trains, and its checkpoints rebuild and transfer."""
+def test_torch_compile_run_checkpoints_load_and_transfer(
+    dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch.compile (off by default on CPU) trains, and its checkpoints rebuild and transfer.
+
+    What enface must handle is the wrapper (``OptimizedModule``, ``_orig_mod.`` keys), the same
+    for every backend; the test compiles with the ``eager`` backend, as inductor's C++ code
+    generation alone took 212 s of a 2-core CI machine.
+    """
     from enface.engine.transfer import transfer_weights
     from enface.models import create_model
+
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: compile_(model, **{"backend": "eager", **kw}))
 
     result = fit(_config(dataset, tmp_path, "train", epochs=1, compile=True), progress=False)
     best = topk_checkpoints(result.run_dir)[0]
@@ -233,3 +247,52 @@ def test_torch_compile_run_checkpoints_load_and_transfer(dataset: Path, tmp_path
     assert model(torch.zeros(1, 1, *SHAPE)).shape == (1, 1, 8, 32)
     report = transfer_weights(create_model("fpn", width=0.125), best)
     assert report.not_loaded == []
+
+
+def test_init_weights_that_do_not_load_as_checked_stop_the_run_before_anything_is_written(
+    dataset: Path, tmp_path: Path
+) -> None:
+    """The check that the transferred weights load as resolve_run found is an error, not an
+    ``assert`` (gone under ``python -O``), and it comes before the folder is written."""
+    import dataclasses
+
+    from enface.engine.fit import _build_module, _start_folder
+    from enface.engine.transfer import TransferReport
+    from enface.errors import CheckpointError
+
+    run = resolve_run(_config(dataset, tmp_path, "train", epochs=1))
+    module = _build_module(run.config)
+    weights = module.network.state_dict()
+    first = next(iter(weights))
+    report = TransferReport(loaded=[k for k in weights if k != first], skipped=[], source="init.ckpt")
+    run = dataclasses.replace(
+        run, config=dataclasses.replace(run.config, init="init.ckpt"), init_weights=weights, transfer=report
+    )
+    with pytest.raises(CheckpointError, match="do not load as checked"):
+        _start_folder(run, module)
+    assert not (run.folder / "config.yaml").exists() and not (run.folder / "identity.json").exists()
+
+
+def test_a_study_evaluates_where_it_trained(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A study that trains on a GPU evaluates there too (evaluate's own default is the CPU)."""
+    from enface.engine import fit as fit_module
+    from enface.engine.fit import FitResult, run_device
+    from enface.study import run as study_run
+    from enface.study.config import load_study
+    from enface.study.plan import plan_study
+
+    assert run_device(load_config(None, "train", {"dataset": "d", "accelerator": "gpu"})) == "cuda"
+    assert run_device(load_config(None, "train", {"dataset": "d", "accelerator": "cpu"})) == "cpu"
+    study_yaml = tmp_path / "study.yaml"
+    study_yaml.write_text(
+        "name: s\ndataset: data/none\ntask: ga\nmodels: [fpn]\ninits: [scratch]\nfractions: [1.0]\nseeds: [0]\n"
+        "test_sets: {t: {dataset: data/none, split: test}}\nreference: {model: fpn, init: scratch}\n"
+        "common: {accelerator: gpu}\n"
+    )
+    study = load_study(study_yaml, out=tmp_path / "out")
+    run = next(r for r in plan_study(study) if r.stage == "train")
+    devices = []
+    monkeypatch.setattr(fit_module, "fit", lambda config, **kw: FitResult(tmp_path, "finished", [], "val_dice", 1))
+    monkeypatch.setattr("enface.evaluate.evaluate", lambda *a, **kw: devices.append(kw["device"]))
+    assert study_run.execute_run(study, run, progress=False) == "finished"
+    assert devices == ["cuda"]

@@ -13,18 +13,10 @@ from torch import nn
 from enface.config import load_config
 from enface.engine import fastpath
 from enface.engine.checkpoint import load_model, read_checkpoint, topk_checkpoints
-from enface.engine.fastpath import (
-    channels_last_input,
-    channels_last_is_faster,
-    contiguous_state,
-    fast_precision,
-    fold_batchnorm,
-    inference_network,
-    to_channels_last,
-    to_contiguous,
-)
+from enface.engine.fastpath import FastPath, channels_last_is_faster, fast_precision, fold_batchnorm
 from enface.engine.fit import fit, resolved_precision
-from enface.engine.inference import Ensemble, predict_logits
+from enface.engine.inference import Ensemble
+from enface.engine.layout import channels_last_input, contiguous_state, to_channels_last, to_contiguous
 from enface.engine.module import EnfaceModule
 from enface.engine.streaming import run_in_slabs, streamed_forward, w_radius
 from enface.models import create_model, list_models
@@ -33,6 +25,10 @@ from enface.models import create_model, list_models
 # encoders and is not a multiple of the FPN's 16, H not a multiple of 4
 VOLUME = (1, 1, 6, 200, 64)
 KWARGS = {"resensnet": {"depth": 64}, "ipnv2": {"depth": 64}}
+# what enface.engine.fastpath promises: probabilities to float32 rounding (measured over 12
+# seeds: <= 1.2e-6); Lachinov's instance norms, computed as batch statistics, sum in another
+# order (measured: <= 1.9e-5)
+FAST_PLAIN_TOLERANCE = {"lachinov": 1e-4}
 
 
 def _trained_like(name: str, width: float = 0.25, seed: int = 0) -> nn.Module:
@@ -56,11 +52,11 @@ def test_fast_inference_equals_plain_for_every_model(name: str) -> None:
     model = _trained_like(name)
     x = torch.randn(VOLUME) * 1.5
     with torch.inference_mode():
-        plain = torch.sigmoid(predict_logits(model, x, fast=False))
-        net = inference_network(model, fast=True)
-        fast = torch.sigmoid(predict_logits(net, x, fast=True, slab_mb=0.05))  # many slabs
+        plain = torch.sigmoid(FastPath(False).logits(model, x))
+        fastpath = FastPath(True, slab_mb=0.05)  # many slabs
+        fast = torch.sigmoid(fastpath.logits(fastpath.inference_network(model), x))
     assert fast.shape == plain.shape == (1, 1, *VOLUME[2:4])
-    assert (fast - plain).abs().max().item() < 1e-4  # the issue allows 1e-3
+    assert (fast - plain).abs().max().item() < FAST_PLAIN_TOLERANCE.get(name, 5e-6)
     assert ((fast >= 0.5) == (plain >= 0.5)).float().mean().item() >= 0.999
 
 
@@ -213,7 +209,7 @@ def test_layout_trial_leaves_the_network_as_it_was() -> None:
 @pytest.mark.parametrize("channels_last", [True, False])
 def test_training_keeps_the_faster_layout(monkeypatch: pytest.MonkeyPatch, channels_last: bool) -> None:
     monkeypatch.setattr(EnfaceModule, "log", lambda *a, **k: None)
-    monkeypatch.setattr("enface.engine.module.channels_last_is_faster", lambda net, v: (channels_last, 1.0, 1.0))
+    monkeypatch.setattr("enface.engine.fastpath.channels_last_is_faster", lambda net, v: (channels_last, 1.0, 1.0))
     g = torch.Generator().manual_seed(3)
     batch = {
         "volume": torch.randn(2, 1, 4, 32, 64, generator=g),
@@ -228,7 +224,8 @@ def test_training_keeps_the_faster_layout(monkeypatch: pytest.MonkeyPatch, chann
     module = EnfaceModule("fpn", width=0.25, fast=True)
     module.training_step(batch, 0)
     conv = module.model.encoder[1].unit1.body[0].weight
-    assert module.channels_last is channels_last and not module._layout_pending
+    assert module.fastpath.layout == ("channels-last" if channels_last else "contiguous")
+    assert module.fastpath.layout_trial == "measured"
     assert conv.is_contiguous(memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format)
     assert abs(losses[True] - losses[False]) < 1e-5
 

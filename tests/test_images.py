@@ -63,10 +63,7 @@ def test_colour_mask_error_names_file_and_its_colours(tmp_path: Path) -> None:
     assert "76" not in msg  # the luminance of red, a value that is not in the file
 
 
-@pytest.mark.parametrize(
-    "values, ok",
-    [((0, 1), True), ((0, 255), True), ((0, 128), False), ((0, 1, 255), False)],
-)
+@pytest.mark.parametrize("values, ok", [((0, 1), True), ((0, 255), True), ((0, 128), False), ((0, 1, 255), False)])
 def test_grey_mask_values(tmp_path: Path, values: tuple[int, ...], ok: bool) -> None:
     arr = np.resize(np.array(values, dtype=np.uint8), (6, 7))
     Image.fromarray(arr, mode="L").save(tmp_path / "g.png")

@@ -83,10 +83,7 @@ def test_too_shallow_volume_is_a_clear_error(name: str) -> None:
         model(torch.randn(1, 1, 4, 16, model.min_depth - 1))
 
 
-@pytest.mark.parametrize(
-    "name, expected",
-    [("fpn", 4_369_553), ("resensnet", 4_718_737), ("lachinov", 1_513_697)],
-)
+@pytest.mark.parametrize("name, expected", [("fpn", 4_369_553), ("resensnet", 4_718_737), ("lachinov", 1_513_697)])
 def test_exact_parameter_counts(name: str, expected: int) -> None:
     if name not in ALL:
         pytest.fail(f"model {name!r} is not registered")

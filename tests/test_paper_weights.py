@@ -16,11 +16,7 @@ import torch
 
 from enface.cli import main
 from enface.engine.checkpoint import checkpoint_info, load_model, read_checkpoint
-from enface.engine.paper_weights import (
-    import_paper_weights,
-    map_paper_state_dict,
-    read_paper_state_dict,
-)
+from enface.engine.paper_weights import import_paper_weights, map_paper_state_dict, read_paper_state_dict
 from enface.engine.runs import RunSpec
 from enface.engine.transfer import transfer_weights
 from enface.errors import CheckpointError

@@ -283,7 +283,7 @@ def test_complex_volume_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(DatasetError, match="real numbers, got dtype complex64"):
         write_case(tmp_path, CaseMeta("c", "p"), np.zeros((2, 3, 4), np.complex64))
-    from enface.io.base import load_npy
+    from enface.fileio import load_npy
 
     np.save(tmp_path / "v.npy", np.zeros((2, 3, 4), np.complex128))
     with pytest.raises(DatasetError, match="v.npy: expected real numbers, got dtype complex128"):
@@ -291,7 +291,7 @@ def test_complex_volume_is_refused(tmp_path: Path) -> None:
 
 
 def test_random_bytes_npy_is_named_not_a_npy_file(tmp_path: Path) -> None:
-    from enface.io.base import load_npy
+    from enface.fileio import load_npy
 
     (tmp_path / "oct.npy").write_bytes(os.urandom(4096))
     with pytest.raises(DatasetError, match="oct.npy: not a .npy file") as e:

@@ -5,4 +5,5 @@ map ``(H, W)`` comes out. README.md describes the axes, the dataset folder layou
 command line and how the package is laid out.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+"""The package version (its one source: pyproject.toml reads it). 0.2.0: checkpoint format 2."""

@@ -20,7 +20,12 @@ import yaml
 from enface.errors import ConfigError
 from enface.targets import Target
 
-__all__ = ["RunConfig", "load_config", "parse_overrides", "read_yaml_mapping"]
+__all__ = ["FAST_DEFAULT", "RunConfig", "load_config", "parse_overrides", "read_yaml_mapping"]
+
+FAST_DEFAULT = True
+"""Whether training and inference run on the fast path (:mod:`enface.engine.fastpath`) unless
+told otherwise (``fast: false``, ``--no-fast``, ``fast=False``). Every default of ``fast``
+in enface is this one."""
 
 
 @dataclass
@@ -92,7 +97,7 @@ class RunConfig:
     num_nodes: int = 1
     compile: bool = False
     deterministic: bool = False
-    fast: bool = True
+    fast: bool = FAST_DEFAULT
 
     @property
     def task(self) -> str:
@@ -223,11 +228,7 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def load_config(
-    path: str | os.PathLike | None,
-    stage: str,
-    overrides: Mapping[str, Any] | None = None,
-) -> RunConfig:
+def load_config(path: str | os.PathLike | None, stage: str, overrides: Mapping[str, Any] | None = None) -> RunConfig:
     """Resolve a :class:`RunConfig`: defaults ← YAML ``common`` ← YAML ``<stage>`` ← overrides.
 
     The YAML is either sectioned (``common``/``pretrain``/``train``, as ``configs/paper.yaml``)

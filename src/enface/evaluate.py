@@ -17,16 +17,20 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from enface.config import FAST_DEFAULT
 from enface.data.folder import Case, load_case, read_dataset_info
 from enface.engine.inference import Ensemble, read_run_config
 from enface.errors import DatasetError
 from enface.fileio import atomic_write, atomic_write_csv, atomic_write_json, path_under
 from enface.metrics import abs_area_difference, area_mm2, dice_score, hd95_mm
 from enface.targets import Target
+
+if TYPE_CHECKING:
+    from enface.data.dataset import EnfaceDataset
 
 __all__ = ["CASE_COLUMNS", "METRICS", "EvalResult", "evaluate", "read_cases_csv", "summarize"]
 
@@ -161,7 +165,8 @@ def _write_outputs(
     atomic_write_json(out / "summary.json", summary)
     if save_probabilities:
         buf = io.BytesIO()
-        np.savez_compressed(buf, **{k: np.round(v * 255).astype(np.uint8) for k, v in probs.items()})
+        arrays: dict[str, Any] = {k: np.round(v * 255).astype(np.uint8) for k, v in probs.items()}
+        np.savez_compressed(buf, **arrays)
         atomic_write(out / "predictions.npz", lambda f: f.write(buf.getvalue()))
 
 
@@ -188,7 +193,7 @@ def evaluate(
     device: str = "cpu",
     save_probabilities: bool = True,
     progress: bool = True,
-    fast: bool = True,
+    fast: bool = FAST_DEFAULT,
 ) -> EvalResult:
     """Evaluate the top-k ensemble of a segmentation run on a split of a dataset.
 
@@ -233,24 +238,7 @@ def evaluate(
     ensemble = Ensemble.from_run(run, top_k, device, fast=fast)
     out = Path(out_dir) if out_dir else path_under(run, "eval", f"{name}-{split}")
     ds = EnfaceDataset(root, ids, None, augment=None, channels=ensemble.channels)
-    rows: list[dict[str, Any]] = []
-    agreement: list[dict[str, Any]] = []
-    probs: dict[str, np.ndarray] = {}
-    for i, cid in enumerate(ids):
-        prob = ensemble.run(ds[i]["volume"][None]).mean[0]
-        case_rows, case_agreement = _case_rows(load_case(root / "cases" / cid), target.name, prob >= threshold)
-        rows += case_rows
-        agreement += case_agreement
-        probs[cid] = prob
-        if progress:
-            log.info(
-                "[%d/%d] %s: Dice %.3f, area diff %.3f mm²",
-                i + 1,
-                len(ids),
-                cid,
-                case_rows[0]["dice"],
-                case_rows[0]["area_diff_mm2"],
-            )
+    rows, agreement, probs = _evaluate_cases(ensemble, ds, target.name, threshold, progress)
     summary = _summary(
         rows,
         agreement,
@@ -263,16 +251,36 @@ def evaluate(
         checkpoints=[str(p) for p in ensemble.paths],
     )
     _write_outputs(out, rows, summary, probs, save_probabilities)
-    m = summary["metrics"]
-    log.info(
-        "evaluated %d cases of %s/%s: Dice %.3f ± %.3f, area diff %.3f ± %.3f mm²; results in %s",
-        summary["n_cases"],
-        name,
-        split,
-        m["dice"]["mean"],
-        m["dice"]["std"],
-        m["area_diff_mm2"]["mean"],
-        m["area_diff_mm2"]["std"],
-        out,
-    )
+    log.info("evaluated %s; results in %s", _headline(summary), out)
     return EvalResult(rows, summary, out, probs)
+
+
+def _evaluate_cases(
+    ensemble: Ensemble, ds: EnfaceDataset, task: str, threshold: float, progress: bool
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, np.ndarray]]:
+    """Per-case rows, grader-agreement rows and mean probabilities ``(H, W)`` of every case of ``ds``."""
+    rows: list[dict[str, Any]] = []
+    agreement: list[dict[str, Any]] = []
+    probs: dict[str, np.ndarray] = {}
+    for i, cid in enumerate(ds.case_ids):
+        prob = ensemble.run(ds[i]["volume"][None]).mean[0]
+        case_rows, case_agreement = _case_rows(load_case(ds.root / "cases" / cid), task, prob >= threshold)
+        rows += case_rows
+        agreement += case_agreement
+        probs[cid] = prob
+        if progress:
+            first = case_rows[0]
+            log.info(
+                "[%d/%d] %s: Dice %.3f, area diff %.3f mm²", i + 1, len(ds), cid, first["dice"], first["area_diff_mm2"]
+            )
+    return rows, agreement, probs
+
+
+def _headline(summary: Mapping[str, Any]) -> str:
+    """``"<n> cases of <dataset>/<split>: Dice <mean> ± <sd>, area diff <mean> ± <sd> mm²"``."""
+    m = summary["metrics"]
+    return (
+        f"{summary['n_cases']} cases of {summary['dataset_name']}/{summary['split']}: "
+        f"Dice {m['dice']['mean']:.3f} ± {m['dice']['std']:.3f}, "
+        f"area diff {m['area_diff_mm2']['mean']:.3f} ± {m['area_diff_mm2']['std']:.3f} mm²"
+    )

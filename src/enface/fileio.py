@@ -1,9 +1,16 @@
-"""Safe file writes: atomic replacement, paths that stay under their root, folder locks.
+"""Safe file reads and writes: checked JSON and ``.npy`` loaders, atomic replacement, paths
+that stay under their root, folder locks.
+
+* :func:`read_json_object` and :func:`load_npy` read the two generic formats of a dataset and
+  a run folder, with errors that name the file (never a parser's traceback, never unpickling).
 
 * Atomic writes go to a temporary file in the same folder, then are renamed over the
   target: a reader never sees a half-written file, and a crash mid-write never destroys the
   file that was there before. Files get the permissions the umask allows (``0644`` under
   ``umask 022``), like any file a program creates, so colleagues can read shared outputs.
+* :func:`replace_folder` puts a finished temporary folder in place of an existing one (the
+  replaced folder survives as ``.<name>.old`` until the new one is in place, and
+  :func:`recover_replaced_folder` undoes a crash between the two renames).
 * :func:`path_under` joins user-given names onto a root and refuses any result that would
   leave it (``..``, absolute names, symbolic links pointing out).
 * :class:`FolderLock` keeps two processes from writing one run or study folder at once.
@@ -18,6 +25,7 @@ import io
 import json
 import math
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -27,7 +35,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from enface.errors import RunFolderError, UnsafePathError
+from enface.errors import DatasetError, RunFolderError, UnsafePathError
 
 __all__ = [
     "FolderLock",
@@ -38,12 +46,16 @@ __all__ = [
     "atomic_write_csv",
     "atomic_write_json",
     "atomic_write_text",
+    "load_npy",
     "path_under",
+    "read_json_object",
+    "recover_replaced_folder",
+    "replace_folder",
     "temp_dir",
 ]
 
 
-def atomic_write(path: str | os.PathLike, writer: Callable[[BinaryIO], None]) -> Path:
+def atomic_write(path: str | os.PathLike, writer: Callable[[BinaryIO], object]) -> Path:
     """Call ``writer(fileobj)`` on a temporary file beside ``path``, then rename it over ``path``.
 
     Args:
@@ -72,6 +84,57 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[BinaryIO], None]) ->
     return path
 
 
+# --------------------------------------------------------------------------- safe reads
+
+
+def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON file whose top level is an object.
+
+    Raises:
+        DatasetError: naming the file: missing, not valid JSON, or not an object.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: file not found")
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise DatasetError(f"{path}: expected a JSON object")
+    return obj
+
+
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def load_npy(path: str | os.PathLike, mmap: bool = True, where: str | None = None) -> np.ndarray:
+    """Load a ``.npy`` array of real numbers (memory-mapped by default), never unpickling.
+
+    Raises:
+        DatasetError: naming the file: missing, not a ``.npy`` file at all, truncated, or
+            holding objects, strings or complex numbers.
+    """
+    path = Path(path)
+    where = where or str(path)
+    if not path.is_file():
+        raise DatasetError(f"{where}: file not found")
+    with open(path, "rb") as f:
+        magic = f.read(len(_NPY_MAGIC))
+    if magic != _NPY_MAGIC:
+        raise DatasetError(f"{where}: not a .npy file (it does not start with the NumPy format's signature)")
+    try:
+        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise DatasetError(f"{where}: unreadable or truncated .npy file ({e})") from None
+    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+        raise DatasetError(f"{where}: expected real numbers, got dtype {arr.dtype}")
+    return arr
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
@@ -84,6 +147,45 @@ def temp_dir(parent: str | os.PathLike, prefix: str) -> Path:
     path = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=parent))
     os.chmod(path, 0o777 & ~_umask())
     return path
+
+
+def _replaced_copy(final: Path) -> Path:
+    """Where :func:`replace_folder` keeps the folder it replaces until the new one is in place."""
+    return final.parent / f".{final.name}.old"
+
+
+def replace_folder(tmp: str | os.PathLike, final: str | os.PathLike) -> Path:
+    """Put the finished folder ``tmp`` in place of ``final`` (whole or not at all).
+
+    An existing ``final`` is first renamed to ``.<name>.old`` beside it and removed once
+    ``tmp`` is in place; if the second rename fails, it is put back. A crash between the two
+    renames leaves ``.<name>.old`` and no ``final``: :func:`recover_replaced_folder` undoes it.
+    """
+    tmp, final = Path(tmp), Path(final)
+    if not final.exists():
+        os.replace(tmp, final)
+        return final
+    old = _replaced_copy(final)
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(final, old)
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        os.replace(old, final)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def recover_replaced_folder(final: str | os.PathLike) -> bool:
+    """Undo a :func:`replace_folder` interrupted between its two renames (the old folder is
+    put back). Returns whether there was one to undo."""
+    final = Path(final)
+    old = _replaced_copy(final)
+    if old.is_dir() and not final.exists():
+        os.replace(old, final)
+        return True
+    return False
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -6,6 +6,8 @@ apply the sigmoid) and ``target`` is ``(N, C, H, W)`` in [0, 1].
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -86,7 +88,7 @@ class NegativeSSIMLoss(nn.Module):
         self, window_size: int = 11, sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03, data_range: float = 1.0
     ) -> None:
         super().__init__()
-        self.kwargs = dict(window_size=window_size, sigma=sigma, k1=k1, k2=k2, data_range=data_range)
+        self.kwargs: dict[str, Any] = dict(window_size=window_size, sigma=sigma, k1=k1, k2=k2, data_range=data_range)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """``input``: logits ``(N, C, H, W)``; ``target``: ``(N, C, H, W)`` in [0, 1]."""

@@ -35,6 +35,7 @@ checkpoints are accepted: a reconstruction checkpoint is refused with a clear er
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -44,14 +45,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+from enface.config import FAST_DEFAULT
 from enface.data.folder import load_case
-from enface.data.normalize import zscore_per_bscan
+from enface.data.options import BM_CHOICES, DEFAULT_BM, BMChoice
 from enface.data.prepare import PrepareOptions, discover_sources, scan_to_case
-from enface.data.preprocess import FlattenParams
-from enface.engine.inference import Ensemble, EnsembleOutput, training_preparation
-from enface.errors import CheckpointError, DatasetError, EnfaceError
+from enface.engine.inference import EnsembleOutput
+from enface.engine.predictor import Predictor
+from enface.errors import DatasetError, EnfaceError
 from enface.fileio import atomic_save_npy, atomic_save_png, atomic_write_csv, atomic_write_json, path_under
 from enface.io.base import unique_ids
 from enface.io.formats import FORMATS, infer_format
@@ -105,11 +106,11 @@ class PredictOptions:
     threshold: float = 0.5
     depth: int | None = None
     window_mm: tuple[float, float] | None = None
-    bm: str = "auto"
+    bm: BMChoice = DEFAULT_BM
     axes: str | None = None
     spacing: tuple[float, float, float] | None = None
     device: str = "cpu"
-    fast: bool = True
+    fast: bool = FAST_DEFAULT
 
     def __post_init__(self) -> None:
         if self.fmt is not None and self.fmt not in FORMATS:
@@ -118,7 +119,7 @@ class PredictOptions:
             raise ValueError(f"threshold must lie in (0, 1), got {self.threshold}")
         if self.depth is not None and self.depth < 2:
             raise ValueError(f"depth must be >= 2, got {self.depth}")
-        if self.bm not in ("auto", "export", "estimate"):
+        if self.bm not in BM_CHOICES:
             raise ValueError(f"bm must be 'auto', 'export' or 'estimate', got {self.bm!r}")
 
 
@@ -219,125 +220,6 @@ class PredictReport:
 # --------------------------------------------------------------------------- the model
 
 
-class Predictor:
-    """A segmentation ensemble with the preparation its training data had.
-
-    Args:
-        ensemble: the checkpoints (all of task ``segment``, one output channel).
-        flatten: flattening window and depth applied to device exports.
-
-    Raises:
-        CheckpointError: a member is not a single-output segmentation checkpoint.
-    """
-
-    def __init__(self, ensemble: Ensemble, flatten: FlattenParams) -> None:
-        if ensemble.task != "segment":
-            info = ensemble.infos[0]
-            target = (info.get("config") or {}).get("target")
-            task = ensemble.task
-            what = (
-                f"a {task} checkpoint" + (f" (target {target!r})" if target else "")
-                if task
-                else "a checkpoint without a task"
-            )
-            raise CheckpointError(
-                f"{ensemble.paths[0]}: {what}; predict needs a segmentation model (a checkpoint of `enface train`)"
-            )
-        if ensemble.out_channels != 1:
-            raise CheckpointError(
-                f"{ensemble.paths[0]}: predict supports single-output models, this one has "
-                f"{ensemble.out_channels} output channels"
-            )
-        self.ensemble = ensemble
-        self.flatten = flatten
-        self.task = str(ensemble.config.get("target") or "lesion")
-
-    @property
-    def channels(self) -> tuple[str, ...]:
-        return self.ensemble.channels
-
-    @property
-    def in_channels(self) -> int:
-        return self.ensemble.in_channels
-
-    @property
-    def fixed_depth(self) -> int | None:
-        return self.ensemble.fixed_depth
-
-    @property
-    def checkpoints(self) -> list[Path]:
-        return list(self.ensemble.paths)
-
-    @classmethod
-    def load(
-        cls,
-        model_or_run: str | os.PathLike,
-        top_k: int = 5,
-        device: str = "cpu",
-        depth: int | None = None,
-        window_mm: tuple[float, float] | None = None,
-        fast: bool = True,
-    ) -> Predictor:
-        """Load a checkpoint file or the top-k checkpoints of a run folder.
-
-        The depth of prepared exports is, in order: ``depth``; the fixed depth of the
-        network (ReSensNet); the training dataset's preparation depth (its ``dataset.json``,
-        else its first case); 128. The window is ``window_mm``, else the training dataset's,
-        else the ``enface prepare`` default.
-
-        Raises:
-            CheckpointError: missing or unusable checkpoint(s), not a segmentation model.
-            ValueError: ``depth`` contradicts the network's fixed depth.
-        """
-        path = Path(model_or_run)
-        if path.is_dir():
-            ensemble = Ensemble.from_run(path, top_k, device, fast)
-        elif path.is_file():
-            ensemble = Ensemble([path], device, fast)
-        else:
-            raise CheckpointError(f"{path}: no such checkpoint file or run folder")
-        predictor = cls(ensemble, FlattenParams())
-        fixed = ensemble.fixed_depth
-        if depth is not None and fixed is not None and depth != fixed:
-            raise ValueError(f"--depth {depth} contradicts the model, which only accepts depth {fixed}")
-        train_depth, train_window, where = training_preparation(ensemble.config)
-        chosen = depth or fixed or train_depth
-        if chosen is None:
-            chosen = FlattenParams().depth
-            log.warning("training depth unknown (%s): exports are resampled to depth %d (use --depth)", where, chosen)
-        elif depth is None and fixed is None:
-            log.info("depth %d (from %s)", chosen, where)
-        above, below = window_mm or train_window or (FlattenParams().above_mm, FlattenParams().below_mm)
-        predictor.flatten = FlattenParams(above_mm=above, below_mm=below, depth=int(chosen))
-        return predictor
-
-    def check_input(self, volumes: np.ndarray) -> list[str]:
-        """Check a ``(C, H, W, D)`` input against the network; returns notes.
-
-        Raises:
-            DatasetError: wrong number of channels, depth other than a fixed-depth network's,
-                depth below the network's minimum.
-        """
-        self.ensemble.check_input(volumes)
-        d = volumes.shape[-1]
-        if d != self.flatten.depth:
-            return [f"scan depth {d} differs from the training depth {self.flatten.depth}: predictions may be off"]
-        return []
-
-    def __call__(self, volumes: np.ndarray) -> EnsembleOutput:
-        """Predict one scan.
-
-        Args:
-            volumes: ``(C, H, W, D)`` input channels, not normalised.
-
-        Returns:
-            The members' ``(M, 1, H, W)`` probabilities (``.mean``, ``.std`` give the
-            prediction and its uncertainty).
-        """
-        x = np.stack([zscore_per_bscan(np.asarray(v, dtype=np.float32)) for v in volumes])
-        return self.ensemble.run(torch.from_numpy(x)[None])
-
-
 # --------------------------------------------------------------------------- inputs
 
 
@@ -360,13 +242,7 @@ def _load_case(path: Path, predictor: Predictor) -> PreparedScan:
         "visit": case.meta.visit,
         "visit_date": case.meta.extra.get("visit_date"),
     }
-    return PreparedScan(
-        np.stack(vols),
-        tuple(case.spacing),
-        slo,
-        meta=meta,  # type: ignore[arg-type]
-        flips=_flips(case.meta.extra),
-    )
+    return PreparedScan(np.stack(vols), case.spacing, slo, meta=meta, flips=_flips(case.meta.extra))
 
 
 def _prepare_options(opts: PredictOptions, fmt: str, predictor: Predictor) -> PrepareOptions:
@@ -374,7 +250,7 @@ def _prepare_options(opts: PredictOptions, fmt: str, predictor: Predictor) -> Pr
         fmt=fmt,
         flatten=predictor.flatten,
         bm=opts.bm,
-        axes=opts.axes,  # type: ignore[arg-type]
+        axes=opts.axes,
         spacing=opts.spacing,
         octa=fmt == "octa500" and predictor.in_channels > 1,
         tasks=(),
@@ -391,14 +267,7 @@ def _load_export(read: Callable[[], Any], scan_id: str, popts: PrepareOptions) -
     m = arrays.meta
     dated = m.extra.get("visit_date")  # a visit date: its day is counted per patient later (progression)
     meta = {"patient_id": m.patient_id, "eye": m.eye, "visit": None if dated else m.visit, "visit_date": dated}
-    return PreparedScan(
-        np.stack(vols),
-        tuple(m.spacing),
-        arrays.images.get("slo"),
-        notes,
-        meta,  # type: ignore[arg-type]
-        flips=_flips(m.extra),
-    )
+    return PreparedScan(np.stack(vols), m.spacing, arrays.images.get("slo"), notes, meta, flips=_flips(m.extra))
 
 
 def _failing(reason: str) -> Callable[[], PreparedScan]:
@@ -427,7 +296,7 @@ def find_inputs(inputs: Sequence[str | os.PathLike], predictor: Predictor, opts:
         if not path.exists():
             items.append(PredictInput(path.name or str(path), str(path), _failing(f"{path}: input not found")))
         elif path.is_dir() and (path / "oct.npy").is_file():
-            items.append(PredictInput(path.name, str(path), lambda p=path: _load_case(p, predictor)))
+            items.append(PredictInput(path.name, str(path), functools.partial(_load_case, path, predictor)))
         elif path.is_dir() and ((path / "cases").is_dir() or (path / "dataset.json").is_file()):
             cases = path / "cases"
             dirs = (
@@ -437,7 +306,7 @@ def find_inputs(inputs: Sequence[str | os.PathLike], predictor: Predictor, opts:
             )
             if not dirs:
                 items.append(PredictInput(path.name, str(path), _failing(f"{path}: dataset folder without cases")))
-            items += [PredictInput(d.name, str(d), lambda p=d: _load_case(p, predictor)) for d in dirs]
+            items += [PredictInput(d.name, str(d), functools.partial(_load_case, d, predictor)) for d in dirs]
         else:
             try:
                 fmt = opts.fmt or infer_format(path)
@@ -447,7 +316,7 @@ def find_inputs(inputs: Sequence[str | os.PathLike], predictor: Predictor, opts:
                 items.append(PredictInput(path.stem or str(path), str(path), _failing(str(e))))
                 continue
             items += [
-                PredictInput(s.case_id, str(s.source), lambda s=s, o=popts: _load_export(s.read, s.case_id, o))
+                PredictInput(s.case_id, str(s.source), functools.partial(_load_export, s.read, s.case_id, popts))
                 for s in sources
             ]
     unique = unique_ids([it.scan_id for it in items])
@@ -458,12 +327,7 @@ def find_inputs(inputs: Sequence[str | os.PathLike], predictor: Predictor, opts:
 
 
 def _write_outputs(
-    out: Path,
-    scan: PreparedScan,
-    result: EnsembleOutput,
-    predictor: Predictor,
-    item: PredictInput,
-    threshold: float,
+    out: Path, scan: PreparedScan, result: EnsembleOutput, predictor: Predictor, item: PredictInput, threshold: float
 ) -> ScanResult:
     from enface.viz import scan_overlay
 

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -298,7 +299,7 @@ def plot_overlay_grid(
     return save_figure(fig, out)
 
 
-def plot_metric_vs_fraction(rows: list[dict], out: str | os.PathLike, title: str = "") -> Path:
+def plot_metric_vs_fraction(rows: Sequence[Mapping[str, Any]], out: str | os.PathLike, title: str = "") -> Path:
     """Dice and absolute area difference vs label fraction, one line per model + init.
 
     Args:
@@ -309,7 +310,7 @@ def plot_metric_vs_fraction(rows: list[dict], out: str | os.PathLike, title: str
     """
     fig = new_figure((10, 4))
     axes = fig.subplots(1, 2)
-    groups: dict[str, list[dict]] = {}
+    groups: dict[str, list[Mapping[str, Any]]] = {}
     for r in rows:
         label = r["model"] + (" (scratch)" if r["init"] == "scratch" else f" (SSL {r['init'][4:]})")
         groups.setdefault(label, []).append(r)
@@ -343,7 +344,7 @@ def plot_metric_vs_fraction(rows: list[dict], out: str | os.PathLike, title: str
     return save_figure(fig, out)
 
 
-def plot_training_curves(curves: dict[str, str | os.PathLike], out: str | os.PathLike) -> Path:
+def plot_training_curves(curves: Mapping[str, str | os.PathLike], out: str | os.PathLike) -> Path:
     """Validation metric (``val_dice`` or ``val_ssim``) per epoch from Lightning CSV logs.
 
     Args:

@@ -51,8 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     from enface import __version__
 
     parser = argparse.ArgumentParser(
-        prog="enface",
-        description="Label-efficient 3D->2D segmentation of retinal OCT (FPN + inter-modal SSL).",
+        prog="enface", description="Label-efficient 3D->2D segmentation of retinal OCT (FPN + inter-modal SSL)."
     )
     parser.add_argument("--version", action="version", version=f"enface {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

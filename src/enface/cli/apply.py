@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from enface.io.formats import FORMATS as PREPARE_FORMATS  # light: no numpy
+from enface.cli.data import PREPARE_FORMATS, add_scan_options
 
 # --------------------------------------------------------------------------- predict
 
@@ -30,17 +30,7 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
         choices=PREPARE_FORMATS,
         help="format of device exports (default: from the file suffixes; octa500 must be given)",
     )
-    p.add_argument("--depth", type=int, help="depth samples of prepared exports (default: the model's training depth)")
-    p.add_argument(
-        "--window-mm",
-        metavar="ABOVE,BELOW",
-        help="depth window around Bruch's membrane in mm (default: the training dataset's)",
-    )
-    p.add_argument(
-        "--bm", choices=("auto", "export", "estimate"), default="auto", help="BM for flattening (as in prepare)"
-    )
-    p.add_argument("--axes", help="stored axis order of numpy/nifti volumes, e.g. DWH (default HWD)")
-    p.add_argument("--spacing", metavar="SH,SW,SD", help="voxel spacing in mm when the input does not give it")
+    add_scan_options(p, depth_from_training=True)
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument(
         "--no-fast",

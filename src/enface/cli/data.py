@@ -3,8 +3,48 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from typing import Any
 
-from enface.io.formats import FORMATS as PREPARE_FORMATS  # light: no numpy
+from enface.data.options import BM_CHOICES, DEFAULT_BM, FlattenParams, PrepareOptions  # light: no SciPy
+from enface.io.formats import FORMATS as PREPARE_FORMATS
+
+_PREPARE_DEFAULTS: dict[str, Any] = {
+    f.name: f.default for f in dataclasses.fields(PrepareOptions) if f.default is not dataclasses.MISSING
+}
+"""PrepareOptions' defaults: what `enface prepare` shows in --help and uses when an option is not given."""
+
+
+def add_scan_options(p: argparse.ArgumentParser, depth_from_training: bool) -> None:
+    """The options of how scans are read and flattened, one declaration for ``prepare`` and
+    ``predict``: ``--depth``, ``--window-mm``, ``--bm``, ``--axes``, ``--spacing``.
+
+    Args:
+        p: the sub-command's parser.
+        depth_from_training: ``predict``: depth and window default to the model's training
+            data (``None`` here); ``prepare``: to :class:`~enface.data.options.FlattenParams`.
+    """
+    flat = FlattenParams()
+    if depth_from_training:
+        depth, window = None, None
+        depth_help = "depth samples of prepared exports (default: the model's training depth)"
+        window_help = "depth window around Bruch's membrane in mm (default: the training dataset's)"
+    else:
+        depth, window = flat.depth, f"{flat.above_mm:g},{flat.below_mm:g}"
+        depth_help = f"output depth samples (default {depth})"
+        window_help = f"depth window kept around Bruch's membrane in mm (default {window})"
+    p.add_argument("--depth", type=int, default=depth, help=depth_help)
+    p.add_argument("--window-mm", default=window, metavar="ABOVE,BELOW", help=window_help)
+    p.add_argument(
+        "--bm",
+        choices=BM_CHOICES,
+        default=DEFAULT_BM,
+        help="BM for flattening: the export's when present (auto), only the export's, or always estimated "
+        f"(default {DEFAULT_BM})",
+    )
+    p.add_argument("--axes", help="stored axis order of numpy/nifti volumes, e.g. HWD or DWH (default HWD)")
+    p.add_argument("--spacing", metavar="SH,SW,SD", help="voxel spacing in mm when the input does not give it")
+
 
 # --------------------------------------------------------------------------- models
 
@@ -58,60 +98,51 @@ def add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out", help="dataset folder to write")
     p.add_argument("--format", dest="fmt", required=True, choices=PREPARE_FORMATS, help="input format")
     p.add_argument("--name", help="dataset name (default: the OUT folder name)")
-    p.add_argument("--depth", type=int, default=128, help="output depth samples (default 128)")
-    p.add_argument(
-        "--window-mm",
-        default="0.6,0.25",
-        metavar="ABOVE,BELOW",
-        help="depth window kept around Bruch's membrane in mm (default 0.6,0.25)",
-    )
-    p.add_argument(
-        "--bm",
-        choices=("auto", "export", "estimate"),
-        default="auto",
-        help="BM for flattening: the export's when present (auto), only the export's, or always estimated",
-    )
-    p.add_argument("--axes", help="stored axis order of numpy/nifti volumes, e.g. HWD or DWH (default HWD)")
-    p.add_argument("--spacing", metavar="SH,SW,SD", help="voxel spacing in mm when the input does not give it")
+    add_scan_options(p, depth_from_training=False)
     p.add_argument("--octa", action="store_true", help="octa500: add OCTA as a second input channel (octa.npy)")
     p.add_argument("--tasks", metavar="T1,T2", help="keep only these mask tasks (octa500: e.g. largevessel,faz)")
     p.add_argument(
         "--no-register-faf", action="store_true", help="do not register FAF to SLO (assume it covers the SLO's field)"
     )
+    d = _PREPARE_DEFAULTS
     p.add_argument(
         "--faf-model",
         choices=("rigid", "similarity", "affine"),
-        default="affine",
-        help="FAF-to-SLO registration model (default affine)",
+        default=d["faf_model"],
+        help=f"FAF-to-SLO registration model (default {d['faf_model']})",
     )
     p.add_argument(
         "--faf-min-quality",
         type=float,
-        default=0.3,
-        help="drop FAF whose registration quality is below this (default 0.3)",
+        default=d["faf_min_quality"],
+        help=f"drop FAF whose registration quality is below this (default {d['faf_min_quality']})",
     )
     p.add_argument(
         "--patient-regex",
         metavar="REGEX",
         help="regex with a group (?P<patient>...) applied to file names when the input gives no patient id",
     )
-    p.add_argument("--eye", default="OD", choices=("OD", "OS"), help="eye when the input does not say (default OD)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the patient split (default 0)")
     p.add_argument(
-        "--ratios", default="0.6,0.1,0.3", metavar="TR,VA,TE", help="train/val/test ratios (default 0.6,0.1,0.3)"
+        "--eye",
+        default=d["default_eye"],
+        choices=("OD", "OS"),
+        help=f"eye when the input does not say (default {d['default_eye']})",
     )
+    p.add_argument("--seed", type=int, default=d["seed"], help=f"seed of the patient split (default {d['seed']})")
+    ratios = ",".join(f"{r:g}" for r in d["ratios"])
+    p.add_argument("--ratios", default=ratios, metavar="TR,VA,TE", help=f"train/val/test ratios (default {ratios})")
     p.add_argument("--overwrite", action="store_true", help="re-prepare cases that already exist")
     p.add_argument("--resplit", action="store_true", help="rewrite splits.json even when it exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_cmd_prepare)
 
 
-def _cmd_prepare(args: argparse.Namespace) -> int:
-    from enface.data.prepare import PrepareOptions, parse_numbers, prepare_dataset
-    from enface.data.preprocess import FlattenParams
+def prepare_options(args: argparse.Namespace) -> PrepareOptions:
+    """The :class:`~enface.data.options.PrepareOptions` of parsed ``enface prepare`` arguments."""
+    from enface.data.prepare import parse_numbers
 
     above, below = parse_numbers(args.window_mm, 2, "--window-mm")
-    opts = PrepareOptions(
+    return PrepareOptions(
         fmt=args.fmt,
         flatten=FlattenParams(above_mm=above, below_mm=below, depth=args.depth),
         bm=args.bm,
@@ -130,6 +161,12 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         resplit=args.resplit,
     )
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from enface.data.prepare import prepare_dataset
+
+    opts = prepare_options(args)
     report = prepare_dataset(args.src, args.out, opts, progress=not args.no_progress and not args.quiet)
     print(report.summary())
     return 0 if report.ok else 1
@@ -277,10 +314,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def add_show(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "show",
-        help="figure of one case: B-scan with mask, mask, SLO with B-scan position, FAF",
-    )
+    p = sub.add_parser("show", help="figure of one case: B-scan with mask, mask, SLO with B-scan position, FAF")
     p.add_argument("case_dir", help="case folder (<dataset>/cases/<case_id>)")
     p.add_argument("--out", required=True, help="image to write (.png, .pdf or .svg)")
     p.add_argument("--bscan", type=int, help="B-scan index (default: the one crossing the most labeled pixels)")

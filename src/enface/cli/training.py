@@ -3,44 +3,49 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 # --------------------------------------------------------------------------- pretrain / train
 
 
 def _add_run_options(p: argparse.ArgumentParser, stage: str) -> None:
     p.add_argument("--config", help="YAML config (sections common/pretrain/train; see configs/paper.yaml)")
-    p.add_argument("--dataset", help="dataset folder")
+    group = p.add_argument_group("config fields", "each sets the run config field of its name, over --config")
+    fields: list[str] = []
+
+    def field(*names: str, **kwargs: Any) -> None:  # given or absent: --config and the defaults decide
+        fields.append(group.add_argument(*names, default=argparse.SUPPRESS, **kwargs).dest)
+
+    field("--dataset", help="dataset folder")
     if stage == "pretrain":
-        p.add_argument(
-            "--target", choices=("slo", "faf", "faf_inv"), help="2D modality to reconstruct (default faf_inv)"
-        )
+        field("--target", choices=("slo", "faf", "faf_inv"), help="2D modality to reconstruct (default faf_inv)")
     else:
-        p.add_argument("--task", dest="target", help="mask task to segment, e.g. ga")
-        p.add_argument("--init", help="checkpoint to initialise from (e.g. a pre-training run's best)")
-        p.add_argument("--fraction", type=float, help="label fraction of the training patients, in (0, 1]")
-    p.add_argument("--model", help="registered model name (see `enface models`)")
-    p.add_argument("--width", type=float, help="channel multiplier")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--runs-dir", help="root of the run folders (default runs)")
-    p.add_argument("--accelerator", help="Lightning accelerator: auto, cpu, gpu, ...")
-    p.add_argument("--devices", help="Lightning devices: 1, 2, auto, ...")
-    p.add_argument("--strategy", help="Lightning strategy: auto, ddp, ddp_spawn, ...")
-    p.add_argument("--precision", help="Lightning precision: 32-true, bf16-mixed, 16-mixed")
-    p.add_argument("--num-nodes", type=int)
-    p.add_argument("--compile", action="store_const", const=True, help="torch.compile the model")
-    p.add_argument(
+        field("--task", dest="target", help="mask task to segment, e.g. ga")
+        field("--init", help="checkpoint to initialise from (e.g. a pre-training run's best)")
+        field("--fraction", type=float, help="label fraction of the training patients, in (0, 1]")
+    field("--model", help="registered model name (see `enface models`)")
+    field("--width", type=float, help="channel multiplier")
+    field("--seed", type=int)
+    field("--epochs", type=int)
+    field("--batch-size", type=int)
+    field("--runs-dir", help="root of the run folders (default runs)")
+    field("--accelerator", help="Lightning accelerator: auto, cpu, gpu, ...")
+    field("--devices", help="Lightning devices: 1, 2, auto, ...")
+    field("--strategy", help="Lightning strategy: auto, ddp, ddp_spawn, ...")
+    field("--precision", help="Lightning precision: auto, 32-true, bf16-mixed, 16-mixed")
+    field("--num-nodes", type=int)
+    field("--compile", action="store_const", const=True, help="torch.compile the model")
+    field(
         "--no-fast",
         dest="fast",
         action="store_const",
         const=False,
-        help="plain path: eager float32, contiguous layout (default: the fast path, see README 'Speed')",
+        help="plain path: eager float32, contiguous layout (default: the fast path, see docs/speed.md)",
     )
     p.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override any config field")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(handler=_cmd_fit, stage=stage)
+    p.set_defaults(handler=_cmd_fit, stage=stage, config_fields=tuple(fields))
 
 
 def add_pretrain(sub: argparse._SubParsersAction) -> None:
@@ -58,28 +63,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from enface.engine.fit import fit
 
     overrides = parse_overrides(args.set)
-    for name in (
-        "dataset",
-        "target",
-        "init",
-        "fraction",
-        "model",
-        "width",
-        "seed",
-        "epochs",
-        "batch_size",
-        "runs_dir",
-        "accelerator",
-        "devices",
-        "strategy",
-        "precision",
-        "num_nodes",
-        "compile",
-        "fast",
-    ):
-        value = getattr(args, name, None)
-        if value is not None:
-            overrides[name] = value
+    overrides.update({name: getattr(args, name) for name in args.config_fields if hasattr(args, name)})
     config = load_config(args.config, args.stage, overrides)
     result = fit(config, resume=args.resume, progress=not args.no_progress)  # NaN loss: exit 3 (main)
     best = f"{result.best[0][1]:.4f}" if result.best else "n/a"

@@ -27,7 +27,7 @@ def _pair(value: Sequence[Any], name: str) -> tuple[Any, Any]:
     t = tuple(value)
     if len(t) != 2:
         raise ValueError(f"AugmentConfig.{name} must have two values, got {value!r}")
-    return t  # type: ignore[return-value]
+    return t[0], t[1]
 
 
 @dataclass(frozen=True)
@@ -178,10 +178,7 @@ def apply_intensity(volume: np.ndarray, params: AugmentParams) -> np.ndarray:
 
 
 def augment_pair(
-    volume: np.ndarray,
-    target: np.ndarray | None,
-    config: AugmentConfig,
-    rng: np.random.Generator,
+    volume: np.ndarray, target: np.ndarray | None, config: AugmentConfig, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Apply one random draw identically to a volume and its en-face target.
 

@@ -143,11 +143,7 @@ def _robust_quadratic(
 
 
 def _robust_surface(
-    cand: np.ndarray,
-    weight: np.ndarray,
-    spacing_hw: tuple[float, float],
-    sigma_px: tuple[float, float],
-    tol: float,
+    cand: np.ndarray, weight: np.ndarray, spacing_hw: tuple[float, float], sigma_px: tuple[float, float], tol: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """Fit a smooth surface to candidate depths with outlier rejection.
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from enface.data.folder import MASK_RE, MODALITIES, CaseMeta, list_ids, read_dataset_info, read_splits, split_coverage
 from enface.errors import DatasetError
-from enface.io.base import load_npy, read_json_object
+from enface.fileio import load_npy, read_json_object
 from enface.io.images import read_image, read_mask
 
 __all__ = ["CheckReport", "check_case", "check_dataset"]

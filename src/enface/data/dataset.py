@@ -93,7 +93,7 @@ class EnfaceDataset(Dataset):
             if not folder.is_dir():
                 raise DatasetError(f"case {cid}: folder {folder} not found")
             case = load_case(folder)
-            if fname is not None and not (folder / fname).is_file():
+            if self.target is not None and fname is not None and not (folder / fname).is_file():
                 raise DatasetError(f"case {cid}: target {self.target.label!r} needs {folder / fname}, which is missing")
             shape = case.oct_shape()
             for name in (c for c in self.channels if c != "oct"):

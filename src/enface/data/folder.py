@@ -29,8 +29,16 @@ from typing import Any
 import numpy as np
 
 from enface.errors import ConfigError, DatasetError
-from enface.fileio import atomic_save_npy, atomic_save_png, atomic_write_json, temp_dir
-from enface.io.base import load_npy, read_json_object
+from enface.fileio import (
+    atomic_save_npy,
+    atomic_save_png,
+    atomic_write_json,
+    load_npy,
+    read_json_object,
+    recover_replaced_folder,
+    replace_folder,
+    temp_dir,
+)
 from enface.io.images import read_image, read_mask
 from enface.targets import check_name
 
@@ -125,7 +133,7 @@ class CaseMeta:
                 patient_id=str(patient),
                 eye=eye,
                 visit=None if obj.get("visit") is None else int(obj["visit"]),
-                spacing=spacing,  # type: ignore[arg-type]
+                spacing=spacing,
                 device=str(obj.get("device", "unknown")),
                 source=str(obj.get("source", "")),
                 extra=dict(obj.get("extra", {})),
@@ -263,17 +271,6 @@ def mask_filename(task: str, grader: str | None = None) -> str:
     return f"mask_{task}.png" if grader is None else f"mask_{task}.{grader}.png"
 
 
-def _old_path(final: Path) -> Path:
-    return final.parent / f".{final.name}.old"
-
-
-def _recover_replaced_case(final: Path) -> None:
-    """Undo a replacement interrupted between its two renames (the old case is put back)."""
-    old = _old_path(final)
-    if old.is_dir() and not final.exists():
-        os.replace(old, final)
-
-
 def write_case(
     root: str | os.PathLike,
     meta: CaseMeta,
@@ -310,7 +307,7 @@ def write_case(
     cases = root / "cases"
     cases.mkdir(parents=True, exist_ok=True)
     final = cases / meta.case_id
-    _recover_replaced_case(final)
+    recover_replaced_folder(final)
     if final.exists() and not overwrite:
         raise DatasetError(f"{final}: case already exists (use overwrite=True to replace it)")
 
@@ -332,14 +329,7 @@ def write_case(
             png = (np.asarray(mask) > 0).astype(np.uint8) * 255
             atomic_save_png(tmp / mask_filename(task, grader or None), png)
         atomic_write_json(tmp / "meta.json", meta.to_json())
-        if final.exists():
-            old = _old_path(final)
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)  # a crash from here until the next rename is undone by _recover_replaced_case
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        replace_folder(tmp, final)  # a crash between its renames is undone by list_cases
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -376,7 +366,8 @@ class Case:
 
     def oct_shape(self) -> tuple[int, int, int]:
         """Shape ``(H, W, D)`` read from the ``.npy`` header only."""
-        return tuple(self.load_oct(mmap=True).shape)  # type: ignore[return-value]
+        h, w, d = self.load_oct(mmap=True).shape
+        return int(h), int(w), int(d)
 
     def has_volume(self, name: str) -> bool:
         """Whether an extra input channel ``<name>.npy`` (e.g. ``octa``) is present."""
@@ -442,7 +433,7 @@ def list_cases(root: str | os.PathLike) -> list[Case]:
     if not cases_dir.is_dir():
         raise DatasetError(f"{cases_dir}: folder not found (is {root} a dataset folder?)")
     for old in cases_dir.glob(".*.old"):
-        _recover_replaced_case(cases_dir / old.name[1 : -len(".old")])
+        recover_replaced_folder(cases_dir / old.name[1 : -len(".old")])
     return [load_case(p) for p in sorted(cases_dir.iterdir()) if p.is_dir() and not p.name.startswith(".")]
 
 

@@ -24,6 +24,7 @@ from a seed; OCTA-500 uses its official split).
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import logging
 import os
 import re
@@ -137,8 +138,8 @@ def discover_sources(src: str | os.PathLike, opts: PrepareOptions) -> list[ScanS
                 ScanSource(
                     safe_id(case.case_id),
                     case.oct_dir,
-                    lambda c=case: read_octa500_case(
-                        c, with_octa=opts.octa, tasks=opts.tasks, use_layers=opts.bm != "estimate"
+                    functools.partial(
+                        read_octa500_case, case, with_octa=opts.octa, tasks=opts.tasks, use_layers=opts.bm != "estimate"
                     ),
                 )
             )
@@ -154,7 +155,7 @@ def discover_sources(src: str | os.PathLike, opts: PrepareOptions) -> list[ScanS
             root = src
         ids = list(zip(unique_ids([_relative_id(p, root, scan_stem(p)) for p in files]), files))
         for cid, path in ids:
-            sources.append(ScanSource(cid, path, lambda p=path: _read_file_scan(p, opts)))
+            sources.append(ScanSource(cid, path, functools.partial(_read_file_scan, path, opts)))
     if not sources:
         raise DatasetError(f"{src}: no {fmt} scans found")
     return sources
@@ -173,7 +174,7 @@ def _read_file_scan(path: Path, opts: PrepareOptions) -> Scan:
     scan = read_heidelberg(
         path,
         opts.fmt,
-        spacing=None if sp is None else tuple(sp),  # type: ignore[arg-type]
+        spacing=None if sp is None else (float(sp[0]), float(sp[1]), float(sp[2])),
         default_spacing=opts.spacing,
     )
     return attach_companions(scan, find_companions(path.parent, stem), sidecar, use_slo=False)
@@ -279,10 +280,7 @@ def _write_splits(out: Path, opts: PrepareOptions, patients: list[str], report: 
 
 
 def prepare_dataset(
-    src: str | os.PathLike,
-    out: str | os.PathLike,
-    opts: PrepareOptions,
-    progress: bool = True,
+    src: str | os.PathLike, out: str | os.PathLike, opts: PrepareOptions, progress: bool = True
 ) -> PrepareReport:
     """Convert every scan under ``src`` into a case of the dataset folder ``out``.
 

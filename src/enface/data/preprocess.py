@@ -17,12 +17,12 @@ interpolation pass (with depth anti-aliasing when the window is shrunk).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
 from enface.data.bm import estimate_bm, fill_bm
+from enface.data.options import FlattenParams
 
 log = logging.getLogger(__name__)
 
@@ -41,40 +41,8 @@ __all__ = [
 # --------------------------------------------------------------------------- flattening
 
 
-@dataclass(frozen=True)
-class FlattenParams:
-    """How a volume is flattened and resampled.
-
-    Attributes:
-        above_mm: window height above BM.
-        below_mm: window height below BM.
-        depth: number of output depth samples (the paper uses 128).
-    """
-
-    above_mm: float = 0.6
-    below_mm: float = 0.25
-    depth: int = 128
-
-    def __post_init__(self) -> None:
-        if not (self.above_mm > 0 and self.below_mm >= 0 and self.depth >= 2):
-            raise ValueError(f"flattening window must have above_mm > 0, below_mm >= 0 and depth >= 2, got {self}")
-
-    @property
-    def bm_index(self) -> float:
-        """Depth index (in the output) at which BM sits."""
-        return self.depth * self.above_mm / (self.above_mm + self.below_mm) - 0.5
-
-    def output_spacing(self) -> float:
-        """Depth spacing of the output in mm."""
-        return (self.above_mm + self.below_mm) / self.depth
-
-
 def flatten_volume(
-    volume: np.ndarray,
-    bm: np.ndarray,
-    sd: float,
-    params: FlattenParams = FlattenParams(),
-    fill: float | None = None,
+    volume: np.ndarray, bm: np.ndarray, sd: float, params: FlattenParams = FlattenParams(), fill: float | None = None
 ) -> np.ndarray:
     """Flatten along BM, crop a window around it and resample depth.
 

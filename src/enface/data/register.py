@@ -132,9 +132,7 @@ def informative_mask(image: np.ndarray, dilate_px: int = 3) -> np.ndarray:
 
 
 def vessel_map(
-    image: np.ndarray,
-    mask: np.ndarray | None = None,
-    sigmas: tuple[float, ...] = (1.0, 2.0, 3.0),
+    image: np.ndarray, mask: np.ndarray | None = None, sigmas: tuple[float, ...] = (1.0, 2.0, 3.0)
 ) -> np.ndarray:
     """Vessel-likeness of an image (dark thin ridges), standardised over ``mask``.
 
@@ -193,11 +191,7 @@ def _matrix_to_params(m: np.ndarray, model: str, centre: np.ndarray) -> np.ndarr
 
 
 def warp_image(
-    moving: np.ndarray,
-    matrix: np.ndarray,
-    output_shape: tuple[int, int],
-    order: int = 1,
-    cval: float = np.nan,
+    moving: np.ndarray, matrix: np.ndarray, output_shape: tuple[int, int], order: int = 1, cval: float = np.nan
 ) -> np.ndarray:
     """Resample ``moving`` onto the fixed frame: ``out[y, x] = moving(matrix^-1 (x, y))``.
 

@@ -18,15 +18,15 @@ produces the arrays and ``meta.json`` of one dataset case, in named steps:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from enface.data.folder import CaseMeta
+from enface.data.options import PrepareOptions
 from enface.data.preprocess import (
-    FlattenParams,
     enface_points,
     estimate_bm,
     fill_bm,
@@ -38,78 +38,9 @@ from enface.data.preprocess import (
 from enface.data.register import apply_matrix, register_images
 from enface.errors import DatasetError
 from enface.io.base import Scan, normalise_eye, safe_id
-from enface.io.formats import FORMATS
 
 __all__ = ["CaseArrays", "PrepareOptions", "scan_to_case"]
 """Input formats of ``enface prepare``."""
-
-
-@dataclass(frozen=True)
-class PrepareOptions:
-    """Settings of :func:`prepare_dataset`.
-
-    Attributes:
-        fmt: input format, one of :data:`FORMATS`.
-        flatten: flattening window and output depth.
-        bm: ``"auto"`` (the export's BM when present, else estimated), ``"export"`` (fail
-            without one) or ``"estimate"`` (ignore the export's).
-        axes: stored axis order of NumPy/NIfTI volumes when the sidecar gives none.
-        spacing: ``(sh, sw, sd)`` in mm for inputs that do not state it (``.e2e``, NumPy
-            without sidecar spacing); a sidecar's ``spacing`` overrides what an input states.
-        octa: OCTA-500: add the OCTA volume as a second input channel (``octa.npy``).
-        tasks: keep only these mask tasks (OCTA-500: which ``GT_*`` labels to read).
-        register_faf: register FAF to SLO; if False the FAF is assumed to cover the SLO's
-            field exactly (it is only rescaled).
-        faf_model: registration model (``rigid``, ``similarity``, ``affine``).
-        faf_min_quality: FAF registrations scoring below this are not used (the case keeps
-            its OCT and SLO; a mask drawn on such a FAF makes the case fail).
-        patient_regex: regular expression with a group ``patient`` applied to the file
-            name stem when the input gives no patient id.
-        default_eye: eye when the input does not say (``OD``/``OS``).
-        name: dataset name (default: the output folder name).
-        seed: seed of the patient split written when ``splits.json`` is absent.
-        ratios: train/val/test ratios of that split.
-        overwrite: re-prepare cases that already exist (each is replaced atomically, only
-            after its new version was computed without error).
-        resplit: rewrite ``splits.json`` even when it exists.
-    """
-
-    fmt: str
-    flatten: FlattenParams = field(default_factory=FlattenParams)
-    bm: Literal["auto", "export", "estimate"] = "auto"
-    axes: str | None = None
-    spacing: tuple[float, float, float] | None = None
-    octa: bool = False
-    tasks: tuple[str, ...] | None = None
-    register_faf: bool = True
-    faf_model: str = "affine"
-    faf_min_quality: float = 0.3
-    patient_regex: str | None = None
-    default_eye: str = "OD"
-    name: str | None = None
-    seed: int = 0
-    ratios: tuple[float, float, float] = (0.6, 0.1, 0.3)
-    overwrite: bool = False
-    resplit: bool = False
-
-    def __post_init__(self) -> None:
-        if self.fmt not in FORMATS:
-            raise ValueError(f"unknown format {self.fmt!r} (known: {', '.join(FORMATS)})")
-        if self.bm not in ("auto", "export", "estimate"):
-            raise ValueError(f"bm must be 'auto', 'export' or 'estimate', got {self.bm!r}")
-        if normalise_eye(self.default_eye) is None:
-            raise ValueError(f"default eye must be OD or OS, got {self.default_eye!r}")
-        if self.patient_regex is not None:
-            try:
-                rx = re.compile(self.patient_regex)
-            except re.error as e:
-                raise ValueError(f"invalid patient regex {self.patient_regex!r}: {e}") from None
-            if "patient" not in rx.groupindex:
-                raise ValueError(f"patient regex {self.patient_regex!r} needs a named group (?P<patient>...)")
-        if self.spacing is not None and (len(self.spacing) != 3 or not all(s > 0 for s in self.spacing)):
-            raise ValueError(f"spacing must be three positive numbers (mm), got {self.spacing!r}")
-        if self.octa and self.fmt != "octa500":
-            raise ValueError("the OCTA channel is only available for the octa500 format")
 
 
 @dataclass
@@ -249,11 +180,7 @@ def _enface_images(
 
 
 def _enface_masks(
-    scan: Scan,
-    opts: PrepareOptions,
-    points: np.ndarray | None,
-    faf_to_ref: np.ndarray | None,
-    extra: dict[str, Any],
+    scan: Scan, opts: PrepareOptions, points: np.ndarray | None, faf_to_ref: np.ndarray | None, extra: dict[str, Any]
 ) -> dict[str, np.ndarray]:
     """Masks on the grid: OCT-grid masks as they are (the reader oriented them with the
     volume), SLO / FAF masks sampled at the grid points."""

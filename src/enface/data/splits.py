@@ -32,9 +32,7 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 
 def make_splits(
-    patient_ids: Iterable[str],
-    seed: int = 0,
-    ratios: Sequence[float] = (0.6, 0.1, 0.3),
+    patient_ids: Iterable[str], seed: int = 0, ratios: Sequence[float] = (0.6, 0.1, 0.3)
 ) -> dict[str, list[str]]:
     """Split patients into train / val / test, patient-wise, from a seed.
 
@@ -97,9 +95,7 @@ def _fraction_count(fraction: float, n: int) -> int:
 
 
 def label_fractions(
-    patients: Sequence[str],
-    fractions: Sequence[float] = (0.05, 0.1, 0.2, 1.0),
-    seed: int = 0,
+    patients: Sequence[str], fractions: Sequence[float] = (0.05, 0.1, 0.2, 1.0), seed: int = 0
 ) -> dict[str, list[str]]:
     """Nested subsets of patients, one per label fraction.
 

@@ -3,29 +3,32 @@
 The *plain path* is eager PyTorch in float32 on contiguous ``(N, C, H, W, D)`` tensors, the
 network exactly as built. The *fast path*, which every command uses unless told otherwise
 (``fast: false`` in a run config, ``--no-fast`` on the command line, ``fast=False`` in the
-library), changes how the numbers are computed, never which numbers are learned:
+library; the default is :data:`enface.config.FAST_DEFAULT`), changes how the numbers are
+computed, never which numbers are learned. One object, :class:`FastPath`, owns every
+difference between the two, so that the engine asks it and never decides itself:
 
-* **channels-last memory layout** (``channels_last_3d`` for volumes, ``channels_last`` for
-  en-face maps) of weights and inputs, in training and inference: oneDNN's convolutions run
-  about twice as fast on it as on the contiguous layout on CPUs, and GPUs' tensor cores
-  want it too. The weights' names and shapes do not change, and checkpoints are written
-  contiguous (:func:`contiguous_state`), so a checkpoint of either path loads in the other;
-* **bf16 mixed precision for training** (autocast; weights, optimiser and losses stay
-  float32) where the hardware computes bf16 natively: CPUs with AVX512-BF16 or AMX, GPUs
-  that support bf16 (:func:`native_bf16`). Elsewhere (e.g. AVX2-only CPUs) training stays
-  float32;
-* **inference** (validation, ``evaluate``, ``predict``) in float32 with BatchNorm folded into
-  the convolution before it (on a copy: the trained network and its checkpoints are never
-  changed), oneDNN convolutions even where PyTorch would fall back to its generic kernel
-  (small batch-1 volumes), under ``torch.inference_mode``, and for the networks whose
-  encoder is local along the A-scans (FPN, ReSensNet, IPN, IPN-V2) the encoder run over
-  slabs of A-scans with exact halos (:mod:`enface.engine.streaming`), which bounds peak
-  memory;
-* **glibc's allocator** told to reuse freed tensor memory (:func:`tune_allocator`) instead
-  of having the kernel map and zero-fill it again for every large tensor.
+* **precision**: bf16 mixed precision for training (autocast; weights, optimiser and losses
+  stay float32) where the hardware computes bf16 natively: CPUs with AVX512-BF16 or AMX,
+  GPUs that support bf16 (:func:`native_bf16`). Elsewhere (e.g. AVX2-only CPUs) float32;
+* **the training layout**: channels-last weights and inputs (:mod:`enface.engine.layout`),
+  which oneDNN's convolutions run about twice as fast; on a CPU the first training batch
+  times both layouts and keeps the faster (:func:`channels_last_is_faster`), one decision
+  for all processes (skipped when several train together). Checkpoints are written
+  contiguous, so a checkpoint of either path loads in the other;
+* **the inference copy** (validation, ``evaluate``, ``predict``): float32, BatchNorm folded
+  into the convolution before it (on a copy: the trained network and its checkpoints are
+  never changed), oneDNN convolutions even where PyTorch would fall back to its generic
+  kernel (small batch-1 volumes), channels-last, and the parts a model declares local along
+  the A-scans run over slabs of A-scans with exact halos (:mod:`enface.engine.streaming`),
+  which bounds peak memory;
+* **process settings**: glibc's allocator told to reuse freed tensor memory
+  (:func:`tune_allocator`) instead of having the kernel map and zero-fill it again for every
+  large tensor; pinned loader memory and cuDNN's autotuner on GPUs.
 
-Probabilities of the fast inference path equal the plain path's to ~1e-6 (float32, only the
-order of summation differs); tests compare both paths for every registered model.
+Probabilities of the fast inference path equal the plain path's to float32 rounding (only
+the order of summation differs): tests compare both paths for every registered model and
+require them to agree to 5e-6 (measured: at most 1.2e-6), or 1e-4 for Lachinov's network,
+whose instance norms the fast path computes as batch statistics (measured: at most 2e-5).
 """
 
 from __future__ import annotations
@@ -35,24 +38,27 @@ import ctypes
 import functools
 import logging
 import platform
-from collections.abc import Mapping
+from collections.abc import MutableMapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd
+
+from enface.config import FAST_DEFAULT
+from enface.engine.layout import channels_last_input, contiguous_state, to_channels_last, to_contiguous
+from enface.engine.streaming import DEFAULT_SLAB_MB, streamed_forward
 
 __all__ = [
-    "channels_last_input",
+    "FastPath",
     "channels_last_is_faster",
-    "contiguous_state",
     "fast_precision",
     "fold_batchnorm",
     "inference_network",
     "native_bf16",
     "release_free_memory",
-    "to_channels_last",
-    "to_contiguous",
     "tune_allocator",
     "use_onednn",
 ]
@@ -120,35 +126,7 @@ def fast_precision(accelerator: str) -> str:
     return "bf16-mixed" if native_bf16(name) else "32-true"
 
 
-# --------------------------------------------------------------------------- memory layout
-
-
-def _layout(t: torch.Tensor) -> torch.memory_format:
-    return {5: torch.channels_last_3d, 4: torch.channels_last}.get(t.dim(), torch.contiguous_format)
-
-
-def to_channels_last(module: nn.Module) -> nn.Module:
-    """Store every 5-D weight/buffer of ``module`` channels-last-3d and every 4-D one
-    channels-last, in place (``Module.to(memory_format=...)`` refuses networks that mix 3D
-    and 2D layers). Names, shapes and values are unchanged. Returns ``module``.
-    """
-    with torch.no_grad():
-        for tensor in [*module.parameters(), *module.buffers()]:
-            fmt = _layout(tensor)
-            if fmt is not torch.contiguous_format and not tensor.is_contiguous(memory_format=fmt):
-                tensor.data = tensor.data.contiguous(memory_format=fmt)
-    return module
-
-
-def to_contiguous(module: nn.Module) -> nn.Module:
-    """Undo :func:`to_channels_last`: every weight and buffer of ``module`` contiguous, in
-    place (the tensors stay the same ``Parameter`` objects, so an optimizer built on them is
-    unaffected). Returns ``module``."""
-    with torch.no_grad():
-        for tensor in [*module.parameters(), *module.buffers()]:
-            if not tensor.is_contiguous():
-                tensor.data = tensor.data.contiguous()
-    return module
+# --------------------------------------------------------------------------- the training layout
 
 
 def _pass_seconds(net: nn.Module, x: torch.Tensor) -> float:
@@ -198,40 +176,17 @@ def channels_last_is_faster(net: nn.Module, volume: torch.Tensor, passes: int = 
     return t_last <= t_contiguous, t_last, t_contiguous
 
 
-def channels_last_input(x: torch.Tensor) -> torch.Tensor:
-    """``x`` (``(N, C, H, W, D)`` or ``(N, C, H, W)``) in the channels-last layout.
-
-    With one channel both layouts are the same memory, but a convolution only returns a
-    channels-last output when the input's strides say so (channel stride 1); such an input
-    is copied once into explicitly channels-last strides.
-    """
-    fmt = _layout(x)
-    if fmt is torch.contiguous_format or (x.is_contiguous(memory_format=fmt) and x.stride(1) == 1):
-        return x
-    return torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=fmt).copy_(x)
-
-
-def contiguous_state(value: Any) -> Any:
-    """A (nested) checkpoint entry with every tensor made contiguous (as the plain path
-    writes them), e.g. ``state_dict`` or optimiser states of a channels-last network."""
-    if isinstance(value, torch.Tensor):
-        return value.contiguous()
-    if isinstance(value, Mapping):
-        return {k: contiguous_state(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(contiguous_state(v) for v in value)
-    return value
-
-
 # --------------------------------------------------------------------------- inference
 
 
-def _folded(conv: nn.Module, bn: nn.Module) -> nn.Module:
-    """A copy of ``conv`` (with a bias) that computes ``bn(conv(x))`` of an eval-mode BN."""
-    scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.detach().double() + bn.eps)
+def _folded(conv: _ConvNd, bn: _BatchNorm) -> nn.Module:
+    """A copy of ``conv`` (with a bias) that computes ``bn(conv(x))`` of an eval-mode BN
+    that tracks running statistics (:func:`_foldable`)."""
+    mean, var = cast(torch.Tensor, bn.running_mean), cast(torch.Tensor, bn.running_var)
+    scale = bn.weight.detach().double() / torch.sqrt(var.detach().double() + bn.eps)
     weight = conv.weight.detach().double() * scale.reshape(-1, *([1] * (conv.weight.dim() - 1)))
     bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros_like(scale)
-    bias = (bias - bn.running_mean.detach().double()) * scale + bn.bias.detach().double()
+    bias = (bias - mean.detach().double()) * scale + bn.bias.detach().double()
     out = copy.deepcopy(conv)
     out.weight = nn.Parameter(weight.to(conv.weight.dtype), requires_grad=False)
     out.bias = nn.Parameter(bias.to(conv.weight.dtype), requires_grad=False)
@@ -261,7 +216,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
         for i in range(len(seq) - 1):
             if _foldable(seq[i], seq[i + 1]):
-                seq[i] = _folded(seq[i], seq[i + 1])
+                seq[i] = _folded(cast(_ConvNd, seq[i]), cast(_BatchNorm, seq[i + 1]))
                 seq[i + 1] = nn.Identity()
                 n += 1
     log.debug("folded %d BatchNorm layers", n)
@@ -271,7 +226,8 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 def _onednn_conv(conv: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     if x.device.type == "cpu" and not torch.is_grad_enabled() and x.dtype == weight.dtype:
         return torch.ops.aten.mkldnn_convolution(x, weight, bias, conv.padding, conv.stride, conv.dilation, conv.groups)
-    return type(conv).__mro__[1]._conv_forward(conv, x, weight, bias)  # the nn.ConvNd's own
+    parent: Any = type(conv).__mro__[1]  # the nn.ConvNd's own
+    return parent._conv_forward(conv, x, weight, bias)
 
 
 class _OneDNNConv2d(nn.Conv2d):
@@ -321,7 +277,7 @@ class _SingleVolumeInstanceNorm3d(nn.InstanceNorm3d):
         return torch.nn.functional.batch_norm(input, None, None, self.weight, self.bias, True, 0.0, self.eps)
 
 
-def inference_network(model: nn.Module, fast: bool = True) -> nn.Module:
+def inference_network(model: nn.Module, fast: bool = FAST_DEFAULT) -> nn.Module:
     """The network to run inference with.
 
     Plain: ``model`` itself in eval mode. Fast: an eval-mode copy with BatchNorm folded
@@ -397,3 +353,138 @@ def release_free_memory() -> bool:
     whether glibc did so (False without glibc)."""
     malloc_trim = getattr(_libc(), "malloc_trim", None)
     return malloc_trim is not None and bool(malloc_trim(0))
+
+
+# --------------------------------------------------------------------------- the one object
+
+CHANNELS_LAST, CONTIGUOUS = "channels-last", "contiguous"
+
+
+class FastPath:
+    """Every difference between the fast path and the plain path of one training or inference.
+
+    The engine asks this object and never decides itself: the Lightning module, ``fit``,
+    ensembles and the commands built on them hold one. ``FastPath()`` is the fast path (the
+    default, :data:`~enface.config.FAST_DEFAULT`), ``FastPath(False)`` the plain path.
+
+    Args:
+        enabled: the fast path (else the plain path: eager float32, contiguous layout, the
+            network's own forward everywhere).
+        slab_mb: memory of one slab activation of streamed inference (fast path), in MiB.
+
+    Attributes:
+        layout: the training layout, ``"channels-last"`` or ``"contiguous"``.
+        layout_trial: how the layout was chosen: ``"pending"`` (before the first batch),
+            ``"measured"``, ``"skipped: ..."`` (why not), or ``"none"`` (plain path).
+    """
+
+    def __init__(self, enabled: bool = FAST_DEFAULT, slab_mb: float = DEFAULT_SLAB_MB) -> None:
+        self.enabled = bool(enabled)
+        self.slab_mb = float(slab_mb)
+        self.layout = CHANNELS_LAST if self.enabled else CONTIGUOUS
+        self.layout_trial = "pending" if self.enabled else "none"
+        self._validation_net: nn.Module | None = None
+
+    def __repr__(self) -> str:
+        return f"FastPath(enabled={self.enabled}, layout={self.layout!r})"
+
+    # ---- process-wide and trainer settings
+
+    def precision(self, requested: str, accelerator: str) -> str:
+        """Lightning precision: ``requested``, or for ``"auto"`` ``"bf16-mixed"`` where bf16
+        is native on ``accelerator`` (fast path) and ``"32-true"`` otherwise."""
+        if requested != "auto":
+            return requested
+        return fast_precision(accelerator) if self.enabled else "32-true"
+
+    def tune_process(self, purpose: str, device: str | torch.device) -> None:
+        """On a CPU, the allocator setting for ``purpose`` (``"training"``/``"inference"``;
+        process-wide, see :func:`tune_allocator`). Nothing on the plain path or a GPU."""
+        if self.enabled and torch.device(device).type == "cpu":
+            tune_allocator(purpose)
+
+    def pin_memory(self, on_gpu: bool) -> bool:
+        """Whether data loaders pin their memory (fast path on a GPU)."""
+        return self.enabled and on_gpu
+
+    def cudnn_benchmark(self, on_gpu: bool, deterministic: bool) -> bool | None:
+        """Lightning's ``benchmark`` (cuDNN autotuner: training crops all have one size);
+        ``None`` leaves Lightning's default."""
+        return True if self.enabled and on_gpu and not deterministic else None
+
+    # ---- training
+
+    def training_network(self, net: nn.Module, trial: bool = True) -> nn.Module:
+        """``net`` in the training layout, in place; ``trial``: let the first CPU batch
+        measure which layout is faster (off for compiled networks)."""
+        if self.enabled:
+            to_channels_last(net)
+            if not trial:
+                self.layout_trial = "skipped: compiled network"
+        return net
+
+    def training_input(self, volume: torch.Tensor) -> torch.Tensor:
+        """A training batch in the network's layout."""
+        return channels_last_input(volume) if self.layout == CHANNELS_LAST else volume
+
+    def settle_layout(self, net: nn.Module, volume: torch.Tensor, world_size: int = 1) -> None:
+        """Before the first training step: on a CPU, keep the layout that runs batches like
+        ``volume`` faster (:func:`channels_last_is_faster`). Several training processes keep
+        channels-last without a trial, so that all ranks use one layout (a per-rank trial
+        could decide differently, after the parameters were wrapped for them)."""
+        if self.layout_trial != "pending":
+            return
+        if volume.device.type != "cpu":
+            self.layout_trial = f"skipped: {volume.device.type}"
+            return
+        if world_size > 1:
+            self.layout_trial = f"skipped: {world_size} training processes"
+            log.info("training layout: channels-last (no trial with %d training processes)", world_size)
+            return
+        faster, t_last, t_contiguous = channels_last_is_faster(net, volume)
+        self.layout_trial = "measured"
+        if not faster:
+            to_contiguous(net)
+            self.layout = CONTIGUOUS
+        log.info(
+            "training layout: %s (a step %.2f s channels-last, %.2f s contiguous)", self.layout, t_last, t_contiguous
+        )
+
+    def begin_validation(self, net: nn.Module) -> None:
+        """Validate on an inference copy of this epoch's weights (fast path)."""
+        self._validation_net = inference_network(net) if self.enabled else None
+
+    def end_validation(self) -> None:
+        self._validation_net = None
+
+    def validation_logits(self, volume: torch.Tensor) -> torch.Tensor | None:
+        """Logits of the validation copy, in float32 whatever the training precision;
+        ``None`` on the plain path (the caller runs its network)."""
+        if self._validation_net is None:
+            return None
+        with torch.autocast(volume.device.type, enabled=False):
+            return self.logits(self._validation_net, volume.float())
+
+    def write_checkpoint(self, checkpoint: MutableMapping[str, Any]) -> None:
+        """Make a Lightning checkpoint as the plain path writes it (contiguous tensors), in place."""
+        if self.enabled:
+            for key in ("state_dict", "optimizer_states"):
+                if key in checkpoint:
+                    checkpoint[key] = contiguous_state(checkpoint[key])
+
+    # ---- inference
+
+    def inference_network(self, model: nn.Module) -> nn.Module:
+        """The network to run inference with (:func:`inference_network`)."""
+        return inference_network(model, self.enabled)
+
+    def logits(self, net: nn.Module, volume: torch.Tensor) -> torch.Tensor:
+        """Logits ``(N, C_out, H, W)`` of an eval-mode network (from :meth:`inference_network`)
+        for normalised volumes ``(N, C_in, H, W, D)`` on its device: on the fast path with a
+        channels-last input and the model's slab stages over slabs of A-scans; else the
+        network's own forward on ``volume`` as given."""
+        if not self.enabled:
+            return net(volume)
+        volume = channels_last_input(volume)
+        logits = streamed_forward(net, volume, self.slab_mb)
+        return net(volume) if logits is None else logits

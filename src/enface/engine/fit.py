@@ -34,7 +34,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from enface.config import RunConfig
 from enface.data.folder import read_dataset_info
 from enface.engine.checkpoint import checkpoint_info, read_checkpoint
-from enface.engine.fastpath import fast_precision, tune_allocator
+from enface.engine.fastpath import FastPath
 from enface.engine.history import MetricsHistory
 from enface.engine.module import TASK_METRIC, EnfaceModule
 from enface.engine.runs import RunSpec, dataset_fingerprint, file_sha256, identity_diff, run_identity
@@ -62,6 +62,7 @@ __all__ = [
     "resolve_run",
     "resolved_precision",
     "resumable_checkpoint",
+    "run_device",
     "select_run_cases",
 ]
 
@@ -209,7 +210,7 @@ def resumable_checkpoint(folder: Path) -> Path:
     """
     ckdir = folder / "checkpoints"
     candidates = [ckdir / "last.ckpt"] + sorted(ckdir.glob("epoch=*.ckpt"), key=lambda p: p.name, reverse=True)
-    problems = []
+    problems: list[str] = []
     for path in candidates:
         if not path.is_file():
             continue
@@ -278,31 +279,41 @@ def _existing_state(run: ResolvedRun, resume: bool) -> tuple[str, Path | None]:
 
 
 def _start_folder(run: ResolvedRun, module: EnfaceModule) -> None:
-    """Write a new run's config and identity, and start its network from the init weights
-    (from scratch, a segmentation head at the masks' foreground share: :mod:`enface.engine.prior`)."""
-    atomic_write_text(run.folder / "config.yaml", yaml.safe_dump(run.config.to_dict(), sort_keys=False))
-    atomic_write_json(run.folder / "identity.json", run.identity)
+    """Start a new run's network from the init weights (from scratch, a segmentation head at the
+    masks' foreground share: :mod:`enface.engine.prior`), then write its config and identity.
+
+    Raises:
+        CheckpointError: the init weights do not load as :func:`resolve_run` checked they
+            would (nothing is written).
+    """
+    if run.init_weights is not None and run.transfer is not None:
+        loaded = {k: run.init_weights[k] for k in run.transfer.loaded}  # skipped keys keep the seeded init
+        missing, unexpected = module.network.load_state_dict(loaded, strict=False)
+        if sorted(missing) != sorted(run.transfer.skipped) or unexpected:
+            raise CheckpointError(
+                f"{run.config.init}: the init weights do not load as checked (not loaded: {sorted(missing)}, "
+                f"expected {sorted(run.transfer.skipped)}; unexpected: {sorted(unexpected)})"
+            )
     if run.init_weights is None and run.config.task == "segment":
         from enface.engine.prior import foreground_share, set_head_prior
 
-        share = foreground_share(run.config.dataset, run.train_ids, run.config.target)
-        set_head_prior(getattr(module.model, "_orig_mod", module.model), share)
-    if run.init_weights is not None and run.transfer is not None:
-        loaded = {k: run.init_weights[k] for k in run.transfer.loaded}  # skipped keys keep the seeded init
-        net = getattr(module.model, "_orig_mod", module.model)
-        missing, unexpected = net.load_state_dict(loaded, strict=False)
-        assert sorted(missing) == sorted(run.transfer.skipped) and not unexpected, (missing, unexpected)
+        set_head_prior(module.network, foreground_share(run.config.dataset, run.train_ids, run.config.target))
+    atomic_write_text(run.folder / "config.yaml", yaml.safe_dump(run.config.to_dict(), sort_keys=False))
+    atomic_write_json(run.folder / "identity.json", run.identity)
+    if run.transfer is not None:
         atomic_write_json(
             run.folder / "transfer.json",
             {"source": run.config.init, "loaded": len(run.transfer.loaded), "not_loaded": run.transfer.not_loaded},
         )
 
 
-def _loaders(config: RunConfig, train_ids: Sequence[str], val_ids: Sequence[str]) -> tuple[DataLoader, DataLoader]:
+def _loaders(
+    config: RunConfig, fastpath: FastPath, train_ids: Sequence[str], val_ids: Sequence[str]
+) -> tuple[DataLoader, DataLoader]:
     from enface.data.augment import AugmentConfig
     from enface.data.dataset import EnfaceDataset
 
-    aug = AugmentConfig(crop=tuple(config.crop))
+    aug = AugmentConfig(crop=(config.crop[0], config.crop[1]))
     if not config.augment:  # random crops only
         aug = dataclasses.replace(
             aug, rotate180=False, flip=False, noise_std=0.0, contrast=(1.0, 1.0), shift=(0.0, 0.0)
@@ -318,13 +329,18 @@ def _loaders(config: RunConfig, train_ids: Sequence[str], val_ids: Sequence[str]
     common: dict[str, Any] = dict(
         num_workers=config.num_workers,
         persistent_workers=config.num_workers > 0,
-        pin_memory=config.fast and _on_gpu(config),
+        pin_memory=fastpath.pin_memory(_on_gpu(config)),
     )
     train_dl = DataLoader(
         train_ds, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler, drop_last=False, **common
     )
     val_dl = DataLoader(val_ds, batch_size=1, shuffle=False, **common)
     return train_dl, val_dl
+
+
+def run_device(config: RunConfig) -> str:
+    """The torch device a run trains on, for inference after it: ``"cuda"`` or ``"cpu"``."""
+    return "cuda" if _on_gpu(config) else "cpu"
 
 
 def _on_gpu(config: RunConfig) -> bool:
@@ -335,18 +351,8 @@ def _on_gpu(config: RunConfig) -> bool:
 
 def resolved_precision(config: RunConfig) -> str:
     """Lightning precision of a run: ``precision`` as given, or for ``"auto"`` the fast path's
-    choice (:func:`~enface.engine.fastpath.fast_precision`), ``"32-true"`` on the plain path."""
-    if config.precision != "auto":
-        return config.precision
-    return fast_precision(config.accelerator) if config.fast else "32-true"
-
-
-def _fast_settings(config: RunConfig) -> None:
-    """Process-wide setting of the fast path on CPUs: freed tensor memory kept for reuse
-    (:func:`~enface.engine.fastpath.tune_allocator`). (On GPUs the trainer turns on
-    cuDNN's autotuner: training crops all have one size.)"""
-    if config.fast and not _on_gpu(config):
-        tune_allocator("training")
+    choice (:meth:`~enface.engine.fastpath.FastPath.precision`), ``"32-true"`` on the plain path."""
+    return FastPath(config.fast).precision(config.precision, config.accelerator)
 
 
 def _build_module(config: RunConfig) -> EnfaceModule:
@@ -388,7 +394,9 @@ def _checkpoint_callbacks(ckdir: Path, metric: str, top_k: int) -> tuple[ModelCh
     return best, last
 
 
-def _trainer(config: RunConfig, folder: Path, callbacks: Sequence[Callback], progress: bool) -> L.Trainer:
+def _trainer(
+    config: RunConfig, fastpath: FastPath, folder: Path, callbacks: Sequence[Callback], progress: bool
+) -> L.Trainer:
     loggers: list[Any] = []
     if importlib.util.find_spec("tensorboard") is not None:
         from lightning.pytorch.loggers import TensorBoardLogger
@@ -401,7 +409,7 @@ def _trainer(config: RunConfig, folder: Path, callbacks: Sequence[Callback], pro
         devices=config.devices,
         strategy=config.strategy,
         num_nodes=config.num_nodes,
-        precision=resolved_precision(config),
+        precision=cast(Any, fastpath.precision(config.precision, config.accelerator)),
         accumulate_grad_batches=config.accumulate,
         check_val_every_n_epoch=config.val_every,
         deterministic=config.deterministic,
@@ -412,7 +420,7 @@ def _trainer(config: RunConfig, folder: Path, callbacks: Sequence[Callback], pro
         log_every_n_steps=1,
         enable_progress_bar=progress,
         enable_model_summary=False,
-        benchmark=True if config.fast and _on_gpu(config) and not config.deterministic else None,
+        benchmark=fastpath.cudnn_benchmark(_on_gpu(config), config.deterministic),
     )
 
 
@@ -436,10 +444,7 @@ def _finished(run: ResolvedRun, trainer: L.Trainer, best: list[tuple[str, float]
 
 
 def fit(
-    config: RunConfig,
-    resume: bool = False,
-    callbacks: Sequence[Callback] = (),
-    progress: bool = True,
+    config: RunConfig, resume: bool = False, callbacks: Sequence[Callback] = (), progress: bool = True
 ) -> FitResult:
     """Train one run described by ``config``.
 
@@ -483,14 +488,14 @@ def _train(run: ResolvedRun, resume_from: Path | None, callbacks: Sequence[Callb
         f" (resuming from {resume_from.name})" if resume_from else "",
     )
     L.seed_everything(config.seed, workers=True, verbose=False)
-    _fast_settings(config)
     module = _build_module(config)
+    module.fastpath.tune_process("training", run_device(config))
     if resume_from is None:
         _start_folder(run, module)
     best_cb, last_cb = _checkpoint_callbacks(folder / "checkpoints", metric, config.top_k)
     history = MetricsHistory(folder / "logs" / "metrics.csv", metric)
-    trainer = _trainer(config, folder, [history, best_cb, last_cb, *callbacks], progress)
-    train_dl, val_dl = _loaders(config, run.train_ids, run.val_ids)
+    trainer = _trainer(config, module.fastpath, folder, [history, best_cb, last_cb, *callbacks], progress)
+    train_dl, val_dl = _loaders(config, module.fastpath, run.train_ids, run.val_ids)
     t0 = time.time()
     try:
         trainer.fit(module, train_dl, val_dl, ckpt_path=str(resume_from) if resume_from else None, weights_only=True)

@@ -6,12 +6,12 @@ alone, checks that they agree on what they take (input channels, depth) and give
 returns per volume the mean probability, the members' standard deviation (an uncertainty)
 and, when asked, each member's probability map. ``evaluate`` and ``predict`` both use it.
 
-By default the members run on the fast path (:mod:`enface.engine.fastpath`): BatchNorm folded
-into the convolutions, channels-last weights and inputs, float32, and the encoders of FPN,
-ReSensNet, IPN and IPN-V2 run over slabs of A-scans with exact halos
-(:mod:`enface.engine.streaming`), which keeps the peak memory of a 49 x 1024 x 128 volume
-under 1 GB. ``fast=False`` runs each member's own forward on the volume as given (the plain
-path); both give the same probabilities to float32 rounding.
+By default the members run on the fast path (:class:`~enface.engine.fastpath.FastPath`):
+BatchNorm folded into the convolutions, channels-last weights and inputs, float32, and the
+parts of each network that it declares local along the A-scans run over slabs of A-scans
+with exact halos (:mod:`enface.engine.streaming`), which keeps the peak memory of a
+49 x 1024 x 128 volume under 1 GB. ``fast=False`` runs each member's own forward on the
+volume as given (the plain path); both give the same probabilities to float32 rounding.
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from enface.config import FAST_DEFAULT
 from enface.engine.checkpoint import load_model, topk_checkpoints
-from enface.engine.fastpath import channels_last_input, inference_network, tune_allocator
-from enface.engine.streaming import DEFAULT_SLAB_MB, streamed_forward
+from enface.engine.fastpath import FastPath
 from enface.errors import CheckpointError, DatasetError
-from enface.io.base import load_npy, read_json_object
+from enface.fileio import load_npy, read_json_object
 
-__all__ = ["Ensemble", "EnsembleOutput", "predict_logits", "read_run_config", "training_preparation"]
+__all__ = ["Ensemble", "EnsembleOutput", "read_run_config", "training_preparation"]
 
 log = logging.getLogger(__name__)
 
@@ -57,27 +57,6 @@ class EnsembleOutput:
         return self.members.std(axis=0, dtype=np.float64).astype(np.float32)
 
 
-def predict_logits(
-    net: torch.nn.Module, volume: torch.Tensor, fast: bool = True, slab_mb: float = DEFAULT_SLAB_MB
-) -> torch.Tensor:
-    """Logits ``(N, C_out, H, W)`` of an eval-mode network for ``(N, C_in, H, W, D)`` volumes.
-
-    Args:
-        net: the network; for the fast path, one prepared by
-            :func:`~enface.engine.fastpath.inference_network`.
-        volume: normalised input on the network's device.
-        fast: channels-last input and, where the network allows it, the encoder run over
-            slabs of A-scans (:func:`~enface.engine.streaming.streamed_forward`); else the
-            network's own forward on ``volume`` as given.
-        slab_mb: memory of one slab activation (fast path).
-    """
-    if not fast:
-        return net(volume)
-    volume = channels_last_input(volume)
-    logits = streamed_forward(net, volume, slab_mb)
-    return net(volume) if logits is None else logits
-
-
 class Ensemble:
     """Average the sigmoid probabilities of several checkpoints of the same task.
 
@@ -92,20 +71,19 @@ class Ensemble:
     """
 
     def __init__(
-        self, checkpoints: Sequence[str | os.PathLike], device: str | torch.device = "cpu", fast: bool = True
+        self, checkpoints: Sequence[str | os.PathLike], device: str | torch.device = "cpu", fast: bool = FAST_DEFAULT
     ) -> None:
         if not checkpoints:
             raise CheckpointError("no checkpoints to ensemble")
         self.device = torch.device(device)
-        self.fast = bool(fast)
-        if self.fast and self.device.type == "cpu":
-            tune_allocator("inference")  # slab activations are reused, not faulted in again (process-wide)
+        self.fastpath = FastPath(fast)
+        self.fastpath.tune_process("inference", self.device)  # slab activations are reused, not faulted in again
         self.paths = [Path(p) for p in checkpoints]
         self.models: list[torch.nn.Module] = []
         self.infos: list[dict[str, Any]] = []
         for p in self.paths:
             model, info = load_model(p)
-            self.models.append(inference_network(model.to(self.device), self.fast))
+            self.models.append(self.fastpath.inference_network(model.to(self.device)))
             self.infos.append(info)
         self._check_members()
 
@@ -122,7 +100,7 @@ class Ensemble:
         self.in_channels: int = agreed("input channels", {int(i["model"]["in_channels"]) for i in self.infos})
         self.out_channels: int = agreed("output channels", {int(i["model"]["out_channels"]) for i in self.infos})
         self.fixed_depth: int | None = agreed("the fixed depth", {m.fixed_depth for m in self.models})
-        self.min_depth: int = max(int(m.min_depth) for m in self.models)
+        self.min_depth: int = max(int(getattr(m, "min_depth")) for m in self.models)
         names = {i["model"]["name"] for i in self.infos}
         if len(names) > 1:
             log.info("ensembling different architectures: %s", sorted(names))
@@ -134,7 +112,7 @@ class Ensemble:
 
     @classmethod
     def from_run(
-        cls, run: str | os.PathLike, top_k: int = 5, device: str | torch.device = "cpu", fast: bool = True
+        cls, run: str | os.PathLike, top_k: int = 5, device: str | torch.device = "cpu", fast: bool = FAST_DEFAULT
     ) -> Ensemble:
         """The top-k checkpoints of a run folder.
 
@@ -193,7 +171,7 @@ class Ensemble:
     def run(self, volume: torch.Tensor) -> EnsembleOutput:
         """All members' probabilities for a normalised volume ``(1, C_in, H, W, D)``."""
         x = volume.to(self.device, torch.float32)
-        probs = [torch.sigmoid(predict_logits(m, x, self.fast).float())[0].cpu().numpy() for m in self.models]
+        probs = [torch.sigmoid(self.fastpath.logits(m, x).float())[0].cpu().numpy() for m in self.models]
         return EnsembleOutput(np.stack(probs))
 
     def __call__(self, volume: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

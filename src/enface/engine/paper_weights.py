@@ -414,11 +414,7 @@ def paper_checkpoint(
 
 
 def import_paper_weights(
-    source: str | os.PathLike,
-    out: str | os.PathLike,
-    model: str,
-    task: str = "segment",
-    target: str | None = None,
+    source: str | os.PathLike, out: str | os.PathLike, model: str, task: str = "segment", target: str | None = None
 ) -> ImportReport:
     """Convert a checkpoint of the paper code into an enface checkpoint (written atomically).
 

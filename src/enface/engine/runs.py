@@ -28,14 +28,7 @@ from enface.data.splits import fraction_key
 from enface.errors import RunFolderError
 from enface.targets import SCRATCH, Target, check_name
 
-__all__ = [
-    "OPERATIONAL_FIELDS",
-    "RunSpec",
-    "dataset_fingerprint",
-    "file_sha256",
-    "identity_diff",
-    "run_identity",
-]
+__all__ = ["OPERATIONAL_FIELDS", "RunSpec", "dataset_fingerprint", "file_sha256", "identity_diff", "run_identity"]
 
 OPERATIONAL_FIELDS: frozenset[str] = frozenset(
     {

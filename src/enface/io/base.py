@@ -20,8 +20,6 @@ the export, column ``c`` = its A-scan ``c``, BM depth counted from the file's de
 
 from __future__ import annotations
 
-import json
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,11 +34,9 @@ __all__ = [
     "MASK_SPACES",
     "Scan",
     "full_image_box",
-    "load_npy",
     "normalise_eye",
     "orient_scan",
     "positions_from_box",
-    "read_json_object",
     "safe_id",
     "source_str",
     "unique_ids",
@@ -255,51 +251,6 @@ def full_image_box(image_shape: tuple[int, int], grid: tuple[int, int]) -> tuple
 
 
 _BAD_ID_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
-
-
-def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
-    """A JSON file whose top level is an object.
-
-    Raises:
-        DatasetError: naming the file: missing, not valid JSON, or not an object.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: file not found")
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(obj, dict):
-        raise DatasetError(f"{path}: expected a JSON object")
-    return obj
-
-
-_NPY_MAGIC = b"\x93NUMPY"
-
-
-def load_npy(path: str | os.PathLike, mmap: bool = True, where: str | None = None) -> np.ndarray:
-    """Load a ``.npy`` array of real numbers (memory-mapped by default), never unpickling.
-
-    Raises:
-        DatasetError: naming the file: missing, not a ``.npy`` file at all, truncated, or
-            holding objects, strings or complex numbers.
-    """
-    path = Path(path)
-    where = where or str(path)
-    if not path.is_file():
-        raise DatasetError(f"{where}: file not found")
-    with open(path, "rb") as f:
-        magic = f.read(len(_NPY_MAGIC))
-    if magic != _NPY_MAGIC:
-        raise DatasetError(f"{where}: not a .npy file (it does not start with the NumPy format's signature)")
-    try:
-        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise DatasetError(f"{where}: unreadable or truncated .npy file ({e})") from None
-    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-        raise DatasetError(f"{where}: expected real numbers, got dtype {arr.dtype}")
-    return arr
 
 
 def safe_id(text: str) -> str:

@@ -49,7 +49,11 @@ def infer_format(path: Path) -> str:
                 f"known: {known}; give --format)"
             )
         return fmt
-    found = {format_of_name(p.name) for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")} - {None}
+    found = {
+        fmt
+        for p in path.rglob("*")
+        if p.is_file() and not p.name.startswith(".") and (fmt := format_of_name(p.name)) is not None
+    }
     if not found:
         raise DatasetError(
             f"{path}: no case, dataset or OCT export found in this folder "
@@ -57,4 +61,4 @@ def infer_format(path: Path) -> str:
         )
     if len(found) > 1:
         raise DatasetError(f"{path}: files of several formats ({', '.join(sorted(found))}); give --format")
-    return found.pop()  # type: ignore[return-value]
+    return found.pop()

@@ -23,7 +23,7 @@ import datetime as _dt
 import logging
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -90,10 +90,7 @@ def _positions_px(bscan_meta: list[Any], localizer_meta: Any) -> np.ndarray | No
 
 
 def _volume_and_spacing(
-    ev: Any,
-    source: str,
-    spacing: tuple[float, float, float] | None,
-    default_spacing: tuple[float, float, float] | None,
+    ev: Any, source: str, spacing: tuple[float, float, float] | None, default_spacing: tuple[float, float, float] | None
 ) -> tuple[np.ndarray, tuple[float, float, float]]:
     """eyepy's ``(n_bscans, depth, width)`` data as an ``(H, W, D)`` float volume, and the
     spacing ``(sh, sw, sd)`` in mm (given, from the export, or the default)."""
@@ -213,7 +210,7 @@ def eyevolume_to_scan(
 
 def read_heidelberg(
     path: str | os.PathLike,
-    fmt: Literal["vol", "xml", "e2e"] | None = None,
+    fmt: str | None = None,
     spacing: tuple[float, float, float] | None = None,
     default_spacing: tuple[float, float, float] | None = None,
 ) -> Scan:
@@ -236,7 +233,7 @@ def read_heidelberg(
     path = Path(path)
     source = source_str(path)
     if fmt is None:
-        fmt = "xml" if path.is_dir() else path.suffix.lower().lstrip(".")  # type: ignore[assignment]
+        fmt = "xml" if path.is_dir() else path.suffix.lower().lstrip(".")
     if fmt not in HEIDELBERG_FORMATS:
         raise DatasetError(f"{source}: unknown Heidelberg format {fmt!r} (known: {HEIDELBERG_FORMATS})")
     if not path.exists():

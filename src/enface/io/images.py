@@ -34,8 +34,9 @@ def _open_array(path: Path, what: str) -> tuple[np.ndarray, str]:
     if not path.is_file():
         raise DatasetError(f"{path}: {what} file not found")
     try:
-        with Image.open(path) as im:
-            im.load()
+        with Image.open(path) as opened:
+            opened.load()
+            im: Image.Image = opened
             if im.mode == "1":
                 im = im.convert("L")
             elif im.mode == "P":

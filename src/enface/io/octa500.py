@@ -49,10 +49,7 @@ __all__ = [
     "read_octa500_case",
 ]
 
-OCTA500_EXTENT_MM: dict[str, tuple[float, float, float]] = {
-    "6mm": (6.0, 6.0, 2.0),
-    "3mm": (3.0, 3.0, 2.0),
-}
+OCTA500_EXTENT_MM: dict[str, tuple[float, float, float]] = {"6mm": (6.0, 6.0, 2.0), "3mm": (3.0, 3.0, 2.0)}
 """Physical extent ``(height, width, depth)`` of each subset's volumes."""
 
 OCTA500_SPLITS: dict[str, dict[str, tuple[int, int]]] = {
@@ -159,8 +156,7 @@ def task_name(label_dir: Path) -> str:
 
 def _bscan_files(folder: Path) -> list[Path]:
     return sorted(
-        (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES),
-        key=_natural_key,
+        (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES), key=_natural_key
     )
 
 
@@ -179,10 +175,7 @@ def _read_bm(mat_path: Path, grid: tuple[int, int], depth: int) -> np.ndarray | 
 
 
 def read_octa500_case(
-    case: Octa500Case,
-    with_octa: bool = False,
-    tasks: tuple[str, ...] | None = None,
-    use_layers: bool = True,
+    case: Octa500Case, with_octa: bool = False, tasks: tuple[str, ...] | None = None, use_layers: bool = True
 ) -> Scan:
     """Read one OCTA-500 volume with its labels.
 
@@ -243,7 +236,7 @@ def read_octa500_case(
     spacing = tuple(e / n for e, n in zip(ext, vol.shape))
     return Scan(
         volume=vol,
-        spacing=spacing,  # type: ignore[arg-type]
+        spacing=spacing,
         source=where,
         bm=bm,
         extra_volumes=extra,

@@ -45,14 +45,13 @@ from typing import Any
 import numpy as np
 
 from enface.errors import DatasetError
+from enface.fileio import load_npy, read_json_object
 from enface.io.base import (
     MASK_SPACES,
     Scan,
     full_image_box,
-    load_npy,
     normalise_eye,
     positions_from_box,
-    read_json_object,
     safe_id,
     source_str,
 )
@@ -180,7 +179,7 @@ def read_nifti_volume(
     if not path.is_file():
         raise DatasetError(f"{where}: file not found")
     try:
-        img = nib.load(str(path))
+        img: Any = nib.load(str(path))
         arr = np.asarray(img.dataobj)
         zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
         unit = img.header.get_xyzt_units()[0]
@@ -384,10 +383,7 @@ def attach_companions(scan: Scan, comp: dict[str, Any], sidecar: dict[str, Any],
 
 
 def read_volume_scan(
-    path: str | os.PathLike,
-    fmt: str,
-    axes: str | None = None,
-    spacing: tuple[float, float, float] | None = None,
+    path: str | os.PathLike, fmt: str, axes: str | None = None, spacing: tuple[float, float, float] | None = None
 ) -> Scan:
     """Read one scan of the generic layout: volume, sidecar and companions.
 

@@ -9,7 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["crop_enface", "init_weights", "pad_to_multiple", "scale_channels"]
+__all__ = ["Triple", "crop_enface", "init_weights", "pad_to_multiple", "scale_channels"]
+
+Triple = tuple[int, int, int]
+"""A kernel size or stride over ``(H, W, D)``."""
 
 
 def scale_channels(channels: int, width: float, minimum: int = 1) -> int:
@@ -18,10 +21,7 @@ def scale_channels(channels: int, width: float, minimum: int = 1) -> int:
 
 
 def pad_to_multiple(
-    x: torch.Tensor,
-    multiples: Sequence[int],
-    minimum: Sequence[int] | None = None,
-    mode: str = "replicate",
+    x: torch.Tensor, multiples: Sequence[int], minimum: Sequence[int] | None = None, mode: str = "replicate"
 ) -> tuple[torch.Tensor, tuple[int, int]]:
     """Pad the spatial axes of ``x`` at their far end up to multiples (and minimum sizes).
 

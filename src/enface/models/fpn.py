@@ -34,12 +34,14 @@ Departures from the paper's public code, and why:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
 
-from enface.models.blocks import crop_enface, init_weights, pad_to_multiple, scale_channels
+from enface.models.blocks import Triple, crop_enface, init_weights, pad_to_multiple, scale_channels
 from enface.models.registry import register_model
+from enface.models.stages import SlabStage, StageRunner, run_whole
 
 __all__ = ["FeatureProjectionNetwork"]
 
@@ -47,12 +49,9 @@ __all__ = ["FeatureProjectionNetwork"]
 # --------------------------------------------------------------------------- blocks
 
 
-def _conv_bn_3d(c_in: int, c_out: int, kernel: Sequence[int], stride: Sequence[int] = (1, 1, 1)) -> list[nn.Module]:
-    padding = tuple(k // 2 for k in kernel)
-    return [
-        nn.Conv3d(c_in, c_out, tuple(kernel), stride=tuple(stride), padding=padding, bias=False),
-        nn.BatchNorm3d(c_out),
-    ]
+def _conv_bn_3d(c_in: int, c_out: int, kernel: Triple, stride: Triple = (1, 1, 1)) -> list[nn.Module]:
+    padding = (kernel[0] // 2, kernel[1] // 2, kernel[2] // 2)
+    return [nn.Conv3d(c_in, c_out, kernel, stride=stride, padding=padding, bias=False), nn.BatchNorm3d(c_out)]
 
 
 class ResidualUnit3d(nn.Module):
@@ -74,9 +73,9 @@ class ResidualUnit3d(nn.Module):
         self,
         c_in: int,
         c_out: int,
-        kernels: Sequence[Sequence[int]],
-        strides: Sequence[Sequence[int]] | None = None,
-        shortcut_stride: Sequence[int] = (1, 1, 1),
+        kernels: Sequence[Triple],
+        strides: Sequence[Triple] | None = None,
+        shortcut_stride: Triple = (1, 1, 1),
     ) -> None:
         super().__init__()
         strides = strides or [(1, 1, 1)] * len(kernels)
@@ -90,7 +89,7 @@ class ResidualUnit3d(nn.Module):
         self.body = nn.Sequential(*layers)
         if c_in != c_out or any(s != 1 for s in shortcut_stride):
             self.shortcut: nn.Module = nn.Sequential(
-                nn.Conv3d(c_in, c_out, 1, stride=tuple(shortcut_stride), bias=False), nn.BatchNorm3d(c_out)
+                nn.Conv3d(c_in, c_out, 1, stride=shortcut_stride, bias=False), nn.BatchNorm3d(c_out)
             )
         else:
             self.shortcut = nn.Identity()
@@ -188,6 +187,21 @@ class DecoderStage(nn.Module):
         return self.act(self.body(x) + self.shortcut(x))
 
 
+def encoder_stage(level: nn.Module, project: nn.Module, pool: nn.Module | None = None, factor: int = 1) -> SlabStage:
+    """One encoder level as a :class:`~enface.models.stages.SlabStage`: the level, its
+    projection to an en-face map and (except for the deepest level) the pooling that feeds
+    the next level, which narrows ``W`` by ``factor``. Outputs: ``[projected (N, C, H, W)]``
+    or ``[projected, pooled]``."""
+
+    def fn(x: torch.Tensor) -> list[torch.Tensor]:
+        y = level(x)
+        return [project(y)] if pool is None else [project(y), pool(y)]
+
+    if pool is None:
+        return SlabStage(fn, (level, project))
+    return SlabStage(fn, (level, project), align=factor, scales=(1, factor))
+
+
 # --------------------------------------------------------------------------- network
 
 
@@ -244,12 +258,46 @@ class FeatureProjectionNetwork(nn.Module):
         self.head = nn.Conv2d(c_prev, out_channels, 1)
         self.apply(init_weights)
 
+    slab_stages = True
+    """The encoder runs as :class:`~enface.models.stages.SlabStage` parts (one per level)."""
+
     @property
     def min_depth(self) -> int:
         """Smallest accepted depth ``D``."""
         return self.fixed_depth if self.fixed_depth is not None else 16 * self.final_kernel
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, run: StageRunner = run_whole) -> torch.Tensor:
+        """``(N, C_in, H, W, D)`` -> logits ``(N, C_out, H, W)``; ``run`` executes the encoder levels."""
+        self._check_input(x)
+        x, size = pad_to_multiple(x, (4, 16, 1))
+        return crop_enface(self.forward_head(self.forward_features(x, run)), size)
+
+    def forward_features(self, x: torch.Tensor, run: StageRunner = run_whole) -> list[torch.Tensor]:
+        """Encoder and projections of a volume padded to multiples of ``(4, 16, 1)``.
+
+        Returns:
+            The en-face features of the 5 levels, ``(N, C_i, H_i, W_i)``, finest first.
+        """
+        skips = []
+        for i, (level, project) in enumerate(zip(self.encoder, self.projections)):
+            last = i == len(self.pool)
+            stage = (
+                encoder_stage(level, project) if last else encoder_stage(level, project, self.pool[i], self.pools[i][1])
+            )
+            outs = run(stage, x)
+            skips.append(outs[0])
+            if not last:
+                x = outs[1]
+        return skips
+
+    def forward_head(self, skips: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The 2D decoder and the 1x1 head: level features (finest first) -> padded logits."""
+        y = skips[-1]
+        for stage, skip in zip(self.decoder, reversed(skips[:-1])):
+            y = stage(y, skip)
+        return self.head(y)
+
+    def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 5:
             raise ValueError(f"expected a volume batch (N, C, H, W, D), got shape {tuple(x.shape)}")
         depth = x.shape[-1]
@@ -260,17 +308,6 @@ class FeatureProjectionNetwork(nn.Module):
             )
         if depth < self.min_depth:
             raise ValueError(f"input depth D = {depth} is below this network's minimum of {self.min_depth}")
-        x, size = pad_to_multiple(x, (4, 16, 1))
-        skips = []
-        for i, level in enumerate(self.encoder):
-            if i > 0:
-                x = self.pool[i - 1](x)
-            x = level(x)
-            skips.append(self.projections[i](x))
-        y = skips[-1]
-        for stage, skip in zip(self.decoder, reversed(skips[:-1])):
-            y = stage(y, skip)
-        return crop_enface(self.head(y), size)
 
     def upgrade_state_dict(self, state: dict[str, torch.Tensor], format_version: int) -> dict[str, torch.Tensor]:
         """Weights of an enface checkpoint of format 1 in this network's layout.
@@ -287,7 +324,7 @@ class FeatureProjectionNetwork(nn.Module):
             for key in (f"decoder.{i}.body.0.weight", f"decoder.{i}.shortcut.0.weight"):
                 if key in out:
                     w = out[key]
-                    c_up = w.shape[1] - stage.c_skip
+                    c_up = w.shape[1] - cast(DecoderStage, stage).c_skip
                     out[key] = torch.cat([w[:, c_up:], w[:, :c_up]], dim=1)
         return out
 

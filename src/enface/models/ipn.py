@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -45,8 +46,9 @@ from torch import nn
 
 from enface.models.blocks import init_weights, scale_channels
 from enface.models.registry import register_model
+from enface.models.stages import SlabStage, StageRunner, run_whole
 
-__all__ = ["ImageProjectionNetwork", "ProjectionLearningModule", "pool_depth", "pooling_factors"]
+__all__ = ["ImageProjectionNetwork", "ProjectionLearningModule", "plm_stage", "pool_depth", "pooling_factors"]
 
 
 @functools.lru_cache(maxsize=256)
@@ -125,6 +127,15 @@ class ProjectionLearningModule(nn.Module):
         return pool_depth(self.convs(x), factor)
 
 
+def plm_stage(plm: ProjectionLearningModule, factor: int, pooled: bool = False) -> SlabStage:
+    """A projection learning module as a :class:`~enface.models.stages.SlabStage` (its
+    convolutions and pooling act within A-scan neighbourhoods). ``pooled``: the input is
+    already pooled by ``factor`` (only the convolutions run)."""
+    if pooled:
+        return SlabStage(lambda x: [plm.convs(x)], (plm,))
+    return SlabStage(lambda x: [plm(x, factor)], (plm,))
+
+
 class ImageProjectionNetwork(nn.Module):
     """IPN: projection learning modules, then an en-face 3x3 conv to logits.
 
@@ -140,14 +151,11 @@ class ImageProjectionNetwork(nn.Module):
     """
 
     fixed_depth: int | None = None
+    slab_stages = True
+    """The projection learning modules run as :class:`~enface.models.stages.SlabStage` parts."""
 
     def __init__(
-        self,
-        in_channels: int = 1,
-        out_channels: int = 1,
-        channels: int = 64,
-        n_modules: int = 5,
-        width: float = 1.0,
+        self, in_channels: int = 1, out_channels: int = 1, channels: int = 64, n_modules: int = 5, width: float = 1.0
     ) -> None:
         super().__init__()
         if n_modules < 1:
@@ -168,15 +176,24 @@ class ImageProjectionNetwork(nn.Module):
         """Depth pooling factors used for an input of depth ``depth``."""
         return pooling_factors(depth, len(self.plms))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, run: StageRunner = run_whole) -> torch.Tensor:
+        """``(N, C_in, H, W, D)`` -> logits ``(N, C_out, H, W)``; ``run`` executes the modules."""
         if x.dim() != 5:
             raise ValueError(f"expected a volume batch (N, C, H, W, D), got shape {tuple(x.shape)}")
-        depth = x.shape[-1]
-        if depth < self.min_depth:
-            raise ValueError(f"input depth D = {depth} is below IPN's minimum of {self.min_depth}")
-        for plm, factor in zip(self.plms, self.factors(depth)):
-            x = plm(x, factor)
-        return self.head(x[..., 0])
+        if x.shape[-1] < self.min_depth:
+            raise ValueError(f"input depth D = {x.shape[-1]} is below IPN's minimum of {self.min_depth}")
+        return self.forward_head(self.forward_features(x, run))
+
+    def forward_features(self, x: torch.Tensor, run: StageRunner = run_whole) -> torch.Tensor:
+        """The projection learning modules: ``(N, C_in, H, W, D)`` -> ``(N, C, H, W)``."""
+        plms = cast(Sequence[ProjectionLearningModule], self.plms)
+        for plm, factor in zip(plms, self.factors(x.shape[-1])):
+            (x,) = run(plm_stage(plm, factor), x)
+        return x[..., 0]
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """The en-face 3x3 conv to logits."""
+        return self.head(features)
 
 
 @register_model

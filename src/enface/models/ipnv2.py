@@ -38,13 +38,17 @@ Departures from the public code (chaosallen/IPNV2_pytorch), and why:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from enface.models.blocks import crop_enface, init_weights, pad_to_multiple, scale_channels
-from enface.models.ipn import ProjectionLearningModule, pooling_factors
+from enface.models.ipn import ProjectionLearningModule, plm_stage, pool_depth, pooling_factors
 from enface.models.registry import register_model
+from enface.models.stages import SlabStage, StageRunner, run_whole
 
 __all__ = ["IPNV2", "PlanePerceptron"]
 
@@ -115,6 +119,8 @@ class IPNV2(nn.Module):
     """
 
     n_pools: int = 4
+    slab_stages = True
+    """The 3D part runs as :class:`~enface.models.stages.SlabStage` parts."""
 
     def __init__(
         self,
@@ -145,7 +151,8 @@ class IPNV2(nn.Module):
         """The only accepted depth (the built one)."""
         return self.fixed_depth
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, run: StageRunner = run_whole) -> torch.Tensor:
+        """``(N, C_in, H, W, D)`` -> logits ``(N, C_out, H, W)``; ``run`` executes the 3D part."""
         if x.dim() != 5:
             raise ValueError(f"expected a volume batch (N, C, H, W, D), got shape {tuple(x.shape)}")
         if x.shape[-1] != self.fixed_depth:
@@ -154,12 +161,28 @@ class IPNV2(nn.Module):
                 f"the volume depth or build it with create_model('ipnv2', depth={x.shape[-1]})"
             )
         x, size = pad_to_multiple(x, (2**self.n_pools, 2**self.n_pools, 1))
-        x0 = self.input3d(x)
-        y = x0
-        for plm, factor in zip(self.plms, self.factors):
-            y = plm(y, factor)
-        fused = self.fuse(torch.cat([self.full_depth(x0)[..., 0], y[..., 0]], dim=1))
-        return crop_enface(self.head(self.plane(fused)), size)
+        return crop_enface(self.forward_head(self.forward_features(x, run)), size)
+
+    def forward_features(self, x: torch.Tensor, run: StageRunner = run_whole) -> torch.Tensor:
+        """The 3D part and the fusion of a padded volume: ``(N, C_in, H, W, D)`` -> ``(N, C, H, W)``.
+
+        The input conv's full-resolution output only lives within the first stage, which
+        also gives its full-depth projection and its pooling for the first module.
+        """
+        plms = cast(Sequence[ProjectionLearningModule], self.plms)
+
+        def first(t: torch.Tensor) -> list[torch.Tensor]:
+            x0 = self.input3d(t)
+            return [self.full_depth(x0)[..., 0], pool_depth(x0, self.factors[0]) if plms[0].pool_first else x0]
+
+        full, y = run(SlabStage(first, (self.input3d, self.full_depth)), x)
+        for i, (plm, factor) in enumerate(zip(plms, self.factors)):
+            (y,) = run(plm_stage(plm, factor, pooled=i == 0 and plm.pool_first), y)
+        return self.fuse(torch.cat([full, y[..., 0]], dim=1))
+
+    def forward_head(self, fused: torch.Tensor) -> torch.Tensor:
+        """The plane perceptron and the 1x1 head: fused map -> padded logits."""
+        return self.head(self.plane(fused))
 
 
 # --------------------------------------------------------------------------- registered constructors

@@ -57,7 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from enface.models.blocks import crop_enface, init_weights, pad_to_multiple, scale_channels
+from enface.models.blocks import Triple, crop_enface, init_weights, pad_to_multiple, scale_channels
 from enface.models.registry import register_model
 
 __all__ = ["BottleneckBlock", "LachinovNet"]
@@ -82,15 +82,15 @@ class BottleneckBlock(nn.Module):
         ``(N, C, H, W, D)`` -> ``(N, C, H, W, D)``.
     """
 
-    def __init__(self, channels: int, kernel: Sequence[int], compression: int = 8) -> None:
+    def __init__(self, channels: int, kernel: Triple, compression: int = 8) -> None:
         super().__init__()
         mid = max(1, channels // compression)
-        padding = tuple(k // 2 for k in kernel)
+        padding = (kernel[0] // 2, kernel[1] // 2, kernel[2] // 2)
         self.body = nn.Sequential(
             nn.Conv3d(channels, mid, 1, bias=False),
             nn.InstanceNorm3d(mid, affine=True),
             nn.ReLU(inplace=True),
-            nn.Conv3d(mid, mid, tuple(kernel), padding=padding, bias=False),
+            nn.Conv3d(mid, mid, kernel, padding=padding, bias=False),
             nn.InstanceNorm3d(mid, affine=True),
             nn.ReLU(inplace=True),
             nn.Conv3d(mid, channels, 1, bias=False),
@@ -101,7 +101,7 @@ class BottleneckBlock(nn.Module):
         return x + self.body(x)
 
 
-def _blocks(channels: int, n: int, kernel: Sequence[int]) -> list[nn.Module]:
+def _blocks(channels: int, n: int, kernel: Triple) -> list[nn.Module]:
     return [BottleneckBlock(channels, kernel) for _ in range(n)]
 
 
@@ -158,6 +158,8 @@ class LachinovNet(nn.Module):
     """
 
     fixed_depth: int | None = None
+    slab_stages = False
+    """Not streamed: its InstanceNorms normalise over the whole volume."""
 
     def __init__(
         self,
@@ -207,6 +209,11 @@ class LachinovNet(nn.Module):
         if x.shape[-1] < self.min_depth:
             raise ValueError(f"input depth D = {x.shape[-1]} is below this network's minimum of {self.min_depth}")
         x, size = pad_to_multiple(x, (1, self.min_depth, 1), minimum=(1, self._min_ascans(x), 1))
+        return crop_enface(self.forward_head(self.forward_features(x)), size)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoder, projective skips and decoder of a padded volume, averaged over depth:
+        ``(N, C_in, H, W, D)`` -> ``(N, C, H, W)``."""
         x = self.stem(x)
         skips = []
         for i, down in enumerate(self.encoder):
@@ -215,7 +222,11 @@ class LachinovNet(nn.Module):
             x = down(x)
         for i in reversed(range(self.levels - 1)):
             x = self.decoder[i](self.upsample[i](x), skips[i])
-        return crop_enface(self.head(x.mean(dim=-1)), size)
+        return x.mean(dim=-1)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """The en-face 3x3 conv to (padded) logits."""
+        return self.head(features)
 
 
 # --------------------------------------------------------------------------- registered constructors

@@ -15,10 +15,18 @@ The model interface, checked by :func:`create_model` for every model it builds:
 ``fixed_depth``
     ``int`` or ``None``: the only accepted depth of a network built for one depth
     (ReSensNet, IPN-V2), else ``None``. Then ``min_depth == fixed_depth``.
+``forward_features`` / ``forward_head``
+    the network's two halves, as timm models expose them: a (padded) volume -> features,
+    features -> (padded) logits; ``forward`` pads, runs both and crops.
+``slab_stages``
+    ``bool``: whether ``forward(x, run)`` marks the parts of its pass that are local along
+    the A-scans as :class:`~enface.models.stages.SlabStage` (then inference may run them
+    over slabs of A-scans: :mod:`enface.engine.streaming`).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -44,11 +52,7 @@ def list_models() -> list[str]:
 
 
 def create_model(
-    name: str,
-    in_channels: int = 1,
-    out_channels: int = 1,
-    width: float = 1.0,
-    **kwargs: Any,
+    name: str, in_channels: int = 1, out_channels: int = 1, width: float = 1.0, **kwargs: Any
 ) -> nn.Module:
     """Build a registered model.
 
@@ -76,13 +80,14 @@ def create_model(
         raise ValueError(f"width must be > 0, got {width}")
     model = _REGISTRY[name](in_channels=in_channels, out_channels=out_channels, width=width, **kwargs)
     _check_interface(model, name)
-    model.spec = {
+    spec = {
         "name": name,
         "in_channels": int(in_channels),
         "out_channels": int(out_channels),
         "width": float(width),
         "kwargs": dict(kwargs),
     }
+    setattr(model, "spec", spec)
     return model
 
 
@@ -100,6 +105,14 @@ def _check_interface(model: nn.Module, name: str) -> None:
         fixed = model.fixed_depth
         if fixed is not None and (not isinstance(fixed, int) or fixed != min_depth):
             problems.append(f"'fixed_depth' is {fixed!r}, expected None or an int equal to min_depth")
+    for method in ("forward_features", "forward_head"):
+        if not callable(getattr(model, method, None)):
+            problems.append(f"no '{method}' method")
+    slab_stages = getattr(model, "slab_stages", None)
+    if not isinstance(slab_stages, bool):
+        problems.append(f"'slab_stages' is {slab_stages!r}, expected True or False")
+    elif slab_stages and "run" not in inspect.signature(model.forward).parameters:
+        problems.append("'slab_stages' is True but forward() takes no 'run' argument")
     if problems:
         raise TypeError(f"model {name!r} does not offer the enface model interface: {'; '.join(problems)}")
 
@@ -108,7 +121,7 @@ def model_spec(model: nn.Module) -> dict[str, Any]:
     """The spec :func:`create_model` attached to ``model`` (unwrapping DDP/compile wrappers)."""
     for m in (model, getattr(model, "module", None), getattr(model, "_orig_mod", None)):
         if m is not None and hasattr(m, "spec"):
-            return dict(m.spec)
+            return dict(getattr(m, "spec"))
     raise ValueError("model was not built by enface.models.create_model (no .spec attribute)")
 
 

@@ -5,8 +5,8 @@
   two read-outs; on in-memory masks, no files;
 * :mod:`~enface.progression.stats` — the statistics (rate fit with interval, Bland-Altman,
   ICC(A,1));
-* :mod:`~enface.progression.run` — ``enface progression``: reading reference masks and
-  predictions, writing tables, figures and the report;
+* :mod:`~enface.progression.sources` — reading visits from reference masks or predictions;
+* :mod:`~enface.progression.run` — ``enface progression``: tables, figures and the report;
 * :mod:`~enface.progression.figures` — the figures and the HTML report.
 """
 

@@ -87,8 +87,8 @@ class StudyConfig:
     @property
     def targets(self) -> list[Target]:
         """The reconstruction targets the study pre-trains (one per ``ssl-*`` init), sorted."""
-        found = {Target.from_init_label(i) for i in self.inits} - {None}
-        return sorted(found, key=lambda t: t.name)  # type: ignore[arg-type, return-value]
+        found = {t for i in self.inits if (t := Target.from_init_label(i)) is not None}
+        return sorted(found, key=lambda t: t.name)
 
     def validate(self) -> StudyConfig:
         """Check every field's value; raise :class:`ConfigError` naming the first bad one."""

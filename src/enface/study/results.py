@@ -137,7 +137,8 @@ def _wilcoxon_rows(study: StudyConfig, averaged: Mapping[ConfigKey, dict]) -> li
     ref_model, ref_init = study.reference["model"], study.reference["init"]
     pairs = [((k[0], ref_model, ref_init, k[3]), k) for k in sorted(averaged)]
     pairs += [((k[0], k[1], "scratch", k[3]), k) for k in sorted(averaged) if k[2] != "scratch"]
-    rows, seen = [], set()
+    rows: list[dict[str, Any]] = []
+    seen: set[tuple[Any, ...]] = set()
     for ref_key, key in pairs:
         if key == ref_key or ref_key not in averaged or {(ref_key, key), (key, ref_key)} & seen:
             continue

@@ -71,7 +71,7 @@ def execute_run(study: StudyConfig, run: PlannedRun, progress: bool = True) -> s
     Returns:
         ``"finished"``, ``"skipped"`` (already done) or ``"interrupted"``.
     """
-    from enface.engine.fit import fit
+    from enface.engine.fit import fit, run_device
     from enface.evaluate import evaluate
 
     init_ckpt = None
@@ -96,6 +96,7 @@ def execute_run(study: StudyConfig, run: PlannedRun, progress: bool = True) -> s
                 out_dir=out,
                 progress=False,
                 fast=config.fast,
+                device=run_device(config),  # where it trained: a study on a GPU evaluates on it
             )
     return result.status
 
@@ -115,10 +116,7 @@ def _run_plan(study: StudyConfig, todo: list[PlannedRun], progress: bool) -> dic
 
 
 def run_study(
-    study: StudyConfig,
-    run_index: int | None = None,
-    progress: bool = True,
-    report: bool = True,
+    study: StudyConfig, run_index: int | None = None, progress: bool = True, report: bool = True
 ) -> dict[str, Any]:
     """Run the whole study (or one run of it) and write results, figures and report.
 

@@ -69,10 +69,7 @@ class Affine:
 
     def apply(self, y: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         c, s = math.cos(math.radians(self.rot_deg)), math.sin(math.radians(self.rot_deg))
-        return (
-            self.scale * (c * y - s * x) + self.ty,
-            self.scale * (s * y + c * x) + self.tx,
-        )
+        return (self.scale * (c * y - s * x) + self.ty, self.scale * (s * y + c * x) + self.tx)
 
 
 @dataclass(frozen=True)

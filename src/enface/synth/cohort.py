@@ -214,17 +214,18 @@ def synthesize_dataset(
         **dict(max_visits=int(max_visits), difficulty=difficulty),
     }
     counts = _write_info(out, name or f"phantom-{preset}-{task}", plan, written, grid.spacing, generator)
+    _log_summary(counts, out, time.perf_counter() - t0)
+    return out
+
+
+def _log_summary(counts: dict[str, int], out: Path, seconds: float) -> None:
+    what = ("cases", "patients", "labeled", "with_faf", "second_grader")
     log.info(
         "wrote %d cases of %d patients (%d labeled, %d with FAF, %d with a second grader) to %s in %.1f s",
-        counts["cases"],
-        counts["patients"],
-        counts["labeled"],
-        counts["with_faf"],
-        counts["second_grader"],
+        *(counts[k] for k in what),
         out,
-        time.perf_counter() - t0,
+        seconds,
     )
-    return out
 
 
 def _write_cases(

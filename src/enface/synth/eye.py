@@ -73,9 +73,7 @@ class PhantomCase:
 
 
 def make_grid(
-    shape: tuple[int, int, int] | None = None,
-    spacing: tuple[float, float, float] | None = None,
-    preset: str = "demo",
+    shape: tuple[int, int, int] | None = None, spacing: tuple[float, float, float] | None = None, preset: str = "demo"
 ) -> Grid:
     """The acquisition grid of a preset, optionally with another shape and/or spacing.
 
@@ -93,13 +91,12 @@ def make_grid(
         shape = p.shape
     if len(tuple(shape)) != 3 or any(int(n) != n or int(n) < 1 for n in shape):
         raise ValueError(f"shape must be three positive integers (H, W, D), got {tuple(shape)}")
-    shape = tuple(int(n) for n in shape)  # type: ignore[assignment]
+    shape = (int(shape[0]), int(shape[1]), int(shape[2]))
     if shape[1] < 2 or shape[2] < 16:
         raise ValueError(f"shape {shape}: need at least 2 A-scans per B-scan and 16 depth samples")
-    if spacing is None:
-        spacing = p.spacing(shape)  # type: ignore[arg-type]
-    spacing = tuple(float(s) for s in spacing)  # type: ignore[assignment]
-    grid = Grid(shape, spacing)  # type: ignore[arg-type]
+    sh, sw, sd = p.spacing(shape) if spacing is None else spacing
+    spacing = (float(sh), float(sw), float(sd))
+    grid = Grid(shape, spacing)
     if grid.extent[2] < _MIN_DEPTH_WINDOW_MM:
         raise ValueError(
             f"depth window {grid.extent[2]:.3g} mm (D={shape[2]} x {spacing[2]:.3g} mm) is too shallow: "

@@ -219,11 +219,7 @@ class RPDDeposits:
 
     @classmethod
     def random(
-        cls,
-        rng: np.random.Generator,
-        canvas: Canvas,
-        field_half: tuple[float, float],
-        fovea: tuple[float, float],
+        cls, rng: np.random.Generator, canvas: Canvas, field_half: tuple[float, float], fovea: tuple[float, float]
     ) -> RPDDeposits:
         """Draw the RPD of one eye.
 

@@ -113,12 +113,7 @@ def _pigment_clumps(
 
 
 def render_oct(
-    maps: RetinaMaps,
-    bm: np.ndarray,
-    depth: int,
-    sd: float,
-    acq: Acquisition,
-    rng: np.random.Generator,
+    maps: RetinaMaps, bm: np.ndarray, depth: int, sd: float, acq: Acquisition, rng: np.random.Generator
 ) -> np.ndarray:
     """Render one OCT volume.
 

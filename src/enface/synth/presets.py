@@ -33,8 +33,9 @@ class Preset:
 
     def spacing(self, shape: tuple[int, int, int] | None = None) -> tuple[float, float, float]:
         """Voxel spacing ``(sh, sw, sd)`` in mm of ``shape`` (default: the preset's shape)."""
-        shape = tuple(shape or self.shape)  # type: ignore[assignment]
-        return tuple(float(e) / int(n) for e, n in zip(self.extent_mm, shape))  # type: ignore[return-value]
+        h, w, d = shape or self.shape
+        (eh, ew, ed) = self.extent_mm
+        return float(eh) / int(h), float(ew) / int(w), float(ed) / int(d)
 
 
 PRESETS: dict[str, Preset] = {
@@ -68,13 +69,7 @@ PRESETS: dict[str, Preset] = {
             "phantom-demo",
             "CPU-sized 6 x 6 mm cube: 32 x 128, 1.2 mm depth window around BM resampled to 64",
         ),
-        Preset(
-            "tiny",
-            (8, 32, 64),
-            (6.0, 6.0, 1.2),
-            "phantom-tiny",
-            "test-sized 6 x 6 mm cube: 8 x 32, depth 64",
-        ),
+        Preset("tiny", (8, 32, 64), (6.0, 6.0, 1.2), "phantom-tiny", "test-sized 6 x 6 mm cube: 8 x 32, depth 64"),
     )
 }
 """Known presets by name."""

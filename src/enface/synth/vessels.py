@@ -114,8 +114,8 @@ def _branches(
             side = -side
         ang = t_ang + side * math.radians(rng.uniform(35, 75))
         r0 = max(float(parent.radius[i]) * rng.uniform(0.5, 0.75), MIN_RADIUS_MM)
-        child = _walk(rng, p, ang, rng.uniform(0.5, 2.2) * (1 + depth) / 2, r0, step, wobble=0.8)
-        child = _cut_at(child, fovea, faz)
+        walked = _walk(rng, p, ang, rng.uniform(0.5, 2.2) * (1 + depth) / 2, r0, step, wobble=0.8)
+        child = _cut_at(walked, fovea, faz)
         if child is not None:
             out.append(child)
             finer = (spacing_mm[0] * 0.8, spacing_mm[1] * 0.8)
@@ -124,10 +124,7 @@ def _branches(
 
 
 def grow_vessel_tree(
-    rng: np.random.Generator,
-    fovea: tuple[float, float],
-    disc: tuple[float, float],
-    step: float = 0.01,
+    rng: np.random.Generator, fovea: tuple[float, float], disc: tuple[float, float], step: float = 0.01
 ) -> list[VesselPath]:
     """Random vessel tree of one eye.
 
@@ -169,9 +166,9 @@ def grow_vessel_tree(
     # small macular vessels straight from the disc towards the fovea
     for k in range(int(rng.integers(2, 5))):
         side = 1.0 if k % 2 else -1.0
-        ang = nasal + math.pi + side * math.radians(rng.uniform(6, 22))
-        direct = _walk(rng, dsc, ang, dist, rng.uniform(0.025, 0.035), step, wobble=0.35)
-        direct = _cut_at(direct, f, faz)
+        direction = nasal + math.pi + side * math.radians(rng.uniform(6, 22))
+        walked = _walk(rng, dsc, direction, float(dist), rng.uniform(0.025, 0.035), step, wobble=0.35)
+        direct = _cut_at(walked, f, faz)
         if direct is not None:
             paths.append(direct)
             _branches(rng, direct, f, faz, step, (0.8, 1.6), depth=1, out=paths)

@@ -1,0 +1,266 @@
+"""Where ``enface progression`` reads its visits from: reference masks or predictions.
+
+Inputs are the reference masks of a dataset folder (``mask_<task>.png``, or
+``mask_<task>.<grader>.png`` with a grader) or a predictions folder of ``enface predict``
+(``summary.csv`` + ``<scan id>/mask.png`` + ``prediction.json``). A predicted scan's
+patient, eye and visit day come from its ``prediction.json`` when it has them (device
+exports), else from the dataset case of the same id. Failed predictions and cases without
+a reference mask are listed as skipped and left out.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from enface.data.folder import Case, list_cases, mask_filename, read_dataset_info
+from enface.errors import DatasetError
+from enface.fileio import read_json_object
+from enface.io.images import read_mask
+from enface.progression.core import MIN_FOCUS_MM2, Skipped, Visit, VisitSet, lesion_features, raise_problems
+
+__all__ = ["prediction_visits", "reference_visits", "resolve_task"]
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _case_day(case: Case) -> int | None:
+    """The visit day of a case, or ``None`` when its ``meta.json`` gives none."""
+    return case.meta.visit
+
+
+def _as_day(value: Any, where: str) -> int:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value != int(value)
+    ):
+        raise DatasetError(f"{where}: visit must be a whole number of days, got {value!r}")
+    return int(value)
+
+
+def resolve_task(dataset: str | os.PathLike, task: str | None) -> str:
+    """The mask task: ``task`` when given (it must be one of the dataset's), else its only one.
+
+    Raises:
+        DatasetError: unknown task, or several tasks and none chosen.
+    """
+    tasks = [str(t) for t in read_dataset_info(dataset).get("tasks", [])]
+    if task is not None:
+        if task not in tasks:
+            raise DatasetError(
+                f"{Path(dataset) / 'dataset.json'}: no task {task!r} (tasks: {', '.join(tasks) or 'none'})"
+            )
+        return task
+    if len(tasks) != 1:
+        raise DatasetError(
+            f"{Path(dataset) / 'dataset.json'}: the dataset has tasks {', '.join(tasks) or 'none'}; "
+            "choose one with --task"
+        )
+    return tasks[0]
+
+
+def reference_visits(
+    dataset: str | os.PathLike, task: str, grader: str | None = None, min_focus_mm2: float = MIN_FOCUS_MM2
+) -> VisitSet:
+    """The visits of every case of ``dataset`` with a reference mask of ``task``.
+
+    Cases without that mask are listed in ``skipped``.
+
+    Raises:
+        DatasetError: a case used has no ``visit`` in its ``meta.json``, or a mask is unreadable.
+    """
+    visits: list[Visit] = []
+    skipped: list[Skipped] = []
+    problems: list[str] = []
+    name = mask_filename(task, grader)
+    for case in list_cases(dataset):
+        if not case.has_mask(task, grader):
+            skipped.append(Skipped(case.case_id, str(case.path), f"no reference mask {name}"))
+            continue
+        day = _case_day(case)
+        if day is None:
+            problems.append(f"{case.path / 'meta.json'}: no 'visit' (day of the visit)")
+            continue
+        sp = (float(case.spacing[0]), float(case.spacing[1]))
+        feats = lesion_features(case.load_mask(task, grader), sp, min_focus_mm2)
+        visits.append(Visit(case.case_id, case.patient_id, case.meta.eye, day, sp, feats))
+    raise_problems(problems, f"{dataset}: cases without a visit day")
+    if not visits:
+        raise DatasetError(f"{dataset}: no case has a mask {name}")
+    what = f"reference masks {name}" if grader is None else f"grader {grader!r} masks {name}"
+    return VisitSet(sorted(visits, key=lambda v: v.key), skipped, task, what)
+
+
+# --------------------------------------------------------------------------- predictions
+
+
+def _read_summary(pred_dir: Path) -> list[dict[str, str]]:
+    import csv
+
+    path = pred_dir / "summary.csv"
+    if not path.is_file():
+        raise DatasetError(f"{path}: file not found (is {pred_dir} an output folder of `enface predict`?)")
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+        missing = {"scan_id", "status"} - set(reader.fieldnames or ())
+    if missing:
+        raise DatasetError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+    ids = [r["scan_id"] for r in rows]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise DatasetError(f"{path}: scan id(s) listed twice: {', '.join(dup)}")
+    return rows
+
+
+def _read_prediction_json(scan_dir: Path) -> dict[str, Any]:
+    path = scan_dir / "prediction.json"
+    if not path.is_file():
+        raise DatasetError(f"{path}: file not found (summary.csv lists the scan as predicted)")
+    pj = read_json_object(path)
+    try:
+        spacing = [float(s) for s in pj["spacing"]]
+        if len(spacing) < 2 or not all(math.isfinite(s) and s > 0 for s in spacing):
+            raise ValueError
+    except (KeyError, TypeError, ValueError):
+        raise DatasetError(
+            f"{path}: 'spacing' must list the positive voxel spacing in mm, got {pj.get('spacing')!r}"
+        ) from None
+    members = pj.get("member_areas_mm2") or []
+    if not isinstance(members, list) or not all(
+        isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a) and a >= 0 for a in members
+    ):
+        raise DatasetError(f"{path}: 'member_areas_mm2' must be a list of areas in mm², got {members!r}")
+    return pj
+
+
+def _source_dataset(source: str) -> Path | None:
+    """The dataset a scan was predicted from, when its source is an existing ``<dataset>/cases/<id>``."""
+    p = Path(source)
+    if p.parent.name == "cases" and p.parent.parent.is_dir() and (p.parent.parent / "dataset.json").is_file():
+        return p.parent.parent
+    return None
+
+
+def _meta_of_scan(
+    scan_id: str, pj: Mapping[str, Any], source: str, case: Case | None, dataset: Path, where: str
+) -> tuple[str, str, int]:
+    """Patient, eye and day of a predicted scan: its own (exports) or its dataset case's.
+
+    Raises:
+        DatasetError: the scan belongs to another dataset, or its visit day is unknown.
+    """
+    origin = _source_dataset(source)
+    if origin is not None and not os.path.samefile(origin, dataset):
+        raise DatasetError(
+            f"{where}: predicted from {source}, a case of the dataset {origin}, not of {dataset} "
+            "(predictions of another dataset?)"
+        )
+    own = {k: pj.get(k) for k in ("patient_id", "eye", "visit")}
+    if case is None:
+        if any(v is None for v in own.values()):
+            lacking = ", ".join(k for k, v in own.items() if v is None)
+            raise DatasetError(
+                f"{where}: scan {scan_id!r} is not a case of {dataset} and its prediction.json has no "
+                f"{lacking} (predictions of another dataset?)"
+            )
+        patient, eye, day = str(own["patient_id"]), str(own["eye"]), _as_day(own["visit"], where)
+    else:
+        case_day = _case_day(case)
+        if own["visit"] is not None:
+            day = _as_day(own["visit"], where)
+        elif case_day is not None:
+            day = case_day
+        else:
+            raise DatasetError(f"{where}: no visit day, and {case.path / 'meta.json'} has no 'visit' either")
+        patient, eye = str(own["patient_id"] or case.patient_id), str(own["eye"] or case.meta.eye)
+        if (patient, eye) != (case.patient_id, case.meta.eye) or (case_day is not None and day != case_day):
+            raise DatasetError(
+                f"{where}: scan {scan_id!r} is patient {patient} {eye} day {day}, but case {case.case_id} "
+                f"of {dataset} is patient {case.patient_id} {case.meta.eye} day {case_day} "
+                "(predictions of another dataset?)"
+            )
+    if eye not in ("OD", "OS"):
+        raise DatasetError(f"{where}: eye must be 'OD' or 'OS', got {eye!r}")
+    return patient, eye, day
+
+
+def _check_against_case(mask: np.ndarray, spacing: tuple[float, float], case: Case, where: str) -> None:
+    cs = (float(case.spacing[0]), float(case.spacing[1]))
+    if not np.allclose(spacing, cs, rtol=1e-5, atol=0):
+        raise DatasetError(f"{where}: spacing {spacing} differs from case {case.case_id}'s {cs} (another dataset?)")
+    grid = tuple(case.oct_shape()[:2])
+    if mask.shape != grid:
+        raise DatasetError(f"{where}: mask shape {mask.shape} differs from case {case.case_id}'s en-face grid {grid}")
+
+
+def prediction_visits(
+    pred_dir: str | os.PathLike,
+    dataset: str | os.PathLike,
+    task: str | None = None,
+    min_focus_mm2: float = MIN_FOCUS_MM2,
+) -> VisitSet:
+    """The visits of a predictions folder written by ``enface predict``.
+
+    A scan's patient, eye and day come from its ``prediction.json`` when it has them
+    (device exports), else from the dataset case of the same id. Failed scans are listed
+    in ``skipped``. Checks: every scan resolves to a visit, a scan that is a case of
+    ``dataset`` agrees with it (patient, eye, day, spacing, grid), a scan predicted from
+    ``<other dataset>/cases/<id>`` is refused, and all scans share one task (``task``
+    when given).
+
+    Raises:
+        DatasetError: any of the checks fails (every problem found is listed).
+    """
+    pred_dir, dataset = Path(pred_dir), Path(dataset)
+    cases = {c.case_id: c for c in list_cases(dataset)}
+    rows = _read_summary(pred_dir)
+    visits: list[Visit] = []
+    skipped: list[Skipped] = []
+    problems: list[str] = []
+    tasks: dict[str, list[str]] = {}
+    for row in rows:
+        scan_id, source = row["scan_id"], row.get("source", "")
+        if row["status"] != "ok":
+            skipped.append(Skipped(scan_id, source, f"prediction failed: {row.get('reason') or row['status']}"))
+            continue
+        scan_dir = pred_dir / scan_id
+        try:
+            pj = _read_prediction_json(scan_dir)
+            where = str(scan_dir / "prediction.json")
+            tasks.setdefault(str(pj.get("task")), []).append(scan_id)
+            mask = read_mask(scan_dir / "mask.png")
+            case = cases.get(scan_id)
+            patient, eye, day = _meta_of_scan(scan_id, pj, str(pj.get("source") or source), case, dataset, where)
+            sp = (float(pj["spacing"][0]), float(pj["spacing"][1]))
+            if case is not None:
+                _check_against_case(mask, sp, case, where)
+        except DatasetError as e:
+            problems.append(str(e))
+            continue
+        feats = lesion_features(mask, sp, min_focus_mm2)
+        members = tuple(float(a) for a in pj.get("member_areas_mm2") or ())
+        visits.append(Visit(scan_id, patient, eye, day, sp, feats, members))
+    raise_problems(problems, f"{pred_dir}: unusable predictions")
+    if len(tasks) > 1:
+        shown = "; ".join(
+            f"{t}: {', '.join(ids[:3])}{' ...' if len(ids) > 3 else ''}" for t, ids in sorted(tasks.items())
+        )
+        raise DatasetError(f"{pred_dir}: predictions of several tasks ({shown}); predict one task per folder")
+    found = next(iter(tasks), task or "lesion")
+    if task is not None and tasks and found != task:
+        raise DatasetError(f"{pred_dir}: predictions are of task {found!r}, not {task!r}")
+    if not visits:
+        raise DatasetError(f"{pred_dir}: no successfully predicted scan")
+    return VisitSet(sorted(visits, key=lambda v: v.key), skipped, found, f"predictions in {pred_dir}")
+
+
+# --------------------------------------------------------------------------- the command
