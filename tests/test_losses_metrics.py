@@ -57,18 +57,18 @@ def test_dice_bce_hand_computed() -> None:
     )
 
 
-def test_dice_bce_pools_the_dice_over_the_batch() -> None:
-    # one crop without lesion, one with: predicting nothing anywhere must cost the whole
-    # batch's Dice, and a few false positives on the empty crop must not cost a crop's worth
+def test_dice_bce_per_sample_and_pooled() -> None:
+    # one crop without lesion, one with: pooled, predicting nothing costs the whole batch's
+    # Dice and a false positive on the empty crop little; per sample, that crop's worth
     target = torch.zeros(2, 1, 8, 8)
     target[1, 0, 2:6, 2:6] = 1
     nothing = torch.full_like(target, -10.0)
-    assert DiceBCELoss(bce_weight=0)(nothing, target).item() > 0.9
-    assert DiceBCELoss(bce_weight=0, batch_dice=False)(nothing, target).item() < 0.5
+    assert DiceBCELoss(bce_weight=0, batch_dice=True)(nothing, target).item() > 0.9
+    assert DiceBCELoss(bce_weight=0)(nothing, target).item() < 0.5
     right = torch.where(target > 0, 10.0, -10.0)
     right[0, 0, 0, 0] = 10.0  # one false-positive pixel on the empty crop
-    assert DiceBCELoss(bce_weight=0)(right, target).item() < 0.05
-    assert DiceBCELoss(bce_weight=0, batch_dice=False)(right, target).item() > 0.2
+    assert DiceBCELoss(bce_weight=0, batch_dice=True)(right, target).item() < 0.05
+    assert DiceBCELoss(bce_weight=0)(right, target).item() > 0.2
 
 
 def test_dice_loss_perfect_and_batch_modes() -> None:

@@ -41,23 +41,20 @@ def soft_dice_loss(
 class DiceBCELoss(nn.Module):
     """Sum of soft Dice loss (on sigmoid probabilities) and BCE (on logits).
 
-    The Dice is pooled over the batch by default (one Dice per channel, as nnU-Net does).
-    One Dice per crop makes every crop without lesion demand an exactly empty prediction:
-    its loss ``1 - 1 / (Σp + 1)`` charges a single false-positive pixel 0.5, so with few
-    labels and many lesion-free crops the network learns to predict nothing first and only
-    slowly, if at all, finds the lesions again (the collapse of issue 18;
-    ``benchmarks/bench_convergence.py``). Pooled, a crop without lesion costs what its
-    false positives cost in the batch's Dice.
+    The Dice is one per sample by default, like the per-case Dice a study reports: a crop
+    without lesion then asks for an empty prediction, as a scan without GA does at
+    evaluation (empty labels are real labels). ``batch_dice=True`` pools it over the batch
+    (nnU-Net's choice), which is more tolerant of false positives on lesion-free crops.
 
     Args:
         dice_weight: weight of the Dice term.
         bce_weight: weight of the BCE term.
         smooth: Dice smoothing.
-        batch_dice: see :func:`soft_dice_loss` (False: one Dice per sample, enface before issue 18).
+        batch_dice: see :func:`soft_dice_loss`.
     """
 
     def __init__(
-        self, dice_weight: float = 1.0, bce_weight: float = 1.0, smooth: float = 1.0, batch_dice: bool = True
+        self, dice_weight: float = 1.0, bce_weight: float = 1.0, smooth: float = 1.0, batch_dice: bool = False
     ) -> None:
         super().__init__()
         self.dice_weight = dice_weight

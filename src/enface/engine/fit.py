@@ -305,7 +305,8 @@ def _existing_state(run: ResolvedRun, resume: bool) -> tuple[str, Path | None]:
 
 
 def _start_folder(run: ResolvedRun, module: EnfaceModule) -> None:
-    """Start a new run's network from the init weights, then write its config and identity.
+    """Start a new run's network from the init weights (from scratch, a segmentation head at the
+    masks' foreground share: :mod:`enface.engine.prior`), then write its config and identity.
 
     Raises:
         CheckpointError: the init weights do not load as :func:`resolve_run` checked they
@@ -319,6 +320,10 @@ def _start_folder(run: ResolvedRun, module: EnfaceModule) -> None:
                 f"{run.config.init}: the init weights do not load as checked (not loaded: {sorted(missing)}, "
                 f"expected {sorted(run.transfer.skipped)}; unexpected: {sorted(unexpected)})"
             )
+    if run.init_weights is None and run.config.task == "segment":
+        from enface.engine.prior import foreground_share, set_head_prior
+
+        set_head_prior(module.network, foreground_share(run.config.dataset, run.train_ids, run.config.target))
     atomic_write_text(run.folder / "config.yaml", yaml.safe_dump(run.config.to_dict(), sort_keys=False))
     atomic_write_json(run.folder / "identity.json", run.identity)
     if run.transfer is not None:
