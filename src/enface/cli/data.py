@@ -102,6 +102,9 @@ def add_prepare(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="re-prepare cases that already exist")
     p.add_argument("--resplit", action="store_true", help="rewrite splits.json even when it exists")
+    p.add_argument(
+        "--workers", type=int, default=1, help="scans prepared at once, one process each (default 1; same output)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_cmd_prepare)
 
@@ -130,7 +133,9 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         resplit=args.resplit,
     )
-    report = prepare_dataset(args.src, args.out, opts, progress=not args.no_progress and not args.quiet)
+    report = prepare_dataset(
+        args.src, args.out, opts, progress=not args.no_progress and not args.quiet, workers=args.workers
+    )
     print(report.summary())
     return 0 if report.ok else 1
 
