@@ -129,8 +129,8 @@ def _robust_quadratic(
         robust = wt.copy()
     scale = tol
     for _ in range(10):
-        sw = np.sqrt(robust)
-        coef, *_ = np.linalg.lstsq(a * sw[:, None], y * sw, rcond=None)
+        aw = a * robust[:, None]  # weighted least squares by its normal equations (6 unknowns)
+        coef = np.linalg.solve(aw.T @ a + 1e-9 * np.eye(a.shape[1]), aw.T @ y)
         base = a @ coef
         r = y - base
         scale = max(1.4826 * float(np.median(np.abs(r[robust > 0]))), tol / 2)
