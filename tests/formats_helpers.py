@@ -148,6 +148,8 @@ def write_vol(
     patient_id: str = "P001",
     laterality: str = "OS",
     visit_date: dt.date = dt.date(2020, 3, 4),
+    scan_pattern: int = 3,
+    n_header: int | None = None,
 ) -> Path:
     """Write a Heidelberg ``.vol`` file.
 
@@ -160,6 +162,9 @@ def write_vol(
         slo_scale: SLO pixel size ``(x, y)`` in mm.
         bm_rows: ``(n, size_x)`` BM row per A-scan (written as segmentation line 1), or None.
         patient_id, laterality, visit_date: header fields.
+        scan_pattern: 1 line scan, 2 circle scan (end position = the circle's centre), 3/4
+            volume, 5 radial scan.
+        n_header: B-scan count written in the header (default: the number of B-scans).
     """
     n, size_y, size_x = bscans.shape
     num_seg = 0 if bm_rows is None else 2
@@ -170,7 +175,7 @@ def write_vol(
         "<12sIIIdddIIddId4sQiI16s16sI24sdI24sdIIII34s1790x",
         b"HSF-OCT-103",
         size_x,
-        n,
+        n if n_header is None else n_header,
         size_y,
         scale_x,
         distance,
@@ -183,7 +188,7 @@ def write_vol(
         0.0,
         laterality.encode("ascii"),
         exam_100ns,
-        3,
+        scan_pattern,
         hdr_size,
         b"1234",
         b"",

@@ -149,7 +149,7 @@ def test_truncated_and_foreign_vol_exports(tmp_path: Path) -> None:
     data = write_vol(src / "cut.vol", vol.transpose(0, 2, 1), **args).read_bytes()
     (src / "cut.vol").write_bytes(data[: len(data) - 500])
     (src / "junk.vol").write_bytes(os.urandom(100))
-    with pytest.raises(DatasetError, match="unreadable or truncated vol export"):
+    with pytest.raises(DatasetError, match=f"truncated at byte {len(data) - 500} of {len(data)}"):
         read_heidelberg(src / "cut.vol")
     report = prepare_dataset(
         src, tmp_path / "out", PrepareOptions(fmt="vol", flatten=FlattenParams(0.2, 0.1, 16)), progress=False
@@ -157,7 +157,8 @@ def test_truncated_and_foreign_vol_exports(tmp_path: Path) -> None:
     failed = {Path(f).name: r for f, r in report.failed}
     assert report.written == ["ok"]
     assert set(failed) == {"cut.vol", "junk.vol"}
-    assert all("unreadable or truncated vol export" in r for r in failed.values())
+    assert "truncated at byte" in failed["cut.vol"] and "not a Heidelberg .vol file" in failed["junk.vol"]
+    assert report.kind_counts() == {"damaged file": 1, "truncated file": 1}
 
 
 def test_failing_rerun_never_damages_finished_cases(src: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

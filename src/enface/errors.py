@@ -15,6 +15,7 @@ __all__ = [
     "EnfaceError",
     "NonFiniteLossError",
     "RunFolderError",
+    "ScanKindError",
     "UnsafePathError",
 ]
 
@@ -25,6 +26,26 @@ class EnfaceError(Exception):
 
 class DatasetError(EnfaceError, ValueError):
     """A dataset folder, case, device export or file is missing, malformed or inconsistent."""
+
+
+class ScanKindError(DatasetError):
+    """A file that is no usable volume scan, with its kind named: another scan pattern (``line
+    scan``, ``circle scan``, ``radial scan``, ``single B-scan``) or a damaged file (``empty
+    file``, ``truncated file``, ``damaged file``).
+
+    Attributes:
+        kind: the kind, as listed above (summaries count failures by it).
+    """
+
+    NOT_VOLUMES: tuple[str, ...] = ("line scan", "circle scan", "radial scan", "single B-scan", "repeated line scan")
+    """Kinds of well-formed scans that are not raster volumes (the others are damaged files)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # keeps its kind across processes
+        return (type(self), (self.kind, str(self)))
 
 
 class ConfigError(EnfaceError, ValueError):

@@ -133,6 +133,9 @@ def add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ratios", default=ratios, metavar="TR,VA,TE", help=f"train/val/test ratios (default {ratios})")
     p.add_argument("--overwrite", action="store_true", help="re-prepare cases that already exist")
     p.add_argument("--resplit", action="store_true", help="rewrite splits.json even when it exists")
+    p.add_argument(
+        "--workers", type=int, default=1, help="scans prepared at once, one process each (default 1; same output)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_cmd_prepare)
 
@@ -167,7 +170,8 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     from enface.data.prepare import prepare_dataset
 
     opts = prepare_options(args)
-    report = prepare_dataset(args.src, args.out, opts, progress=not args.no_progress and not args.quiet)
+    progress = not args.no_progress and not args.quiet
+    report = prepare_dataset(args.src, args.out, opts, progress=progress, workers=args.workers)
     print(report.summary())
     return 0 if report.ok else 1
 

@@ -5,33 +5,35 @@ A BM map is ``(H, W)`` float: the depth of BM in each A-scan in continuous voxel
 coordinates (voxel ``d`` covers ``[d - 0.5, d + 0.5)``, so a boundary between voxels
 ``z - 1`` and ``z`` lies at ``z - 0.5``).
 
-:func:`estimate_bm` is built to hold where it matters most, in geographic atrophy (GA), and
-to survive drusen, vessel shadows and speckle:
+:func:`estimate_bm` is built to hold on scans it was not tuned on: whatever the display
+mapping, the speckle (1 look or many), the relative brightness of the ellipsoid zone, the
+retinal pigment epithelium (RPE) and the choroid, and the eye's axial motion between
+B-scans; and in geographic atrophy (GA), over drusen and under vessel shadows. It chooses
+one edge for the whole eye and follows it:
 
-1. **coarse search** (:func:`_working_volume`, :func:`_bm_proposals`): the volume is
-   block-averaged in depth to at most ~256 samples, normalised per B-scan and smoothed;
-   each A-scan proposes a BM depth with a confidence weight. Below the inner retina the
-   strongest dark-to-bright edge is the top of the RPE in normal retina, or BM itself in GA
-   (the thinned outer retina is dark and the choroid below BM is bright from
-   hypertransmission). A strong bright-to-dark edge just below it is the bottom of the RPE,
-   i.e. BM, only if the band above it is as bright as an RPE: in GA the bright
-   hypertransmitted choroid has its own bright-to-dark edges (the tops of its vessels),
-   which must not pull BM down into the choroid;
-2. **robust surface** (:func:`_robust_surface`): a robust quadratic (the eye's curvature
-   and tilt) plus a smoothed residual, fitted with outlier rejection, through the
-   proposals;
-3. **fine edges at full depth resolution** (:func:`_refine_in_band`): in a narrow band
-   that follows the surface, the volume is sampled at its own depth resolution and
-   smoothed along the surface. Where the tissue just below is bright compared with an RPE
-   (GA: the hypertransmitted choroid), BM is the top of the choroid: the upper end of the
-   ramp up to the choroid's level (:func:`_choroid_tops`), below any RPE remnant or debris;
-   elsewhere BM is the bottom of the RPE, the strongest bright-to-dark edge, weighted by
-   its strength (weak under vessel shadows: no vote);
-4. **robust re-fit** (:func:`_settle`): a second, tighter robust surface through the
-   confident fine edges, each B-scan almost on its own (eye motion shifts B-scans in
-   depth); an edge far from it (the RPE lifted by a druse, a choroidal vessel) and an
-   A-scan without a vote take the surface, which bridges them from the A-scans around.
-   The result is smoothed along the B-scans.
+1. **intensity domain** (:func:`_intensity_domain`): linear or power-law intensities
+   (multiplicative speckle) are taken to the log domain that display values already are in;
+2. **axial motion** (:func:`_axial_motion`): the depth offset of each B-scan from its
+   neighbours, by cross-correlating them as wholes; everything that smooths across B-scans
+   does it with these offsets taken out;
+3. **coarse search** (:func:`_coarse_surface`): in the block-averaged, motion-corrected
+   volume each A-scan proposes a BM depth with a confidence (:func:`_bm_proposals`); a
+   robust quadratic plus a smoothed residual is fitted through them
+   (:func:`_robust_surface`);
+4. **one edge for the eye** (:mod:`enface.data.bm_track`): every A-scan is aligned in depth
+   to the eye's median profile, coarse to fine (A-scans unlike it, in GA, follow their
+   neighbours); on that sharp profile BM is the bottom of the deepest bright band that falls
+   clearly below it (the RPE), chosen once; in each A-scan the same edge is searched only a
+   few voxels around where the profile puts it;
+5. **GA**: A-scans whose outer retina has lost its bright bands over a choroid brighter than
+   the eye's normal one; there BM is the top of that choroid, searched near the surface
+   bridged from the retina around;
+6. **robust re-fit** (:func:`_settle`): a robust surface through the confident edges, in
+   motion-corrected coordinates; an edge far from it (the RPE lifted by a druse) and an A-scan
+   without a confident edge (a vessel shadow) take the surface. The result is smoothed.
+
+``benchmarks/bench_bm.py`` measures it on volumes whose optics, speckle and acquisition vary
+well beyond the phantom's (``benchmarks/varied_oct.py``) and on the phantom.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from enface.data import bm_track
+
 log = logging.getLogger(__name__)
 
 __all__ = ["estimate_bm", "fill_bm"]
@@ -51,14 +55,10 @@ DEFAULT_SPACING: tuple[float, float, float] = (0.12, 0.012, 0.004)
 
 _DEPTH_SMOOTH_MM = 0.014  # depth smoothing (Gaussian sigma) of the coarse proposal search
 _RPE_MM = 0.012  # half-width of the coarse edge operator: about an RPE's thickness
-_FINE_EDGE_MM = 0.008  # half-width of the fine edge operator
-_FINE_DEPTH_SIGMA_MM = 0.004  # depth smoothing of the fine search
 _REFIT_TOL_MM = 0.008  # fine edges further than this from the re-fitted surface are replaced
 _REFIT_SMOOTH_MM = 0.2  # lateral reach of the re-fitted surface (bridges drusen and shadows)
 _MIN_VOTE = 0.1  # fine edges weaker than this (relative, squared for RPE edges) do not vote
-_CHOROID_MM = 0.03  # depth below BM looked at for hypertransmission and the choroid's plateau
-_HYPER_LEVEL = 0.35  # choroid at least this bright relative to an RPE: hypertransmission (GA)
-_CHOROID_TOP_LEVEL = 0.7  # BM in GA: where the ramp up to the choroid reaches this fraction
+_MULTIPLICATIVE_SLOPE = 0.6  # log(local spread) vs log(local mean) above this: linear intensities
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -129,8 +129,8 @@ def _robust_quadratic(
         robust = wt.copy()
     scale = tol
     for _ in range(10):
-        sw = np.sqrt(robust)
-        coef, *_ = np.linalg.lstsq(a * sw[:, None], y * sw, rcond=None)
+        aw = a * robust[:, None]  # weighted least squares by its normal equations (6 unknowns)
+        coef = np.linalg.solve(aw.T @ a + 1e-9 * np.eye(a.shape[1]), aw.T @ y)
         base = a @ coef
         r = y - base
         scale = max(1.4826 * float(np.median(np.abs(r[robust > 0]))), tol / 2)
@@ -175,21 +175,6 @@ def _robust_surface(
         surface = base + _normalized_smooth(cand - base, ww, sigma_px)
         inlier = (np.abs(cand - surface) <= thr) & (weight > 0)
     return surface, inlier
-
-
-def _band_argmax(score: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
-    """Argmax of ``score[..., lo:hi+1]`` per A-scan with parabolic sub-sample refinement.
-
-    Returns:
-        ``(position (sample index, float), value)``.
-    """
-    sub = score[..., lo : hi + 1]
-    best = lo + np.argmax(sub, axis=-1)
-    take = lambda idx: np.take_along_axis(score, idx[..., None], axis=-1)[..., 0]  # noqa: E731
-    v0, v1, v2 = take(best - 1), take(best), take(best + 1)
-    den = v0 - 2 * v1 + v2
-    frac = np.where(den < 0, 0.5 * (v0 - v2) / np.where(den < 0, den, -1), 0.0)
-    return best + np.clip(frac, -0.5, 0.5), v1
 
 
 # --------------------------------------------------------------------------- the steps
@@ -278,112 +263,130 @@ def _bm_proposals(s: np.ndarray, e: np.ndarray, sdw: float) -> tuple[np.ndarray,
     return cand, np.clip(strength, 0.0, 1.0) ** 2
 
 
-def _sample_band(vol: np.ndarray, work: _Working, centre: np.ndarray, radius: int) -> np.ndarray:
-    """``(H, W, 2 radius + 1)`` normalised samples at depths ``centre + k`` (full resolution,
-    linear interpolation): the volume flattened along ``centre``."""
-    h, w, d = vol.shape
-    k = np.arange(-radius, radius + 1, dtype=np.float64)
-    out = np.empty((h, w, k.size), dtype=np.float32)
-    for i in range(h):
-        z = np.clip(centre[i][:, None] + k[None, :], 0.0, d - 1.0)
-        z0 = np.minimum(np.floor(z).astype(np.int64), d - 2)
-        t = (z - z0).astype(np.float32)
-        a = vol[i].astype(np.float32)
-        band = np.take_along_axis(a, z0, axis=-1) * (1 - t) + np.take_along_axis(a, z0 + 1, axis=-1) * t
-        out[i] = (band - work.lo[i]) / (work.hi[i] - work.lo[i])
+def _axial_motion(e: np.ndarray, sdw: float) -> np.ndarray:
+    """Depth offset of each B-scan (working samples, sub-sample) from the eye's axial motion.
+
+    Neighbouring B-scans are compared as wholes: the depth shift maximising the sum over
+    A-scans of the cross-correlation of their edge responses. The offsets are the running sum
+    of those shifts, centred; they hold the eye's motion and the slope of the anatomy across
+    B-scans, both of which a B-scan-wise coordinate change removes.
+    """
+    h, _, d = e.shape
+    reach = max(2, int(round(0.08 / sdw)))
+    n = 2 * d
+    spec = np.fft.rfft(e, n=n, axis=-1)
+    steps = np.zeros(h)
+    lags = np.r_[np.arange(0, reach + 1), np.arange(-reach, 0)]
+    for i in range(h - 1):
+        c = np.fft.irfft((spec[i] * np.conj(spec[i + 1])).sum(axis=0), n=n)
+        best = int(lags[np.argmax(c[lags])])
+        v0, v1, v2 = c[best - 1], c[best], c[(best + 1) % n]
+        den = v0 - 2 * v1 + v2
+        frac = 0.5 * (v0 - v2) / den if den < 0 else 0.0
+        steps[i + 1] = -(best + float(np.clip(frac, -0.5, 0.5)))
+    offsets = np.cumsum(steps)
+    return offsets - offsets.mean()
+
+
+def _shift_bscans(a: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Each B-scan of ``(H, W, Dw)`` moved up by its (rounded) offset, edges repeated."""
+    d = a.shape[-1]
+    out = np.empty_like(a)
+    for i, o in enumerate(np.rint(offsets).astype(int)):
+        out[i] = a[i][:, np.clip(np.arange(d) + o, 0, d - 1)]
     return out
 
 
-def _choroid_tops(band: np.ndarray, lo: int, centre: int, reach: int, level: float) -> tuple[np.ndarray, np.ndarray]:
-    """Where the intensity climbs to the bright (hypertransmitted) choroid, per A-scan.
-
-    The choroid's plateau is the mean of ``(centre, centre + reach]``; the dark floor the
-    darkest sample in ``[lo, centre]``. Going up from the brightest sample of the plateau,
-    the top of the choroid is where the intensity falls below ``floor + level (plateau -
-    floor)`` (linear
-    interpolation between samples): the upper end of the ramp, below any RPE remnant or
-    debris that the atrophy left above BM.
-
-    Returns:
-        ``(position in samples (boundary coordinate), contrast plateau - floor)``.
-    """
-    k = band.shape[-1]
-    idx = np.arange(k)
-    peak = centre + np.argmax(band[..., centre : centre + reach + 1], axis=-1)
-    plateau = band[..., centre + 1 : centre + reach + 1].mean(axis=-1)  # not the max: noise would raise it
-    floor = band[..., lo : centre + 1].min(axis=-1)
-    thr = floor + level * (plateau - floor)
-    below_thr = (band < thr[..., None]) & (idx >= lo) & (idx < peak[..., None])
-    # the last sample under the threshold above the plateau (lo when there is none)
-    j = np.where(below_thr.any(axis=-1), k - 1 - np.argmax(below_thr[..., ::-1], axis=-1), lo)
-    j = np.minimum(j, k - 2)
-    v0 = np.take_along_axis(band, j[..., None], axis=-1)[..., 0]
-    v1 = np.take_along_axis(band, (j + 1)[..., None], axis=-1)[..., 0]
-    frac = np.clip((thr - v0) / np.maximum(v1 - v0, 1e-6), 0.0, 1.0)
-    return j + frac, plateau - floor
+def _coarse_surface(work: _Working, spacing: tuple[float, float, float], offsets: np.ndarray) -> np.ndarray:
+    """Coarse surface near the outer retina (working samples, the eye's coordinates), found in
+    the motion-corrected working volume and fitted smoothly across B-scans there."""
+    sh, sw, _ = spacing
+    s = _shift_bscans(work.s, offsets)
+    e = _edge_response(s, max(2, int(round(_RPE_MM / work.sdw))))
+    cand, weight = _bm_proposals(s, e, work.sdw)
+    tol = max(2.0, 0.02 / work.sdw)  # 20 µm
+    coarse, inlier = _robust_surface(cand, weight, (sh, sw), (max(0.5, 0.15 / sh), max(1.0, 0.15 / sw)), tol)
+    log.debug("BM coarse surface: %.0f%% inlier proposals", 100 * inlier.mean())
+    return coarse + np.rint(offsets)[:, None]
 
 
-def _refine_in_band(
-    vol: np.ndarray, work: _Working, surface: np.ndarray, spacing: tuple[float, float, float], band_mm: float
+def _fit_votes(
+    depth: np.ndarray, weight: np.ndarray, spacing: tuple[float, float, float], offsets: np.ndarray, tol_mm: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Fine BM edge per A-scan near ``surface`` (full-resolution depth), with a weight.
-
-    Where the tissue just below ``surface`` is bright compared with an RPE (GA: the
-    hypertransmitted choroid), BM is the top of the choroid (:func:`_choroid_tops`);
-    elsewhere it is the bottom of the RPE, the strongest bright-to-dark edge, weighted by
-    its strength (weak under vessel shadows).
-
-    Returns:
-        ``(depth (H, W) in voxels, weight (H, W) in [0, 1])``.
-    """
-    sd = spacing[2]
-    half = max(1, int(round(_FINE_EDGE_MM / sd)))
-    search = max(2, int(round(band_mm / sd)))
-    reach = max(3, int(round(_CHOROID_MM / sd)))
-    radius = max(search + 2 * half + 2, reach + 1)
-    band = _sample_band(vol, work, surface, radius)
-    band = ndimage.gaussian_filter(band, (*work.sigma_hw, max(0.7, _FINE_DEPTH_SIGMA_MM / sd)), mode="nearest")
-    e = _edge_response(band, half)
-    lo, hi = radius - search, radius + search
-    pos_fall, val_fall = _band_argmax(e, lo, hi)
-    typical_fall = max(float(np.percentile(val_fall, 75)), 1e-6)
-    peaks = band.max(axis=-1)
-    strong = val_fall >= 0.5 * typical_fall  # never empty: the 75th percentile itself passes
-    rpe_level = float(np.median(peaks[strong]))
-    under = band[..., radius + 1 : radius + 1 + reach].mean(axis=-1)
-    hyper = under >= _HYPER_LEVEL * rpe_level
-    pos_top, contrast = _choroid_tops(band, lo, radius, reach, _CHOROID_TOP_LEVEL)
-    typical_contrast = max(float(np.median(contrast[hyper])) if hyper.any() else 0.0, 1e-6)
-    depth = surface + np.where(hyper, pos_top, pos_fall - 0.5) - radius
-    weight = np.where(hyper, np.clip(contrast / typical_contrast, 0, 1), np.clip(val_fall / typical_fall, 0, 1) ** 2)
-    log.debug(
-        "BM refinement: %.0f%% hypertransmission (GA), %.0f%% strong RPE edges",
-        100 * hyper.mean(),
-        100 * (~hyper & (val_fall >= 0.5 * typical_fall)).mean(),
-    )
-    return depth, weight
-
-
-def _settle(depth: np.ndarray, weight: np.ndarray, spacing: tuple[float, float, float], smooth_mm: float) -> np.ndarray:
-    """Robust re-fit through the fine edges; smoothed along the B-scans.
-
-    The confident fine edges (weight >= :data:`_MIN_VOTE`) are fitted robustly, each
-    B-scan almost on its own (eye motion shifts B-scans in depth); an edge far from the
-    fit (the RPE lifted by a druse, a choroidal vessel) and an A-scan without a confident
-    edge take the fitted surface, which bridges them from the A-scans around.
-    """
+    """Robust smooth surface through the voting edges, in motion-corrected coordinates
+    (smooth across B-scans there), in the eye's coordinates; and its inliers."""
     sh, sw, sd = spacing
-    h = depth.shape[0]
-    tol = max(1.5, _REFIT_TOL_MM / sd)
     votes = np.where(weight >= _MIN_VOTE, weight, 0.0)
-    sigma_px = (0.3, max(1.0, _REFIT_SMOOTH_MM / sw))
-    surface, inlier = _robust_surface(depth, votes, (sh, sw), sigma_px, tol)
-    settled = np.where(inlier, depth, surface)
+    sigma_px = (max(0.3, min(1.0, 0.1 / sh)), max(1.0, _REFIT_SMOOTH_MM / sw))
+    corrected = depth - offsets[:, None]
+    surface, inlier = _robust_surface(corrected, votes, (sh, sw), sigma_px, max(1.5, tol_mm / sd))
+    return surface + offsets[:, None], inlier
+
+
+def _settle(
+    depth: np.ndarray, weight: np.ndarray, spacing: tuple[float, float, float], offsets: np.ndarray, smooth_mm: float
+) -> np.ndarray:
+    """Robust re-fit through the fine edges; smoothed along and (motion-corrected) across B-scans.
+
+    An edge far from the fit (the RPE lifted by a druse, a choroidal vessel) and an A-scan
+    without a confident edge take the fitted surface, which bridges them from the A-scans
+    around.
+    """
+    sh, sw, _ = spacing
+    surface, inlier = _fit_votes(depth, weight, spacing, offsets, _REFIT_TOL_MM)
+    settled = np.where(inlier, depth, surface) - offsets[:, None]
     log.debug("BM re-fit: %.0f%% of the fine edges kept", 100 * inlier.mean())
-    return ndimage.gaussian_filter(settled, (0.3 if h > 2 else 0.0, max(0.7, smooth_mm / sw)), mode="nearest")
+    sigma_h = max(0.3, min(0.8, 0.06 / sh)) if depth.shape[0] > 2 else 0.0
+    return ndimage.gaussian_filter(settled, (sigma_h, max(0.7, smooth_mm / sw)), mode="nearest") + offsets[:, None]
 
 
 # --------------------------------------------------------------------------- public
+
+
+def _intensity_domain(vol: np.ndarray) -> tuple[np.ndarray, bool]:
+    """The volume in a log-like domain, float32, and whether a log was taken.
+
+    Display values of OCT exports are log-compressed intensities: speckle is additive there,
+    its local spread the same in bright and dark tissue. Linear (or power-law) intensities
+    have multiplicative speckle, whose spread grows with the local mean: those are taken to
+    the log domain, so that the relative brightness of the layers, and where an edge lies
+    between them, do not depend on how the device or the file mapped the intensities.
+
+    Raises:
+        ValueError: NaN/inf voxels.
+    """
+    sub = np.asarray(vol[:: max(1, vol.shape[0] // 6)], dtype=np.float32)
+    if not np.isfinite(sub).all() or not np.isfinite(vol).all():
+        raise ValueError("volume has NaN/inf voxels")
+    mean = ndimage.uniform_filter(sub, (1, 3, 3))
+    spread = np.sqrt(np.maximum(ndimage.uniform_filter(sub * sub, (1, 3, 3)) - mean * mean, 0.0))
+    m, sp = mean[:, 1::3, 1::3].ravel(), spread[:, 1::3, 1::3].ravel()
+    lo, hi = np.percentile(m, [30, 99])
+    sel = (m > lo) & (m < hi) & (sp > 0) & (m > 0)
+    multiplicative = False
+    if sel.sum() > 200:
+        x, y = np.log(m[sel]), np.log(sp[sel])
+        edges = np.quantile(x, np.linspace(0, 1, 11))
+        which = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, 9)
+        xs = [float(np.median(x[which == b])) for b in range(10) if (which == b).sum() > 20]
+        ys = [float(np.median(y[which == b])) for b in range(10) if (which == b).sum() > 20]
+        multiplicative = len(xs) >= 3 and float(np.polyfit(xs, ys, 1)[0]) > _MULTIPLICATIVE_SLOPE
+    out = np.asarray(vol, dtype=np.float32).copy()
+    if multiplicative:
+        out -= float(out.min())
+        positive = out[:: max(1, out.shape[0] // 6)]
+        positive = positive[positive > 0]
+        eps = float(np.percentile(positive, 10)) if positive.size else 1.0
+        np.log(out + eps, out=out)
+    return out, multiplicative
+
+
+def _normalise_bscans(u: np.ndarray, work: _Working) -> np.ndarray:
+    """``u`` scaled per B-scan by the working volume's percentiles (in place)."""
+    for i in range(u.shape[0]):
+        u[i] -= work.lo[i]
+        u[i] /= work.hi[i] - work.lo[i]
+    return u
 
 
 def estimate_bm(
@@ -392,23 +395,20 @@ def estimate_bm(
     *,
     max_depth_samples: int = 256,
     smooth_mm: float = 0.1,
-    band_mm: float = 0.03,
 ) -> np.ndarray:
     """Estimate Bruch's membrane in an un-flattened OCT volume.
 
     Args:
-        volume: ``(H, W, D)`` OCT volume (any numeric dtype; brighter = more reflective),
-            depth index 0 on the vitreous side.
+        volume: ``(H, W, D)`` OCT volume (any numeric dtype; brighter = more reflective,
+            linear, power-law or log-compressed), depth index 0 on the vitreous side.
         spacing: ``(sh, sw, sd)`` in mm; sets the physical size of the smoothing and of the
-            refinement band. Without it, Spectralis-like values are assumed
+            search windows. Without it, Spectralis-like values are assumed
             (:data:`DEFAULT_SPACING`).
         max_depth_samples: depth is block-averaged down to at most this many samples for
             the coarse search (speed and speckle suppression).
         smooth_mm: scale (Gaussian sigma) of the final smoothing of the BM surface along
-            the B-scans (BM is smooth; across B-scans it is not smoothed, since eye motion
-            shifts B-scans in depth).
-        band_mm: half-height of the full-resolution refinement band around the coarse
-            surface.
+            the B-scans (across B-scans it is smoothed after the eye's axial motion is
+            taken out).
 
     Returns:
         ``(H, W)`` float32 BM depth in voxels of ``volume`` (sub-voxel).
@@ -421,17 +421,45 @@ def estimate_bm(
         raise ValueError(f"volume must be (H, W, D), got shape {vol.shape}")
     if vol.shape[2] < 16:
         raise ValueError(f"volume has only {vol.shape[2]} depth samples; BM estimation needs at least 16")
-    sp = tuple(float(s) for s in (spacing if spacing is not None else DEFAULT_SPACING))
-    sh, sw, _ = sp
-    work = _working_volume(vol, sp, max_depth_samples)  # type: ignore[arg-type]
-    cand, weight = _bm_proposals(work.s, work.e, work.sdw)
-    tol = max(2.0, 0.02 / work.sdw)  # 20 µm
-    coarse, inlier = _robust_surface(cand, weight, (sh, sw), (max(0.5, 0.15 / sh), max(1.0, 0.15 / sw)), tol)
-    log.debug("BM coarse surface: %.0f%% inlier proposals", 100 * inlier.mean())
-    # working boundary z lies between voxels z f - 1 and z f, at continuous depth z f - 0.5:
-    # the band is centred on sample z f
-    depth, fine_weight = _refine_in_band(vol, work, coarse * work.factor, sp, band_mm)  # type: ignore[arg-type]
-    return _settle(depth, fine_weight, sp, smooth_mm).astype(np.float32)  # type: ignore[arg-type]
+    sp: tuple[float, float, float] = tuple(float(s) for s in (spacing if spacing is not None else DEFAULT_SPACING))  # type: ignore[assignment]
+    u, took_log = _intensity_domain(vol)
+    work = _working_volume(u, sp, max_depth_samples)
+    offsets = _axial_motion(work.e, work.sdw)
+    surface = _coarse_surface(work, sp, offsets) * work.factor
+    offsets_vox = offsets * work.factor
+    u = _normalise_bscans(u, work)
+    del work
+    sigma_h = max(0.3, min(1.0, 0.1 / sp[0])) if vol.shape[0] > 2 else 0.0
+    everywhere = np.ones(surface.shape, bool)
+    surface = bm_track.congeal(u, surface, sp, sigma_h)
+    template = bm_track.template_edge(u, surface, sp, everywhere)
+    ga = np.zeros(surface.shape, bool)
+    depth, weight = bm_track.rpe_edges(u, surface, template, sp)
+    bridged, inlier = _fit_votes(depth, np.where(ga, 0.0, weight), sp, offsets_vox, 0.012)
+    for _ in range(3):  # GA found, its votes left out, the surface bridged again: GA found better
+        found = bm_track.atrophy(u, bridged, template, inlier & (weight > 0.25) & ~ga, sp)
+        if not found.any() or (found == ga).all():
+            break
+        ga = found
+        normal = ~ndimage.binary_dilation(ga, iterations=2)
+        bridged, inlier = _fit_votes(depth, np.where(normal, weight, 0.0), sp, offsets_vox, 0.012)
+    if ga.any():  # the eye's template and edges from the normal retina only, GA bridged from around it
+        normal = ~ndimage.binary_dilation(ga, iterations=2)
+        template = bm_track.template_edge(u, surface, sp, normal)
+        depth, weight = bm_track.rpe_edges(u, surface, template, sp)
+        bridged, _ = _fit_votes(depth, np.where(normal, weight, 0.0), sp, offsets_vox, 0.012)
+        ga_depth, contrast = bm_track.choroid_tops(u, bridged, sp)
+        typical = max(float(np.median(contrast[ga])), 1e-6)
+        depth = np.where(ga, ga_depth, depth)
+        weight = np.where(ga, np.clip(contrast / typical, 0.0, 1.0), weight)
+    log.debug(
+        "BM: %s domain, axial motion %.0f µm (range), template edge %.1f voxels below its peak, %.0f%% GA",
+        "log" if took_log else "display",
+        1000 * float(np.ptp(offsets_vox)) * sp[2],
+        template.edge - template.peak,
+        100 * ga.mean(),
+    )
+    return _settle(depth, weight, sp, offsets_vox, smooth_mm).astype(np.float32)
 
 
 def fill_bm(bm: np.ndarray, spacing: tuple[float, float] | None = None) -> np.ndarray:

@@ -119,6 +119,30 @@ def _count_nonfinite(vol: np.ndarray) -> int:
     return n
 
 
+def _check_bm(path: Path, hw: tuple[int, ...] | None, meta: CaseMeta | None, report: CheckReport, deep: bool) -> None:
+    """``bm.npy``: the BM a case was flattened with, ``(H, W)`` finite depths within the source
+    volume's depth (``meta.json`` ``extra.input_shape``)."""
+    try:
+        bm = load_npy(path, mmap=True)
+    except DatasetError as e:
+        report.problem(path, str(e).removeprefix(f"{path}: "))
+        return
+    if bm.ndim != 2 or (hw is not None and bm.shape != hw):
+        report.problem(path, f"BM map has shape {bm.shape}, expected the en-face grid {hw} of oct.npy")
+        return
+    if not deep:
+        return
+    values = np.asarray(bm, dtype=np.float64)
+    if not np.isfinite(values).all():
+        report.problem(path, "BM map has NaN/inf values")
+        return
+    shape = (meta.extra.get("input_shape") if meta is not None else None) or []
+    if len(shape) == 3 and (values.min() < -0.5 or values.max() > shape[2] - 0.5):
+        report.problem(
+            path, f"BM depths {values.min():.1f}..{values.max():.1f} lie outside the source depth 0..{shape[2] - 1}"
+        )
+
+
 def _check_volume(
     path: Path, report: CheckReport, deep: bool, shape: tuple[int, ...] | None = None
 ) -> tuple[int, ...] | None:
@@ -171,6 +195,9 @@ def check_case(case_dir: Path, report: CheckReport, deep: bool = True) -> dict[s
             continue
         if p.is_dir() or name.startswith("."):
             report.warn(p, "unexpected entry in a case folder")
+            continue
+        if name == "bm.npy":
+            _check_bm(p, hw, meta, report, deep)
             continue
         if name.endswith(".npy"):
             info["volumes"].append(p.stem)

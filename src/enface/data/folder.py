@@ -279,6 +279,7 @@ def write_case(
     masks: Mapping[str, np.ndarray] | None = None,
     overwrite: bool = False,
     volumes: Mapping[str, np.ndarray] | None = None,
+    bm: np.ndarray | None = None,
 ) -> Path:
     """Validate and write one case atomically.
 
@@ -293,6 +294,7 @@ def write_case(
         overwrite: replace an existing case folder; otherwise an existing case is an error.
         volumes: extra input channels on the OCT grid, ``{"octa": (H, W, D)}``, stored as
             ``<name>.npy`` beside ``oct.npy`` (same dtype rules).
+        bm: ``(H, W)`` BM the volume was flattened with, stored as ``bm.npy`` (float32).
 
     Returns:
         The case folder.
@@ -304,6 +306,10 @@ def write_case(
     _check_id(meta.case_id, "case id")
     _check_id(meta.patient_id, "patient id")
     validate_case_arrays(meta.case_id, oct_volume, images, masks, volumes)
+    if bm is not None and (np.asarray(bm).shape != np.asarray(oct_volume).shape[:2] or not np.isfinite(bm).all()):
+        raise DatasetError(
+            f"case {meta.case_id}: bm must be finite with the grid's shape {np.asarray(oct_volume).shape[:2]}"
+        )
     cases = root / "cases"
     cases.mkdir(parents=True, exist_ok=True)
     final = cases / meta.case_id
@@ -322,6 +328,8 @@ def write_case(
             atomic_save_npy(
                 tmp / f"{name}.npy", ev if ev.dtype in (np.float32, np.uint8, np.uint16) else ev.astype(np.float32)
             )
+        if bm is not None:
+            atomic_save_npy(tmp / "bm.npy", np.asarray(bm, dtype=np.float32))
         for name, img in (images or {}).items():
             atomic_save_png(tmp / f"{name}.png", _to_uint8_image(img, f"case {meta.case_id}: {name}"))
         for key, mask in (masks or {}).items():

@@ -14,21 +14,26 @@ For every scan found under the source folder:
 Steps 1-3 for one scan are :func:`~enface.data.scan_case.scan_to_case` (re-exported here,
 with :class:`PrepareOptions`); this module finds the scans and runs the batch.
 
-Finished cases are skipped on a re-run (unless ``overwrite``), a failing case is reported
-(file, reason) and does not stop the batch, and a failing case never touches a case folder
-already written. Afterwards ``dataset.json`` is (re)written from the cases on disk, visit
-days are derived from visit dates, and ``splits.json`` is written when absent (patient-wise
-from a seed; OCTA-500 uses its official split).
+Scans are prepared one at a time or by ``workers`` processes: each case depends on its scan
+alone, so the output is the same byte for byte. Finished cases are skipped on a re-run
+(unless ``overwrite``): a case is recognised by the file it was prepared from (its path
+within the source folder, ``meta.json`` ``extra.source_key``), not by its folder name, so
+that files added later, whose names sanitise alike, get new case ids and never a finished
+one. A failing scan is reported (file, kind, reason) and does not stop the batch, and never
+touches a case folder already written. Afterwards ``dataset.json`` is (re)written from the
+cases on disk, visit days are derived from visit dates, and ``splits.json`` is written when
+absent (patient-wise from a seed; OCTA-500 uses its official split).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import functools
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -37,9 +42,9 @@ import numpy as np
 
 from enface.data.folder import list_cases, write_case, write_dataset_info, write_splits
 from enface.data.scan_case import CaseArrays, PrepareOptions, scan_to_case
-from enface.errors import DatasetError, EnfaceError
+from enface.errors import DatasetError, EnfaceError, ScanKindError
 from enface.fileio import atomic_write_json
-from enface.io.base import Scan, safe_id, unique_ids
+from enface.io.base import Scan, safe_id
 
 log = logging.getLogger(__name__)
 
@@ -54,19 +59,26 @@ __all__ = [
 ]
 
 
-@dataclass
+@dataclass(frozen=True)
 class ScanSource:
     """One scan to prepare.
 
     Attributes:
         case_id: the case folder name.
         source: the file or folder it comes from.
-        read: returns the :class:`~enface.io.base.Scan`.
+        reader: returns the :class:`~enface.io.base.Scan` (picklable: it may run in a worker
+            process).
+        key: what identifies the scan on a re-run: its path within the source folder.
     """
 
     case_id: str
     source: Path
-    read: Callable[[], Scan]
+    reader: Callable[[], Scan]
+    key: str = ""
+
+    def read(self) -> Scan:
+        """Read the scan."""
+        return self.reader()
 
 
 @dataclass
@@ -78,6 +90,8 @@ class PrepareReport:
         written: case ids written in this run.
         skipped: case ids already present (not re-prepared).
         failed: ``(source, reason)`` of every case that failed.
+        kinds: the kind of each failed source (``line scan``, ``empty file``, ...; ``error``
+            for any other problem), see :class:`~enface.errors.ScanKindError`.
         notes: ``(case id, message)`` worth a look (low FAF registration quality, ...).
         splits: ``"written"``, ``"kept"`` or ``"none"`` (no case at all).
     """
@@ -86,6 +100,7 @@ class PrepareReport:
     written: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    kinds: dict[str, str] = field(default_factory=dict)
     notes: list[tuple[str, str]] = field(default_factory=list)
     splits: str = "none"
 
@@ -94,19 +109,45 @@ class PrepareReport:
         """No case failed."""
         return not self.failed
 
+    def kind_counts(self) -> dict[str, int]:
+        """Failed sources counted by kind, most frequent first."""
+        counts: dict[str, int] = {}
+        for src, _ in self.failed:
+            kind = self.kinds.get(src, "error")
+            counts[kind] = counts.get(kind, 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
     def summary(self) -> str:
-        """A readable multi-line summary."""
+        """A readable multi-line summary: counts (failures by kind), notes, one line per failed file
+        (scans that are not volumes, damaged files and other failures apart)."""
+        by_kind = ", ".join(f"{n} {plural(kind, n)}" for kind, n in self.kind_counts().items())
         lines = [
             f"dataset {self.out}: {len(self.written)} case(s) written, {len(self.skipped)} already "
-            f"present (skipped), {len(self.failed)} failed; splits.json {self.splits}"
+            f"present (skipped), {len(self.failed)} failed{f' ({by_kind})' if by_kind else ''}; "
+            f"splits.json {self.splits}"
         ]
         if self.notes:
             lines.append("notes:")
             lines += [f"  {cid}: {msg}" for cid, msg in self.notes]
-        if self.failed:
-            lines.append("failed:")
-            lines += [f"  {src}: {reason}" for src, reason in self.failed]
+        groups = (
+            ("not volume scans (not prepared):", lambda k: k in ScanKindError.NOT_VOLUMES),
+            ("damaged files:", lambda k: k in ("empty file", "truncated file", "damaged file")),
+            (
+                "failed:",
+                lambda k: k not in ScanKindError.NOT_VOLUMES + ("empty file", "truncated file", "damaged file"),
+            ),
+        )
+        for title, belongs in groups:
+            rows = [(src, reason) for src, reason in self.failed if belongs(self.kinds.get(src, "error"))]
+            if rows:
+                lines.append(title)
+                lines += [f"  {src}: {reason}" for src, reason in rows]
         return "\n".join(lines)
+
+
+def plural(kind: str, n: int) -> str:
+    """``line scan`` -> ``line scans`` when there are several (``disk full`` stays)."""
+    return kind if n == 1 or kind == "disk full" else f"{kind}s"
 
 
 # --------------------------------------------------------------------------- discovery
@@ -117,8 +158,73 @@ def _relative_id(path: Path, root: Path, stem: str) -> str:
     return safe_id("_".join((*rel, stem)))
 
 
-def discover_sources(src: str | os.PathLike, opts: PrepareOptions) -> list[ScanSource]:
+def _source_key(path: Path, root: Path) -> str:
+    """A scan's path within the source folder (POSIX), what identifies it on a re-run."""
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.name
+
+
+def _assign_ids(wanted: list[tuple[str, str]], known: dict[str, str]) -> list[str]:
+    """Case ids for ``(key, wanted id)`` pairs: a key a case was already prepared from keeps
+    that case's id; a new key gets its wanted id, or ``<id>-2``, ``-3``, ... when that is taken
+    (by a case on disk or an earlier key of this run)."""
+    taken = set(known.values())
+    out: list[str] = []
+    for key, cid in wanted:
+        if key in known:
+            out.append(known[key])
+            continue
+        new, n = cid, 1
+        while new in taken:
+            n += 1
+            new = f"{cid}-{n}"
+        taken.add(new)
+        out.append(new)
+    return out
+
+
+def prepared_sources(out: Path, src: Path) -> dict[str, str]:
+    """``{source key: case id}`` of the cases already in the dataset folder ``out``.
+
+    A case records its key in ``meta.json`` (``extra.source_key``); a case prepared before
+    that is matched by its ``source`` path when it lies in ``src``, else by its folder name.
+    """
+    cases = out / "cases"
+    if not cases.is_dir():
+        return {}
+    import json
+
+    root = src.resolve() if src.is_dir() else src.resolve().parent
+    known: dict[str, str] = {}
+    for d in sorted(p for p in cases.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        try:
+            meta = json.loads((d / "meta.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # not a finished case: prepared again when its scan is found
+        if not isinstance(meta, dict):
+            continue
+        key = (meta.get("extra") or {}).get("source_key") if isinstance(meta.get("extra"), dict) else None
+        if key is None and meta.get("source"):
+            try:
+                key = Path(str(meta["source"])).resolve().relative_to(root).as_posix()
+            except (ValueError, OSError):
+                key = None
+        known[str(key) if key is not None else f"<case {d.name}>"] = d.name
+    return known
+
+
+def discover_sources(
+    src: str | os.PathLike, opts: PrepareOptions, known: dict[str, str] | None = None
+) -> list[ScanSource]:
     """Find every scan of format ``opts.fmt`` under ``src``.
+
+    Args:
+        src: source folder or file.
+        opts: settings (the format).
+        known: ``{source key: case id}`` of cases already prepared (:func:`prepared_sources`):
+            their scans keep their ids, new scans get ids not in use.
 
     Raises:
         DatasetError: ``src`` is missing or holds nothing of that format.
@@ -129,20 +235,15 @@ def discover_sources(src: str | os.PathLike, opts: PrepareOptions) -> list[ScanS
     if not src.exists():
         raise DatasetError(f"{src}: source folder not found")
     fmt = opts.fmt
-    sources: list[ScanSource] = []
+    found: list[tuple[str, str, Path, Callable[[], Scan]]] = []  # (key, wanted id, source, reader)
     if fmt == "octa500":
         from enface.io.octa500 import find_octa500_cases, read_octa500_case
 
         for case in find_octa500_cases(src):
-            sources.append(
-                ScanSource(
-                    safe_id(case.case_id),
-                    case.oct_dir,
-                    functools.partial(
-                        read_octa500_case, case, with_octa=opts.octa, tasks=opts.tasks, use_layers=opts.bm != "estimate"
-                    ),
-                )
+            reader = functools.partial(
+                read_octa500_case, case, with_octa=opts.octa, tasks=opts.tasks, use_layers=opts.bm != "estimate"
             )
+            found.append((f"octa500:{case.case_id}", safe_id(case.case_id), case.oct_dir, reader))
     else:
         if src.is_file():
             files, root = [src], src.parent
@@ -153,12 +254,19 @@ def discover_sources(src: str | os.PathLike, opts: PrepareOptions) -> list[ScanS
         else:
             files = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() == f".{fmt}")
             root = src
-        ids = list(zip(unique_ids([_relative_id(p, root, scan_stem(p)) for p in files]), files))
-        for cid, path in ids:
-            sources.append(ScanSource(cid, path, functools.partial(_read_file_scan, path, opts)))
-    if not sources:
+        for p in files:
+            found.append(
+                (
+                    _source_key(p, root),
+                    _relative_id(p, root, scan_stem(p)),
+                    p,
+                    functools.partial(_read_file_scan, p, opts),
+                )
+            )
+    if not found:
         raise DatasetError(f"{src}: no {fmt} scans found")
-    return sources
+    ids = _assign_ids([(key, cid) for key, cid, _, _ in found], known or {})
+    return [ScanSource(cid, path, reader, key) for cid, (key, _, path, reader) in zip(ids, found)]
 
 
 def _read_file_scan(path: Path, opts: PrepareOptions) -> Scan:
@@ -279,63 +387,151 @@ def _write_splits(out: Path, opts: PrepareOptions, patients: list[str], report: 
     report.splits = "written"
 
 
+@dataclass(frozen=True)
+class _Outcome:
+    """What preparing one scan gave (returned by a worker process)."""
+
+    case_id: str
+    source: str
+    notes: tuple[str, ...] = ()
+    reason: str | None = None
+    kind: str = "error"
+
+
+def _failure_reason(e: BaseException, source: str) -> tuple[str, str]:
+    """``(reason, kind)`` of a failed scan, the file name left out (the summary names it)."""
+    if isinstance(e, OSError) and (e.errno == errno.ENOSPC or "requested and" in str(e)):
+        return "the disk is full (nothing of this case was kept)", "disk full"
+    reason = str(e) if isinstance(e, (EnfaceError, ValueError)) else f"{type(e).__name__}: {e}"
+    return reason.removeprefix(f"{source}: "), getattr(e, "kind", "error")
+
+
+def _prepare_one(item: ScanSource, out: Path, opts: PrepareOptions) -> _Outcome:
+    """Read, convert and write one case (in this process or a worker)."""
+    try:
+        arrays = scan_to_case(item.read(), item.case_id, opts)
+        arrays.meta.extra["source_key"] = item.key
+        write_case(
+            out,
+            arrays.meta,
+            arrays.oct,
+            arrays.images,
+            arrays.masks,
+            overwrite=opts.overwrite,
+            volumes=arrays.volumes,
+            bm=arrays.bm,
+        )
+    except (EnfaceError, ValueError, OSError) as e:  # a bad scan must not stop the batch; bugs surface
+        reason, kind = _failure_reason(e, str(item.source))
+        log.debug("%s: failed: %s", item.source, reason)
+        return _Outcome(item.case_id, str(item.source), reason=reason, kind=kind)
+    return _Outcome(item.case_id, str(item.source), notes=tuple(arrays.notes))
+
+
+def _run_batch(todo: list[ScanSource], out: Path, opts: PrepareOptions, workers: int, bar: Any) -> Iterator[_Outcome]:
+    """Outcomes of the scans to prepare, in the order they finish (``workers`` processes)."""
+    if workers <= 1 or len(todo) <= 1:
+        for item in todo:
+            bar.set_postfix_str(item.case_id, refresh=False)
+            yield _prepare_one(item, out, opts)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_prepare_one, item, out, opts) for item in todo]
+        for fut in as_completed(futures):
+            yield fut.result()
+
+
+def check_source_and_output(src: Path, out: Path, what: str = "OUT") -> None:
+    """Refuse an output folder that is, or lies inside, the source folder, or holds it: a re-run
+    would read its own output as new scans, or write into the exports.
+
+    Raises:
+        DatasetError: naming both folders.
+    """
+    if not src.exists():
+        return  # reported by discovery
+    s = src.resolve()
+    o = out.resolve()
+    if s.is_dir() and (o == s or s in o.parents):
+        raise DatasetError(f"{out}: {what} lies inside the source folder {src}; choose a folder outside it")
+    if o == s or o in s.parents:
+        raise DatasetError(f"{out}: {what} holds the source {src}; choose a folder that does not contain it")
+
+
 def prepare_dataset(
-    src: str | os.PathLike, out: str | os.PathLike, opts: PrepareOptions, progress: bool = True
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    opts: PrepareOptions,
+    progress: bool = True,
+    workers: int = 1,
 ) -> PrepareReport:
     """Convert every scan under ``src`` into a case of the dataset folder ``out``.
 
     Args:
         src: source folder (or a single file).
-        out: dataset folder (created when missing).
+        out: dataset folder (created when missing); neither inside ``src`` nor holding it.
         opts: settings.
         progress: show a progress bar.
+        workers: scans prepared at once, each in its own process (1: in this process). The
+            output does not depend on it.
 
     Returns:
-        The report: written, skipped and failed cases with reasons, notes, splits status.
+        The report: written, skipped and failed cases with reasons and kinds, notes, splits
+        status.
 
     Raises:
-        DatasetError: ``src`` is missing or holds no scan of the format (nothing is written).
+        DatasetError: ``src`` is missing or holds no scan of the format, or ``out`` and
+            ``src`` are nested (nothing is written); the dataset files cannot be written.
     """
     from tqdm.auto import tqdm
 
     src = Path(src)
     out = Path(out)
-    sources = discover_sources(src, opts)
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    check_source_and_output(src, out)
+    sources = discover_sources(src, opts, prepared_sources(out, src))
     report = PrepareReport(out=out)
     cases_dir = out / "cases"
-    bar = tqdm(sources, desc="prepare", unit="scan", disable=not progress)
-    for item in bar:
-        bar.set_postfix_str(item.case_id, refresh=False)
+    todo = []
+    for item in sources:
         if (cases_dir / item.case_id / "meta.json").is_file() and not opts.overwrite:
             report.skipped.append(item.case_id)
-            continue
-        try:
-            arrays = scan_to_case(item.read(), item.case_id, opts)
-            write_case(
-                out,
-                arrays.meta,
-                arrays.oct,
-                arrays.images,
-                arrays.masks,
-                overwrite=opts.overwrite,
-                volumes=arrays.volumes,
-            )
-        except (EnfaceError, ValueError, OSError) as e:  # a bad scan must not stop the batch; bugs surface
-            reason = str(e) if isinstance(e, (EnfaceError, ValueError)) else f"{type(e).__name__}: {e}"
-            reason = reason.removeprefix(f"{item.source}: ")  # the summary names the file already
-            log.warning("%s: failed: %s", item.source, reason)
-            report.failed.append((str(item.source), reason))
-            continue
-        report.written.append(item.case_id)
-        report.notes.extend((item.case_id, n) for n in arrays.notes)
+        else:
+            todo.append(item)
+    order = {item.case_id: i for i, item in enumerate(sources)}
+    outcomes: list[_Outcome] = []
+    bar = tqdm(total=len(todo), desc="prepare", unit="scan", disable=not progress)
+    for outcome in _run_batch(todo, out, opts, workers, bar):
+        outcomes.append(outcome)
+        bar.update(1)
+        n_failed = sum(o.reason is not None for o in outcomes)
+        if n_failed:
+            bar.set_postfix_str(f"{n_failed} failed", refresh=False)
     bar.close()
+    for o in sorted(outcomes, key=lambda o: order[o.case_id]):  # the report in input order, whatever the workers
+        if o.reason is not None:
+            report.failed.append((o.source, o.reason))
+            report.kinds[o.source] = o.kind
+        else:
+            report.written.append(o.case_id)
+            report.notes.extend((o.case_id, n) for n in o.notes)
     if not cases_dir.is_dir():
         return report
-    updated = _assign_visit_days(out)
-    if updated:
-        log.info("visit days set from visit dates in %d case(s)", updated)
-    patients = _write_info(out, opts, src)
-    _write_splits(out, opts, patients, report)
+    try:
+        updated = _assign_visit_days(out)
+        if updated:
+            log.info("visit days set from visit dates in %d case(s)", updated)
+        patients = _write_info(out, opts, src)
+        _write_splits(out, opts, patients, report)
+    except OSError as e:
+        raise DatasetError(
+            f"{out}: cannot write the dataset files ({'the disk is full' if e.errno == errno.ENOSPC else e}); "
+            "the cases written are complete: re-run prepare once there is room"
+        ) from None
     return report
 
 

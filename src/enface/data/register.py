@@ -13,8 +13,9 @@ their borders would look like vessels):
    phase-correlation translation; candidates are ranked by the normalised
    cross-correlation (NCC) of the vessel maps over the pixels informative in both;
 3. refinement: from the best few distinct candidates, the rigid, similarity or affine
-   parameters are optimised (Powell) to maximise the NCC of smoothed vessel maps,
-   coarse-to-fine; the best refined solution wins;
+   parameters are optimised (Powell) to maximise the NCC of the vessel maps on a pyramid
+   (1/4, 1/2 and the full working size: most evaluations where they are cheap, the last few
+   at full resolution); the best refined solution wins;
 4. quality: how *distinct* the solution is. The NCC of the vessel maps at the solution is
    compared with the NCCs of deliberately wrong alignments around it (shifted by 3-10 % of
    the frame, rotated by 4-8 degrees): ``distinctiveness = (NCC - mean) / spread`` of those.
@@ -60,6 +61,7 @@ _NULL_SHIFTS = (0.03, 0.06, 0.1)  # wrong alignments the quality compares with: 
 _NULL_SHIFT_FLOORS_PX = (6.0, 12.0, 18.0)  # ... but never less than these working pixels (vessel scale 3)
 _NULL_ROTATIONS = (-8.0, -4.0, 4.0, 8.0)  # ... and rotations (degrees)
 _MIN_NULL_SPREAD = 0.02  # floor of the NCC spread of the wrong alignments
+_PYRAMID = ((4, 1, 250), (2, 1, 300), (1, 1, 150))  # (down-scaling, starts kept after it, Powell evaluations)
 _Z_ZERO, _Z_ONE = 4.0, 10.0  # distinctiveness mapped to quality 0 and 1 (benchmarks/bench_faf_quality.py)
 
 
@@ -350,38 +352,50 @@ def _coarse_starts(
     return starts
 
 
+def _level_scaling(shape: tuple[int, int], level_shape: tuple[int, int]) -> np.ndarray:
+    """Pixel-centre-correct scaling from the working frame to a pyramid level: x' = (x + 0.5) f - 0.5."""
+    fx, fy = level_shape[1] / shape[1], level_shape[0] / shape[0]
+    return np.array([[fx, 0, 0.5 * fx - 0.5], [0, fy, 0.5 * fy - 0.5], [0, 0, 1.0]])
+
+
+def _pyramid_level(frames: _Frames, factor: int) -> tuple[_Similarity, np.ndarray, np.ndarray]:
+    """The vessel maps ``factor`` times smaller (area-averaged; a pixel is informative when all
+    it covers is): the level's similarity, its working -> level scaling and its centre."""
+    if factor == 1:
+        return _Similarity(frames.vf, frames.fmask, frames.vm, frames.mmask), np.eye(3), frames.centre
+    shape = (max(16, frames.shape[0] // factor), max(16, frames.shape[1] // factor))
+    vf, vm = _resize(frames.vf, shape), _resize(frames.vm, shape)
+    fmask = _resize(frames.fmask.astype(np.float32), shape) > 0.99
+    mmask = _resize(frames.mmask.astype(np.float32), shape) > 0.99
+    centre = np.array([(shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0])
+    return _Similarity(vf, fmask, vm, mmask), _level_scaling(frames.shape, shape), centre
+
+
+def _powell(sim: _Similarity, m_start: np.ndarray, model: str, centre: np.ndarray, maxfev: int) -> np.ndarray:
+    """Powell's method from ``m_start`` maximising the NCC of ``sim`` (matrices in its frame)."""
+    q = _matrix_to_params(m_start, model, centre)
+    scales = np.ones(len(q))
+    scales[2:] = 1.0 / max(sim.shape)  # a unit step moves the image border by about a pixel
+
+    def cost(x: np.ndarray) -> float:
+        return -sim(_params_to_matrix(x * scales, model, centre))[0]
+
+    res = optimize.minimize(cost, q / scales, method="Powell", options={"xtol": 1e-2, "ftol": 1e-4, "maxfev": maxfev})
+    return _params_to_matrix(res.x * scales, model, centre) if res.fun <= cost(q / scales) else m_start
+
+
 def _refine(frames: _Frames, similarity: _Similarity, starts: list[np.ndarray], model: str) -> np.ndarray:
-    """Refine each start (Powell on smoothed vessel maps, coarse to fine); the best
-    working-frame matrix by NCC."""
-    centre = frames.centre
-    scales = np.ones(len(_matrix_to_params(np.eye(3), model, centre)))
-    scales[2:] = 1.0 / max(frames.shape)  # a unit step moves the image border by about a pixel
-    levels = [
-        _Similarity(
-            ndimage.gaussian_filter(frames.vf, sg) if sg > 0 else frames.vf,
-            frames.fmask,
-            ndimage.gaussian_filter(frames.vm, sg) if sg > 0 else frames.vm,
-            frames.mmask,
-        )
-        for sg in (2.0, 1.0, 0.0)
-    ]
-    best_score, best = -np.inf, starts[0]
-    for m_start in starts:
-        q = _matrix_to_params(m_start, model, centre)
-        for sim in levels:
-
-            def cost(x: np.ndarray, sim: _Similarity = sim) -> float:
-                return -sim(_params_to_matrix(x * scales, model, centre))[0]
-
-            res = optimize.minimize(
-                cost, q / scales, method="Powell", options={"xtol": 1e-2, "ftol": 1e-4, "maxfev": 400}
-            )
-            if res.fun <= cost(q / scales):
-                q = res.x * scales
-        m = _params_to_matrix(q, model, centre)
-        score = similarity(m)[0]
-        if score > best_score:
-            best_score, best = score, m
+    """Refine the starts coarse to fine on a pyramid of the vessel maps (1/4, 1/2, full working
+    size): every start at 1/4, the best of them at 1/2 and then at full size (Powell);
+    the working-frame matrix of the best by NCC."""
+    candidates = list(starts)
+    for factor, keep, maxfev in _PYRAMID:
+        sim, to_level, centre = _pyramid_level(frames, factor)
+        back = np.linalg.inv(to_level)
+        refined = [back @ _powell(sim, to_level @ m @ back, model, centre, maxfev) @ to_level for m in candidates]
+        scored = sorted(refined, key=lambda m: -sim(to_level @ m @ back)[0])
+        candidates = scored[:keep]
+    best = max(candidates, key=lambda m: similarity(m)[0])
     return best
 
 

@@ -45,7 +45,13 @@ __all__ = ["CaseArrays", "PrepareOptions", "scan_to_case"]
 
 @dataclass
 class CaseArrays:
-    """Everything :func:`~enface.data.folder.write_case` needs for one case."""
+    """Everything :func:`~enface.data.folder.write_case` needs for one case.
+
+    Attributes:
+        bm: ``(H, W)`` BM the volume was flattened with (``bm.npy``), in voxels of the source
+            volume as read (depth 0 on the vitreous side), on the case's grid; None for an
+            input that was already flattened.
+    """
 
     meta: CaseMeta
     oct: np.ndarray
@@ -53,6 +59,7 @@ class CaseArrays:
     masks: dict[str, np.ndarray]
     volumes: dict[str, np.ndarray]
     notes: list[str]
+    bm: np.ndarray | None = None
 
 
 def _patient_id(scan: Scan, case_id: str, source: Path, opts: PrepareOptions, notes: list[str]) -> str:
@@ -93,8 +100,9 @@ def _bm_for_flattening(scan: Scan, opts: PrepareOptions, extra: dict[str, Any]) 
 
 def _flatten(
     scan: Scan, opts: PrepareOptions, extra: dict[str, Any]
-) -> tuple[np.ndarray, dict[str, np.ndarray], float]:
-    """Flatten (or only resample) the volume and extra channels; returns them and the new sd.
+) -> tuple[np.ndarray, dict[str, np.ndarray], float, np.ndarray | None]:
+    """Flatten (or only resample) the volume and extra channels; returns them, the new sd and
+    the BM flattened along (None for an input already flattened).
 
     Records in ``extra`` how output depth maps to the input: ``flatten`` (window in mm and
     in input voxels, step, interpolation, anti-aliasing) or ``flattening`` (an input
@@ -115,7 +123,7 @@ def _flatten(
             "antialias_sigma_voxels": round(0.4 * step, 6) if step > 1 else 0.0,
         }
         vols = {k: resample_depth(v, params.depth) for k, v in scan.extra_volumes.items()}
-        return resample_depth(scan.volume, params.depth), vols, sd * d / params.depth
+        return resample_depth(scan.volume, params.depth), vols, sd * d / params.depth, None
     bm = _bm_for_flattening(scan, opts, extra)
     step = (params.above_mm + params.below_mm) / sd / params.depth
     extra["bm_depth_range"] = [round(float(bm.min()), 2), round(float(bm.max()), 2)]
@@ -138,7 +146,8 @@ def _flatten(
         extra["window_padded"] = True
     oct_flat = flatten_volume(scan.volume, bm, sd, params)
     vols = {k: flatten_volume(v, bm, sd, params) for k, v in scan.extra_volumes.items()}
-    return oct_flat, vols, params.output_spacing()
+    extra["bm_npy"] = "BM flattened along: (H, W) depth in voxels of the source volume (input_shape), this grid"
+    return oct_flat, vols, params.output_spacing(), np.asarray(bm, dtype=np.float32)
 
 
 def _register_faf(scan: Scan, opts: PrepareOptions, extra: dict[str, Any], notes: list[str]) -> np.ndarray | None:
@@ -275,7 +284,7 @@ def scan_to_case(scan: Scan, case_id: str, opts: PrepareOptions) -> CaseArrays:
     scan.validate()
     notes: list[str] = []
     extra: dict[str, Any] = {}
-    oct_flat, volumes, sd_out = _flatten(scan, opts, extra)
+    oct_flat, volumes, sd_out, bm = _flatten(scan, opts, extra)
     points = None if scan.bscan_positions is None else enface_points(scan.bscan_positions, scan.grid_shape[1])
     images, faf_to_ref = _enface_images(scan, opts, points, extra, notes)
     masks = _enface_masks(scan, opts, points, faf_to_ref, extra)
@@ -283,4 +292,4 @@ def scan_to_case(scan: Scan, case_id: str, opts: PrepareOptions) -> CaseArrays:
         extra["channels"] = ["oct", *sorted(volumes)]
     spacing = (float(scan.spacing[0]), float(scan.spacing[1]), float(sd_out))
     meta = _case_meta(scan, case_id, opts, spacing, extra, notes)
-    return CaseArrays(meta, oct_flat, images, masks, volumes, notes)
+    return CaseArrays(meta, oct_flat, images, masks, volumes, notes, bm)

@@ -19,16 +19,19 @@ eyepy parses the files; this module only converts its :class:`eyepy.EyeVolume` i
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from enface.errors import DatasetError
+from enface.errors import DatasetError, ScanKindError
 from enface.io.base import Scan, normalise_eye, orient_scan, safe_id, source_str
+from enface.io.export_checks import NOT_A_VOLUME, check_not_empty, check_vol, check_xml
 
 log = logging.getLogger(__name__)
 
@@ -183,8 +186,16 @@ def eyevolume_to_scan(
     Raises:
         DatasetError: unusable data (not 3D, unknown spacing, ...).
     """
+    if np.asarray(ev.data).ndim == 3 and np.asarray(ev.data).shape[0] == 1:
+        raise ScanKindError("line scan", f"{source}: line scan (1 B-scan): {NOT_A_VOLUME}")
     volume, spacing = _volume_and_spacing(ev, source, spacing, default_spacing)
     slo, positions = _localizer(ev, volume.shape[0], source)
+    if positions is not None and volume.shape[0] > 1 and np.ptp(positions, axis=0).max() < 1e-6:
+        raise ScanKindError(
+            "repeated line scan",
+            f"{source}: all {volume.shape[0]} B-scans lie at the same place on the SLO (a repeated line "
+            f"scan, or B-scan positions lost on export): {NOT_A_VOLUME}",
+        )
     meta = ev.meta
     eye = normalise_eye(meta.get("laterality"))
     localizer = getattr(ev, "localizer", None)
@@ -206,6 +217,39 @@ def eyevolume_to_scan(
         meta=info,
     )
     return orient_scan(scan, *_slo_orientation(positions))
+
+
+@contextlib.contextmanager
+def _quiet_eyepy() -> Iterator[None]:
+    """eyepy's warnings (e.g. "less layers than expected" on every valid .vol) held back while
+    it parses: what matters is reported by enface itself, naming the file."""
+    import warnings
+
+    logger = logging.getLogger("eyepy")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _check_kind(path: Path, fmt: str, source: str) -> None:
+    """Refuse, naming its kind, a file that is no readable volume scan (before eyepy parses it)."""
+    if fmt == "vol":
+        check_vol(path)
+    elif fmt == "xml":
+        xml = path
+        if path.is_dir():
+            found = sorted(path.glob("*.xml"))
+            if len(found) != 1:
+                raise DatasetError(f"{source}: expected one HEYEX XML file in the folder, found {len(found)}")
+            xml = found[0]
+        check_xml(xml)
+    else:
+        check_not_empty(path, f"Heidelberg .{fmt} export")
 
 
 def read_heidelberg(
@@ -238,6 +282,16 @@ def read_heidelberg(
         raise DatasetError(f"{source}: unknown Heidelberg format {fmt!r} (known: {HEIDELBERG_FORMATS})")
     if not path.exists():
         raise DatasetError(f"{source}: file not found")
+    _check_kind(path, fmt, source)
+    with _quiet_eyepy():
+        ev, patient, visit = _parse(path, fmt, source)
+    return eyevolume_to_scan(
+        ev, source, patient_id=patient, visit_date=visit, spacing=spacing, default_spacing=default_spacing
+    )
+
+
+def _parse(path: Path, fmt: str, source: str) -> tuple[Any, str | None, str | None]:
+    """eyepy's volume of the export, its patient id and visit date."""
     try:
         if fmt == "vol":
             from eyepy.io.he import HeVolReader
@@ -266,7 +320,7 @@ def read_heidelberg(
     except DatasetError:
         raise
     except Exception as e:  # eyepy / construct raise many types on truncated or foreign files
-        raise DatasetError(f"{source}: unreadable or truncated {fmt} export ({type(e).__name__}: {e})") from None
-    return eyevolume_to_scan(
-        ev, source, patient_id=patient, visit_date=visit, spacing=spacing, default_spacing=default_spacing
-    )
+        raise ScanKindError(
+            "damaged file", f"{source}: unreadable or truncated {fmt} export ({type(e).__name__}: {e})"
+        ) from None
+    return ev, patient, visit
