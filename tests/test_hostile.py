@@ -194,6 +194,16 @@ _TRAINING = (
 )
 
 
+def _select_args(run: Path, dataset: Path, good: dict, tmp: Path) -> list[str]:
+    """``enface select`` of ``run`` on a copy of ``dataset`` whose first training case (the one
+    the breaks touch) has lost its label, so that it is in the pool and read."""
+    pool = tmp / "pool"
+    shutil.copytree(dataset, pool)
+    for mask in (pool / "cases" / _first_case(good["data"]).name).glob("mask_*.png"):
+        mask.unlink()
+    return ["select", str(run), str(pool), "--n", "2", "--out", str(tmp / "queue.csv")]
+
+
 def _fit_args(stage: str, dataset: Path, tmp: Path) -> list[str]:
     """A one-epoch ``pretrain``/``train`` of the tiny network on ``dataset``."""
     fixed = "--width 0.125 --epochs 1 --no-progress --set crop=[8,32] num_workers=0".split()
@@ -234,6 +244,19 @@ DATASET_COMMANDS: dict[str, tuple[Callable[[Path, dict, Path], list[str]], tuple
     "progression": (
         lambda d, g, t: ["progression", str(d), "--reference", "--out", str(t / "prog")],
         ("null_patient", "meta_garbage", "case_id_mismatch", "mask_grey", "mask_colour"),
+    ),
+    "select": (
+        lambda d, g, t: _select_args(g["run"], d, g, t),
+        (
+            "no_dataset_json",
+            "dataset_json_garbage",
+            "no_splits_json",
+            *_READS_CASES,
+            "oct_random_bytes",
+            "oct_complex",
+            "oct_2d",
+            "oct_truncated",
+        ),
     ),
     "show": (
         lambda d, g, t: ["show", str(d / "cases" / _first_case(g["data"]).name), "--out", str(t / "show.png")],
@@ -420,6 +443,10 @@ RUN_BREAKS = {
     for f in (_run_no_config, _run_config_garbage, _run_pretraining, _run_no_checkpoints, _run_checkpoints_truncated)
 }
 RUN_COMMANDS: dict[str, tuple[Callable[[Path, dict, Path], list[str]], tuple[str, ...]]] = {
+    "select": (
+        lambda r, g, t: _select_args(r, g["data"], g, t),
+        tuple(RUN_BREAKS),
+    ),
     "evaluate": (lambda r, g, t: ["evaluate", str(r), "--split", "all", "--out", str(t / "ev")], tuple(RUN_BREAKS)),
     "predict": (
         lambda r, g, t: ["predict", str(r), str(_first_case(g["data"])), "--out", str(t / "pred")],

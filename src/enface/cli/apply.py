@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from enface.cli.data import PREPARE_FORMATS, add_scan_options
+from enface.cli.data import PREPARE_FORMATS, add_scan_options, parse_numbers
 
 # --------------------------------------------------------------------------- predict
 
@@ -42,7 +42,6 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from enface.data.prepare import parse_numbers
     from enface.predict import PredictOptions, predict
 
     opts = PredictOptions(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 from typing import Any
 
 from enface.data.options import BM_CHOICES, DEFAULT_BM, FlattenParams, PrepareOptions  # light: no SciPy
@@ -13,6 +14,23 @@ _PREPARE_DEFAULTS: dict[str, Any] = {
     f.name: f.default for f in dataclasses.fields(PrepareOptions) if f.default is not dataclasses.MISSING
 }
 """PrepareOptions' defaults: what `enface prepare` shows in --help and uses when an option is not given."""
+
+
+def parse_numbers(text: str, n: int, what: str) -> tuple[float, ...]:
+    """``"a,b,c"`` -> ``n`` floats (CLI helper).
+
+    Raises:
+        ValueError: not ``n`` numbers, naming the option ``what``.
+    """
+    words = {2: "two", 3: "three"}.get(n, str(n))
+    parts = [p for p in re.split(r"[,\s]+", text.strip()) if p]
+    try:
+        vals = tuple(float(p) for p in parts)
+    except ValueError:
+        vals = ()
+    if len(vals) != n:
+        raise ValueError(f"{what} must be {words} numbers separated by commas, got {text!r}")
+    return vals
 
 
 def add_scan_options(p: argparse.ArgumentParser, depth_from_training: bool) -> None:
@@ -142,7 +160,6 @@ def add_prepare(sub: argparse._SubParsersAction) -> None:
 
 def prepare_options(args: argparse.Namespace) -> PrepareOptions:
     """The :class:`~enface.data.options.PrepareOptions` of parsed ``enface prepare`` arguments."""
-    from enface.data.prepare import parse_numbers
 
     above, below = parse_numbers(args.window_mm, 2, "--window-mm")
     return PrepareOptions(

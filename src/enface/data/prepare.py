@@ -32,7 +32,6 @@ import errno
 import functools
 import logging
 import os
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -533,20 +532,3 @@ def prepare_dataset(
             "the cases written are complete: re-run prepare once there is room"
         ) from None
     return report
-
-
-def parse_numbers(text: str, n: int, what: str) -> tuple[float, ...]:
-    """``"a,b,c"`` -> ``n`` floats (CLI helper).
-
-    Raises:
-        ValueError: not ``n`` numbers, naming the option ``what``.
-    """
-    words = {2: "two", 3: "three"}.get(n, str(n))
-    parts = [p for p in re.split(r"[,\s]+", text.strip()) if p]
-    try:
-        vals = tuple(float(p) for p in parts)
-    except ValueError:
-        vals = ()
-    if len(vals) != n:
-        raise ValueError(f"{what} must be {words} numbers separated by commas, got {text!r}")
-    return vals

@@ -371,7 +371,9 @@ def _pyramid_level(frames: _Frames, factor: int) -> tuple[_Similarity, np.ndarra
     return _Similarity(vf, fmask, vm, mmask), _level_scaling(frames.shape, shape), centre
 
 
-def _powell(sim: _Similarity, m_start: np.ndarray, model: str, centre: np.ndarray, maxfev: int) -> np.ndarray:
+def _powell(
+    sim: _Similarity, m_start: np.ndarray, model: str, centre: np.ndarray, maxfev: int, xtol: float = 1e-2
+) -> np.ndarray:
     """Powell's method from ``m_start`` maximising the NCC of ``sim`` (matrices in its frame)."""
     q = _matrix_to_params(m_start, model, centre)
     scales = np.ones(len(q))
@@ -380,7 +382,12 @@ def _powell(sim: _Similarity, m_start: np.ndarray, model: str, centre: np.ndarra
     def cost(x: np.ndarray) -> float:
         return -sim(_params_to_matrix(x * scales, model, centre))[0]
 
-    res = optimize.minimize(cost, q / scales, method="Powell", options={"xtol": 1e-2, "ftol": 1e-4, "maxfev": maxfev})
+    res = optimize.minimize(
+        cost,
+        q / scales,
+        method="Powell",
+        options={"xtol": xtol, "ftol": 1e-4 if xtol >= 1e-2 else 1e-5, "maxfev": maxfev},
+    )
     return _params_to_matrix(res.x * scales, model, centre) if res.fun <= cost(q / scales) else m_start
 
 
@@ -392,7 +399,8 @@ def _refine(frames: _Frames, similarity: _Similarity, starts: list[np.ndarray], 
     for factor, keep, maxfev in _PYRAMID:
         sim, to_level, centre = _pyramid_level(frames, factor)
         back = np.linalg.inv(to_level)
-        refined = [back @ _powell(sim, to_level @ m @ back, model, centre, maxfev) @ to_level for m in candidates]
+        xtol = 1e-2 if factor > 1 else 2e-3  # sub-pixel at full size
+        refined = [back @ _powell(sim, to_level @ m @ back, model, centre, maxfev, xtol) @ to_level for m in candidates]
         scored = sorted(refined, key=lambda m: -sim(to_level @ m @ back)[0])
         candidates = scored[:keep]
     best = max(candidates, key=lambda m: similarity(m)[0])

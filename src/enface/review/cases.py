@@ -22,8 +22,7 @@ import numpy as np
 
 from enface.data.folder import MODALITIES, Case, load_case, mask_filename, read_dataset_info
 from enface.errors import DatasetError, UnsafePathError
-from enface.fileio import path_under
-from enface.io.base import load_npy
+from enface.fileio import load_npy, path_under
 from enface.io.images import read_image
 from enface.review.log import AnnotationLog
 from enface.review.predictions import Prediction, PredictionFolder, QueueEntry, read_queue

@@ -23,8 +23,7 @@ from typing import Any
 import numpy as np
 
 from enface.errors import DatasetError, UnsafePathError
-from enface.fileio import path_under
-from enface.io.base import load_npy, read_json_object
+from enface.fileio import load_npy, path_under, read_json_object
 from enface.io.images import read_mask
 
 __all__ = ["QUEUE_COLUMNS", "Prediction", "PredictionFolder", "QueueEntry", "read_queue"]
