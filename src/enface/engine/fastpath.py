@@ -359,6 +359,9 @@ def release_free_memory() -> bool:
 
 CHANNELS_LAST, CONTIGUOUS = "channels-last", "contiguous"
 
+MIN_BF16_CPU_BSCANS = 12
+"""Fewest B-scans per training crop that train in bf16 on a CPU (see :meth:`FastPath.precision`)."""
+
 
 class FastPath:
     """Every difference between the fast path and the plain path of one training or inference.
@@ -390,12 +393,23 @@ class FastPath:
 
     # ---- process-wide and trainer settings
 
-    def precision(self, requested: str, accelerator: str) -> str:
+    def precision(self, requested: str, accelerator: str, crop_bscans: int | None = None) -> str:
         """Lightning precision: ``requested``, or for ``"auto"`` ``"bf16-mixed"`` where bf16
-        is native on ``accelerator`` (fast path) and ``"32-true"`` otherwise."""
+        is native on ``accelerator`` (fast path) and ``"32-true"`` otherwise.
+
+        On a CPU, training crops of fewer than :data:`MIN_BF16_CPU_BSCANS` B-scans train in
+        float32: there the deepest encoder levels hold 1-2 B-scans, and oneDNN's bf16 weight
+        gradient of their (3, 1, 1) convolutions came out non-finite in 1 run in 4-8 (torch
+        2.13, AVX512-BF16; never from 12 B-scans up, 80 runs).
+        """
         if requested != "auto":
             return requested
-        return fast_precision(accelerator) if self.enabled else "32-true"
+        chosen = fast_precision(accelerator) if self.enabled else "32-true"
+        on_cpu = str(accelerator).lower() == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+        if chosen == "bf16-mixed" and on_cpu and crop_bscans is not None and crop_bscans < MIN_BF16_CPU_BSCANS:
+            log.info("training in float32: crops of %d B-scans are too thin for bf16 on the CPU", crop_bscans)
+            return "32-true"
+        return chosen
 
     def tune_process(self, purpose: str, device: str | torch.device) -> None:
         """On a CPU, the allocator setting for ``purpose`` (``"training"``/``"inference"``;

@@ -378,7 +378,7 @@ def _on_gpu(config: RunConfig) -> bool:
 def resolved_precision(config: RunConfig) -> str:
     """Lightning precision of a run: ``precision`` as given, or for ``"auto"`` the fast path's
     choice (:meth:`~enface.engine.fastpath.FastPath.precision`), ``"32-true"`` on the plain path."""
-    return FastPath(config.fast).precision(config.precision, config.accelerator)
+    return FastPath(config.fast).precision(config.precision, config.accelerator, config.crop[0])
 
 
 def _build_module(config: RunConfig) -> EnfaceModule:
@@ -420,8 +420,21 @@ def _checkpoint_callbacks(ckdir: Path, metric: str, top_k: int) -> tuple[ModelCh
     return best, last
 
 
+def crop_bscans(config: RunConfig, case_ids: Sequence[str]) -> int:
+    """B-scans of the run's training crops: ``crop[0]``, clipped to the thinnest volume."""
+    from enface.data.folder import load_case
+
+    heights = [load_case(Path(config.dataset) / "cases" / c).oct_shape()[0] for c in case_ids]
+    return min([int(config.crop[0]), *heights])
+
+
 def _trainer(
-    config: RunConfig, fastpath: FastPath, folder: Path, callbacks: Sequence[Callback], progress: bool
+    config: RunConfig,
+    fastpath: FastPath,
+    folder: Path,
+    callbacks: Sequence[Callback],
+    progress: bool,
+    bscans: int | None = None,
 ) -> L.Trainer:
     loggers: list[Any] = []
     if importlib.util.find_spec("tensorboard") is not None:
@@ -435,7 +448,7 @@ def _trainer(
         devices=config.devices,
         strategy=config.strategy,
         num_nodes=config.num_nodes,
-        precision=cast(Any, fastpath.precision(config.precision, config.accelerator)),
+        precision=cast(Any, fastpath.precision(config.precision, config.accelerator, bscans or config.crop[0])),
         accumulate_grad_batches=config.accumulate,
         check_val_every_n_epoch=config.val_every,
         deterministic=config.deterministic,
@@ -520,7 +533,8 @@ def _train(run: ResolvedRun, resume_from: Path | None, callbacks: Sequence[Callb
         _start_folder(run, module)
     best_cb, last_cb = _checkpoint_callbacks(folder / "checkpoints", metric, config.top_k)
     history = MetricsHistory(folder / "logs" / "metrics.csv", metric)
-    trainer = _trainer(config, module.fastpath, folder, [history, best_cb, last_cb, *callbacks], progress)
+    everything = [history, best_cb, last_cb, *callbacks]
+    trainer = _trainer(config, module.fastpath, folder, everything, progress, crop_bscans(config, run.train_ids))
     train_dl, val_dl = _loaders(config, module.fastpath, run.train_ids, run.val_ids)
     t0 = time.time()
     try:
