@@ -19,6 +19,7 @@ does not load it.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import re
@@ -27,7 +28,7 @@ from typing import Any
 
 import torch
 
-from enface.errors import CheckpointError
+from enface.errors import CheckpointError, RunFolderError
 
 __all__ = [
     "FORMAT_VERSION",
@@ -35,10 +36,13 @@ __all__ = [
     "load_model",
     "model_state_dict",
     "read_checkpoint",
+    "resumable_checkpoint",
     "strip_prefixes",
     "topk_checkpoints",
     "upgraded_state_dict",
 ]
+
+log = logging.getLogger(__name__)
 
 WRAPPER_PREFIXES: tuple[str, ...] = ("model.", "module.", "_orig_mod.")
 
@@ -159,3 +163,38 @@ def topk_checkpoints(run: str | os.PathLike, k: int | None = None) -> list[Path]
     scored.sort(key=lambda t: (-t[0], t[1].name))
     paths = [p for _, p in scored]
     return paths if k is None else paths[:k]
+
+
+def _checkpoint_usable(path: Path) -> str | None:
+    """None if ``path`` is a complete training checkpoint, else why not."""
+    try:
+        ckpt = read_checkpoint(path)
+        checkpoint_info(ckpt, str(path))
+    except CheckpointError as e:
+        return str(e).removeprefix(f"{path}: ")
+    missing = [k for k in ("state_dict", "optimizer_states", "loops", "epoch") if k not in ckpt]
+    return f"incomplete (no {', '.join(missing)})" if missing else None
+
+
+def resumable_checkpoint(folder: Path) -> Path:
+    """The checkpoint a killed run continues from: ``last.ckpt``, else the newest readable one.
+
+    Raises:
+        RunFolderError: no readable checkpoint (the folder is left as it is).
+    """
+    ckdir = folder / "checkpoints"
+    candidates = [ckdir / "last.ckpt"] + sorted(ckdir.glob("epoch=*.ckpt"), key=lambda p: p.name, reverse=True)
+    problems: list[str] = []
+    for path in candidates:
+        if not path.is_file():
+            continue
+        why = _checkpoint_usable(path)
+        if why is None:
+            if problems:
+                log.warning("%s; resuming from %s instead", "; ".join(problems), path.name)
+            return path
+        problems.append(f"{path.name} unusable: {why}")
+    raise RunFolderError(
+        f"{folder}: no readable checkpoint to resume from ({'; '.join(problems) or 'none written'}); "
+        "the folder was left as it is (remove it to start the run again)"
+    )

@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from enface.config import RunConfig
 from enface.data.folder import read_dataset_info
-from enface.engine.checkpoint import checkpoint_info, read_checkpoint
+from enface.engine.checkpoint import checkpoint_info, read_checkpoint, resumable_checkpoint
 from enface.engine.fastpath import FastPath
 from enface.engine.history import MetricsHistory
 from enface.engine.module import TASK_METRIC, EnfaceModule
@@ -215,41 +215,6 @@ def _transferred_weights(config: RunConfig, ckpt: dict[str, Any]) -> tuple[dict[
     net = create_model(config.model, len(config.channels or ("oct",)), 1, config.width, **config.model_kwargs)
     report = transfer_weights(net, ckpt, where=str(config.init))
     return net.state_dict(), report
-
-
-def _checkpoint_usable(path: Path) -> str | None:
-    """None if ``path`` is a complete training checkpoint, else why not."""
-    try:
-        ckpt = read_checkpoint(path)
-        checkpoint_info(ckpt, str(path))
-    except CheckpointError as e:
-        return str(e).removeprefix(f"{path}: ")
-    missing = [k for k in ("state_dict", "optimizer_states", "loops", "epoch") if k not in ckpt]
-    return f"incomplete (no {', '.join(missing)})" if missing else None
-
-
-def resumable_checkpoint(folder: Path) -> Path:
-    """The checkpoint a killed run continues from: ``last.ckpt``, else the newest readable one.
-
-    Raises:
-        RunFolderError: no readable checkpoint (the folder is left as it is).
-    """
-    ckdir = folder / "checkpoints"
-    candidates = [ckdir / "last.ckpt"] + sorted(ckdir.glob("epoch=*.ckpt"), key=lambda p: p.name, reverse=True)
-    problems: list[str] = []
-    for path in candidates:
-        if not path.is_file():
-            continue
-        why = _checkpoint_usable(path)
-        if why is None:
-            if problems:
-                log.warning("%s; resuming from %s instead", "; ".join(problems), path.name)
-            return path
-        problems.append(f"{path.name} unusable: {why}")
-    raise RunFolderError(
-        f"{folder}: no readable checkpoint to resume from ({'; '.join(problems) or 'none written'}); "
-        "the folder was left as it is (remove it to start the run again)"
-    )
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
