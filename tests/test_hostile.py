@@ -265,6 +265,25 @@ DATASET_COMMANDS: dict[str, tuple[Callable[[Path, dict, Path], list[str]], tuple
 }
 
 
+# issue 22 readers
+def _visit_fractional(d: Path) -> str:
+    _edit_json(_first_case(d) / "meta.json", visit=398.5)
+    return "visit must be a whole number of days"
+
+
+def _visit_huge(d: Path) -> str:
+    _edit_json(_first_case(d) / "meta.json", visit=1e30)
+    return "visit must be"
+
+
+_VISIT_BREAKS = ("visit_fractional", "visit_huge")
+DATASET_BREAKS.update({f.__name__.lstrip("_"): f for f in (_visit_fractional, _visit_huge)})
+for _command in ("check", "split", "train", "pretrain", "evaluate", "predict", "progression", "select", "show"):
+    _args, _kinds = DATASET_COMMANDS[_command]
+    DATASET_COMMANDS[_command] = (_args, (*_kinds, *_VISIT_BREAKS))
+# end issue 22 readers
+
+
 @dataclass(frozen=True)
 class Entry:
     command: str

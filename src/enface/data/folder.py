@@ -39,6 +39,7 @@ from enface.fileio import (
     replace_folder,
     temp_dir,
 )
+from enface.io.base import check_visit_day
 from enface.io.images import read_image, read_mask
 from enface.targets import check_name
 
@@ -121,6 +122,7 @@ class CaseMeta:
                 f"{where}: patient_id is missing, null or not a name ({patient!r}); every case "
                 "needs its patient (splits are made by patient)"
             )
+        visit = None if obj.get("visit") is None else check_visit_day(obj["visit"], where)
         try:
             spacing = tuple(float(s) for s in obj["spacing"])
             if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
@@ -132,7 +134,7 @@ class CaseMeta:
                 case_id=str(case_id),
                 patient_id=str(patient),
                 eye=eye,
-                visit=None if obj.get("visit") is None else int(obj["visit"]),
+                visit=visit,
                 spacing=spacing,
                 device=str(obj.get("device", "unknown")),
                 source=str(obj.get("source", "")),

@@ -10,10 +10,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
-from enface.io.base import normalise_eye
+from enface.io.base import normalise_eye, spacing_error
 from enface.io.formats import FORMATS
 
-__all__ = ["BM_CHOICES", "DEFAULT_BM", "BMChoice", "FlattenParams", "PrepareOptions"]
+__all__ = ["BM_CHOICES", "DEFAULT_BM", "MIN_DEPTH", "BMChoice", "FlattenParams", "PrepareOptions"]
+
+
+MIN_DEPTH = 4
+"""The fewest output depth samples (fewer cannot hold a layer above and below BM)."""
 
 
 @dataclass(frozen=True)
@@ -31,8 +35,11 @@ class FlattenParams:
     depth: int = 128
 
     def __post_init__(self) -> None:
-        if not (self.above_mm > 0 and self.below_mm >= 0 and self.depth >= 2):
-            raise ValueError(f"flattening window must have above_mm > 0, below_mm >= 0 and depth >= 2, got {self}")
+        if not (self.above_mm > 0 and self.below_mm >= 0 and self.depth >= MIN_DEPTH):
+            raise ValueError(
+                f"flattening window must have above_mm > 0, below_mm >= 0 and depth >= {MIN_DEPTH} samples, "
+                f"got above_mm={self.above_mm:g}, below_mm={self.below_mm:g}, depth={self.depth}"
+            )
 
     @property
     def bm_index(self) -> float:
@@ -115,7 +122,8 @@ class PrepareOptions:
                 raise ValueError(f"invalid patient regex {self.patient_regex!r}: {e}") from None
             if "patient" not in rx.groupindex:
                 raise ValueError(f"patient regex {self.patient_regex!r} needs a named group (?P<patient>...)")
-        if self.spacing is not None and (len(self.spacing) != 3 or not all(s > 0 for s in self.spacing)):
-            raise ValueError(f"spacing must be three positive numbers (mm), got {self.spacing!r}")
+        problem = None if self.spacing is None else spacing_error(self.spacing, "--spacing")
+        if problem:
+            raise ValueError(problem)
         if self.octa and self.fmt != "octa500":
             raise ValueError("the OCTA channel is only available for the octa500 format")

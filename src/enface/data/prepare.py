@@ -27,13 +27,12 @@ absent (patient-wise from a seed; OCTA-500 uses its official split).
 
 from __future__ import annotations
 
-import datetime as _dt
 import errno
 import functools
 import logging
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +40,8 @@ import numpy as np
 
 from enface.data.folder import list_cases, write_case, write_dataset_info, write_splits
 from enface.data.scan_case import CaseArrays, PrepareOptions, scan_to_case
+from enface.data.visits import assign_visit_days
 from enface.errors import DatasetError, EnfaceError, ScanKindError
-from enface.fileio import atomic_write_json
 from enface.io.base import Scan, safe_id
 
 log = logging.getLogger(__name__)
@@ -290,36 +289,6 @@ def _read_file_scan(path: Path, opts: PrepareOptions) -> Scan:
 # --------------------------------------------------------------------------- the batch
 
 
-def _parse_date(text: str) -> _dt.date | None:
-    try:
-        return _dt.date.fromisoformat(str(text)[:10])
-    except ValueError:
-        return None
-
-
-def _assign_visit_days(out: Path) -> int:
-    """Visit day = days since the patient's first dated visit (cases with a visit date only).
-
-    Returns:
-        Number of ``meta.json`` files updated.
-    """
-    cases = list_cases(out)
-    first: dict[str, _dt.date] = {}
-    dated = []
-    for c in cases:
-        d = _parse_date(c.meta.extra.get("visit_date", "")) if c.meta.extra.get("visit_date") else None
-        if d is not None:
-            dated.append((c, d))
-            first[c.patient_id] = min(d, first.get(c.patient_id, d))
-    n = 0
-    for c, d in dated:
-        day = (d - first[c.patient_id]).days
-        if day != c.meta.visit:
-            atomic_write_json(c.path / "meta.json", replace(c.meta, visit=day).to_json())
-            n += 1
-    return n
-
-
 def _write_info(out: Path, opts: PrepareOptions, src: Path) -> list[str]:
     """(Re)write ``dataset.json`` from the cases on disk; returns the patient ids."""
     cases = list_cases(out)
@@ -521,7 +490,7 @@ def prepare_dataset(
     if not cases_dir.is_dir():
         return report
     try:
-        updated = _assign_visit_days(out)
+        updated = assign_visit_days(out)
         if updated:
             log.info("visit days set from visit dates in %d case(s)", updated)
         patients = _write_info(out, opts, src)

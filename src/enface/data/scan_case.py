@@ -124,6 +124,11 @@ def _flatten(
         }
         vols = {k: resample_depth(v, params.depth) for k, v in scan.extra_volumes.items()}
         return resample_depth(scan.volume, params.depth), vols, sd * d / params.depth, None
+    if (params.above_mm + params.below_mm) < sd:
+        raise DatasetError(
+            f"{scan.source}: the depth window ({params.above_mm:g} + {params.below_mm:g} mm) is under one depth "
+            f"voxel of the scan ({sd:g} mm); widen --window-mm"
+        )
     bm = _bm_for_flattening(scan, opts, extra)
     step = (params.above_mm + params.below_mm) / sd / params.depth
     extra["bm_depth_range"] = [round(float(bm.min()), 2), round(float(bm.max()), 2)]

@@ -32,18 +32,77 @@ from enface.errors import DatasetError
 
 __all__ = [
     "MASK_SPACES",
+    "MAX_VISIT_DAY",
+    "SPACING_RANGE_MM",
     "Scan",
+    "check_visit_day",
     "full_image_box",
     "normalise_eye",
     "orient_scan",
     "positions_from_box",
     "safe_id",
     "source_str",
+    "spacing_error",
+    "spacing_problem",
     "unique_ids",
 ]
 
 MASK_SPACES: tuple[str, ...] = ("oct", "slo", "faf")
 """Where an en-face mask may be drawn: on the OCT grid, on the SLO or on the FAF image."""
+
+SPACING_RANGE_MM: tuple[float, float] = (1e-4, 10.0)
+"""Plausible voxel sizes (mm): 0.1 µm to 10 mm. Outside it a spacing is a unit mistake (µm or
+m taken for mm) or garbage, and sizes, areas and the BM fit would be meaningless."""
+
+MAX_VISIT_DAY = 36500
+"""The largest visit day accepted (100 years after the first visit)."""
+
+
+def spacing_problem(spacing: Any) -> str | None:
+    """What is wrong with a voxel spacing ``(sh, sw, sd)`` in mm, or None when it is usable.
+
+    Usable: three real numbers (not booleans), finite, within :data:`SPACING_RANGE_MM`. The
+    reason is short, to follow "spacing must be ... (" in a message.
+    """
+    lo, hi = SPACING_RANGE_MM
+    try:
+        values = list(spacing)
+    except TypeError:
+        return "not a list of three numbers"
+    if len(values) != 3:
+        return f"{len(values)} values instead of three"
+    for v in values:
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+            return f"{v!r} is not a number"
+        if not np.isfinite(v) or v <= 0:
+            return f"{v!r} is not positive and finite"
+        if not lo <= v <= hi:
+            return f"{v!r} mm is outside the plausible range {lo:g} to {hi:g} mm: a unit mistake?"
+    return None
+
+
+def spacing_error(spacing: Any, where: str) -> str | None:
+    """The message refusing ``spacing`` (naming ``where``), or None when it is usable."""
+    problem = spacing_problem(spacing)
+    if problem is None:
+        return None
+    return f"{where}: spacing must be three voxel sizes [sh, sw, sd] in mm ({problem}), got {spacing!r}"
+
+
+def check_visit_day(value: Any, where: str) -> int:
+    """A visit day as an int: an integer (or integral float) from 0 to :data:`MAX_VISIT_DAY`.
+
+    Raises:
+        DatasetError: naming ``where``: not an integer, fractional, negative or too large.
+    """
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    if isinstance(value, float) and np.isfinite(value) and value.is_integer():
+        ok, value = True, int(value)
+    if not ok:
+        raise DatasetError(f"{where}: visit must be a whole number of days, got {value!r}")
+    if not 0 <= int(value) <= MAX_VISIT_DAY:
+        raise DatasetError(f"{where}: visit must be a day from 0 to {MAX_VISIT_DAY} (100 years), got {value!r}")
+    return int(value)
 
 
 @dataclass
@@ -133,9 +192,11 @@ class Scan:
         if not np.isfinite(vol).all():
             n = int((~np.isfinite(vol)).sum())
             raise DatasetError(f"{where}: OCT volume has {n} NaN/inf voxels")
-        sp = tuple(float(s) for s in self.spacing)
-        if len(sp) != 3 or not all(np.isfinite(s) and s > 0 for s in sp):
-            raise DatasetError(f"{where}: spacing must be 3 positive numbers (mm), got {self.spacing!r}")
+        if float(np.max(vol)) == float(np.min(vol)):
+            raise DatasetError(f"{where}: OCT volume is constant (every voxel {float(np.min(vol)):g}): no image")
+        problem = spacing_error(tuple(self.spacing), where)
+        if problem:
+            raise DatasetError(problem)
         hw = self.grid_shape
         for name, extra in self.extra_volumes.items():
             if extra.shape != vol.shape:
@@ -158,6 +219,7 @@ class Scan:
                 raise DatasetError(
                     f"{where}: B-scan positions must be finite with shape {(hw[0], 2, 2)}, got {pos.shape}"
                 )
+            _check_positions_spread(pos, where)
         if len(self.file_flips) != 3:
             raise DatasetError(f"{where}: file_flips must be three booleans (H, W, D), got {self.file_flips!r}")
         if self.bm is not None and np.asarray(self.bm).shape != hw:
@@ -180,6 +242,21 @@ class Scan:
             values = np.unique(mask)
             if not set(values.tolist()) <= {0, 1}:
                 raise DatasetError(f"{where}: mask {key!r} is not binary (values {values[:8].tolist()})")
+
+
+def _check_positions_spread(pos: np.ndarray, where: str) -> None:
+    """Refuse B-scan positions that collapse the grid onto a point or a line of the SLO (the
+    SLO sampled there would be constant along B-scans or A-scans)."""
+    if pos.shape[0] > 1 and float(np.ptp(pos, axis=0).max()) < 1e-6:
+        raise DatasetError(
+            f"{where}: all {pos.shape[0]} B-scan positions are identical: the SLO cannot be placed on the grid "
+            "(check slo_box / faf_box, or the export's B-scan positions)"
+        )
+    if float(np.abs(pos[:, 1] - pos[:, 0]).max()) < 1e-6:
+        raise DatasetError(
+            f"{where}: every B-scan starts and ends at the same point on the SLO: the SLO cannot be placed "
+            "on the grid (check slo_box / faf_box, or the export's B-scan positions)"
+        )
 
 
 def orient_scan(scan: Scan, flip_bscans: bool, flip_ascans: bool) -> Scan:

@@ -60,7 +60,8 @@ def _clean_id(value: Any) -> str | None:
     text = str(value).strip().strip("\x00").strip()
     if not text or text.lower() in ("unknown", "none", "0"):
         return None
-    return safe_id(text)
+    cleaned = safe_id(text)
+    return None if cleaned == "unknown" else cleaned  # no letter or digit: no id (never one shared "unknown")
 
 
 def _to_unit_float(arr: np.ndarray) -> np.ndarray:

@@ -21,7 +21,9 @@ first A-scan of the first B-scan and of the last A-scan of the last B-scan; defa
 grid tiles the whole SLO), ``faf_box`` (the same for a FAF without SLO), ``faf_registered``
 (the FAF is already pixel-aligned with the SLO), ``faf_to_slo`` (3 x 3 matrix from FAF to
 SLO pixels), ``mask_space`` (``{task: "oct" | "slo" | "faf"}``; by default a mask of the
-grid's size is on the OCT grid, and one of the SLO's or FAF's size on that image).
+grid's size is on the OCT grid, and one of the SLO's or FAF's size on that image). Their
+types and ranges are checked by :mod:`enface.io.sidecar` (booleans must be JSON booleans,
+``visit_date`` a valid ``YYYY-MM-DD``, ``patient_id`` not blank, ...).
 
 The same companions (except ``_slo``) may sit beside a Heidelberg export.
 
@@ -29,7 +31,8 @@ The same companions (except ``_slo``) may sit beside a Heidelberg export.
 indexed ``[B-scan, A-scan]`` in the order of the file as stored: row ``r`` is B-scan ``r``
 of the file (of the export, or along the volume's ``H`` axis, whatever ``axes`` says about
 where that axis is stored), column ``c`` its A-scan ``c``; BM values are depths in voxels
-counted from the file's depth index 0 (also when ``depth_flipped``). Whatever the reader
+counted from the file's depth index 0 (also when ``depth_flipped``), NaN where unknown; a
+value outside ``0 .. depth - 1`` refuses the scan (see :func:`_read_bm_file`). Whatever the reader
 reverses to put the grid in the SLO's orientation (Spectralis exports, stored bottom-up)
 is applied to them too. Masks drawn on the SLO or FAF are in that image's pixels.
 """
@@ -45,9 +48,8 @@ from typing import Any
 import numpy as np
 
 from enface.errors import DatasetError
-from enface.fileio import load_npy, read_json_object
+from enface.fileio import load_npy
 from enface.io.base import (
-    MASK_SPACES,
     Scan,
     full_image_box,
     normalise_eye,
@@ -56,6 +58,7 @@ from enface.io.base import (
     source_str,
 )
 from enface.io.images import IMAGE_SUFFIXES, read_image, read_mask
+from enface.io.sidecar import SIDECAR_KEYS, read_sidecar
 
 log = logging.getLogger(__name__)
 
@@ -75,26 +78,6 @@ __all__ = [
 
 VOLUME_SUFFIXES: dict[str, tuple[str, ...]] = {"numpy": (".npy",), "nifti": (".nii", ".nii.gz")}
 """File suffixes of each generic volume format."""
-
-SIDECAR_KEYS: frozenset[str] = frozenset(
-    {
-        "axes",
-        "spacing",
-        "patient_id",
-        "eye",
-        "visit",
-        "visit_date",
-        "device",
-        "flattened",
-        "depth_flipped",
-        "slo_box",
-        "faf_box",
-        "faf_registered",
-        "faf_to_slo",
-        "mask_space",
-    }
-)
-"""Keys a sidecar JSON may hold (anything else is an error: it is probably a typo)."""
 
 _COMPANION_RE = re.compile(r"^_(?:(?P<mod>slo|faf|bm)|mask_(?P<key>[A-Za-z0-9-]+(?:\.[A-Za-z0-9_-]+)?))$")
 
@@ -160,17 +143,34 @@ def read_numpy_volume(path: str | os.PathLike, axes: str = "HWD") -> np.ndarray:
 _NIFTI_UNIT_TO_MM = {"mm": 1.0, "micron": 1e-3, "meter": 1e3}
 
 
+def _raw_pixdim(path: Path, header: Any) -> tuple[float, float, float]:
+    """The voxel sizes the file states (nibabel's header has set zero sizes to 1 and negative
+    ones to their absolute value on loading: the file's own numbers are read again)."""
+    from nibabel.openers import ImageOpener
+
+    with ImageOpener(str(path)) as f:
+        raw = type(header).from_fileobj(f, check=False)
+    return tuple(float(z) for z in raw["pixdim"][1:4])  # type: ignore[return-value]
+
+
 def read_nifti_volume(
-    path: str | os.PathLike, axes: str = "HWD"
+    path: str | os.PathLike, axes: str = "HWD", need_spacing: bool = False
 ) -> tuple[np.ndarray, tuple[float, float, float] | None]:
     """Read a NIfTI volume (nibabel), reorder it to ``(H, W, D)``.
 
+    Args:
+        path: the ``.nii`` / ``.nii.gz`` file.
+        axes: stored axis order.
+        need_spacing: the header's voxel sizes are the only spacing there is: refuse a file
+            whose ``pixdim`` is zero, negative or not finite (nibabel would make it 1 mm).
+
     Returns:
         The volume and its spacing ``(sh, sw, sd)`` in mm from the header (None when the
-        header's zooms are not usable).
+        header's voxel sizes are not usable).
 
     Raises:
-        DatasetError: missing, unreadable or truncated file, not 3D.
+        DatasetError: missing, unreadable or truncated file, not 3D, or (``need_spacing``)
+            unusable voxel sizes.
     """
     import nibabel as nib
 
@@ -178,57 +178,32 @@ def read_nifti_volume(
     where = source_str(path)
     if not path.is_file():
         raise DatasetError(f"{where}: file not found")
+    nib_log = logging.getLogger("nibabel.global")
+    level = nib_log.level
+    nib_log.setLevel(logging.ERROR)  # "setting 0 dims to 1": enface says it itself, naming the file
     try:
         img: Any = nib.load(str(path))
         arr = np.asarray(img.dataobj)
-        zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+        zooms = _raw_pixdim(path, img.header)
         unit = img.header.get_xyzt_units()[0]
     except Exception as e:  # nibabel raises many types on damaged files
         raise DatasetError(f"{where}: unreadable or truncated NIfTI file ({type(e).__name__}: {e})") from None
+    finally:
+        nib_log.setLevel(level)
     if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
         raise DatasetError(f"{where}: expected a real numeric volume, got dtype {arr.dtype}")
     arr = _squeeze_to_3d(arr, where)
     perm = parse_axes(axes, where)
     spacing = None
-    if len(zooms) == 3 and all(np.isfinite(z) and z > 0 for z in zooms):
+    if all(np.isfinite(z) and z > 0 for z in zooms):
         f = _NIFTI_UNIT_TO_MM.get(unit, 1.0)
         spacing = tuple(zooms[i] * f for i in perm)
+    elif need_spacing:
+        raise DatasetError(
+            f"{where}: the NIfTI header gives voxel sizes (pixdim) {zooms}: zero, negative or not finite; "
+            'give "spacing": [sh, sw, sd] (mm) in the sidecar JSON or --spacing'
+        )
     return np.ascontiguousarray(np.transpose(arr, perm)), spacing  # type: ignore[return-value]
-
-
-def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and check a sidecar JSON (empty dict when the file does not exist).
-
-    Raises:
-        DatasetError: invalid JSON, not an object, unknown keys or invalid values.
-    """
-    path = Path(path)
-    if not path.is_file():
-        return {}
-    obj = read_json_object(path)
-    unknown = sorted(set(obj) - SIDECAR_KEYS)
-    if unknown:
-        raise DatasetError(f"{path}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(SIDECAR_KEYS))})")
-    if "spacing" in obj:
-        sp = obj["spacing"]
-        if not (isinstance(sp, list) and len(sp) == 3 and all(isinstance(v, (int, float)) and v > 0 for v in sp)):
-            raise DatasetError(f"{path}: spacing must be [sh, sw, sd] in mm (positive numbers), got {sp!r}")
-    if "eye" in obj and normalise_eye(obj["eye"]) is None:
-        raise DatasetError(f"{path}: eye must be 'OD' or 'OS', got {obj['eye']!r}")
-    if "visit" in obj and not isinstance(obj["visit"], int):
-        raise DatasetError(f"{path}: visit must be an integer (day), got {obj['visit']!r}")
-    for key in ("slo_box", "faf_box"):
-        if key in obj and not (isinstance(obj[key], list) and len(obj[key]) == 4):
-            raise DatasetError(f"{path}: {key} must be [x0, y0, x1, y1], got {obj[key]!r}")
-    if "faf_to_slo" in obj:
-        m = np.asarray(obj["faf_to_slo"], dtype=float)
-        if m.shape != (3, 3) or not np.isfinite(m).all() or abs(np.linalg.det(m)) < 1e-9:
-            raise DatasetError(f"{path}: faf_to_slo must be an invertible 3 x 3 matrix")
-    for key, space in dict(obj.get("mask_space", {})).items():
-        if space not in MASK_SPACES:
-            raise DatasetError(f"{path}: mask_space of {key!r} must be one of {MASK_SPACES}, got {space!r}")
-    obj["_path"] = str(path)
-    return obj
 
 
 def find_companions(folder: Path, stem: str) -> dict[str, Any]:
@@ -302,11 +277,19 @@ def _infer_mask_space(key: str, mask: np.ndarray, scan: Scan, path: Path, declar
     raise DatasetError(f"{path}: mask has shape {mask.shape}, which matches none of: {', '.join(sizes)}")
 
 
-def _read_bm_file(path: Path, grid: tuple[int, int]) -> np.ndarray:
+def _read_bm_file(path: Path, grid: tuple[int, int], depth: int) -> np.ndarray:
     """An ``(H, W)`` BM map from a ``.npy`` companion (file order, as stored).
 
+    NaN marks an A-scan without BM (filled from its neighbours); every other value must be a
+    depth inside the volume, ``0 <= bm <= depth - 1`` voxels. Unlike a device export's own
+    segmentation (whose out-of-range values are the device's "not segmented" markers: such
+    A-scans count as missing, and BM is estimated when fewer than half remain), a companion
+    is written on purpose, so a value outside the volume means the file does not belong to
+    it (another scan's, another depth origin, or resampled) and it is refused.
+
     Raises:
-        DatasetError: unreadable, not numeric, or not of the grid's shape.
+        DatasetError: unreadable, not numeric, not of the grid's shape, infinite, outside
+            the volume's depth range, or NaN everywhere.
     """
     try:
         bm = np.load(path, allow_pickle=False)
@@ -317,7 +300,19 @@ def _read_bm_file(path: Path, grid: tuple[int, int]) -> np.ndarray:
     if bm.shape != grid:
         hint = " (transposed? OCT-grid companions are indexed [B-scan, A-scan])" if bm.shape == grid[::-1] else ""
         raise DatasetError(f"{path}: BM map has shape {bm.shape}, expected the en-face grid {grid}{hint}")
-    return np.asarray(bm, dtype=np.float32)
+    bm = np.asarray(bm, dtype=np.float64)
+    known = ~np.isnan(bm)
+    if not known.any():
+        raise DatasetError(f"{path}: BM map is NaN everywhere (no A-scan has a BM depth)")
+    outside = known & ~((bm >= 0) & (bm <= depth - 1))  # inf counts as outside
+    if outside.any():
+        vals = bm[known]
+        raise DatasetError(
+            f"{path}: {int(outside.sum())} of {bm.size} BM depths lie outside the volume's depth range "
+            f"0 to {depth - 1} voxels (values {vals.min():g} to {vals.max():g}); BM depths are voxels counted "
+            "from the file's depth index 0 (NaN where unknown)"
+        )
+    return bm.astype(np.float32)
 
 
 def attach_companions(scan: Scan, comp: dict[str, Any], sidecar: dict[str, Any], use_slo: bool = True) -> Scan:
@@ -359,7 +354,7 @@ def attach_companions(scan: Scan, comp: dict[str, Any], sidecar: dict[str, Any],
             scan.bscan_positions = positions_from_box(box, grid)
             scan.faf_to_slo = np.eye(3)
     if comp["bm"] is not None:
-        scan.bm = scan.bm_from_file(_read_bm_file(comp["bm"], grid))
+        scan.bm = scan.bm_from_file(_read_bm_file(comp["bm"], grid, int(scan.volume.shape[2])))
         scan.meta["bm_file"] = comp["bm"].name
     declared = dict(sidecar.get("mask_space", {}))
     for key, path in sorted(comp["masks"].items()):
@@ -409,7 +404,7 @@ def read_volume_scan(
     if fmt == "numpy":
         vol = read_numpy_volume(path, ax)
     elif fmt == "nifti":
-        vol, header_spacing = read_nifti_volume(path, ax)
+        vol, header_spacing = read_nifti_volume(path, ax, need_spacing=not (sidecar.get("spacing") or spacing))
     else:
         raise DatasetError(f"{path}: unknown volume format {fmt!r} (numpy, nifti)")
     depth_flipped = bool(sidecar.get("depth_flipped"))
