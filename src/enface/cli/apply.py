@@ -40,7 +40,7 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
         help="format of device exports (default: from the file suffixes; octa500 must be given)",
     )
     add_scan_options(p, depth_from_training=True)
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:<index> or mps (default cpu)")
     p.add_argument(
         "--no-fast",
         dest="fast",
