@@ -124,8 +124,14 @@ def predict_volumes(data: Path, tmp: Path, ckpt: Path, k: int, repeats: int) -> 
         flag = [] if mode == "fast" else ["--no-fast"]
         one, many = [], []
         for _ in range(repeats):
-            one.append(_timed(_enface("predict", str(ckpt), str(cases[0]), "--out", str(tmp / "pred1"), *flag)))
-            many.append(_timed(_enface("predict", str(ckpt), *map(str, cases), "--out", str(tmp / "predk"), *flag)))
+            one.append(
+                _timed(_enface("predict", str(ckpt), str(cases[0]), "--out", str(tmp / "pred1"), "--overwrite", *flag))
+            )
+            many.append(
+                _timed(
+                    _enface("predict", str(ckpt), *map(str, cases), "--out", str(tmp / "predk"), "--overwrite", *flag)
+                )
+            )
         per_volume = [(b["wall"] - a["wall"]) / (len(cases) - 1) for a, b in zip(one, many)]
         out[mode] = {
             "volume_s": statistics.median(per_volume),

@@ -245,7 +245,7 @@ def test_cli_exit_codes(run: Path, phantom_dataset: Path, tmp_path: Path, capsys
     assert main(["predict", str(run), case_dir, "--out", str(out), "--top-k", "1"]) == 0
     text = capsys.readouterr().out
     assert "predicted 1 of 1" in text and str(out) in text
-    assert main(["predict", str(run), case_dir, str(tmp_path / "nope"), "--out", str(out)]) == 1
+    assert main(["predict", str(run), case_dir, str(tmp_path / "nope"), "--out", str(out), "--overwrite"]) == 1
     captured = capsys.readouterr()
     assert "nope" in captured.err and "input not found" in captured.err
     rec = _save_checkpoint(tmp_path / "rec.ckpt", phantom_dataset, seed=0, task="reconstruct")

@@ -23,7 +23,7 @@ import numpy as np
 
 from enface.config import FAST_DEFAULT
 from enface.data.folder import Case, load_case, read_dataset_info
-from enface.engine.inference import Ensemble, read_run_config
+from enface.engine.inference import Ensemble, depth_note, read_run_config, training_preparation
 from enface.errors import DatasetError
 from enface.fileio import atomic_write, atomic_write_csv, atomic_write_json, path_under
 from enface.metrics import abs_area_difference, area_mm2, dice_score, hd95_mm
@@ -262,8 +262,17 @@ def _evaluate_cases(
     rows: list[dict[str, Any]] = []
     agreement: list[dict[str, Any]] = []
     probs: dict[str, np.ndarray] = {}
+    training_depth = training_preparation(ensemble.config)[0]
+    noted: set[int] = set()
     for i, cid in enumerate(ds.case_ids):
-        prob = ensemble.run(ds[i]["volume"][None]).mean[0]
+        volume = ds[i]["volume"]
+        ensemble.check_input(volume, where=f"case {cid}")
+        depth = int(volume.shape[-1])
+        note = depth_note(depth, training_depth)
+        if note and depth not in noted:  # once per depth, not once per case
+            noted.add(depth)
+            log.warning("%s (the first case of depth %d: %s)", note, depth, cid)
+        prob = ensemble.run(volume[None]).mean[0]
         case_rows, case_agreement = _case_rows(load_case(ds.root / "cases" / cid), task, prob >= threshold)
         rows += case_rows
         agreement += case_agreement

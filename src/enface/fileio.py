@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import errno
 import fcntl
 import io
 import json
@@ -46,6 +47,7 @@ __all__ = [
     "atomic_write_csv",
     "atomic_write_json",
     "atomic_write_text",
+    "is_disk_full",
     "load_npy",
     "path_under",
     "read_json_object",
@@ -186,6 +188,14 @@ def recover_replaced_folder(final: str | os.PathLike) -> bool:
         os.replace(old, final)
         return True
     return False
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """Whether an error is a full disk (or quota): ``ENOSPC``/``EDQUOT``, or NumPy's short
+    write (``"32768 requested and 2016 written"``, an ``OSError`` without an errno)."""
+    if not isinstance(e, OSError):
+        return False
+    return e.errno in (errno.ENOSPC, errno.EDQUOT) or (e.errno is None and "requested and" in str(e))
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

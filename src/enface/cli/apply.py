@@ -17,11 +17,20 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
         description="Apply a segmentation checkpoint, or the top-k ensemble of a run folder, to case folders, "
         "dataset folders or device exports (any format `enface prepare` reads, prepared the same way). "
         "Writes OUT/<scan id>/{mask,probability,uncertainty,overlay}.png, probability.npy, uncertainty.npy, "
-        "prediction.json and OUT/summary.csv. Failing scans are listed; exit status 1 if any failed.",
+        "prediction.json and OUT/summary.csv. Failing scans are listed; exit status 1 if any failed. "
+        "OUT may hold an earlier run's predictions: summary.csv keeps their rows, and a scan already there "
+        "is refused unless --overwrite. OUT may not lie inside an input dataset or folder of exports; one "
+        "predict at a time writes it.",
     )
     p.add_argument("model", metavar="MODEL_OR_RUN", help="segmentation checkpoint (.ckpt) or run folder")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="case folder, dataset folder, export file or folder")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder (created once the model and inputs are usable)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the outputs of scans an earlier run wrote into OUT (their summary.csv rows too; "
+        "the other rows are kept)",
+    )
     p.add_argument("--top-k", type=int, default=5, help="checkpoints of a run folder averaged (default 5)")
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold of the mask (default 0.5)")
     p.add_argument(
@@ -31,7 +40,7 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
         help="format of device exports (default: from the file suffixes; octa500 must be given)",
     )
     add_scan_options(p, depth_from_training=True)
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:<index> or mps (default cpu)")
     p.add_argument(
         "--no-fast",
         dest="fast",
@@ -55,7 +64,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         device=args.device,
         fast=args.fast,
     )
-    report = predict(args.model, args.inputs, args.out, top_k=args.top_k, options=opts, progress=not args.quiet)
+    report = predict(
+        args.model,
+        args.inputs,
+        args.out,
+        top_k=args.top_k,
+        options=opts,
+        progress=not args.quiet,
+        overwrite=args.overwrite,
+    )
     if report.failed:
         print(f"enface predict: {len(report.failed)} scan(s) failed:", file=sys.stderr)
         for r in report.failed:

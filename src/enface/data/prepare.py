@@ -27,7 +27,6 @@ absent (patient-wise from a seed; OCTA-500 uses its official split).
 
 from __future__ import annotations
 
-import errno
 import functools
 import logging
 import os
@@ -42,6 +41,7 @@ from enface.data.folder import list_cases, write_case, write_dataset_info, write
 from enface.data.scan_case import CaseArrays, PrepareOptions, scan_to_case
 from enface.data.visits import assign_visit_days
 from enface.errors import DatasetError, EnfaceError, ScanKindError
+from enface.fileio import is_disk_full
 from enface.io.base import Scan, safe_id
 
 log = logging.getLogger(__name__)
@@ -368,7 +368,7 @@ class _Outcome:
 
 def _failure_reason(e: BaseException, source: str) -> tuple[str, str]:
     """``(reason, kind)`` of a failed scan, the file name left out (the summary names it)."""
-    if isinstance(e, OSError) and (e.errno == errno.ENOSPC or "requested and" in str(e)):
+    if is_disk_full(e):
         return "the disk is full (nothing of this case was kept)", "disk full"
     reason = str(e) if isinstance(e, (EnfaceError, ValueError)) else f"{type(e).__name__}: {e}"
     return reason.removeprefix(f"{source}: "), getattr(e, "kind", "error")
@@ -497,7 +497,7 @@ def prepare_dataset(
         _write_splits(out, opts, patients, report)
     except OSError as e:
         raise DatasetError(
-            f"{out}: cannot write the dataset files ({'the disk is full' if e.errno == errno.ENOSPC else e}); "
+            f"{out}: cannot write the dataset files ({'the disk is full' if is_disk_full(e) else e}); "
             "the cases written are complete: re-run prepare once there is room"
         ) from None
     return report

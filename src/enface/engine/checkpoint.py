@@ -52,21 +52,43 @@ FORMAT_VERSION = 2
 converted when read, see ``FeatureProjectionNetwork.upgrade_state_dict``)."""
 
 
+def _torch_reason(e: BaseException) -> str:
+    """What went wrong in ``torch.load``, without torch's advice to load with
+    ``weights_only=False`` (that would run whatever code the file holds: never do it)."""
+    text = str(e)
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\s*\n|\nCheck the documentation|$)", text, re.DOTALL)
+    if found:
+        text = found.group(1)
+    keep = [
+        s
+        for s in re.split(r"(?<=[.!?])\s+|\n+", text)
+        if s.strip() and not re.search(r"weights_only|trusted source|file an issue|torch\.load", s)
+    ]
+    return " ".join(s.strip() for s in keep) or type(e).__name__
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load a checkpoint dict on the CPU, without executing any code it may hold.
 
     Raises:
         CheckpointError: missing or unreadable file, or a file whose pickle holds anything
-            but plain data (it is refused, not run).
+            but plain data (it is refused, not run). The message never suggests loading the
+            file without ``weights_only``.
     """
+    import warnings
+
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"{p}: checkpoint not found")
     try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols of foreign files
+            ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "GLOBAL" not in str(e):  # not a refused object: a corrupt or foreign file
-            raise CheckpointError(f"{p}: unreadable checkpoint ({type(e).__name__}: {e})") from None
+            raise CheckpointError(
+                f"{p}: unreadable checkpoint (not a PyTorch checkpoint, or a damaged one: {_torch_reason(e)})"
+            ) from None
         found = re.search(r"(?:unsupported global|unsupported GLOBAL):? (?:GLOBAL )?([\w.]+)", str(e), re.IGNORECASE)
         what = f"it names {found.group(1)}" if found else "it holds objects that are not plain data"
         raise CheckpointError(
@@ -74,7 +96,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             "enface (or plain state dicts) are read"
         ) from None
     except Exception as e:  # torch raises many types for corrupt files
-        raise CheckpointError(f"{p}: unreadable checkpoint ({type(e).__name__}: {e})") from None
+        raise CheckpointError(
+            f"{p}: unreadable checkpoint (not a PyTorch checkpoint, or a damaged one: "
+            f"{type(e).__name__}: {_torch_reason(e)})"
+        ) from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{p}: not a checkpoint (a {type(ckpt).__name__}, expected a dict)")
     return ckpt

@@ -28,12 +28,54 @@ import torch
 from enface.config import FAST_DEFAULT
 from enface.engine.checkpoint import load_model, topk_checkpoints
 from enface.engine.fastpath import FastPath
-from enface.errors import CheckpointError, DatasetError
+from enface.errors import CheckpointError, ConfigError, DatasetError
 from enface.fileio import load_npy, read_json_object
 
-__all__ = ["Ensemble", "EnsembleOutput", "read_run_config", "training_preparation"]
+__all__ = [
+    "Ensemble",
+    "EnsembleOutput",
+    "depth_note",
+    "inference_device",
+    "read_run_config",
+    "training_preparation",
+]
 
 log = logging.getLogger(__name__)
+
+
+def inference_device(device: str | torch.device) -> torch.device:
+    """The torch device named ``device``, checked to exist on this machine.
+
+    Raises:
+        ConfigError: not a device name (``banana``), or a device this machine lacks (CUDA
+            not available, an index past the GPUs present, no MPS).
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ConfigError(f"device {str(device)!r}: not a torch device (cpu, cuda, cuda:<index>, mps)") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ConfigError(f"device {str(device)!r}: CUDA is not available on this machine; use --device cpu")
+        if dev.index is not None and dev.index >= n:
+            raise ConfigError(f"device {str(device)!r}: this machine has {n} CUDA device(s) (cuda:0 to cuda:{n - 1})")
+    elif dev.type == "mps" and not (torch.backends.mps.is_available()):
+        raise ConfigError(f"device {str(device)!r}: MPS is not available on this machine; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device {str(device)!r}: inference runs on cpu, cuda or mps")
+    return dev
+
+
+def depth_note(depth: int, training_depth: int | None) -> str | None:
+    """A note when scans of ``depth`` samples meet a model trained on another depth (``None``
+    when they agree or the training depth is unknown); ``predict`` and ``evaluate`` share it."""
+    if training_depth is None or int(depth) == int(training_depth):
+        return None
+    return (
+        f"scan depth {depth} differs from the training depth {training_depth}: predictions may be off "
+        f"(prepare the scans with --depth {training_depth})"
+    )
 
 
 class EnsembleOutput:
@@ -75,7 +117,7 @@ class Ensemble:
     ) -> None:
         if not checkpoints:
             raise CheckpointError("no checkpoints to ensemble")
-        self.device = torch.device(device)
+        self.device = inference_device(device)
         self.fastpath = FastPath(fast)
         self.fastpath.tune_process("inference", self.device)  # slab activations are reused, not faulted in again
         self.paths = [Path(p) for p in checkpoints]
@@ -126,6 +168,13 @@ class Ensemble:
         if int(top_k) < 1:
             raise ValueError(f"top-k must be >= 1, got {top_k}")
         run = Path(run)
+        if not (run / "checkpoints").is_dir():
+            if run.name == "checkpoints" or any(run.glob("*.ckpt")):
+                raise CheckpointError(
+                    f"{run}: this is a run's checkpoints folder, not a run folder; pass the run folder "
+                    f"({run.parent}) or one of its .ckpt files"
+                )
+            raise CheckpointError(f"{run}: not a run folder (no checkpoints/ in it); pass a run folder or a .ckpt file")
         if not (run / "done.json").is_file():
             log.warning("%s: the run has not finished (no done.json): using the checkpoints it has so far", run)
         paths = topk_checkpoints(run, top_k)

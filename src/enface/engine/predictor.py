@@ -17,7 +17,7 @@ import torch
 from enface.config import FAST_DEFAULT
 from enface.data.normalize import zscore_per_bscan
 from enface.data.preprocess import FlattenParams
-from enface.engine.inference import Ensemble, EnsembleOutput, training_preparation
+from enface.engine.inference import Ensemble, EnsembleOutput, depth_note, training_preparation
 from enface.errors import CheckpointError
 
 __all__ = ["Predictor"]
@@ -125,10 +125,8 @@ class Predictor:
                 depth below the network's minimum.
         """
         self.ensemble.check_input(volumes)
-        d = volumes.shape[-1]
-        if d != self.flatten.depth:
-            return [f"scan depth {d} differs from the training depth {self.flatten.depth}: predictions may be off"]
-        return []
+        note = depth_note(volumes.shape[-1], self.flatten.depth)
+        return [note] if note else []
 
     def __call__(self, volumes: np.ndarray) -> EnsembleOutput:
         """Predict one scan.

@@ -28,8 +28,10 @@ deviation kept (the uncertainty). Per scan, ``<out>/<scan id>/`` receives:
   ``H - 1 - r`` of the file (column ``c`` its A-scan ``W - 1 - c``), e.g. for Spectralis
   exports stored bottom-up.
 
-``<out>/summary.csv`` has one row per scan (failed ones included, with the reason). A scan
-that cannot be read or predicted is reported and the others still run. Only segmentation
+``<out>/summary.csv`` has one row per scan (failed ones included, with the reason), after
+the rows an earlier run into ``<out>`` left for other scans (:mod:`enface.predict.output`:
+where ``<out>`` may lie, its lock, ``overwrite``). A scan that cannot be read or predicted,
+or runs out of memory, is reported and the others still run; a full disk stops the batch. Only segmentation
 checkpoints are accepted: a reconstruction checkpoint is refused with a clear error.
 """
 
@@ -45,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from enface.config import FAST_DEFAULT
 from enface.data.folder import load_case
@@ -53,9 +56,10 @@ from enface.data.prepare import PrepareOptions, discover_sources, scan_to_case
 from enface.engine.inference import EnsembleOutput
 from enface.engine.predictor import Predictor
 from enface.errors import DatasetError, EnfaceError
-from enface.fileio import atomic_save_npy, atomic_save_png, atomic_write_csv, atomic_write_json, path_under
+from enface.fileio import atomic_save_npy, atomic_save_png, atomic_write_json, is_disk_full
 from enface.io.base import unique_ids
 from enface.io.formats import FORMATS, infer_format
+from enface.predict.output import OutputFolder, check_out_placement
 
 __all__ = [
     "SUMMARY_COLUMNS",
@@ -327,7 +331,12 @@ def find_inputs(inputs: Sequence[str | os.PathLike], predictor: Predictor, opts:
 
 
 def _write_outputs(
-    out: Path, scan: PreparedScan, result: EnsembleOutput, predictor: Predictor, item: PredictInput, threshold: float
+    folder: OutputFolder,
+    scan: PreparedScan,
+    result: EnsembleOutput,
+    predictor: Predictor,
+    item: PredictInput,
+    threshold: float,
 ) -> ScanResult:
     from enface.viz import scan_overlay
 
@@ -339,57 +348,105 @@ def _write_outputs(
     member_areas = [float((m[0] >= threshold).sum()) * px_area for m in result.members]
     mean_unc = float(std[mask].mean()) if n else math.nan
     overlay = scan_overlay(scan.volumes[0], mask, scan.spacing[:2], scan.slo)  # before anything is written
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_save_png(out / "mask.png", mask.astype(np.uint8) * 255)
-    atomic_save_npy(out / "probability.npy", prob.astype(np.float32))
-    atomic_save_png(out / "probability.png", np.round(np.clip(prob, 0, 1) * 65535).astype(np.uint16))
-    atomic_save_npy(out / "uncertainty.npy", std.astype(np.float32))
-    atomic_save_png(out / "uncertainty.png", np.round(np.clip(std / 0.5, 0, 1) * 65535).astype(np.uint16))
-    atomic_save_png(out / "overlay.png", overlay)
-    atomic_write_json(
-        out / "prediction.json",
-        {
-            "scan_id": item.scan_id,
-            "source": item.source,
-            "task": predictor.task,
-            "area_mm2": area,
-            "member_areas_mm2": member_areas,
-            "n_pixels": n,
-            "mean_uncertainty_in_mask": None if math.isnan(mean_unc) else mean_unc,
-            "threshold": threshold,
-            "shape": [int(s) for s in scan.volumes.shape[1:]],
-            "spacing": [float(s) for s in scan.spacing],
-            **{k: scan.meta.get(k) for k in ("patient_id", "eye", "visit", "visit_date")},
-            "checkpoints": [str(p) for p in predictor.checkpoints],
-            "grid": {"orientation": "SLO: row 0 = topmost B-scan on the SLO", **scan.flips},
-            "notes": scan.notes,
-        },
-    )
-    return ScanResult(item.scan_id, item.source, "ok", area, n, mean_unc, out_dir=out)
+    with folder.scan_folder(item.scan_id) as out:  # renamed into place once complete
+        atomic_save_png(out / "mask.png", mask.astype(np.uint8) * 255)
+        atomic_save_npy(out / "probability.npy", prob.astype(np.float32))
+        atomic_save_png(out / "probability.png", np.round(np.clip(prob, 0, 1) * 65535).astype(np.uint16))
+        atomic_save_npy(out / "uncertainty.npy", std.astype(np.float32))
+        atomic_save_png(out / "uncertainty.png", np.round(np.clip(std / 0.5, 0, 1) * 65535).astype(np.uint16))
+        atomic_save_png(out / "overlay.png", overlay)
+        atomic_write_json(
+            out / "prediction.json",
+            {
+                "scan_id": item.scan_id,
+                "source": item.source,
+                "task": predictor.task,
+                "area_mm2": area,
+                "member_areas_mm2": member_areas,
+                "n_pixels": n,
+                "mean_uncertainty_in_mask": None if math.isnan(mean_unc) else mean_unc,
+                "threshold": threshold,
+                "shape": [int(s) for s in scan.volumes.shape[1:]],
+                "spacing": [float(s) for s in scan.spacing],
+                **{k: scan.meta.get(k) for k in ("patient_id", "eye", "visit", "visit_date")},
+                "checkpoints": [str(p) for p in predictor.checkpoints],
+                "grid": {"orientation": "SLO: row 0 = topmost B-scan on the SLO", **scan.flips},
+                "notes": scan.notes,
+            },
+        )
+    return ScanResult(item.scan_id, item.source, "ok", area, n, mean_unc, out_dir=folder.out / item.scan_id)
 
 
-def _check_output_folder(out: Path) -> None:
-    """Refuse an output that is a file or cannot be written, before any scan is predicted.
-
-    Raises:
-        DatasetError: naming the folder and the problem.
-    """
-    if out.exists() and not out.is_dir():
-        raise DatasetError(f"{out}: --out is a file, not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise DatasetError(f"{out}: cannot write predictions there ({e.strerror or e})") from None
-
-
-def _predict_one(item: PredictInput, predictor: Predictor, out: Path, threshold: float) -> tuple[ScanResult, list[str]]:
+def _predict_one(
+    item: PredictInput, predictor: Predictor, folder: OutputFolder, threshold: float
+) -> tuple[ScanResult, list[str]]:
     scan = item.load()
     scan.notes += predictor.check_input(scan.volumes)
     result = predictor(scan.volumes)
-    return _write_outputs(path_under(out, item.scan_id), scan, result, predictor, item, threshold), scan.notes
+    return _write_outputs(folder, scan, result, predictor, item, threshold), scan.notes
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """A failed allocation: ``MemoryError``, torch's out of memory (CUDA or CPU allocator)."""
+    if isinstance(e, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def _failure(e: BaseException, item: PredictInput, device: str) -> str:
+    """The reason of a failed scan, its source left out (the summary names it)."""
+    if _out_of_memory(e):
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return f"out of memory on {device} (the scan is too large for it; the other scans still run)"
+    if is_disk_full(e):
+        return "the disk is full (nothing of this scan was kept)"
+    reason = str(e) if isinstance(e, (EnfaceError, ValueError)) else f"{type(e).__name__}: {e}"
+    return reason.removeprefix(f"{item.source}: ")
+
+
+def _run_batch(
+    items: list[PredictInput], predictor: Predictor, folder: OutputFolder, options: PredictOptions, progress: bool
+) -> list[ScanResult]:
+    """Predict every scan; a failing one is recorded and the others still run, except on a full
+    disk: then the batch stops and the scans not reached are recorded as not predicted."""
+    results: list[ScanResult] = []
+    for i, item in enumerate(items, 1):
+        try:
+            res, notes = _predict_one(item, predictor, folder, options.threshold)
+        except (EnfaceError, ValueError, OSError, MemoryError, RuntimeError) as e:  # a bad scan must not stop the batch
+            if isinstance(e, RuntimeError) and not _out_of_memory(e):
+                raise  # a bug: it surfaces
+            reason = _failure(e, item, options.device)
+            if folder.overwrite and (folder.out / item.scan_id).is_dir():
+                reason += f" (the earlier prediction in {folder.out / item.scan_id} was left as it was)"
+            log.warning("[%d/%d] %s: failed: %s (%s)", i, len(items), item.scan_id, reason, item.source)
+            results.append(ScanResult(item.scan_id, item.source, "failed", reason=reason))
+            if is_disk_full(e):
+                results += [
+                    ScanResult(it.scan_id, it.source, "failed", reason="not predicted: the disk is full")
+                    for it in items[i:]
+                ]
+                break
+            continue
+        for note in notes:
+            log.warning("%s: %s", item.scan_id, note)
+        if progress:
+            unc = "" if res.n_pixels == 0 else f", mean uncertainty {res.mean_uncertainty_in_mask:.3f}"
+            log.info("[%d/%d] %s: %.3f mm² (%d px)%s", i, len(items), item.scan_id, res.area_mm2, res.n_pixels, unc)
+        results.append(res)
+    return results
+
+
+def _disk_full_error(folder: OutputFolder, results: list[ScanResult], summary: str) -> DatasetError:
+    n_ok = sum(r.status == "ok" for r in results)
+    first = next((r.scan_id for r in results if "disk is full" in r.reason), None)
+    return DatasetError(
+        f"{folder.out}: the disk is full{f' (while writing {first})' if first else ''}; {n_ok} of {len(results)} "
+        f"scan(s) predicted, each complete, nothing of the others kept; summary.csv {summary}. Free space and "
+        "run again (with --overwrite to redo the scans already predicted)"
+    )
 
 
 def predict(
@@ -399,61 +456,69 @@ def predict(
     top_k: int = 5,
     options: PredictOptions = PredictOptions(),
     progress: bool = True,
+    overwrite: bool = False,
 ) -> PredictReport:
     """Predict lesion masks, probabilities, uncertainties, overlays and areas for scans.
+
+    The output folder is created (and locked against a second ``predict``) only once the
+    model and the inputs are usable; see :mod:`enface.predict.output` for what an earlier
+    run's outputs there become.
 
     Args:
         model_or_run: a segmentation checkpoint, a run folder (its top-k checkpoints are
             averaged) or a loaded :class:`Predictor`.
         inputs: case folders, dataset folders, export files or folders of exports.
-        out: output folder: ``<out>/<scan id>/`` per scan and ``<out>/summary.csv``.
+        out: output folder: ``<out>/<scan id>/`` per scan and ``<out>/summary.csv``; neither
+            inside an input folder nor holding one.
         top_k: checkpoints of a run folder averaged.
         options: preparation and threshold settings.
         progress: log one line per scan.
+        overwrite: replace the folders of scans an earlier run predicted into ``out``
+            (otherwise such a run is refused); ``summary.csv`` keeps the other scans' rows
+            either way.
 
     Returns:
         The report; scans that failed carry their reason (and are logged as warnings).
 
     Raises:
         CheckpointError: the model cannot be loaded or is not a segmentation model.
-        DatasetError: the output folder is a file or cannot be written.
+        DatasetError: the output folder is a file, cannot be written, is nested with an
+            input, holds predictions of these scans (without ``overwrite``), or the disk
+            became full (the scans written are complete).
+        RunFolderError: another ``predict`` is writing the output folder.
         ValueError: invalid options or no inputs.
     """
     if not inputs:
         raise ValueError("no inputs to predict")
     out = Path(out)
-    _check_output_folder(out)
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"{out}: --out is a file, not a folder")
+    check_out_placement(out, inputs)
     predictor = (
         model_or_run
         if isinstance(model_or_run, Predictor)
         else Predictor.load(model_or_run, top_k, options.device, options.depth, options.window_mm, options.fast)
     )
     items = find_inputs(inputs, predictor, options)
-    log.info(
-        "predicting %d scan(s) with %d checkpoint(s) (task %s, depth %d)",
-        len(items),
-        len(predictor.checkpoints),
-        predictor.task,
-        predictor.flatten.depth,
-    )
-    results: list[ScanResult] = []
-    for i, item in enumerate(items, 1):
+    with OutputFolder(out, overwrite) as folder:
+        folder.check_free([it.scan_id for it in items])
+        log.info(
+            "predicting %d scan(s) with %d checkpoint(s) (task %s, depth %d)",
+            len(items),
+            len(predictor.checkpoints),
+            predictor.task,
+            predictor.flatten.depth,
+        )
+        results = _run_batch(items, predictor, folder, options, progress)
+        full = any("disk is full" in r.reason for r in results)
         try:
-            res, notes = _predict_one(item, predictor, out, options.threshold)
-        except (EnfaceError, ValueError, OSError) as e:  # a bad scan must not stop the batch; bugs surface
-            reason = str(e) if isinstance(e, (EnfaceError, ValueError)) else f"{type(e).__name__}: {e}"
-            reason = reason.removeprefix(f"{item.source}: ")
-            log.warning("[%d/%d] %s: failed: %s (%s)", i, len(items), item.scan_id, reason, item.source)
-            results.append(ScanResult(item.scan_id, item.source, "failed", reason=reason))
-            continue
-        for note in notes:
-            log.warning("%s: %s", item.scan_id, note)
-        if progress:
-            unc = "" if res.n_pixels == 0 else f", mean uncertainty {res.mean_uncertainty_in_mask:.3f}"
-            log.info("[%d/%d] %s: %.3f mm² (%d px)%s", i, len(items), item.scan_id, res.area_mm2, res.n_pixels, unc)
-        results.append(res)
-    report = PredictReport(
-        out, results, atomic_write_csv(out / "summary.csv", [r.row() for r in results], SUMMARY_COLUMNS)
-    )
+            summary_csv = folder.write_summary([r.row() for r in results], SUMMARY_COLUMNS)
+        except OSError as e:
+            if full or is_disk_full(e):
+                raise _disk_full_error(folder, results, "could not be written") from None
+            raise DatasetError(f"{out / 'summary.csv'}: cannot be written ({e.strerror or e})") from None
+        if full:
+            raise _disk_full_error(folder, results, f"lists them ({summary_csv})")
+    report = PredictReport(out, results, summary_csv)
     log.debug("%s", report.summary())  # the CLI prints it
     return report
