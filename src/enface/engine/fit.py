@@ -51,7 +51,7 @@ from enface.engine.module import TASK_METRIC, EnfaceModule
 from enface.engine.runs import RunSpec, dataset_fingerprint, file_sha256, identity_diff, run_identity
 from enface.engine.transfer import TransferReport, transfer_weights
 from enface.errors import CheckpointError, ConfigError, DatasetError, RunFolderError
-from enface.fileio import atomic_write, atomic_write_json, atomic_write_text
+from enface.fileio import atomic_write, atomic_write_json, atomic_write_text, writable_folder
 
 __all__ = [
     "AtomicCheckpointIO",
@@ -459,7 +459,7 @@ def fit(
     """
     run = resolve_run(config)
     metric = TASK_METRIC[run.config.task]
-    with run_folder_lock(run.folder, run.config):
+    with run_folder_lock(writable_folder(run.folder, "run folder (--runs-dir)"), run.config):
         state, resume_from = _existing_state(run, resume)
         if state == "finished":
             summary = json.loads((run.folder / "done.json").read_text(encoding="utf-8"))

@@ -32,6 +32,7 @@ from enface.fileio import (
     atomic_write_text,
     replace_folder,
     temp_dir,
+    writable_folder,
 )
 from enface.progression.core import (
     EYE_COLUMNS,
@@ -45,6 +46,7 @@ from enface.progression.core import (
     rate_agreement,
 )
 from enface.progression.sources import prediction_visits, reference_visits, resolve_task
+from enface.progression.stats import mean_sd_text
 
 __all__ = ["ProgressionResult", "prediction_visits", "reference_visits", "resolve_task", "run_progression"]
 
@@ -169,8 +171,7 @@ def _summary_lines(result: ProgressionResult, agreement: Mapping[str, Any] | Non
         f"Source: {result.visits.source}; task {result.visits.task}.",
         f"{c['visits']} visits of {c['eyes']} eyes; {c['eyes_with_rate']} eyes with two or more visits "
         f"({len(result.visits.skipped)} scans or cases left out{', listed below' if result.visits.skipped else ''}).",
-        f"Growth: {g['mean']:.3f} ± {g['sd']:.3f} mm²/year; √area growth {s['mean']:.3f} ± {s['sd']:.3f} mm/year "
-        f"(mean ± SD over {s['n']} eyes).",
+        f"Growth: {mean_sd_text(g, 'mm²/year')}; √area growth {mean_sd_text(s, 'mm/year')} (mean ± SD over eyes).",
         f"Baseline: {c['baseline_focality']['unifocal']} unifocal, {c['baseline_focality']['multifocal']} multifocal, "
         f"{c['baseline_focality']['none']} without a focus of ≥ {c['min_focus_mm2']} mm².",
         "Area = pixels × sh × sw; √area; rates = least-squares slopes over day/365.25 (95 % t-interval from 3 visits); "
@@ -313,7 +314,7 @@ def run_progression(
     dataset, out = Path(dataset), Path(out)
     if not min_focus_mm2 >= 0:
         raise ValueError(f"min_focus_mm2 must be >= 0, got {min_focus_mm2}")
-    replaced = _check_out(out)
+    replaced = _check_out(writable_folder(out))
     visits, reference = _read_inputs(dataset, predictions, grader, task, min_focus_mm2, split)
     eyes = eye_rates(visits.visits)
     cohort = {
