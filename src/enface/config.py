@@ -229,13 +229,22 @@ def _coerce(name: str, value: Any) -> Any:
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
-    """Parse ``key=value`` strings (values parsed as YAML scalars)."""
+    """Parse ``key=value`` strings (values parsed as YAML scalars, with the safe loader).
+
+    Raises:
+        ConfigError: naming the ``--set`` item: no ``=``, or a value that is not valid
+            YAML (``crop=[16``) or carries a YAML tag the safe loader refuses.
+    """
     out: dict[str, Any] = {}
     for pair in pairs or []:
         if "=" not in pair:
             raise ConfigError(f"override {pair!r} is not of the form key=value")
         key, _, raw = pair.partition("=")
-        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as e:
+            why = " ".join(str(getattr(e, "problem", None) or e).split())
+            raise ConfigError(f"--set {pair!r}: the value is not a YAML scalar or list ({why})") from None
     return out
 
 

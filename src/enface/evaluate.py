@@ -25,7 +25,7 @@ from enface.config import FAST_DEFAULT
 from enface.data.folder import Case, load_case, read_dataset_info
 from enface.engine.inference import Ensemble, depth_note, read_run_config, training_preparation
 from enface.errors import DatasetError
-from enface.fileio import atomic_write, atomic_write_csv, atomic_write_json, path_under
+from enface.fileio import atomic_write, atomic_write_csv, atomic_write_json, path_under, writable_folder
 from enface.metrics import abs_area_difference, area_mm2, dice_score, hd95_mm
 from enface.targets import Target
 
@@ -235,8 +235,8 @@ def evaluate(
     ids = select_cases(root, split, requires=target.requires)
     if not ids:
         raise DatasetError(f"{root}: no cases with a {target.name!r} mask in split {split!r}")
+    out = writable_folder(Path(out_dir) if out_dir else path_under(run, "eval", f"{name}-{split}"))
     ensemble = Ensemble.from_run(run, top_k, device, fast=fast)
-    out = Path(out_dir) if out_dir else path_under(run, "eval", f"{name}-{split}")
     ds = EnfaceDataset(root, ids, None, augment=None, channels=ensemble.channels)
     rows, agreement, probs = _evaluate_cases(ensemble, ds, target.name, threshold, progress)
     summary = _summary(

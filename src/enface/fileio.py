@@ -14,6 +14,7 @@ that stay under their root, folder locks.
 * :func:`path_under` joins user-given names onto a root and refuses any result that would
   leave it (``..``, absolute names, symbolic links pointing out).
 * :class:`FolderLock` keeps two processes from writing one run or study folder at once.
+* :func:`writable_folder` refuses an output folder that cannot be written, before any work.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from enface.errors import DatasetError, RunFolderError, UnsafePathError
+from enface.errors import ConfigError, DatasetError, RunFolderError, UnsafePathError
 
 __all__ = [
     "FolderLock",
@@ -54,6 +55,7 @@ __all__ = [
     "recover_replaced_folder",
     "replace_folder",
     "temp_dir",
+    "writable_folder",
 ]
 
 
@@ -93,7 +95,8 @@ def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
     """A JSON file whose top level is an object.
 
     Raises:
-        DatasetError: naming the file: missing, not valid JSON, or not an object.
+        DatasetError: naming the file: missing, not valid JSON, nested too deeply for the
+            parser, or not an object.
     """
     path = Path(path)
     if not path.is_file():
@@ -102,6 +105,8 @@ def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DatasetError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise DatasetError(f"{path}: nested too deeply to be read (is it the file enface wrote?)") from None
     if not isinstance(obj, dict):
         raise DatasetError(f"{path}: expected a JSON object")
     return obj
@@ -340,3 +345,25 @@ class FolderLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+def writable_folder(folder: str | os.PathLike, what: str = "--out") -> Path:
+    """``folder`` if this process can create it or write into it (checked before any work).
+
+    The check looks at the folder, or, when it does not exist yet, at the nearest existing
+    folder above it, where it would be created.
+
+    Raises:
+        ConfigError: naming ``what`` and the folder: a file is in the way, or the folder
+            (or the one it would be created in) is read-only for this user.
+    """
+    folder = Path(folder)
+    here = folder
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    if not here.is_dir():
+        raise ConfigError(f"{what} {folder}: {here} is a file, not a folder")
+    if not os.access(here, os.W_OK | os.X_OK):
+        where = "" if here == folder else f" (it would be created in {here})"
+        raise ConfigError(f"{what} {folder}: cannot write there{where}: permission denied or a read-only file system")
+    return folder

@@ -188,10 +188,15 @@ def show_case(
         The written file.
 
     Raises:
-        DatasetError: unreadable case; ValueError: unknown task or bad B-scan index.
+        DatasetError: unreadable case; ValueError: unknown task, bad B-scan index, or ``out``
+            is a folder.
     """
     from enface.data.folder import load_case
 
+    if Path(out).is_dir():
+        raise ValueError(
+            f"--out {out}: is a folder; give the image file to write, e.g. {Path(out) / (Path(case_dir).name + '.png')}"
+        )
     case = load_case(case_dir)
     volume = case.load_oct(mmap=True)
     tasks = case.tasks()

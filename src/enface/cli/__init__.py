@@ -7,14 +7,17 @@ check, split), :mod:`enface.cli.training` (pretrain, train, evaluate),
 
 Errors that concern the user's input (every :class:`enface.errors.EnfaceError`, and
 :class:`ValueError` / :class:`FileNotFoundError` from argument checks) are printed as one
-line naming the file or field, with exit status 2 and no traceback (``-v`` shows it). A
+line naming the file or field, with exit status 2 and no traceback (``-v`` shows it); so
+are a folder that cannot be written (permission denied, read-only, full). A
 non-finite training loss exits with 3, an interruption (Ctrl+C) with 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -103,6 +106,17 @@ def _attach_list_values(argv: Sequence[str]) -> list[str]:
     return out
 
 
+_WRITE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT})
+"""Errors of the file system that concern where the user asked to write (shown as one line)."""
+
+
+def _write_error(e: OSError) -> str:
+    """``"cannot write /ro/out/x.csv (folder /ro/out): Permission denied"``."""
+    path = e.filename or ""
+    folder = f" (folder {os.path.dirname(path)})" if path and os.path.dirname(path) else ""
+    return f"cannot write {path}{folder}: {e.strerror or e}" if path else f"cannot write: {e.strerror or e}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``enface`` console script."""
     from enface.errors import EnfaceError, NonFiniteLossError
@@ -124,6 +138,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             raise
         print(f"enface {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if args.verbose or e.errno not in _WRITE_ERRNOS:
+            raise
+        print(f"enface {args.command}: error: {_write_error(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"enface {args.command}: interrupted", file=sys.stderr)

@@ -115,6 +115,7 @@ def add_progression(sub: argparse._SubParsersAction) -> None:
 def _cmd_progression(args: argparse.Namespace) -> int:
     from enface.progression import MIN_FOCUS_MM2
     from enface.progression.run import run_progression
+    from enface.progression.stats import mean_sd_text
 
     res = run_progression(
         args.dataset,
@@ -128,8 +129,8 @@ def _cmd_progression(args: argparse.Namespace) -> int:
     c = res.cohort
     g, s = c["growth_mm2_per_year"], c["sqrt_growth_mm_per_year"]
     print(f"{c['visits']} visits of {c['eyes']} eyes ({c['eyes_with_rate']} with a rate; {c['skipped']} left out)")
-    print(f"  growth        {g['mean']:.3f} ± {g['sd']:.3f} mm²/year")
-    print(f"  √area growth  {s['mean']:.3f} ± {s['sd']:.3f} mm/year")
+    print(f"  growth        {mean_sd_text(g, 'mm²/year')}")
+    print(f"  √area growth  {mean_sd_text(s, 'mm/year')}")
     if c["agreement"]:
         for rate, unit in (("sqrt_growth_mm_per_year", "mm/year"), ("growth_mm2_per_year", "mm²/year")):
             a = c["agreement"][rate]

@@ -7,7 +7,9 @@ check walks the whole folder and collects:
   ``splits.json`` with a patient in two splits, a case folder without ``oct.npy`` or
   ``meta.json``, unreadable or truncated files, a volume that is not 3D or has NaN/inf
   voxels, 2D images or masks not on the volume's ``(H, W)`` grid, non-binary masks,
-  tasks/modalities present in cases but not declared in ``dataset.json``;
+  tasks/modalities present in cases but not declared in ``dataset.json``,
+  two visits of one eye on one day, and one volume (``oct.npy`` byte for byte) in two
+  cases (one scan under two names);
 * warnings (worth a look): left-over temporary folders from an interrupted write,
   patients in no split, split patients without cases, declared tasks with no mask,
   mixed depths, unknown files, and flipped exports prepared before OCT-grid companions
@@ -16,6 +18,7 @@ check walks the whole folder and collects:
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -172,7 +175,7 @@ def check_case(case_dir: Path, report: CheckReport, deep: bool = True) -> dict[s
     """Check one case folder, adding its problems to ``report``.
 
     Returns:
-        ``{"meta": CaseMeta, "shape": (H, W, D), "modalities": [...], "tasks": [...]}``
+        ``{"meta": CaseMeta, "shape": (H, W, D), "modalities": [...], "tasks": [...], "path": case_dir}``
         or None when the case is unusable.
     """
     meta_path = case_dir / "meta.json"
@@ -188,6 +191,7 @@ def check_case(case_dir: Path, report: CheckReport, deep: bool = True) -> dict[s
             report.problem(meta_path, str(e).removeprefix(f"{meta_path}: "))
     shape = _check_volume(case_dir / "oct.npy", report, deep)
     info: dict[str, Any] = {"meta": meta, "shape": shape, "modalities": [], "tasks": [], "volumes": []}
+    info["path"] = case_dir
     hw = None if shape is None else shape[:2]
     for p in sorted(case_dir.iterdir()):
         name = p.name
@@ -262,6 +266,72 @@ def _check_orientation(case_dir: Path, meta: CaseMeta, mask_keys: list[str], rep
         )
 
 
+def _across_cases(results: list[dict[str, Any]], report: CheckReport) -> None:
+    """The checks that compare cases: same-day visits of one eye, one volume in two cases."""
+    _same_day_visits(results, report)
+    _duplicate_volumes([Path(r["path"]) for r in results], report)
+
+
+def _same_day_visits(results: list[dict[str, Any]], report: CheckReport) -> None:
+    """Two cases of one eye on one visit day (``enface progression`` refuses them)."""
+    days: dict[tuple[str, str, int], list[str]] = {}
+    for r in results:
+        meta = r["meta"]
+        if meta.visit is not None:
+            days.setdefault((meta.patient_id, meta.eye, int(meta.visit)), []).append(meta.case_id)
+    for (patient, eye, day), ids in sorted(days.items()):
+        if len(ids) > 1:
+            report.problem(
+                report.root / "cases",
+                f"two visits of one eye on one day: {patient} {eye} day {day}: {list_ids(ids)} "
+                "(a repeated scan? keep one, or give each its own visit day; `enface progression` refuses them)",
+            )
+
+
+_SAMPLE = 1 << 16
+
+
+def _digest(path: Path, whole: bool) -> str:
+    """SHA-256 of a file, or of its size and three ``_SAMPLE``-byte blocks (start, middle, end)."""
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        if whole:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        else:
+            h.update(str(size).encode())
+            for offset in (0, max(0, size // 2 - _SAMPLE // 2), max(0, size - _SAMPLE)):
+                f.seek(offset)
+                h.update(f.read(_SAMPLE))
+    return h.hexdigest()
+
+
+def _groups(paths: list[Path], key: Any) -> list[list[Path]]:
+    found: dict[Any, list[Path]] = {}
+    for p in paths:
+        found.setdefault(key(p), []).append(p)
+    return [g for g in found.values() if len(g) > 1]
+
+
+def _duplicate_volumes(case_dirs: list[Path], report: CheckReport) -> None:
+    """Cases whose ``oct.npy`` is the same file byte for byte: one scan under two names.
+
+    Cheap on large datasets: only files of equal size are compared, first by three sampled
+    blocks, and only those that agree there are hashed whole.
+    """
+    volumes = [d / "oct.npy" for d in case_dirs if (d / "oct.npy").is_file()]
+    for same_size in _groups(volumes, lambda p: p.stat().st_size):
+        for same_sample in _groups(same_size, lambda p: _digest(p, whole=False)):
+            for same in _groups(same_sample, lambda p: _digest(p, whole=True)):
+                ids = sorted(p.parent.name for p in same)
+                report.problem(
+                    report.root / "cases",
+                    f"the same volume (oct.npy, byte for byte) in {len(ids)} cases: {list_ids(ids)} "
+                    "(one scan prepared under two names? keep one: a copy can land in two splits)",
+                )
+
+
 def check_dataset(root: str | os.PathLike, deep: bool = True) -> CheckReport:
     """Validate a dataset folder.
 
@@ -302,6 +372,7 @@ def check_dataset(root: str | os.PathLike, deep: bool = True) -> CheckReport:
         if report.n_cases == 0:
             report.problem(cases_dir, "no case")
 
+    _across_cases(results, report)
     patients = sorted({r["meta"].patient_id for r in results})
     modalities = Counter(m for r in results for m in r["modalities"])
     tasks = Counter(t for r in results for t in r["tasks"])

@@ -23,13 +23,11 @@ readable checkpoint), losing at most the epoch that was running.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib.util
 import io
 import json
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,11 +46,12 @@ from enface.data.folder import read_dataset_info
 from enface.engine.checkpoint import checkpoint_info, read_checkpoint, resumable_checkpoint
 from enface.engine.fastpath import FastPath
 from enface.engine.history import MetricsHistory
+from enface.engine.launch import run_folder_lock
 from enface.engine.module import TASK_METRIC, EnfaceModule
 from enface.engine.runs import RunSpec, dataset_fingerprint, file_sha256, identity_diff, run_identity
 from enface.engine.transfer import TransferReport, transfer_weights
 from enface.errors import CheckpointError, ConfigError, DatasetError, RunFolderError
-from enface.fileio import FolderLock, atomic_write, atomic_write_json, atomic_write_text
+from enface.fileio import atomic_write, atomic_write_json, atomic_write_text, writable_folder
 
 __all__ = [
     "AtomicCheckpointIO",
@@ -227,14 +226,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         return read_checkpoint(path)
-
-
-def _launched_worker() -> bool:
-    """Whether this process is a worker that Lightning launched for a multi-process run.
-
-    Rank 0 (the process the user started) holds the run folder's lock for all of them.
-    """
-    return any(os.environ.get(v, "0") not in ("", "0") for v in ("LOCAL_RANK", "NODE_RANK", "RANK"))
 
 
 def _existing_state(run: ResolvedRun, resume: bool) -> tuple[str, Path | None]:
@@ -468,8 +459,7 @@ def fit(
     """
     run = resolve_run(config)
     metric = TASK_METRIC[run.config.task]
-    lock = FolderLock(run.folder, "run folder") if not _launched_worker() else contextlib.nullcontext()
-    with lock:
+    with run_folder_lock(writable_folder(run.folder, "run folder (--runs-dir)"), run.config):
         state, resume_from = _existing_state(run, resume)
         if state == "finished":
             summary = json.loads((run.folder / "done.json").read_text(encoding="utf-8"))

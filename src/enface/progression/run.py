@@ -32,6 +32,7 @@ from enface.fileio import (
     atomic_write_text,
     replace_folder,
     temp_dir,
+    writable_folder,
 )
 from enface.progression.core import (
     EYE_COLUMNS,
@@ -45,6 +46,7 @@ from enface.progression.core import (
     rate_agreement,
 )
 from enface.progression.sources import prediction_visits, reference_visits, resolve_task
+from enface.progression.stats import mean_sd_text
 
 __all__ = ["ProgressionResult", "prediction_visits", "reference_visits", "resolve_task", "run_progression"]
 
@@ -88,11 +90,52 @@ AGREEMENT_COLUMNS: tuple[str, ...] = (
 """Columns of ``agreement.csv`` (differences are predicted − reference)."""
 
 
-def _check_out(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "cohort.json").is_file())):
+OUTPUT_FILES: frozenset[str] = frozenset(
+    {
+        "visits.csv",
+        "eyes.csv",
+        "cohort.json",
+        "skipped.csv",
+        "sqrt_area.png",
+        "report.html",
+        "reference_visits.csv",
+        "reference_eyes.csv",
+        "agreement.csv",
+        "bland_altman.png",
+    }
+)
+"""Every file that :func:`run_progression` writes into ``--out``."""
+
+
+def _check_out(out: Path) -> list[str]:
+    """The files of an earlier output in ``out`` that a new run replaces.
+
+    Raises:
+        ValueError: ``out`` is not a folder, or not an earlier output of this command (no
+            ``cohort.json``), or holds anything else than that command's files (named):
+            replacing the folder would delete them.
+    """
+    if not out.exists():
+        return []
+    if not out.is_dir():
+        raise ValueError(f"{out}: exists and is not a folder; choose another --out")
+    present = sorted(p.name for p in out.iterdir())
+    if not present:
+        return []
+    if "cohort.json" not in present:
         raise ValueError(
             f"{out}: exists and is not an output folder of `enface progression` (no cohort.json); choose another --out"
         )
+    foreign = [
+        n + ("/" if (out / n).is_dir() else "") for n in present if n not in OUTPUT_FILES or not (out / n).is_file()
+    ]
+    if foreign:
+        shown = ", ".join(foreign[:8]) + (f" and {len(foreign) - 8} more" if len(foreign) > 8 else "")
+        raise ValueError(
+            f"{out}: an earlier output of `enface progression` that also holds files it did not write ({shown}); "
+            "a new run replaces the whole folder, so move them elsewhere or choose another --out (nothing was written)"
+        )
+    return present
 
 
 def _blank(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -128,8 +171,7 @@ def _summary_lines(result: ProgressionResult, agreement: Mapping[str, Any] | Non
         f"Source: {result.visits.source}; task {result.visits.task}.",
         f"{c['visits']} visits of {c['eyes']} eyes; {c['eyes_with_rate']} eyes with two or more visits "
         f"({len(result.visits.skipped)} scans or cases left out{', listed below' if result.visits.skipped else ''}).",
-        f"Growth: {g['mean']:.3f} ± {g['sd']:.3f} mm²/year; √area growth {s['mean']:.3f} ± {s['sd']:.3f} mm/year "
-        f"(mean ± SD over {s['n']} eyes).",
+        f"Growth: {mean_sd_text(g, 'mm²/year')}; √area growth {mean_sd_text(s, 'mm/year')} (mean ± SD over eyes).",
         f"Baseline: {c['baseline_focality']['unifocal']} unifocal, {c['baseline_focality']['multifocal']} multifocal, "
         f"{c['baseline_focality']['none']} without a focus of ≥ {c['min_focus_mm2']} mm².",
         "Area = pixels × sh × sw; √area; rates = least-squares slopes over day/365.25 (95 % t-interval from 3 visits); "
@@ -272,7 +314,7 @@ def run_progression(
     dataset, out = Path(dataset), Path(out)
     if not min_focus_mm2 >= 0:
         raise ValueError(f"min_focus_mm2 must be >= 0, got {min_focus_mm2}")
-    _check_out(out)
+    replaced = _check_out(writable_folder(out))
     visits, reference = _read_inputs(dataset, predictions, grader, task, min_focus_mm2, split)
     eyes = eye_rates(visits.visits)
     cohort = {
@@ -303,6 +345,8 @@ def run_progression(
                 "no eye has two or more visits with both a prediction and a reference mask: no agreement computed"
             )
     html_text = _report(result, figures)
+    if replaced:
+        log.info("replacing the earlier progression output in %s (%s)", out, ", ".join(replaced))
     _write_folder(out, lambda folder: _write_files(folder, result, figures, html_text))
     log.info("progression of %d eyes (%d visits) written to %s", len(eyes), len(visits.visits), out)
     return result

@@ -142,6 +142,42 @@ def _read_prediction_json(scan_dir: Path) -> dict[str, Any]:
     return pj
 
 
+def _check_member_areas(pj: Mapping[str, Any], field_mm2: float, where: str) -> None:
+    """Each ensemble member's area fits in the scan's en-face field (1e308 was edited by hand)."""
+    big = [a for a in pj.get("member_areas_mm2") or () if a > field_mm2 * (1 + 1e-6)]
+    if big:
+        raise DatasetError(
+            f"{where}: 'member_areas_mm2' {big[0]!r} exceeds the scan's whole en-face field of "
+            f"{field_mm2:.4g} mm² (edited by hand?)"
+        )
+
+
+def _model_of(pj: Mapping[str, Any]) -> str:
+    """The model a scan was predicted with, in words (its checkpoints); ``""`` when not recorded."""
+    ckpts = pj.get("checkpoints")
+    if not isinstance(ckpts, list) or not ckpts:
+        return ""
+    paths = sorted(str(c) for c in ckpts)
+    if len(paths) == 1:
+        return paths[0]
+    try:
+        common = os.path.commonpath(paths)
+    except ValueError:
+        common = ""
+    return f"{len(paths)} checkpoints in {common}" if common else ", ".join(paths)
+
+
+def _one_model(models: Mapping[str, list[str]], pred_dir: Path) -> None:
+    """Refuse predictions of different models mixed in one folder (scans without a record pass)."""
+    known = {m: ids for m, ids in models.items() if m}
+    if len(known) > 1:
+        (a, ids_a), (b, ids_b) = sorted(known.items())[:2]
+        raise DatasetError(
+            f"{pred_dir}: predictions of different models mixed in one folder ({a}: {', '.join(ids_a[:3])}; "
+            f"{b}: {', '.join(ids_b[:3])}{'; ...' if len(known) > 2 else ''}); predict each model into its own --out"
+        )
+
+
 def _source_dataset(source: str) -> Path | None:
     """The dataset a scan was predicted from, when its source is an existing ``<dataset>/cases/<id>``."""
     p = Path(source)
@@ -227,6 +263,7 @@ def prediction_visits(
     skipped: list[Skipped] = []
     problems: list[str] = []
     tasks: dict[str, list[str]] = {}
+    models: dict[str, list[str]] = {}
     for row in rows:
         scan_id, source = row["scan_id"], row.get("source", "")
         if row["status"] != "ok":
@@ -243,6 +280,8 @@ def prediction_visits(
             sp = (float(pj["spacing"][0]), float(pj["spacing"][1]))
             if case is not None:
                 _check_against_case(mask, sp, case, where)
+            _check_member_areas(pj, mask.size * sp[0] * sp[1], where)
+            models.setdefault(_model_of(pj), []).append(scan_id)
         except DatasetError as e:
             problems.append(str(e))
             continue
@@ -255,6 +294,7 @@ def prediction_visits(
             f"{t}: {', '.join(ids[:3])}{' ...' if len(ids) > 3 else ''}" for t, ids in sorted(tasks.items())
         )
         raise DatasetError(f"{pred_dir}: predictions of several tasks ({shown}); predict one task per folder")
+    _one_model(models, pred_dir)
     found = next(iter(tasks), task or "lesion")
     if task is not None and tasks and found != task:
         raise DatasetError(f"{pred_dir}: predictions are of task {found!r}, not {task!r}")

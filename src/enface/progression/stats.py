@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["BlandAltman", "RateFit", "bland_altman", "fit_rate", "icc_a1", "mean_sd"]
+__all__ = ["BlandAltman", "RateFit", "bland_altman", "fit_rate", "icc_a1", "mean_sd", "mean_sd_text"]
 
 LOA_Z = 1.96
 """Multiplier of the SD of the differences for the 95 % limits of agreement."""
@@ -171,3 +171,17 @@ def mean_sd(values: Sequence[float]) -> tuple[float, float, int]:
     mean = float(v.mean()) if v.size else math.nan
     sd = float(v.std(ddof=1)) if v.size > 1 else math.nan
     return mean, sd, int(v.size)
+
+
+def mean_sd_text(summary: dict, unit: str, digits: int = 3) -> str:
+    """``"0.512 ± 0.104 mm²/year (n = 4)"`` from ``{"mean", "sd", "n"}``.
+
+    With one value there is no spread: ``"0.512 mm²/year (n = 1, no spread)"``; with none,
+    ``"n/a (no eye with two or more visits)"`` — never ``± nan``.
+    """
+    n, mean, sd = int(summary.get("n", 0)), summary.get("mean"), summary.get("sd")
+    if n == 0 or mean is None or not math.isfinite(mean):
+        return "n/a (no eye with two or more visits)"
+    if n == 1 or sd is None or not math.isfinite(sd):
+        return f"{mean:.{digits}f} {unit} (n = {n}, no spread)"
+    return f"{mean:.{digits}f} ± {sd:.{digits}f} {unit} (n = {n})"

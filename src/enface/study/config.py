@@ -23,17 +23,19 @@ Names that become folder names (``name``, the test-set names) must be safe folde
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from enface.config import read_yaml_mapping
+from enface.data.splits import fraction_key
 from enface.errors import ConfigError
 from enface.study.active_config import ActiveConfig, parse_active
 from enface.targets import Target, check_name
 
-__all__ = ["STUDY_KEYS", "StudyConfig", "load_study", "study_as_dict"]
+__all__ = ["STUDY_KEYS", "TEST_SET_KEYS", "TEST_SET_SPLITS", "StudyConfig", "load_study", "study_as_dict"]
 
 STUDY_KEYS: tuple[str, ...] = (
     "name",
@@ -127,22 +129,88 @@ class StudyConfig:
         if int(self.top_k) < 1:
             raise ConfigError(f"study: top_k must be >= 1, got {self.top_k}")
         for name, ts in self.test_sets.items():
-            check_name(str(name), "study: test set name")
-            if not isinstance(ts, dict) or "dataset" not in ts:
-                raise ConfigError(f"study: test set {name!r} needs a 'dataset'")
+            _check_test_set(name, ts)
         return self
 
 
-def _coerce(doc: dict[str, Any], where: Path) -> dict[str, Any]:
+_LISTS: dict[str, type] = {"models": str, "inits": str, "fractions": float, "seeds": int}
+"""The list fields of a study and the type of their items."""
+_INTS = ("pretrain_seed", "top_k", "overlay_cases")
+_MAPPINGS = ("test_sets", "reference", "common", "pretrain", "train", "synth", "active")
+_STRINGS = ("name", "dataset", "task", "out")
+TEST_SET_KEYS = ("dataset", "split", "synth")
+TEST_SET_SPLITS = ("train", "val", "test", "all")
+
+
+def _item(key: str, kind: type, value: Any) -> Any:
+    """One item of a study field as ``kind``; ValueError says what it is instead."""
+    if kind is str:
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{value!r} is not a name")
+        return value.strip()
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"{value!r} is not a number")
     try:
-        for key in ("models", "inits"):
-            if key in doc:
-                doc[key] = tuple(str(v) for v in doc[key])
-        doc["fractions"] = tuple(float(f) for f in doc.get("fractions", (0.05, 0.1, 0.2, 1.0)))
-        doc["seeds"] = tuple(int(s) for s in doc.get("seeds", (0,)))
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{where}: models/inits/fractions/seeds must be lists ({e})") from None
+        number = float(value) if isinstance(value, str) else value  # YAML reads 5e-2 as a string
+    except ValueError:
+        raise ValueError(f"{value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{value!r} is not a finite number")
+    if kind is int:
+        if float(number) != int(number):
+            raise ValueError(f"{value!r} is not an integer")
+        return int(number)
+    return float(number)
+
+
+def _coerce(doc: dict[str, Any], where: Path) -> dict[str, Any]:
+    """The study YAML's values as the field types, each bad one named (with the file)."""
+    for key, kind in _LISTS.items():
+        if key not in doc:
+            continue
+        values = doc[key]
+        if not isinstance(values, list):
+            raise ConfigError(f"{where}: {key} must be a list (e.g. {key}: [...]), got {values!r}")
+        what = {str: "names", float: "numbers", int: "integers"}[kind]
+        try:
+            items = tuple(_item(key, kind, v) for v in values)
+        except ValueError as e:
+            raise ConfigError(f"{where}: {key} must be a list of {what}: {e}") from None
+        groups: dict[str, list[str]] = {}
+        for v in items:  # fractions that name one run folder (0.1, 0.1000000001) are one fraction
+            groups.setdefault(fraction_key(v) if key == "fractions" and 0 < v <= 1 else str(v), []).append(str(v))
+        twice = [" and ".join(g) for g in groups.values() if len(g) > 1]
+        if twice:
+            raise ConfigError(f"{where}: {key} lists the same value more than once ({'; '.join(twice)})")
+        doc[key] = items
+    for key in _INTS:
+        if key in doc:
+            try:
+                doc[key] = _item(key, int, doc[key])
+            except ValueError as e:
+                raise ConfigError(f"{where}: {key} must be an integer: {e}") from None
+    for key in _MAPPINGS:
+        if doc.get(key) is not None and not isinstance(doc[key], dict):
+            raise ConfigError(f"{where}: {key} must be a mapping (key: value), got {doc[key]!r}")
+    for key in _STRINGS:
+        if key in doc and not isinstance(doc[key], str):
+            raise ConfigError(f"{where}: {key} must be a text, got {doc[key]!r}")
     return doc
+
+
+def _check_test_set(name: str, ts: Any) -> None:
+    check_name(str(name), "study: test set name")
+    if not isinstance(ts, dict) or not isinstance(ts.get("dataset"), str) or not ts["dataset"]:
+        raise ConfigError(f"study: test set {name!r} needs a 'dataset' (a folder)")
+    unknown = sorted(set(ts) - set(TEST_SET_KEYS))
+    if unknown:
+        raise ConfigError(f"study: test set {name!r}: unknown keys {unknown}; known: {list(TEST_SET_KEYS)}")
+    if ts.get("split", "test") not in TEST_SET_SPLITS:
+        raise ConfigError(
+            f"study: test set {name!r}: unknown split {ts['split']!r}; expected one of {', '.join(TEST_SET_SPLITS)}"
+        )
+    if ts.get("synth") is not None and not isinstance(ts["synth"], dict):
+        raise ConfigError(f"study: test set {name!r}: synth must be a mapping, got {ts['synth']!r}")
 
 
 def load_study(path: str | os.PathLike, out: str | os.PathLike | None = None) -> StudyConfig:

@@ -49,7 +49,12 @@ def ensure_datasets(study: StudyConfig) -> None:
     """Generate the study's phantom datasets (training and test sets) that are missing.
 
     The training dataset is generated from the study's ``synth`` section, a test set from
-    its own ``synth`` entry (e.g. an external phantom cohort from another seed).
+    its own ``synth`` entry (e.g. an external phantom cohort from another seed). Then every
+    test set's split must hold cases with a mask of the study's task.
+
+    Raises:
+        ConfigError: a dataset is missing (without a ``synth`` entry), or a test set's split
+            is missing or has no case with a mask of the task (the test set named).
     """
     from enface.synth import synthesize_dataset
 
@@ -63,6 +68,28 @@ def ensure_datasets(study: StudyConfig) -> None:
         log.info("generating phantom %s in %s", what, folder)
         # no dataset.json: nothing there, or a generation that was killed -> (re)generate it
         synthesize_dataset(Path(folder), **{"overwrite": True, **synth})
+    for name, ts in study.test_sets.items():
+        _check_test_set_cases(study, name, ts)
+
+
+def _check_test_set_cases(study: StudyConfig, name: str, ts: dict[str, Any]) -> None:
+    """A test set's split holds cases with a mask of the task (checked before anything trains).
+
+    Raises:
+        ConfigError: naming the test set: no such split, or no case in it has the mask.
+    """
+    from enface.data.splits import select_cases
+    from enface.errors import DatasetError
+
+    split = ts.get("split", "test")
+    try:
+        ids = select_cases(ts["dataset"], split, requires=(f"mask:{study.task}",))
+    except (DatasetError, ValueError) as e:
+        raise ConfigError(f"study: test set {name!r} ({ts['dataset']}, split {split!r}): {e}") from None
+    if not ids:
+        raise ConfigError(
+            f"study: test set {name!r}: no case of split {split!r} of {ts['dataset']} has a {study.task!r} mask"
+        )
 
 
 def execute_run(study: StudyConfig, run: PlannedRun, progress: bool = True) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from enface.fileio import writable_folder
 from enface.synth.eye import TASKS, EyeModel, make_grid
 from enface.synth.presets import get_preset
 from enface.synth.realism import get_difficulty
@@ -193,7 +194,7 @@ def synthesize_dataset(
     get_difficulty(difficulty)  # unknown names fail before anything is written
     grid = make_grid(shape, None, preset)
     plan = plan_cohort(patients, seed, label_fraction, faf_fraction, grader2_fraction, max_visits)
-    out = Path(out)
+    out = writable_folder(out, "synth output")
     _prepare_output(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
 
