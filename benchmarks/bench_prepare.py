@@ -113,12 +113,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", default="1,2", help="worker counts to time, comma-separated (default 1,2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tmp", type=Path, default=None, help="folder for the exports and outputs")
+    p.add_argument("--exports", type=Path, default=None, help="write the exports here, or re-use them when present")
+    p.add_argument("--write-only", action="store_true", help="write the exports (--exports) and stop")
     args = p.parse_args(argv)
     workers = [int(w) for w in args.workers.split(",")]
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         root = Path(tmp)
         t0 = time.perf_counter()
-        write_exports(root / "exports", args.scans, tuple(args.shape), args.slo, args.seed)
+        src = args.exports or root / "exports"
+        if not (src.is_dir() and len(list(src.glob("*.vol"))) == args.scans):
+            write_exports(src, args.scans, tuple(args.shape), args.slo, args.seed)
+        if args.write_only:
+            return 0
         h, w, d = args.shape
         print(
             f"{args.scans} .vol exports {h} x {w} x {d} with a {args.slo} px SLO and a FAF each, "
@@ -129,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         digests: dict[int, dict[str, str]] = {}
         for n in workers:
             out = root / f"w{n}" / "dataset"  # the same folder name: dataset.json names it
-            seconds[n] = run_prepare(root / "exports", out, n)
+            seconds[n] = run_prepare(src, out, n)
             digests[n] = _digest(out)
             s = seconds[n]
             print(

@@ -276,8 +276,13 @@ def _visit_huge(d: Path) -> str:
     return "visit must be"
 
 
-_VISIT_BREAKS = ("visit_fractional", "visit_huge")
-DATASET_BREAKS.update({f.__name__.lstrip("_"): f for f in (_visit_fractional, _visit_huge)})
+def _meta_nested_deeply(d: Path) -> str:
+    (_first_case(d) / "meta.json").write_text("[" * 100_000 + "]" * 100_000)
+    return "nested too deeply"
+
+
+_VISIT_BREAKS = ("visit_fractional", "visit_huge", "meta_nested_deeply")
+DATASET_BREAKS.update({f.__name__.lstrip("_"): f for f in (_visit_fractional, _visit_huge, _meta_nested_deeply)})
 for _command in ("check", "split", "train", "pretrain", "evaluate", "predict", "progression", "select", "show"):
     _args, _kinds = DATASET_COMMANDS[_command]
     DATASET_COMMANDS[_command] = (_args, (*_kinds, *_VISIT_BREAKS))
