@@ -213,7 +213,7 @@ function drawBscan() {
   ctx.lineWidth = 1 / ux;
   ctx.beginPath(); ctx.moveTo(S.col + 0.5, 0); ctx.lineTo(S.col + 0.5, S.D); ctx.stroke();
   drawExtent();
-  $("bscan-title").textContent = `B-scan ${S.row} of ${S.H} (${(S.W * S.sw).toFixed(2)} x ${(S.D * S.sd).toFixed(2)} mm)`;
+  $("bscan-title").textContent = `B-scan ${S.row} / ${S.H - 1} (${(S.W * S.sw).toFixed(2)} x ${(S.D * S.sd).toFixed(2)} mm)`;
 }
 
 function drawExtent() {  // this row's extent of each mask, in three thin bands under the B-scan
