@@ -381,6 +381,8 @@ def plot_active_learning(rows: Sequence[Mapping[str, Any]], out: str | os.PathLi
         ax.set_ylabel(ylabel)
         ax.set_xticks(sorted({r["n_patients"] for r in rows}))
         ax.grid(alpha=0.3)
+    axes[0].set_ylim(0.0, 1.0)  # as the label-fraction plot: a few thousandths must not fill the axis
+    axes[1].set_ylim(bottom=0.0)
     axes[0].legend(fontsize=8)
     if title:
         fig.suptitle(title)
