@@ -172,7 +172,11 @@ def test_sigint_exits_130_and_resume_continues(dataset: Path, tmp_path: Path) ->
         "top_k=1",
     ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # as from a terminal: a shell's background job (`make test &`) ignores SIGINT, and a child inherits that
+    default_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    proc = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=default_sigint
+    )
     history = tmp_path / "tiny/ga/fpn-w0.125/scratch/frac-100/seed-0/logs/metrics.csv"
     deadline = time.time() + 240
     while time.time() < deadline and (not history.is_file() or len(read_history(history)) < 2):
