@@ -45,6 +45,7 @@ from enface.targets import check_name
 
 __all__ = [
     "MODALITIES",
+    "QUEUE_COLUMNS",
     "Case",
     "CaseMeta",
     "DatasetError",
@@ -62,6 +63,20 @@ __all__ = [
 
 MODALITIES: tuple[str, ...] = ("slo", "faf")
 """2D modalities a case may carry, stored as ``<name>.png``."""
+
+QUEUE_COLUMNS: tuple[str, ...] = (
+    "rank",
+    "case_id",
+    "patient_id",
+    "eye",
+    "visit",
+    "score",
+    "predicted_area_mm2",
+    "area_sd_mm2",
+    "strategy",
+)
+"""Columns of a labeling queue of a dataset's cases (``enface select`` writes it, ``enface review``
+reads it; ``case_id`` is the one a reader requires), one row per case, best first (``rank`` from 1)."""
 
 MASK_RE = re.compile(r"^mask_(?P<task>[A-Za-z0-9-]+)(?:\.(?P<grader>[A-Za-z0-9_-]+))?\.png$")
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

@@ -22,24 +22,12 @@ from typing import Any
 
 import numpy as np
 
+from enface.data.folder import QUEUE_COLUMNS
 from enface.errors import DatasetError, UnsafePathError
 from enface.fileio import load_npy, path_under, read_json_object
 from enface.io.images import read_mask
 
 __all__ = ["QUEUE_COLUMNS", "Prediction", "PredictionFolder", "QueueEntry", "read_queue"]
-
-QUEUE_COLUMNS: tuple[str, ...] = (
-    "rank",
-    "case_id",
-    "patient_id",
-    "eye",
-    "visit",
-    "score",
-    "predicted_area_mm2",
-    "area_sd_mm2",
-    "strategy",
-)
-"""Columns of the queue ``enface select`` writes (``case_id`` is the one required)."""
 
 
 @dataclass(frozen=True)

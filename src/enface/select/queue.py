@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from enface.config import FAST_DEFAULT
-from enface.data.folder import Case, list_cases, load_case, read_dataset_info
+from enface.data.folder import QUEUE_COLUMNS, Case, list_cases, load_case, read_dataset_info
 from enface.engine.inference import Ensemble, read_run_config
 from enface.errors import DatasetError
 from enface.fileio import atomic_write_csv
@@ -29,19 +29,6 @@ from enface.targets import Target
 __all__ = ["QUEUE_COLUMNS", "QueueResult", "check_queue_path", "select_queue"]
 
 log = logging.getLogger(__name__)
-
-QUEUE_COLUMNS: tuple[str, ...] = (
-    "rank",
-    "case_id",
-    "patient_id",
-    "eye",
-    "visit",
-    "score",
-    "predicted_area_mm2",
-    "area_sd_mm2",
-    "strategy",
-)
-"""Columns of a queue file, one row per selected case, best first (``rank`` from 1)."""
 
 _SPACING_RTOL = 0.01
 
