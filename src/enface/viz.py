@@ -305,6 +305,34 @@ def plot_overlay_grid(
     return save_figure(fig, out)
 
 
+def _metric_lines(axes: Any, x: Sequence[float], rows: Sequence[Mapping[str, Any]], label: str, style: str) -> None:
+    """One line with seed-spread error bars per metric: Dice on ``axes[0]``, area difference on ``axes[1]``."""
+    for ax, metric in zip(axes, ("dice", "area_diff_mm2")):
+        ax.errorbar(
+            x,
+            [r[f"{metric}_mean"] for r in rows],
+            yerr=[r[f"{metric}_seed_std"] for r in rows],
+            label=label,
+            linestyle=style,
+            marker="o",
+            capsize=3,
+        )
+
+
+def _finish_metric_figure(fig: Any, axes: Any, out: str | os.PathLike, title: str) -> Path:
+    """Labels, axes from zero (Dice 0-1: differences of a few thousandths must not fill the axis),
+    grid, legend and title of a Dice / area-difference figure; saved to ``out``."""
+    for ax, ylabel in zip(axes, ("Dice", "absolute area difference (mm²)")):
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(bottom=0.0)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylim(0.0, 1.0)
+    axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return save_figure(fig, out)
+
+
 def plot_metric_vs_fraction(rows: Sequence[Mapping[str, Any]], out: str | os.PathLike, title: str = "") -> Path:
     """Dice and absolute area difference vs label fraction, one line per model + init.
 
@@ -323,31 +351,14 @@ def plot_metric_vs_fraction(rows: Sequence[Mapping[str, Any]], out: str | os.Pat
     for label, rs in sorted(groups.items()):
         rs = sorted(rs, key=lambda r: r["fraction"])
         x = [100 * r["fraction"] for r in rs]
-        style = "--" if all(r["init"] == "scratch" for r in rs) else "-"
-        for ax, metric in zip(axes, ("dice", "area_diff_mm2")):
-            ax.errorbar(
-                x,
-                [r[f"{metric}_mean"] for r in rs],
-                yerr=[r[f"{metric}_seed_std"] for r in rs],
-                label=label,
-                linestyle=style,
-                marker="o",
-                capsize=3,
-            )
-    for ax, ylabel in zip(axes, ("Dice", "absolute area difference (mm²)")):
-        ax.set_ylim(bottom=0.0)  # from zero: differences of a few thousandths must not fill the axis
+        _metric_lines(axes, x, rs, label, "--" if all(r["init"] == "scratch" for r in rs) else "-")
+    ticks = sorted({100 * r["fraction"] for r in rows})
+    for ax in axes:
         ax.set_xscale("log")
         ax.set_xlabel("labeled training data (%)")
-        ax.set_ylabel(ylabel)
-        ticks = sorted({100 * r["fraction"] for r in rows})
         ax.set_xticks(ticks)
         ax.set_xticklabels([f"{t:g}" for t in ticks])
-        ax.grid(alpha=0.3)
-    axes[0].set_ylim(0.0, 1.0)
-    axes[0].legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    return save_figure(fig, out)
+    return _finish_metric_figure(fig, axes, out, title)
 
 
 def plot_active_learning(rows: Sequence[Mapping[str, Any]], out: str | os.PathLike, title: str = "") -> Path:
@@ -366,27 +377,11 @@ def plot_active_learning(rows: Sequence[Mapping[str, Any]], out: str | os.PathLi
         groups.setdefault(r["strategy"], []).append(r)
     for label, rs in sorted(groups.items()):
         rs = sorted(rs, key=lambda r: r["n_patients"])
-        for ax, metric in zip(axes, ("dice", "area_diff_mm2")):
-            ax.errorbar(
-                [r["n_patients"] for r in rs],
-                [r[f"{metric}_mean"] for r in rs],
-                yerr=[r[f"{metric}_seed_std"] for r in rs],
-                label=label,
-                linestyle="--" if label == "random" else "-",
-                marker="o",
-                capsize=3,
-            )
-    for ax, ylabel in zip(axes, ("Dice", "absolute area difference (mm²)")):
+        _metric_lines(axes, [r["n_patients"] for r in rs], rs, label, "--" if label == "random" else "-")
+    for ax in axes:
         ax.set_xlabel("labeled training patients")
-        ax.set_ylabel(ylabel)
         ax.set_xticks(sorted({r["n_patients"] for r in rows}))
-        ax.grid(alpha=0.3)
-    axes[0].set_ylim(0.0, 1.0)  # as the label-fraction plot: a few thousandths must not fill the axis
-    axes[1].set_ylim(bottom=0.0)
-    axes[0].legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    return save_figure(fig, out)
+    return _finish_metric_figure(fig, axes, out, title)
 
 
 def plot_training_curves(curves: Mapping[str, str | os.PathLike], out: str | os.PathLike) -> Path:
