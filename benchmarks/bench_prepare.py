@@ -35,18 +35,10 @@ from enface.data.register import warp_image
 from enface.synth import EyeModel, make_grid
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from bench_faf_quality import _similarity  # a similarity about the image centre, (x, y) pixels
 from formats_helpers import write_vol  # the tests' writer of device-like .vol files
 
 FIELD_MM = 6.68  # the Spectralis macular cube (preset "spectralis")
-
-
-def _similarity(size: int, deg: float, shift_px: tuple[float, float], scale: float) -> np.ndarray:
-    """A 3 x 3 (x, y) pixel map: rotation and scale about the image centre, then a shift."""
-    c, s = np.cos(np.deg2rad(deg)) * scale, np.sin(np.deg2rad(deg)) * scale
-    centre = np.array([(size - 1) / 2, (size - 1) / 2])
-    m = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-    m[:2, 2] = centre - m[:2, :2] @ centre + np.asarray(shift_px)
-    return m
 
 
 def write_exports(folder: Path, n_scans: int, shape: tuple[int, int, int], slo_px: int, seed: int) -> None:
@@ -64,7 +56,7 @@ def write_exports(folder: Path, n_scans: int, shape: tuple[int, int, int], slo_p
         bscans = np.ascontiguousarray(display.transpose(0, 2, 1), dtype=np.float32)
         images = EyeModel(seed + i, img_grid, task="ga").render(day=365)
         slo = (np.clip(images.slo, 0, 1) * 255).astype(np.uint8)
-        move = _similarity(slo_px, rng.uniform(-8, 8), tuple(rng.uniform(-0.05, 0.05, 2) * slo_px), 1.0)
+        move = _similarity((slo_px, slo_px), rng.uniform(-8, 8), tuple(rng.uniform(-0.05, 0.05, 2) * slo_px), 1.0)
         faf = np.nan_to_num(warp_image(images.faf, move, (slo_px, slo_px), cval=0.0))
         ys = np.linspace(0.0, FIELD_MM, n)
         starts = np.stack([np.zeros(n), ys], 1)
