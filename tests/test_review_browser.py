@@ -23,7 +23,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -94,9 +94,9 @@ def driver() -> Iterator[Any]:
 class _Recorder(http.server.BaseHTTPRequestHandler):
     """Another local web server (a notebook, a dev server): records the headers of what it is sent."""
 
-    seen: list[dict[str, str]] = []
+    seen: ClassVar[list[dict[str, str]]] = []  # each fixture's subclass has its own
 
-    def do_GET(self) -> None:  # noqa: N802 (the name http.server calls)
+    def do_GET(self) -> None:
         self.seen.append({"path": self.path, **{k.lower(): v for k, v in self.headers.items()}})
         body = b"<!doctype html><title>another local server</title><p>hello"
         self.send_response(200)
@@ -386,7 +386,7 @@ def test_the_token_never_reaches_a_cookie_or_another_local_server(
 
     driver.get(f"http://127.0.0.1:{port}/")  # another server on this machine, as a notebook would be
     _wait(driver, "return document.title === 'another local server'")
-    assert seen and [r["path"] for r in seen][0] == "/"
+    assert seen and seen[0]["path"] == "/"
     leaked = [r for r in seen if server.token in json.dumps(r) or "enface" in r.get("cookie", "")]
     assert leaked == [], leaked
 

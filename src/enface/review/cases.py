@@ -5,9 +5,11 @@ name this module chooses, joined with :func:`enface.fileio.path_under`: an id wi
 a separator or a symbolic link that leaves ``cases/`` is refused, and so is a case file that
 links out of its folder (``meta.json`` included): such a file is never read, the case opens
 without it where it can (an SLO, FAF or mask that links out is left out and named in the
-case's ``refused`` notes) and a request for it gets 403 naming the file. B-scans are read from the memory-mapped ``oct.npy`` one at a time;
-the en-face projections of the last few cases viewed are kept (a few MB at most), so the
-server's memory does not grow with the number of cases viewed.
+case's ``refused`` notes) and a request for it gets 403 naming the file.
+
+B-scans are read from the memory-mapped ``oct.npy`` one at a time; the en-face projections
+of the last few cases viewed are kept (a few MB at most), so the server's memory does not
+grow with the number of cases viewed.
 """
 
 from __future__ import annotations
@@ -144,6 +146,8 @@ class CaseService:
 
     def _refusal(self, folder: Path, name: str) -> str | None:
         """Why the file ``name`` of a case folder is not served (it links out of the folder), or None."""
+        if not (folder / name).is_symlink():  # one lstat; only a link can lead out of the (checked) folder
+            return None
         try:
             path_under(folder, name)
         except UnsafePathError:
@@ -255,7 +259,9 @@ class CaseService:
 
     def _mask_version(self, case: Case, grader: str | None) -> str:
         """The version of a mask of the case; ``"none"`` for one that links out of the case folder."""
-        return "none" if self._refusal(case.path, mask_filename(self.task, grader)) else self.store.version(case.path, grader)
+        if self._refusal(case.path, mask_filename(self.task, grader)):
+            return "none"
+        return self.store.version(case.path, grader)
 
     def record_decision(self, case: Case, decision: str) -> dict[str, Any]:
         """Log this grader's ``accept`` / ``correct`` / ``reject`` of the case's prediction.

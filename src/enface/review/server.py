@@ -48,7 +48,7 @@ def _bind_error(host: str, port: int, e: OSError) -> ValueError:
     if e.errno == errno.EADDRINUSE:
         return ValueError(f"cannot listen on {host}:{port}: the port is in use; choose another --port")
     if e.errno == errno.EACCES:
-        return ValueError(f"cannot listen on {host}:{port}: permission denied (ports below 1024); choose another --port")
+        return ValueError(f"cannot listen on {host}:{port}: not allowed (a port below 1024?); choose another --port")
     return ValueError(f"cannot listen on {host}:{port} ({reason}); check --host and --port")
 
 
