@@ -247,7 +247,7 @@ def test_kept_alive_requests_are_not_held_back_by_nagle(data: Path) -> None:
         conn.close()
     finally:
         server.stop()
-    assert statistics.median(times[1:]) < 0.025  # delayed ACK held each response ~40 ms
+    assert statistics.median(times[1:]) < 0.030  # the delayed ACK held each response ~40 ms
     assert server.socket.proto == socket.IPPROTO_TCP  # asyncio sets TCP_NODELAY on accepted sockets only then
 
 
