@@ -262,6 +262,7 @@ def test_the_log_is_read_once_then_only_what_was_appended(data: Path) -> None:
     log = data / "annotations.jsonl"
     log.write_text("".join(_line(CASE if i % 2 else OTHER, version=str(i)) for i in range(2000)))
     service = CaseService(data, grader="g")
+    assert service.log.lines_read == 2000  # read when the server starts, not by its first request
     client = _client(service)
     listed = {c["case_id"]: c for c in client.get("/api/cases", headers=AUTH).json()}
     assert listed[CASE]["reviewed"] and listed[OTHER]["reviewed"] and not listed["P0001_OD_V1"]["reviewed"]

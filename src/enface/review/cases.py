@@ -106,6 +106,7 @@ class CaseService:
             raise DatasetError(f"{self.cases_dir}: no case")
         self.log = AnnotationLog(self.root)
         self.log.check()
+        self.log.load()
         self.store = MaskStore(self.log, task, grader)
         self.predictions = None if predictions is None else PredictionFolder(predictions, task, self.ids)
         self.queue: list[QueueEntry] = [] if queue is None else read_queue(queue, set(self.ids))

@@ -146,6 +146,12 @@ class AnnotationLog:
 
     # ------------------------------------------------------------------ the index
 
+    def load(self) -> None:
+        """Take in what was appended since the last read (all of it the first time): the server
+        calls it when it starts, so its first request does not read a long log."""
+        with self._lock:
+            self._refresh()
+
     def _reset(self, file: tuple[int, int] | None) -> None:
         self._file = file
         self._offset = 0
