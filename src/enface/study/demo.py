@@ -91,7 +91,11 @@ def paired_difference(
     )
     common = [c for c in common if all(math.isfinite(d[c]) for d in (*reference.values(), *other.values()))]
     patients = sorted({groups.get(c, c) for c in common})
-    out = {"n": len(common), "patients": len(patients), "seeds": min(len(ref_seeds), len(other_seeds))}
+    out: dict[str, float] = {
+        "n": len(common),
+        "patients": len(patients),
+        "seeds": min(len(ref_seeds), len(other_seeds)),
+    }
     out.update(mean=math.nan, low=math.nan, high=math.nan, p_value=math.nan)
     if not common:
         return out
