@@ -111,6 +111,12 @@ def test_study_runs_resumes_and_reports(dataset: Path, tmp_path: Path, capsys) -
     assert float(row["dice_mean"]) == pytest.approx(summary["metrics"]["dice"]["mean"], abs=1e-5)
     results = collect_results(study, plan)
     assert len(results["wilcoxon"]) == 2 and not results["missing"]
+    from enface.study.demo import headline
+
+    lines = headline(study).splitlines()  # the demo's summary, from the ledger
+    assert lines[0] == "headline (test, training seeds 0; intervals over seeds and test patients):"
+    assert sum("% labels: Dice" in line and "(per seed " in line for line in lines) == 4
+    assert "SSL (ssl-faf_inv) - scratch at 20 % labels:" in lines[5] and "1 seeds per arm" in lines[5]
     assert all(w["reference"] == "fpn (ssl-faf_inv)" for w in results["wilcoxon"])
 
     # re-running skips everything and rewrites the report
