@@ -37,8 +37,18 @@ class ScanKindError(DatasetError):
         kind: the kind, as listed above (summaries count failures by it).
     """
 
-    NOT_VOLUMES: tuple[str, ...] = ("line scan", "circle scan", "radial scan", "single B-scan", "repeated line scan")
-    """Kinds of well-formed scans that are not raster volumes (the others are damaged files)."""
+    NON_OPHTHALMIC = "non-ophthalmic DICOM"
+    """A DICOM object of another modality in an export folder (a CT slice, an MR image)."""
+
+    NOT_VOLUMES: tuple[str, ...] = (
+        "line scan",
+        "circle scan",
+        "radial scan",
+        "single B-scan",
+        "repeated line scan",
+        NON_OPHTHALMIC,
+    )
+    """Kinds of well-formed files that are not raster volume scans (the others are damaged files)."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)

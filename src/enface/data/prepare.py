@@ -242,6 +242,10 @@ def discover_sources(
                 read_octa500_case, case, with_octa=opts.octa, tasks=opts.tasks, use_layers=opts.bm != "estimate"
             )
             found.append((f"octa500:{case.case_id}", safe_id(case.case_id), case.oct_dir, reader))
+    elif fmt == "dicom":
+        from enface.io.dicom import find_dicom_scans
+
+        found += find_dicom_scans(src)
     else:
         if src.is_file():
             files, root = [src], src.parent

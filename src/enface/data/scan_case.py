@@ -252,6 +252,8 @@ def _case_meta(
     ):
         if value:
             extra[key] = value
+    if isinstance(scan.meta.get("dicom"), dict):  # where a DICOM scan came from (predict writes back to it)
+        extra["dicom"] = scan.meta["dicom"]
     extra["grid_order"] = ORIENTATION_NOTE
     extra["source_spacing"] = [float(s) for s in scan.spacing]
     extra["input_shape"] = [int(n) for n in scan.volume.shape]

@@ -36,14 +36,17 @@ __all__ = [
     "SPACING_RANGE_MM",
     "Scan",
     "check_visit_day",
+    "clean_id",
     "full_image_box",
     "normalise_eye",
     "orient_scan",
+    "orientation_from_positions",
     "positions_from_box",
     "safe_id",
     "source_str",
     "spacing_error",
     "spacing_problem",
+    "to_unit_float",
     "unique_ids",
 ]
 
@@ -294,6 +297,30 @@ def orient_scan(scan: Scan, flip_bscans: bool, flip_ascans: bool) -> Scan:
     return scan
 
 
+def orientation_from_positions(positions: np.ndarray | None) -> tuple[bool, bool]:
+    """Whether B-scans (H) and A-scans (W) run against the SLO's rows and columns: the
+    reversals :func:`orient_scan` needs to make B-scan 0 the topmost and A-scan 0 the leftmost."""
+    if positions is None or positions.shape[0] < 2:
+        return False, False
+    centre_y = positions[:, :, 1].mean(axis=1)
+    return bool(centre_y[0] > centre_y[-1]), bool(np.mean(positions[:, 1, 0] - positions[:, 0, 0]) < 0)
+
+
+def to_unit_float(arr: np.ndarray) -> np.ndarray:
+    """Stored intensities as float32 in [0, 1]: uint8 / 255, uint16 / 65535, other types
+    min-max scaled when they leave [0, 1]."""
+    arr = np.asarray(arr)
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / 255.0
+    if arr.dtype == np.uint16:
+        return arr.astype(np.float32) / 65535.0
+    out = arr.astype(np.float32)
+    if out.size and np.isfinite(out).all() and (out.min() < 0 or out.max() > 1):
+        lo, hi = float(out.min()), float(out.max())
+        out = (out - lo) / (hi - lo) if hi > lo else np.zeros_like(out)
+    return out
+
+
 def positions_from_box(box: tuple[float, float, float, float] | np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """B-scan positions of a regular raster covering an axis-aligned box.
 
@@ -334,6 +361,18 @@ def safe_id(text: str) -> str:
     """Turn ``text`` into a valid case / patient identifier (letters, digits, ``_.-``)."""
     out = _BAD_ID_CHARS.sub("_", str(text).strip()).strip("_.-")
     return out or "unknown"
+
+
+def clean_id(value: Any) -> str | None:
+    """A patient id from an export field, made safe (:func:`safe_id`), or None when the field
+    is empty, a placeholder (``unknown``, ``none``, ``0``) or has no letter or digit."""
+    if value is None:
+        return None
+    text = str(value).strip().strip("\x00").strip()
+    if not text or text.lower() in ("unknown", "none", "0"):
+        return None
+    cleaned = safe_id(text)
+    return None if cleaned == "unknown" else cleaned  # no letter or digit: no id (never one shared "unknown")
 
 
 def unique_ids(ids: Sequence[str]) -> list[str]:

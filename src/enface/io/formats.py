@@ -11,7 +11,7 @@ from enface.errors import DatasetError
 
 __all__ = ["FORMATS", "SUFFIX_FORMATS", "format_of_name", "infer_format"]
 
-FORMATS: tuple[str, ...] = ("vol", "xml", "e2e", "octa500", "nifti", "numpy")
+FORMATS: tuple[str, ...] = ("vol", "xml", "e2e", "dicom", "octa500", "nifti", "numpy")
 """Formats of ``enface prepare`` and ``enface predict``: Heidelberg ``.vol``, HEYEX XML,
 ``.e2e``, the OCTA-500 layout, NIfTI and NumPy volumes."""
 
@@ -22,6 +22,7 @@ SUFFIX_FORMATS: tuple[tuple[str, str], ...] = (
     (".vol", "vol"),
     (".xml", "xml"),
     (".e2e", "e2e"),
+    (".dcm", "dicom"),
 )
 """``(suffix, format)`` pairs, longest suffix first; OCTA-500 has no suffix of its own."""
 

@@ -30,7 +30,15 @@ from typing import Any
 import numpy as np
 
 from enface.errors import DatasetError, ScanKindError
-from enface.io.base import Scan, normalise_eye, orient_scan, safe_id, source_str
+from enface.io.base import (
+    Scan,
+    clean_id,
+    normalise_eye,
+    orient_scan,
+    orientation_from_positions,
+    source_str,
+    to_unit_float,
+)
 from enface.io.export_checks import NOT_A_VOLUME, check_not_empty, check_vol, check_xml
 
 log = logging.getLogger(__name__)
@@ -52,29 +60,6 @@ def _iso_date(value: Any) -> str | None:
         return _dt.datetime.fromisoformat(text).date().isoformat()
     except ValueError:
         return None
-
-
-def _clean_id(value: Any) -> str | None:
-    if value is None:
-        return None
-    text = str(value).strip().strip("\x00").strip()
-    if not text or text.lower() in ("unknown", "none", "0"):
-        return None
-    cleaned = safe_id(text)
-    return None if cleaned == "unknown" else cleaned  # no letter or digit: no id (never one shared "unknown")
-
-
-def _to_unit_float(arr: np.ndarray) -> np.ndarray:
-    arr = np.asarray(arr)
-    if arr.dtype == np.uint8:
-        return arr.astype(np.float32) / 255.0
-    if arr.dtype == np.uint16:
-        return arr.astype(np.float32) / 65535.0
-    out = arr.astype(np.float32)
-    if out.size and np.isfinite(out).all() and (out.min() < 0 or out.max() > 1):
-        lo, hi = float(out.min()), float(out.max())
-        out = (out - lo) / (hi - lo) if hi > lo else np.zeros_like(out)
-    return out
 
 
 def _positions_px(bscan_meta: list[Any], localizer_meta: Any) -> np.ndarray | None:
@@ -101,7 +86,7 @@ def _volume_and_spacing(
     data = np.asarray(ev.data)
     if data.ndim != 3:
         raise DatasetError(f"{source}: expected a 3D OCT volume, got shape {data.shape}")
-    volume = _to_unit_float(np.transpose(data, (0, 2, 1)))  # (H, W, D)
+    volume = to_unit_float(np.transpose(data, (0, 2, 1)))  # (H, W, D)
     meta = ev.meta
     unit = str(meta.get("scale_unit", ""))
     if spacing is None and unit != "mm":
@@ -130,7 +115,7 @@ def _localizer(ev: Any, n_bscans: int, source: str) -> tuple[np.ndarray | None, 
     if positions is not None and positions.shape[0] != n_bscans:
         log.warning("%s: %d B-scan positions for %d B-scans; ignoring them", source, positions.shape[0], n_bscans)
         positions = None
-    return _to_unit_float(slo_data), positions
+    return to_unit_float(slo_data), positions
 
 
 def _export_bm(ev: Any, shape: tuple[int, int, int], source: str) -> np.ndarray | None:
@@ -148,14 +133,6 @@ def _export_bm(ev: Any, shape: tuple[int, int, int], source: str) -> np.ndarray 
     if valid.any():
         log.info("%s: BM segmentation covers only %.0f%% of A-scans; estimating BM instead", source, 100 * valid.mean())
     return None
-
-
-def _slo_orientation(positions: np.ndarray | None) -> tuple[bool, bool]:
-    """Whether B-scans (H) and A-scans (W) run against the SLO's rows and columns."""
-    if positions is None or positions.shape[0] < 2:
-        return False, False
-    centre_y = positions[:, :, 1].mean(axis=1)
-    return bool(centre_y[0] > centre_y[-1]), bool(np.mean(positions[:, 1, 0] - positions[:, 0, 0]) < 0)
 
 
 def eyevolume_to_scan(
@@ -217,7 +194,7 @@ def eyevolume_to_scan(
         bm=_export_bm(ev, volume.shape, source),
         meta=info,
     )
-    return orient_scan(scan, *_slo_orientation(positions))
+    return orient_scan(scan, *orientation_from_positions(positions))
 
 
 @contextlib.contextmanager
@@ -300,7 +277,7 @@ def _parse(path: Path, fmt: str, source: str) -> tuple[Any, str | None, str | No
             reader = HeVolReader(path)
             ev = reader.volume
             pf = reader.parsed_file
-            patient = _clean_id(pf.patient_id) or _clean_id(pf.pid)
+            patient = clean_id(pf.patient_id) or clean_id(pf.pid)
             visit = _iso_date(pf.visit_date) or _iso_date(pf.exam_time)
         elif fmt == "xml":
             from eyepy.io.he import HeXmlReader
@@ -308,7 +285,7 @@ def _parse(path: Path, fmt: str, source: str) -> tuple[Any, str | None, str | No
             reader = HeXmlReader(path)
             ev = reader.volume
             pv = reader.parsed_values
-            patient = _clean_id(pv.get("patient_id")) or _clean_id(pv.get("pid"))
+            patient = clean_id(pv.get("patient_id")) or clean_id(pv.get("pid"))
             visit = _iso_date(pv.get("visit_date")) or _iso_date(pv.get("exam_time"))
         else:
             from eyepy.io.he import HeE2eReader
@@ -316,7 +293,7 @@ def _parse(path: Path, fmt: str, source: str) -> tuple[Any, str | None, str | No
             with HeE2eReader(path) as reader:
                 ev = reader.volume
             heyex = ev.meta.get("e2e_metadata", {}).get("heyex", {}) if hasattr(ev.meta, "get") else {}
-            patient = _clean_id(heyex.get("Patient", {}).get("Patient ID"))
+            patient = clean_id(heyex.get("Patient", {}).get("Patient ID"))
             visit = _iso_date(heyex.get("Container", {}).get("Series Date"))
     except DatasetError:
         raise
