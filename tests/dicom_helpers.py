@@ -42,11 +42,11 @@ from pydicom import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    UID,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
-    PYDICOM_IMPLEMENTATION_UID,
-    UID,
     generate_uid,
 )
 
@@ -493,7 +493,7 @@ def dicom_eye(
         ``{"opt": path, "op": path, "faf": path or None, "study": {...}, "frame_order":
         file frame index -> grid row}``.
     """
-    h, w, d = volume.shape
+    h, w, _ = volume.shape
     study = {
         "patient_id": patient_id,
         "study_uid": _uid(folder, name, "study"),

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from enface.cli.data import PREPARE_FORMATS, add_scan_options, parse_numbers
+from enface.cli.data import add_scan_options, parse_numbers
+from enface.io.formats import list_formats
 
 # --------------------------------------------------------------------------- predict
 
@@ -36,7 +37,7 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--format",
         dest="fmt",
-        choices=PREPARE_FORMATS,
+        choices=list_formats(),
         help="format of device exports (default: from the file suffixes; octa500 must be given)",
     )
     add_scan_options(p, depth_from_training=True)

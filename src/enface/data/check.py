@@ -30,6 +30,7 @@ import numpy as np
 from enface.data.folder import MASK_RE, MODALITIES, CaseMeta, list_ids, read_dataset_info, read_splits, split_coverage
 from enface.errors import DatasetError
 from enface.fileio import load_npy, read_json_object
+from enface.io.formats import infer_format
 from enface.io.images import read_image, read_mask
 
 __all__ = ["CheckReport", "check_case", "check_dataset"]
@@ -332,6 +333,16 @@ def _duplicate_volumes(case_dirs: list[Path], report: CheckReport) -> None:
                 )
 
 
+def _export_format(root: Path) -> str | None:
+    """The registered export format of a folder that holds exports and nothing of a dataset."""
+    if (root / "dataset.json").exists() or (root / "cases").exists():
+        return None
+    try:
+        return infer_format(root)
+    except DatasetError:
+        return None
+
+
 def check_dataset(root: str | os.PathLike, deep: bool = True) -> CheckReport:
     """Validate a dataset folder.
 
@@ -346,6 +357,14 @@ def check_dataset(root: str | os.PathLike, deep: bool = True) -> CheckReport:
     report = CheckReport(root=root)
     if not root.is_dir():
         report.problem(root, "dataset folder not found")
+        return report
+    exports = _export_format(root)
+    if exports is not None:
+        report.problem(
+            root,
+            f"a folder of {exports} exports, not a dataset folder: prepare it first "
+            f"(enface prepare {root} OUT --format {exports})",
+        )
         return report
     info: dict[str, Any] | None = None
     try:

@@ -43,6 +43,7 @@ from enface.data.visits import assign_visit_days
 from enface.errors import DatasetError, EnfaceError, ScanKindError
 from enface.fileio import is_disk_full
 from enface.io.base import Scan, safe_id
+from enface.io.formats import find_units, get_format, read_unit
 
 log = logging.getLogger(__name__)
 
@@ -151,19 +152,6 @@ def plural(kind: str, n: int) -> str:
 # --------------------------------------------------------------------------- discovery
 
 
-def _relative_id(path: Path, root: Path, stem: str) -> str:
-    rel = path.parent.relative_to(root).parts if path.parent != root else ()
-    return safe_id("_".join((*rel, stem)))
-
-
-def _source_key(path: Path, root: Path) -> str:
-    """A scan's path within the source folder (POSIX), what identifies it on a re-run."""
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return path.name
-
-
 def _assign_ids(wanted: list[tuple[str, str]], known: dict[str, str]) -> list[str]:
     """Case ids for ``(key, wanted id)`` pairs: a key a case was already prepared from keeps
     that case's id; a new key gets its wanted id, or ``<id>-2``, ``-3``, ... when that is taken
@@ -216,78 +204,28 @@ def prepared_sources(out: Path, src: Path) -> dict[str, str]:
 def discover_sources(
     src: str | os.PathLike, opts: PrepareOptions, known: dict[str, str] | None = None
 ) -> list[ScanSource]:
-    """Find every scan of format ``opts.fmt`` under ``src``.
+    """Find every scan of format ``opts.fmt`` under ``src`` (the format's finder,
+    :mod:`enface.io.formats`).
 
     Args:
         src: source folder or file.
-        opts: settings (the format).
+        opts: settings (the format, what its reader is told).
         known: ``{source key: case id}`` of cases already prepared (:func:`prepared_sources`):
             their scans keep their ids, new scans get ids not in use.
 
     Raises:
         DatasetError: ``src`` is missing or holds nothing of that format.
     """
-    from enface.io.volumes import scan_stem
-
     src = Path(src)
     if not src.exists():
         raise DatasetError(f"{src}: source folder not found")
-    fmt = opts.fmt
-    found: list[tuple[str, str, Path, Callable[[], Scan]]] = []  # (key, wanted id, source, reader)
-    if fmt == "octa500":
-        from enface.io.octa500 import find_octa500_cases, read_octa500_case
-
-        for case in find_octa500_cases(src):
-            reader = functools.partial(
-                read_octa500_case, case, with_octa=opts.octa, tasks=opts.tasks, use_layers=opts.bm != "estimate"
-            )
-            found.append((f"octa500:{case.case_id}", safe_id(case.case_id), case.oct_dir, reader))
-    elif fmt == "dicom":
-        from enface.io.dicom import find_dicom_scans
-
-        found += find_dicom_scans(src)
-    else:
-        if src.is_file():
-            files, root = [src], src.parent
-        elif fmt in ("numpy", "nifti"):
-            from enface.io.volumes import find_volume_files
-
-            files, root = find_volume_files(src, fmt), src
-        else:
-            files = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() == f".{fmt}")
-            root = src
-        for p in files:
-            found.append(
-                (
-                    _source_key(p, root),
-                    _relative_id(p, root, scan_stem(p)),
-                    p,
-                    functools.partial(_read_file_scan, p, opts),
-                )
-            )
-    if not found:
-        raise DatasetError(f"{src}: no {fmt} scans found")
-    ids = _assign_ids([(key, cid) for key, cid, _, _ in found], known or {})
-    return [ScanSource(cid, path, reader, key) for cid, (key, _, path, reader) in zip(ids, found)]
-
-
-def _read_file_scan(path: Path, opts: PrepareOptions) -> Scan:
-    from enface.io.volumes import attach_companions, find_companions, read_sidecar, read_volume_scan, scan_stem
-
-    if opts.fmt in ("numpy", "nifti"):
-        return read_volume_scan(path, opts.fmt, axes=opts.axes, spacing=opts.spacing)
-    from enface.io.heidelberg import read_heidelberg
-
-    stem = scan_stem(path)
-    sidecar = read_sidecar(path.parent / f"{stem}.json")
-    sp = sidecar.get("spacing")
-    scan = read_heidelberg(
-        path,
-        opts.fmt,
-        spacing=None if sp is None else (float(sp[0]), float(sp[1]), float(sp[2])),
-        default_spacing=opts.spacing,
-    )
-    return attach_companions(scan, find_companions(path.parent, stem), sidecar, use_slo=False)
+    fmt = get_format(opts.fmt)
+    units = find_units(fmt, src)
+    if not units:
+        raise DatasetError(f"{src}: no {fmt.name} scans found")
+    ids = _assign_ids([(u.key, safe_id(u.name)) for u in units], known or {})
+    ropts = opts.read_options()
+    return [ScanSource(cid, u.source, functools.partial(read_unit, fmt, u, ropts), u.key) for cid, u in zip(ids, units)]
 
 
 # --------------------------------------------------------------------------- the batch
@@ -340,17 +278,16 @@ def _write_splits(out: Path, opts: PrepareOptions, patients: list[str], report: 
         return
     if not patients:
         return
-    if opts.fmt == "octa500":
-        from enface.io.octa500 import octa500_split
-
+    fmt = get_format(opts.fmt)
+    if fmt.official_split is not None:
         splits: dict[str, Any] = {"train": [], "val": [], "test": []}
         for p in patients:
-            s = octa500_split(p)
+            s = fmt.official_split(p)
             if s is None:
-                report.notes.append((p, "id outside the official OCTA-500 ranges: put in train"))
+                report.notes.append((p, f"id outside the ranges of the {fmt.split_source}: put in train"))
                 s = "train"
             splits[s].append(p)
-        splits["source"] = "OCTA-500 official split"
+        splits["source"] = fmt.split_source
     else:
         splits = dict(make_splits(patients, seed=opts.seed, ratios=opts.ratios))
         splits["seed"] = opts.seed

@@ -40,10 +40,12 @@ from enface.io.base import (
     to_unit_float,
 )
 from enface.io.export_checks import NOT_A_VOLUME, check_not_empty, check_vol, check_xml
+from enface.io.formats import ExportFormat, ReadOptions, ScanUnit, register_format, scan_stem
+from enface.io.volumes import attach_companions, find_companions, read_sidecar
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HEIDELBERG_FORMATS", "eyevolume_to_scan", "read_heidelberg"]
+__all__ = ["HEIDELBERG_FORMATS", "eyevolume_to_scan", "read_export", "read_heidelberg"]
 
 HEIDELBERG_FORMATS: tuple[str, ...] = ("vol", "xml", "e2e")
 
@@ -302,3 +304,41 @@ def _parse(path: Path, fmt: str, source: str) -> tuple[Any, str | None, str | No
             "damaged file", f"{source}: unreadable or truncated {fmt} export ({type(e).__name__}: {e})"
         ) from None
     return ev, patient, visit
+
+
+def read_export(unit: ScanUnit, options: ReadOptions, fmt: str) -> Scan:
+    """One Heidelberg export with the companions beside it (``<stem>.json`` sidecar, whose
+    ``spacing`` overrides the export's, ``<stem>_faf.png``, masks, ``<stem>_bm.npy``; an
+    ``_slo`` companion is not used: the export has its own SLO).
+
+    Raises:
+        DatasetError: the export or a companion is unusable, naming the file.
+    """
+    path = unit.source
+    stem = scan_stem(path)
+    sidecar = read_sidecar(path.parent / f"{stem}.json")
+    sp = sidecar.get("spacing")
+    scan = read_heidelberg(
+        path,
+        fmt,
+        spacing=None if sp is None else (float(sp[0]), float(sp[1]), float(sp[2])),
+        default_spacing=options.spacing,
+    )
+    return attach_companions(scan, find_companions(path.parent, stem), sidecar, use_slo=False)
+
+
+def _read_vol(unit: ScanUnit, options: ReadOptions) -> Scan:
+    return read_export(unit, options, "vol")
+
+
+def _read_xml(unit: ScanUnit, options: ReadOptions) -> Scan:
+    return read_export(unit, options, "xml")
+
+
+def _read_e2e(unit: ScanUnit, options: ReadOptions) -> Scan:
+    return read_export(unit, options, "e2e")
+
+
+register_format(ExportFormat("vol", "Heidelberg Spectralis .vol", _read_vol, (".vol",)))
+register_format(ExportFormat("xml", "Heidelberg HEYEX XML export", _read_xml, (".xml",)))
+register_format(ExportFormat("e2e", "Heidelberg .e2e (needs --spacing)", _read_e2e, (".e2e",)))

@@ -35,6 +35,7 @@ import numpy as np
 
 from enface.errors import DatasetError
 from enface.io.base import Scan, source_str
+from enface.io.formats import ExportFormat, ReadOptions, ScanUnit, register_format
 from enface.io.images import read_bscan_stack, read_mask
 
 log = logging.getLogger(__name__)
@@ -248,3 +249,27 @@ def read_octa500_case(
             "split": octa500_split(case.case_id),
         },
     )
+
+
+def _find(root: Path) -> list[ScanUnit]:
+    """One unit per volume of the layout (its OCT folder named in reports)."""
+    return [ScanUnit(f"octa500:{c.case_id}", c.case_id, c.oct_dir, detail=c) for c in find_octa500_cases(root)]
+
+
+def _read(unit: ScanUnit, options: ReadOptions) -> Scan:
+    return read_octa500_case(
+        unit.detail, with_octa="octa" in options.channels, tasks=options.tasks, use_layers=options.export_bm
+    )
+
+
+register_format(
+    ExportFormat(
+        "octa500",
+        "the OCTA-500 layout (OCTA_6mm/, OCTA_3mm/)",
+        _read,
+        find=_find,
+        channels=("octa",),
+        official_split=octa500_split,
+        split_source="OCTA-500 official split",
+    )
+)

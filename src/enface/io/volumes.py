@@ -57,6 +57,7 @@ from enface.io.base import (
     safe_id,
     source_str,
 )
+from enface.io.formats import ExportFormat, ReadOptions, ScanUnit, register_format, scan_stem
 from enface.io.images import IMAGE_SUFFIXES, read_image, read_mask
 from enface.io.sidecar import SIDECAR_KEYS, read_sidecar
 
@@ -64,20 +65,14 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "SIDECAR_KEYS",
-    "VOLUME_SUFFIXES",
     "attach_companions",
     "find_companions",
-    "find_volume_files",
     "parse_axes",
     "read_nifti_volume",
     "read_numpy_volume",
     "read_sidecar",
     "read_volume_scan",
-    "scan_stem",
 ]
-
-VOLUME_SUFFIXES: dict[str, tuple[str, ...]] = {"numpy": (".npy",), "nifti": (".nii", ".nii.gz")}
-"""File suffixes of each generic volume format."""
 
 _COMPANION_RE = re.compile(r"^_(?:(?P<mod>slo|faf|bm)|mask_(?P<key>[A-Za-z0-9-]+(?:\.[A-Za-z0-9_-]+)?))$")
 
@@ -92,31 +87,6 @@ def parse_axes(axes: str, where: str = "axes") -> tuple[int, int, int]:
     if sorted(a) != ["D", "H", "W"]:
         raise DatasetError(f"{where}: axes must be a permutation of 'HWD' (e.g. 'HWD', 'DWH'), got {axes!r}")
     return (a.index("H"), a.index("W"), a.index("D"))
-
-
-def scan_stem(path: Path) -> str:
-    """File name without its volume suffix (``a.nii.gz`` -> ``a``)."""
-    name = path.name
-    for suffix in (".nii.gz", ".nii", ".npy", ".vol", ".xml", ".e2e"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
-
-
-def find_volume_files(root: str | os.PathLike, fmt: str) -> list[Path]:
-    """Volume files of ``fmt`` (``numpy``/``nifti``) under ``root`` (recursive), companions excluded."""
-    root = Path(root)
-    suffixes = VOLUME_SUFFIXES[fmt]
-    out = []
-    for p in sorted(root.rglob("*")):
-        if not p.is_file() or p.name.startswith("."):
-            continue
-        if not p.name.lower().endswith(suffixes):
-            continue
-        if fmt == "numpy" and p.name.endswith("_bm.npy"):
-            continue
-        out.append(p)
-    return out
 
 
 def _squeeze_to_3d(arr: np.ndarray, where: str) -> np.ndarray:
@@ -424,3 +394,15 @@ def read_volume_scan(
         file_flips=(False, False, depth_flipped),
     )
     return attach_companions(scan, comp, sidecar)
+
+
+def _read_numpy(unit: ScanUnit, options: ReadOptions) -> Scan:
+    return read_volume_scan(unit.source, "numpy", axes=options.axes, spacing=options.spacing)
+
+
+def _read_nifti(unit: ScanUnit, options: ReadOptions) -> Scan:
+    return read_volume_scan(unit.source, "nifti", axes=options.axes, spacing=options.spacing)
+
+
+register_format(ExportFormat("nifti", "NIfTI volumes with companions", _read_nifti, (".nii.gz", ".nii")))
+register_format(ExportFormat("numpy", "NumPy volumes (.npy) with companions", _read_numpy, (".npy",)))

@@ -58,7 +58,7 @@ from enface.engine.predictor import Predictor
 from enface.errors import DatasetError, EnfaceError
 from enface.fileio import atomic_save_npy, atomic_save_png, atomic_write_json, is_disk_full
 from enface.io.base import unique_ids
-from enface.io.formats import FORMATS, infer_format
+from enface.io.formats import get_format, infer_format
 from enface.predict.output import OutputFolder, check_out_placement
 
 __all__ = [
@@ -92,8 +92,9 @@ class PredictOptions:
     """Settings of :func:`predict`.
 
     Attributes:
-        fmt: format of device exports (one of :data:`enface.io.formats.FORMATS`); ``None``
-            infers it from the file suffixes (``octa500`` must be given).
+        fmt: format of device exports (a registered one, :mod:`enface.io.formats`); ``None``
+            infers it from the file suffixes (a format without suffixes, such as ``octa500``,
+            must be given).
         threshold: probability threshold of the binary mask.
         depth: depth samples of prepared exports (default: the model's training depth).
         window_mm: ``(above, below)`` flattening window around BM in mm (default: the
@@ -117,8 +118,8 @@ class PredictOptions:
     fast: bool = FAST_DEFAULT
 
     def __post_init__(self) -> None:
-        if self.fmt is not None and self.fmt not in FORMATS:
-            raise ValueError(f"unknown format {self.fmt!r} (known: {', '.join(FORMATS)})")
+        if self.fmt is not None:
+            get_format(self.fmt)  # ValueError naming the registered formats
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must lie in (0, 1), got {self.threshold}")
         if self.depth is not None and self.depth < 2:
@@ -256,7 +257,7 @@ def _prepare_options(opts: PredictOptions, fmt: str, predictor: Predictor) -> Pr
         bm=opts.bm,
         axes=opts.axes,
         spacing=opts.spacing,
-        octa=fmt == "octa500" and predictor.in_channels > 1,
+        octa="octa" in predictor.channels and "octa" in get_format(fmt).channels,
         tasks=(),
     )
 

@@ -205,6 +205,12 @@ def _label(ds: Any) -> str:
     return safe_id("_".join(p for p in parts if p))
 
 
+def _not_dicom(path: Path) -> Refusal:
+    if path.stat().st_size == 0:
+        return Refusal(path, "empty file", f"{path}: empty file (0 bytes): not a DICOM file")
+    return Refusal(path, "damaged file", f"{path}: not a DICOM file (no 'DICM' after the 128-byte preamble)")
+
+
 def index_folder(root: str | Path) -> DicomIndex:
     """Index every DICOM file under ``root`` (any names, any depth).
 
@@ -217,6 +223,8 @@ def index_folder(root: str | Path) -> DicomIndex:
     index = DicomIndex(root)
     for path in _files(root):
         if not is_dicom_file(path):
+            if path == root:  # a file given directly must be one
+                index.refused.append(_not_dicom(path))
             log.debug("%s: not a DICOM file, passed over", path)
             continue
         try:
