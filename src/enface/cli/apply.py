@@ -32,6 +32,12 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
         help="replace the outputs of scans an earlier run wrote into OUT (their summary.csv rows too; "
         "the other rows are kept)",
     )
+    p.add_argument(
+        "--dicom-seg",
+        action="store_true",
+        help="also write each DICOM scan's mask as a DICOM Segmentation (seg.dcm) on an en-face image of the "
+        "scan (enface.dcm), into the scan's study (docs/predict.md)",
+    )
     p.add_argument("--top-k", type=int, default=5, help="checkpoints of a run folder averaged (default 5)")
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold of the mask (default 0.5)")
     p.add_argument(
@@ -64,6 +70,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         spacing=parse_numbers(args.spacing, 3, "--spacing") if args.spacing else None,  # type: ignore[arg-type]
         device=args.device,
         fast=args.fast,
+        dicom_seg=args.dicom_seg,
     )
     report = predict(
         args.model,

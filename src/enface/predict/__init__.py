@@ -105,6 +105,8 @@ class PredictOptions:
         device: torch device of the ensemble.
         fast: the fast inference path (see :mod:`enface.engine.inference`); False: each
             network's own forward on the whole volume.
+        dicom_seg: also write each DICOM scan's mask as a DICOM Segmentation on the grid's
+            own image (:mod:`enface.predict.dicom_seg`), into its study.
     """
 
     fmt: str | None = None
@@ -116,6 +118,7 @@ class PredictOptions:
     spacing: tuple[float, float, float] | None = None
     device: str = "cpu"
     fast: bool = FAST_DEFAULT
+    dicom_seg: bool = False
 
     def __post_init__(self) -> None:
         if self.fmt is not None:
@@ -246,6 +249,7 @@ def _load_case(path: Path, predictor: Predictor) -> PreparedScan:
         "eye": case.meta.eye,
         "visit": case.meta.visit,
         "visit_date": case.meta.extra.get("visit_date"),
+        "dicom": case.meta.extra.get("dicom"),
     }
     return PreparedScan(np.stack(vols), case.spacing, slo, meta=meta, flips=_flips(case.meta.extra))
 
@@ -272,6 +276,7 @@ def _load_export(read: Callable[[], Any], scan_id: str, popts: PrepareOptions) -
     m = arrays.meta
     dated = m.extra.get("visit_date")  # a visit date: its day is counted per patient later (progression)
     meta = {"patient_id": m.patient_id, "eye": m.eye, "visit": None if dated else m.visit, "visit_date": dated}
+    meta["dicom"] = m.extra.get("dicom")
     return PreparedScan(np.stack(vols), m.spacing, arrays.images.get("slo"), notes, meta, flips=_flips(m.extra))
 
 
@@ -337,10 +342,12 @@ def _write_outputs(
     result: EnsembleOutput,
     predictor: Predictor,
     item: PredictInput,
-    threshold: float,
+    options: PredictOptions,
 ) -> ScanResult:
+    from enface.predict.dicom_seg import dicom_outputs
     from enface.viz import scan_overlay
 
+    threshold = options.threshold
     prob, std = result.mean[0], result.std[0]
     mask = prob >= threshold
     n = int(mask.sum())
@@ -356,6 +363,11 @@ def _write_outputs(
         atomic_save_npy(out / "uncertainty.npy", std.astype(np.float32))
         atomic_save_png(out / "uncertainty.png", np.round(np.clip(std / 0.5, 0, 1) * 65535).astype(np.uint16))
         atomic_save_png(out / "overlay.png", overlay)
+        dicom: dict[str, Any] = {}
+        if options.dicom_seg:  # the mask as a DICOM Segmentation into the scan's study
+            model = str(predictor.ensemble.infos[0]["model"]["name"])
+            files, notes = dicom_outputs(out, mask, scan.volumes[0], scan.spacing, scan.meta.get("dicom"), model)
+            dicom, scan.notes = {"dicom_files": files}, scan.notes + notes
         atomic_write_json(
             out / "prediction.json",
             {
@@ -373,18 +385,19 @@ def _write_outputs(
                 "checkpoints": [str(p) for p in predictor.checkpoints],
                 "grid": {"orientation": "SLO: row 0 = topmost B-scan on the SLO", **scan.flips},
                 "notes": scan.notes,
+                **dicom,
             },
         )
     return ScanResult(item.scan_id, item.source, "ok", area, n, mean_unc, out_dir=folder.out / item.scan_id)
 
 
 def _predict_one(
-    item: PredictInput, predictor: Predictor, folder: OutputFolder, threshold: float
+    item: PredictInput, predictor: Predictor, folder: OutputFolder, options: PredictOptions
 ) -> tuple[ScanResult, list[str]]:
     scan = item.load()
     scan.notes += predictor.check_input(scan.volumes)
     result = predictor(scan.volumes)
-    return _write_outputs(folder, scan, result, predictor, item, threshold), scan.notes
+    return _write_outputs(folder, scan, result, predictor, item, options), scan.notes
 
 
 def _out_of_memory(e: BaseException) -> bool:
@@ -415,7 +428,7 @@ def _run_batch(
     results: list[ScanResult] = []
     for i, item in enumerate(items, 1):
         try:
-            res, notes = _predict_one(item, predictor, folder, options.threshold)
+            res, notes = _predict_one(item, predictor, folder, options)
         except (EnfaceError, ValueError, OSError, MemoryError, RuntimeError) as e:  # a bad scan must not stop the batch
             if isinstance(e, RuntimeError) and not _out_of_memory(e):
                 raise  # a bug: it surfaces

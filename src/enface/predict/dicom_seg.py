@@ -41,7 +41,7 @@ import enface
 from enface.errors import DatasetError
 from enface.fileio import atomic_write_bytes
 
-__all__ = ["GA_SEGMENT", "dicom_seg_problem", "write_dicom_seg"]
+__all__ = ["GA_SEGMENT", "dicom_outputs", "dicom_seg_problem", "write_dicom_seg"]
 
 SECONDARY_CAPTURE_CLASS = UID("1.2.840.10008.5.1.4.1.1.7")
 """SOP Class UID of the Secondary Capture Image (the grid's own image)."""
@@ -223,3 +223,14 @@ def write_dicom_seg(
         atomic_write_bytes(out / "enface.dcm", _encode(image)),
         atomic_write_bytes(out / "seg.dcm", _encode(seg)),
     ]
+
+
+def dicom_outputs(
+    out: Path, mask: np.ndarray, volume: np.ndarray, spacing: tuple[float, float, float], dicom: Any, model: str
+) -> tuple[list[str], list[str]]:
+    """``--dicom-seg`` for one scan: ``(files written, notes)``; a scan that cannot get them
+    (not from DICOM) gets a note and no files."""
+    problem = dicom_seg_problem(dicom)
+    if problem is not None:
+        return [], [problem]
+    return [p.name for p in write_dicom_seg(out, mask, volume, spacing, dicom, model)], []

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from enface.errors import DatasetError
 from enface.io.base import Scan, safe_id
 from enface.io.dicom.index import DicomIndex, index_folder, is_dicom_file
 from enface.io.dicom.opt import read_dicom_series
-from enface.io.formats import ExportFormat, ReadOptions, ScanUnit, register_format
+from enface.io.formats import ExportFormat, ReadOptions, ScanUnit, register_format, scan_stem
+from enface.io.volumes import attach_companions, find_companions, read_sidecar
 
 __all__ = ["find_dicom_scans", "index_folder", "read_dicom_series", "read_dicom_unit"]
 
@@ -44,10 +46,26 @@ def find_dicom_scans(root: Path) -> list[ScanUnit]:
 
 
 def read_dicom_unit(unit: ScanUnit, options: ReadOptions) -> Scan:
-    """Read the series a :func:`find_dicom_scans` unit stands for (``options`` are not used:
-    a DICOM series states its spacing and orientation)."""
+    """Read the series a :func:`find_dicom_scans` unit stands for, with the companions beside
+    its (first) file as for any export (``<file stem>_mask_<task>.png`` and ``_bm.npy`` in the
+    file's frame order, ``<file stem>.json``); ``options`` are not used: a DICOM series states
+    its spacing and orientation.
+
+    Raises:
+        DatasetError: what :func:`read_dicom_series` raises; companions in frame order for a
+            series whose frames are not stored in B-scan order (no reversal maps one onto the other).
+    """
     index, key = unit.detail
-    return read_dicom_series(index, key)
+    scan = read_dicom_series(index, key)
+    path = unit.source
+    stem = scan_stem(path)
+    comps = find_companions(path.parent, stem)
+    if (comps["masks"] or comps["bm"]) and "frame_order" in scan.meta["dicom"]:
+        raise DatasetError(
+            f"{path}: its frames are not stored in B-scan order (neither top-down nor bottom-up), so companion "
+            "files in the file's frame order cannot be placed on the grid"
+        )
+    return attach_companions(scan, comps, read_sidecar(path.parent / f"{stem}.json"), use_slo=False)
 
 
 register_format(
