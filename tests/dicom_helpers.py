@@ -489,6 +489,7 @@ def dicom_eye(
     frame_location: bool = True,
     faf: np.ndarray | None = None,
     bits: int = 16,
+    series_number: int = 2,
 ) -> dict:
     """Write one eye, given on the SLO-oriented grid, as a device exports it.
 
@@ -507,6 +508,7 @@ def dicom_eye(
         plane_positions, frame_location: which position attributes the OPT carries.
         faf: an FAF image (uint8) of the same visit, written as a second OP image.
         bits: 16 or 8 bits per OCT sample.
+        series_number: the tomography series' number.
 
     Returns:
         ``{"opt": path, "op": path, "faf": path or None, "study": {...}, "frame_order":
@@ -545,6 +547,7 @@ def dicom_eye(
         positions=patient,
         orientation=orientation,
         syntax=syntax,
+        series_number=series_number,
     )
     faf_path = None
     if faf is not None:

@@ -260,7 +260,8 @@ def mixed_export(root: Path) -> dict[str, np.ndarray]:
     )
     _companion(fa["opt"], a["truth"], fa["frame_order"])
     _companion(fb["opt"], b["truth"], fb["frame_order"])
-    dicom_eye(root / "PAT1" / "LINE", layered_volume((1, 32, 64))[0], a["slo"], name="IM0003", box_px=BOX)
+    line = layered_volume((1, 32, 64))[0]
+    dicom_eye(root / "PAT1" / "LINE", line, a["slo"], name="IM0003", box_px=BOX, series_number=5)
     write_ct_slice(root / "misc" / "CT000001", fa["study"])
     cut = dicom_eye(root / "PAT3", a["vol"], a["slo"], name="IM0004", patient_id="P003", box_px=BOX)["opt"]
     cut.write_bytes(cut.read_bytes()[:-3000])

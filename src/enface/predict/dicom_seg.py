@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +146,6 @@ def segmentation(source: Any, mask: np.ndarray, model: str, slab_mm: float) -> A
     (``slab_mm``: the depth of the projected slab, its Slice Thickness)."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
-    from pydicom.uid import generate_uid
 
     algorithm = hd.AlgorithmIdentificationSequence(
         name=f"enface {model}", family=codes.cid7162.ArtificialIntelligence, version=enface.__version__
@@ -159,7 +159,21 @@ def segmentation(source: Any, mask: np.ndarray, model: str, slab_mm: float) -> A
         algorithm_identification=algorithm,
         anatomic_regions=[hd.sr.CodedConcept(*GA_SEGMENT["region"])],
     )
-    seg = hd.seg.Segmentation(
+    quiet = logging.getLogger("highdicom")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # highdicom logs every module it copies at INFO
+    try:
+        seg = _segmentation(hd, source, mask, model, segment, slab_mm)
+    finally:
+        quiet.setLevel(level)
+    seg.PatientOrientation = source.PatientOrientation
+    return seg
+
+
+def _segmentation(hd: Any, source: Any, mask: np.ndarray, model: str, segment: Any, slab_mm: float) -> Any:
+    from pydicom.uid import generate_uid
+
+    return hd.seg.Segmentation(
         source_images=[source],
         pixel_array=np.asarray(mask, bool)[None],
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -178,8 +192,6 @@ def segmentation(source: Any, mask: np.ndarray, model: str, slab_mm: float) -> A
         ),
         omit_empty_frames=False,
     )
-    seg.PatientOrientation = source.PatientOrientation
-    return seg
 
 
 def _encode(ds: Any) -> bytes:
