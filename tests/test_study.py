@@ -68,18 +68,18 @@ def test_study_runs_resumes_and_reports(dataset: Path, tmp_path: Path, capsys) -
     plan = plan_study(study)
     assert len(plan) == 1 + 2 * 2
 
-    # a segmentation run that needs a pre-training that has not run is a clear error
-    with pytest.raises(ConfigError, match="run the pre-training"):
-        run_study(study, run_index=3, progress=False)
-    assert main(["experiment", str(path), "--run-index", "0", "--no-progress"]) == 0
+    # a segmentation run whose pre-training has not run trains it first; both leave their records
+    assert main(["experiment", str(path), "--run-index", "3", "--no-progress"]) == 0
     assert (run_folder(study, plan[0]) / "done.json").is_file()
     assert main(["experiment", str(path), "--plan"]) == 0
     out = capsys.readouterr().out
-    assert "[  0] done" in out and "[  1] todo" in out
+    assert "[  0] recorded" in out and "[  3] recorded" in out and "[  1] todo" in out
+    assert out.rstrip().splitlines()[-1] == "5 runs: 2 recorded, 3 to run"
+    assert sorted(p.name for p in study.ledger_dir.rglob("*.json")) == ["seed-0.json"] * 2
 
     result = run_study(study, progress=False)
-    assert result["statuses"][0] == "skipped"
-    assert all(result["statuses"][i] == "finished" for i in range(1, 5))
+    assert result["statuses"][0] == result["statuses"][3] == "recorded"
+    assert all(result["statuses"][i] == "finished" for i in (1, 2, 4))
     out_dir = tmp_path / "study"
     for name in (
         "results/table.csv",
@@ -115,7 +115,22 @@ def test_study_runs_resumes_and_reports(dataset: Path, tmp_path: Path, capsys) -
 
     # re-running skips everything and rewrites the report
     again = run_study(study, progress=False)
-    assert set(again["statuses"].values()) == {"skipped"}
+    assert set(again["statuses"].values()) == {"recorded"}
+
+    # the report comes from the ledger alone: the same tables without a single run folder
+    before = {n: (out_dir / n).read_text() for n in ("results/table.csv", "results/wilcoxon.csv")}
+    shutil.rmtree(study.runs_dir)
+    assert main(["experiment", str(path), "--report-only"]) == 0
+    assert {n: (out_dir / n).read_text() for n in before} == before
+    assert (out_dir / "figures/overlays.png").is_file() and (out_dir / "figures/training-curves.png").is_file()
+    assert main(["experiment", str(path), "--plan"]) == 0
+    assert capsys.readouterr().out.rstrip().splitlines()[-1] == "5 runs: 5 recorded, 0 to run"
+
+    # a record of another run than the study plans is refused, naming the field
+    doc = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**doc, "train": {"epochs": 2}}))
+    assert main(["experiment", str(path), "--plan"]) == 2
+    assert "another run than the study plans (epochs: 1 -> 2)" in capsys.readouterr().err
 
 
 def test_bad_study_files(tmp_path: Path, dataset: Path) -> None:
@@ -159,7 +174,7 @@ def test_growth_agreement_matches_an_independent_computation(dataset: Path, tmp_
         )
     )
     run_study(study, progress=False)
-    rows = growth_agreement(study)
+    rows = growth_agreement(collect_results(study)["records"])
     assert len(rows) == 1 and rows[0]["eyes"] >= 1
     folder = run_folder(study, plan_study(study)[0])
     by_eye: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
