@@ -111,6 +111,12 @@ def test_study_runs_resumes_and_reports(dataset: Path, tmp_path: Path, capsys) -
     assert float(row["dice_mean"]) == pytest.approx(summary["metrics"]["dice"]["mean"], abs=1e-5)
     results = collect_results(study, plan)
     assert len(results["wilcoxon"]) == 2 and not results["missing"]
+    from enface.study.demo import headline
+
+    lines = headline(study).splitlines()  # the demo's summary, from the ledger
+    assert lines[0] == "headline (test, training seeds 0; intervals over seeds and test patients):"
+    assert sum("% labels: Dice" in line and "(per seed " in line for line in lines) == 4
+    assert "SSL (ssl-faf_inv) - scratch at 20 % labels:" in lines[5] and "1 seeds per arm" in lines[5]
     assert all(w["reference"] == "fpn (ssl-faf_inv)" for w in results["wilcoxon"])
 
     # re-running skips everything and rewrites the report
@@ -207,7 +213,7 @@ def test_a_study_is_run_by_one_process_at_a_time(dataset: Path, tmp_path: Path) 
     assert not (study.runs_dir).exists()
 
 
-def test_demo_paired_difference_by_patient() -> None:
+def test_demo_paired_difference_by_patient_and_seed() -> None:
     from enface.study.demo import demo_study, paired_difference
 
     rng = np.random.default_rng(1)
@@ -215,11 +221,16 @@ def test_demo_paired_difference_by_patient() -> None:
     ref = {c: float(rng.uniform(0.5, 0.8)) for c in cases}
     better = {c: v + 0.1 + 0.02 * rng.standard_normal() for c, v in ref.items()}
     groups = {c: c.split("_")[0] for c in cases}
-    d = paired_difference(ref, better, groups)
-    assert d["n"] == 16 and d["patients"] == 8
+    d = paired_difference({0: ref}, {0: better}, groups)
+    assert d["n"] == 16 and d["patients"] == 8 and d["seeds"] == 1
     assert d["low"] < d["mean"] < d["high"] and d["low"] > 0.05 and d["mean"] == pytest.approx(0.1, abs=0.02)
     assert d["p_value"] < 0.01
-    same = paired_difference(ref, ref, groups)
+    same = paired_difference({0: ref}, {0: ref}, groups)
     assert same["mean"] == 0 and same["low"] == same["high"] == 0 and math.isnan(same["p_value"])
+    # seeds that disagree widen the interval: it covers training randomness, not only the test cases
+    lucky = {0: better, 1: {c: v - 0.15 for c, v in better.items()}, 2: {c: v + 0.1 for c, v in better.items()}}
+    seeds = paired_difference({0: ref, 1: ref, 2: ref}, lucky, groups)
+    assert seeds["seeds"] == 3 and seeds["mean"] == pytest.approx(d["mean"] - 0.05 / 3, abs=1e-9)
+    assert seeds["high"] - seeds["low"] > 3 * (d["high"] - d["low"])
     study = demo_study("/tmp/x")
     assert min(study.fractions) < 1.0 and max(study.fractions) == 1.0 and set(study.inits) == {"scratch", "ssl-faf_inv"}

@@ -126,6 +126,9 @@ def execute_run(study: StudyConfig, run: PlannedRun, progress: bool = True) -> s
     evaluations = _evaluations(study, run, result.run_dir, config) if run.stage != "pretrain" else {}
     if read_record(study, run) is None:
         cost = {"seconds": time.time() - clock[0], "cpu_seconds": time.process_time() - clock[1]}
+        if result.status == "skipped":  # trained by an earlier process: its training time from done.json
+            done = read_json_object(result.run_dir / "done.json")
+            cost = {k: v + float(done.get(k) or done.get("seconds", 0.0)) for k, v in cost.items()}
         write_record(study, run, result.run_dir, evaluations, cost, _active_record(study, run))
     return result.status
 
