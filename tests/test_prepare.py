@@ -50,7 +50,7 @@ def test_formats_match_the_cli() -> None:
     for command in ("prepare", "predict"):
         fmt = next(a for a in sub.choices[command]._actions if a.dest == "fmt")
         assert list(fmt.choices) == list_formats(), command
-    assert list_formats() == ["e2e", "nifti", "numpy", "octa500", "vol", "xml"]
+    assert list_formats() == ["dicom", "e2e", "nifti", "numpy", "octa500", "vol", "xml"]
 
 
 def test_prepare_numpy_layout_with_slo_faf_and_faf_mask(tmp_path: Path) -> None:
