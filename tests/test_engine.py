@@ -294,5 +294,8 @@ def test_a_study_evaluates_where_it_trained(monkeypatch: pytest.MonkeyPatch, tmp
     devices = []
     monkeypatch.setattr(fit_module, "fit", lambda config, **kw: FitResult(tmp_path, "finished", [], "val_dice", 1))
     monkeypatch.setattr("enface.evaluate.evaluate", lambda *a, **kw: devices.append(kw["device"]))
+    monkeypatch.setattr(study_run, "_evaluation_record", lambda *a: {"cases": []})  # nothing was evaluated
+    records = []
+    monkeypatch.setattr(study_run, "write_record", lambda *a: records.append(a))
     assert study_run.execute_run(study, run, progress=False) == "finished"
-    assert devices == ["cuda"]
+    assert devices == ["cuda"] and len(records) == 1
