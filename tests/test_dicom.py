@@ -364,3 +364,15 @@ def test_predict_on_dicom_matches_predict_on_vol(phantom_dataset: Path, tmp_path
     delta = float(np.abs(a - b).max())
     print(f"max |dp| DICOM (16-bit) vs .vol: {delta:.2e}")
     assert a.shape == b.shape and delta < 1e-3
+
+
+def test_a_circle_scan_is_named_by_its_closed_trajectory(tmp_path: Path) -> None:
+    files = dicom_eye(tmp_path, layered_volume((1, 32, 64), seed=0)[0], np.zeros((120, 120), np.uint8), box_px=BOX)
+    ds = pydicom.dcmread(files["opt"])
+    del ds.ScanPatternTypeCodeSequence  # told by the geometry alone
+    loc = ds.PerFrameFunctionalGroupsSequence[0].OphthalmicFrameLocationSequence[0]
+    angles = np.linspace(0, 2 * np.pi, 32)  # one (row, column) per column, back to the start
+    loc.ReferenceCoordinates = np.ravel(np.stack([60 + 30 * np.sin(angles), 60 + 30 * np.cos(angles)], 1)).tolist()
+    loc.OphthalmicImageOrientation = "NONLINEAR"
+    ds.save_as(files["opt"])
+    _refused(tmp_path, r"eye_b7: circle scan \(closed frame trajectory\)", "circle scan")
