@@ -28,7 +28,9 @@ from enface.fileio import atomic_write_csv, atomic_write_text, path_under, read_
 from enface.study.active_config import START
 from enface.study.config import StudyConfig
 from enface.study.plan import PlannedRun, run_folder
-from enface.study.results import paired_wilcoxon
+from enface.study.stats import format_number as _fmt
+from enface.study.stats import format_p as _fmt_p
+from enface.study.stats import paired_wilcoxon
 
 __all__ = ["ACTIVE_COLUMNS", "active_markdown", "active_results", "write_active_report"]
 
@@ -50,14 +52,6 @@ ACTIVE_COLUMNS: tuple[str, ...] = (
 
 Key = tuple[str, str, int]
 """(test set, strategy, round)."""
-
-
-def _fmt(v: Any, digits: int = 3) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{digits}f}"
-
-
-def _fmt_p(p: float) -> str:
-    return "n/a" if not math.isfinite(p) else f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
 
 
 def _gather(study: StudyConfig, plan: Sequence[PlannedRun]) -> tuple[dict, dict, list[str], dict]:

@@ -22,6 +22,7 @@ import numpy as np
 
 from enface.data.splits import fraction_key
 from enface.study.config import StudyConfig
+from enface.study.stats import format_p, paired_wilcoxon
 
 __all__ = ["DEMO_PATIENTS", "demo_study", "headline", "paired_difference"]
 
@@ -77,8 +78,6 @@ def paired_difference(
     Returns:
         ``{"n", "patients", "mean", "low", "high", "p_value"}`` (NaN where undefined).
     """
-    from enface.study.results import paired_wilcoxon
-
     common = sorted(c for c in set(reference) & set(other) if math.isfinite(reference[c] + other[c]))
     diff = {c: other[c] - reference[c] for c in common}
     patients = sorted({groups.get(c, c) for c in common})
@@ -97,9 +96,7 @@ def paired_difference(
 
 
 def _fmt_diff(d: Mapping[str, float]) -> str:
-    p = d["p_value"]
-    ptxt = "n/a" if not math.isfinite(p) else (f"{p:.3f}" if p >= 0.001 else f"{p:.1e}")
-    return f"{d['mean']:+.3f} Dice [95 % CI {d['low']:+.3f}, {d['high']:+.3f}], Wilcoxon p = {ptxt}"
+    return f"{d['mean']:+.3f} Dice [95 % CI {d['low']:+.3f}, {d['high']:+.3f}], Wilcoxon p = {format_p(d['p_value'])}"
 
 
 def headline(study: StudyConfig) -> str:

@@ -1,7 +1,7 @@
 """Label efficiency on the clinical endpoint: GA growth rates from each configuration's predictions.
 
 For every test set, model, initialisation and label fraction, the masks each seed's ensemble
-predicted on the test cases (``eval/<test set>/predictions.npz``, thresholded at 0.5) give
+predicted on the test cases (``eval/<test set>/predictions.npz``, thresholded as everywhere) give
 per-eye growth rates over the visits; they are compared with the rates of the reference
 masks on the same visits (:func:`enface.progression.rate_agreement`: eyes with >= 2 paired
 visits, Bland-Altman bias and limits of agreement, ICC(A,1)). The table reports the mean over
@@ -21,6 +21,7 @@ from enface.data.folder import Case, load_case
 from enface.progression import Visit, lesion_features, rate_agreement
 from enface.study.config import StudyConfig
 from enface.study.plan import PlannedRun, plan_study, run_folder
+from enface.targets import binary
 
 __all__ = ["GROWTH_COLUMNS", "growth_agreement"]
 
@@ -68,7 +69,7 @@ def _seed_agreement(npz: Path, cases: _TestSetCases) -> dict[str, Any] | None:
     predicted: list[Visit] = []
     with np.load(npz) as data:
         for cid in data.files:
-            v = _visit(cases.case(cid), data[cid] >= 128)
+            v = _visit(cases.case(cid), binary(data[cid] / 255))  # stored as round(p * 255)
             if v is not None and cid in cases.reference:
                 predicted.append(v)
     _, summary = rate_agreement(predicted, [cases.reference[v.case_id] for v in predicted])

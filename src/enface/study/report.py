@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import html
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,9 @@ from enface.fileio import atomic_write_csv, atomic_write_json, atomic_write_text
 from enface.study.config import StudyConfig
 from enface.study.plan import PlannedRun, run_folder
 from enface.study.results import config_label
+from enface.study.stats import format_number as _fmt
+from enface.study.stats import format_p as _fmt_p
+from enface.targets import THRESHOLD, binary
 
 __all__ = ["growth_markdown", "markdown_to_html", "table_markdown", "wilcoxon_markdown", "write_report"]
 
@@ -30,16 +32,6 @@ _STYLE = (
     "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
     "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:100%}"
 )
-
-
-def _fmt(v: Any, digits: int = 3) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{digits}f}"
-
-
-def _fmt_p(p: float | None) -> str:
-    if p is None or not math.isfinite(p):
-        return "n/a"
-    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
 
 
 def table_markdown(table: Sequence[Mapping[str, Any]]) -> str:
@@ -177,7 +169,7 @@ def _overlay_figure(study: StudyConfig, plan: Sequence[PlannedRun], fig_dir: Pat
         with np.load(npz) as data:
             if not case_ids:
                 case_ids = _overlay_cases(Path(ts["dataset"]), sorted(data.files), study.task, study.overlay_cases)
-            panels[config_label(run.model, run.init)] = {c: data[c] >= 128 for c in case_ids if c in data.files}
+            panels[config_label(run.model, run.init)] = {c: binary(data[c] / 255) for c in case_ids if c in data.files}
     if not panels or not case_ids:
         return None
     cases = {c: load_case(Path(ts["dataset"]) / "cases" / c) for c in case_ids}
@@ -235,7 +227,7 @@ def _report_markdown(study: StudyConfig, results: Mapping[str, Any], figures: Se
         "",
         f"Dataset `{study.dataset}`, task `{study.task}`; models {', '.join(study.models)}; initialisations "
         f"{', '.join(study.inits)}; label fractions {', '.join(fraction_key(f) + ' %' for f in study.fractions)}; "
-        f"seeds {', '.join(map(str, study.seeds))}. Top-{study.top_k} checkpoint ensembles, threshold 0.5.",
+        f"seeds {', '.join(map(str, study.seeds))}. Top-{study.top_k} checkpoint ensembles, threshold {THRESHOLD:g}.",
         "",
         "## Results",
         "",

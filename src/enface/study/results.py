@@ -19,8 +19,9 @@ import numpy as np
 from enface.evaluate import METRICS, read_cases_csv, summarize
 from enface.study.config import StudyConfig
 from enface.study.plan import PlannedRun, plan_study, run_folder
+from enface.study.stats import paired_wilcoxon
 
-__all__ = ["collect_results", "config_label", "paired_wilcoxon"]
+__all__ = ["collect_results", "config_label"]
 
 ConfigKey = tuple[str, str, str, float]
 """(test set, model, init, fraction)."""
@@ -29,41 +30,6 @@ ConfigKey = tuple[str, str, str, float]
 def config_label(model: str, init: str) -> str:
     """``"fpn (ssl-faf_inv)"``: a configuration as tables and figures name it."""
     return f"{model} ({init})"
-
-
-def paired_wilcoxon(
-    reference: Mapping[str, float], other: Mapping[str, float], alternative: str = "two-sided"
-) -> dict[str, float]:
-    """Wilcoxon signed-rank test on per-case values paired by case id.
-
-    Args:
-        reference: ``{case_id: value}`` of the reference configuration.
-        other: ``{case_id: value}`` of the compared configuration.
-        alternative: passed to :func:`scipy.stats.wilcoxon`.
-
-    Returns:
-        ``{"n", "statistic", "p_value", "median_difference"}`` (``other - reference``);
-        p is NaN when fewer than 2 paired cases differ.
-    """
-    from scipy.stats import wilcoxon
-
-    common = sorted(set(reference) & set(other))
-    a = np.array([reference[c] for c in common], dtype=float)
-    b = np.array([other[c] for c in common], dtype=float)
-    ok = np.isfinite(a) & np.isfinite(b)
-    a, b = a[ok], b[ok]
-    diff = b - a
-    result = {
-        "n": int(a.size),
-        "statistic": math.nan,
-        "p_value": math.nan,
-        "median_difference": float(np.median(diff)) if diff.size else math.nan,
-    }
-    if np.count_nonzero(diff) >= 2:
-        res = wilcoxon(b, a, alternative=alternative)
-        result["statistic"] = float(res.statistic)
-        result["p_value"] = float(res.pvalue)
-    return result
 
 
 def _gather(study: StudyConfig, plan: Sequence[PlannedRun]) -> tuple[dict, dict, list[str], dict]:

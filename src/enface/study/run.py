@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from enface.data.folder import is_dataset
 from enface.engine.checkpoint import topk_checkpoints
 from enface.errors import ConfigError
 from enface.fileio import FolderLock, atomic_write_json, atomic_write_text, path_under
@@ -61,7 +62,7 @@ def ensure_datasets(study: StudyConfig) -> None:
     wanted = [("dataset", study.dataset, study.synth)]
     wanted += [(f"test set {name!r}", ts["dataset"], ts.get("synth")) for name, ts in study.test_sets.items()]
     for what, folder, synth in wanted:
-        if (Path(folder) / "dataset.json").is_file():
+        if is_dataset(folder):
             continue
         if not synth:
             raise ConfigError(f"study: {what} {folder} not found (and no 'synth' entry to generate it)")
