@@ -352,6 +352,22 @@ def _export_format(root: Path) -> str | None:
         return None
 
 
+def _declared_and_present(
+    info: dict[str, Any], modalities: set[str], tasks: set[str], where: Path, report: CheckReport
+) -> None:
+    """What ``dataset.json`` declares against what the cases hold."""
+    declared_mod = set(info.get("modalities", []))
+    declared_tasks = set(info.get("tasks", []))
+    for m in sorted(modalities - declared_mod):
+        report.problem(where, f"modality {m!r} is present in cases but not declared")
+    for t in sorted(tasks - declared_tasks):
+        report.problem(where, f"task {t!r} is present in cases but not declared")
+    for t in sorted(declared_tasks - tasks):
+        report.warn(where, f"task {t!r} is declared but no case has its mask")
+    for m in sorted((declared_mod - {"oct"}) - modalities):
+        report.warn(where, f"modality {m!r} is declared but no case has it")
+
+
 def check_dataset(root: str | os.PathLike, deep: bool = True) -> CheckReport:
     """Validate a dataset folder.
 
@@ -412,17 +428,7 @@ def check_dataset(root: str | os.PathLike, deep: bool = True) -> CheckReport:
         report.warn(cases_dir, f"cases have different depths {sorted({s[2] for s in shapes})}")
 
     if info is not None:
-        declared_mod = set(info.get("modalities", []))
-        declared_tasks = set(info.get("tasks", []))
-        for m in sorted(set(modalities) - declared_mod):
-            report.problem(root / "dataset.json", f"modality {m!r} is present in cases but not declared")
-        for t in sorted(set(tasks) - declared_tasks):
-            report.problem(root / "dataset.json", f"task {t!r} is present in cases but not declared")
-        for t in sorted(declared_tasks - set(tasks)):
-            report.warn(root / "dataset.json", f"task {t!r} is declared but no case has its mask")
-        for m in sorted((declared_mod - {"oct"}) - set(modalities)):
-            report.warn(root / "dataset.json", f"modality {m!r} is declared but no case has it")
-
+        _declared_and_present(info, set(modalities), set(tasks), root / "dataset.json", report)
     splits_path = root / "splits.json"
     if not splits_path.is_file():
         report.warn(splits_path, "no splits.json (run enface split)")

@@ -3,8 +3,9 @@
 * :mod:`~enface.study.config` — the study YAML (:class:`StudyConfig`, :func:`load_study`);
 * :mod:`~enface.study.plan` — the runs it needs, pre-training first, and their folders;
 * :mod:`~enface.study.run` — its phantom datasets, its runs (resumable), their evaluations;
-* :mod:`~enface.study.results` — tables and paired Wilcoxon tests from the evaluations;
-* :mod:`~enface.study.stats` — the paired Wilcoxon test and how p-values are written;
+* :mod:`~enface.study.ledger` — one small record per finished run, the results that outlive a machine;
+* :mod:`~enface.study.results` — tables and paired Wilcoxon tests from the ledger;
+* :mod:`~enface.study.claims` — the paper's claims, each put to the data with a paired test;
 * :mod:`~enface.study.report` — Markdown and HTML report with figures;
 * :mod:`~enface.study.demo` — the reduced study of ``enface demo``.
 """

@@ -1,8 +1,4 @@
-"""The study's statistics and how its reports write numbers: the paired Wilcoxon test, p-values.
-
-Used by the tables of :mod:`enface.study.results` and :mod:`enface.study.active_results`,
-the report (:mod:`enface.study.report`) and the demo's headline (:mod:`enface.study.demo`).
-"""
+"""The statistics of a study's tables: paired Wilcoxon signed-rank tests and how numbers are printed."""
 
 from __future__ import annotations
 
@@ -11,7 +7,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from scipy.stats import wilcoxon
 
 __all__ = ["format_number", "format_p", "paired_wilcoxon"]
 
@@ -30,6 +25,8 @@ def paired_wilcoxon(
         ``{"n", "statistic", "p_value", "median_difference"}`` (``other - reference``);
         p is NaN when fewer than 2 paired cases differ.
     """
+    from scipy.stats import wilcoxon
+
     common = sorted(set(reference) & set(other))
     a = np.array([reference[c] for c in common], dtype=float)
     b = np.array([other[c] for c in common], dtype=float)
@@ -49,13 +46,13 @@ def paired_wilcoxon(
     return result
 
 
+def format_number(value: Any, digits: int = 3) -> str:
+    """``0.912`` (``digits`` decimals), or ``n/a`` for None and non-finite values."""
+    return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.{digits}f}"
+
+
 def format_p(p: float | None) -> str:
-    """A p-value for a table: ``0.042``, ``3.1e-05`` below 0.001, ``n/a`` when undefined."""
+    """A p-value as tables print it: ``0.013``, ``3.2e-05`` below 0.001, ``n/a`` when undefined."""
     if p is None or not math.isfinite(p):
         return "n/a"
     return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
-
-
-def format_number(v: Any, digits: int = 3) -> str:
-    """A value for a table with ``digits`` decimals, ``n/a`` when missing or not finite."""
-    return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{digits}f}"
