@@ -294,8 +294,11 @@ def test_a_study_evaluates_where_it_trained(monkeypatch: pytest.MonkeyPatch, tmp
     devices = []
     monkeypatch.setattr(fit_module, "fit", lambda config, **kw: FitResult(tmp_path, "finished", [], "val_dice", 1))
     monkeypatch.setattr("enface.evaluate.evaluate", lambda *a, **kw: devices.append(kw["device"]))
+    monkeypatch.setattr(study_run, "_evaluation_record", lambda *a: {"cases": []})  # nothing was evaluated
+    records = []
+    monkeypatch.setattr(study_run, "write_record", lambda *a: records.append(a))
     assert study_run.execute_run(study, run, progress=False) == "finished"
-    assert devices == ["cuda"]
+    assert devices == ["cuda"] and len(records) == 1
 
 
 def test_validation_dice_counts_a_probability_at_the_threshold_as_lesion(monkeypatch: pytest.MonkeyPatch) -> None:
