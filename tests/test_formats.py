@@ -184,7 +184,7 @@ def _find_series(root: Path) -> list[ScanUnit]:
             series = str(json.loads(f.read_text())["series"])
         except (OSError, ValueError, KeyError) as e:
             key = f.relative_to(base).as_posix()
-            units.append(ScanUnit(key, f.stem, f, (f,), problem=f"{f}: unreadable slice ({type(e).__name__})"))
+            units.append(ScanUnit(key, f.stem, f, (f,), problem=f"unreadable slice ({type(e).__name__})"))
             continue
         groups.setdefault((f.parent, series), []).append(f)
     for (folder, series), members in sorted(groups.items()):
@@ -223,7 +223,7 @@ def test_a_format_may_find_several_scans_in_one_folder_and_fail_one_naming_its_f
     assert report.written == ["A", "B"]
     failed = dict(report.failed)
     assert set(failed) == {str(src / "exam" / "broken.tsl"), str(src / "exam")}
-    assert "unreadable slice" in failed[str(src / "exam" / "broken.tsl")]
+    assert failed[str(src / "exam" / "broken.tsl")] == "unreadable slice (JSONDecodeError)"
     assert "series C: slices [0, 2]" in failed[str(src / "exam")]
     assert [c.meta.extra["source_key"] for c in list_cases(tmp_path / "ds")] == ["exam#A", "exam#B"]
     again = prepare_dataset(src, tmp_path / "ds", opts, progress=False)

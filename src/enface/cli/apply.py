@@ -7,6 +7,7 @@ import sys
 
 from enface.cli.data import add_scan_options, parse_numbers
 from enface.io.formats import list_formats
+from enface.targets import THRESHOLD
 
 # --------------------------------------------------------------------------- predict
 
@@ -39,7 +40,9 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
         "scan (enface.dcm), into the scan's study (docs/predict.md)",
     )
     p.add_argument("--top-k", type=int, default=5, help="checkpoints of a run folder averaged (default 5)")
-    p.add_argument("--threshold", type=float, default=0.5, help="probability threshold of the mask (default 0.5)")
+    p.add_argument(
+        "--threshold", type=float, default=THRESHOLD, help=f"probability threshold of the mask (default {THRESHOLD:g})"
+    )
     p.add_argument(
         "--format",
         dest="fmt",

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from enface.errors import DatasetError, ScanKindError
+from enface.errors import DatasetError
 from enface.io.base import Scan
 
 __all__ = [
@@ -94,9 +94,10 @@ class ScanUnit:
         source: the file or folder reports name for this scan.
         files: every file the scan is read from (empty: ``source`` alone).
         detail: anything the format's reader needs (picklable: it may go to a worker).
-        problem: why the scan cannot be read, naming the file (read raises it); ``None``
-            when it can.
-        kind: the kind of ``problem`` (see :class:`~enface.errors.ScanKindError`).
+        problem: why the scan cannot be read (reading it raises this, naming ``source``);
+            ``None`` when it can.
+        kind: the kind of ``problem`` (reports count failures by kind: ``"damaged file"``,
+            ``"line scan"``, ... as :class:`~enface.errors.ScanKindError` names them).
     """
 
     key: str
@@ -225,8 +226,9 @@ def infer_format(path: Path) -> str:
         if fmt is None:
             known = ", ".join(f"{suf} ({name})" for suf, name in _suffix_pairs())
             raise DatasetError(
-                f"{path}: not an OCT volume or export (suffix {''.join(path.suffixes) or 'none'}; "
-                f"registered formats: {known}; give --format)"
+                f"not an OCT volume or export (suffix {''.join(path.suffixes) or 'none'}; "
+                f"registered formats: {known}; give --format)",
+                path=path,
             )
         return fmt
     found = {
@@ -239,11 +241,12 @@ def infer_format(path: Path) -> str:
     if not found:
         unnamed = [f.name for f in _REGISTRY.values() if not f.suffixes]
         raise DatasetError(
-            f"{path}: no case, dataset or OCT export found in this folder "
-            f"(give --format for {', '.join(unnamed) or 'a format'} or unusual suffixes)"
+            f"no case, dataset or OCT export found in this folder "
+            f"(give --format for {', '.join(unnamed) or 'a format'} or unusual suffixes)",
+            path=path,
         )
     if len(found) > 1:
-        raise DatasetError(f"{path}: files of several formats ({', '.join(sorted(found))}); give --format")
+        raise DatasetError(f"files of several formats ({', '.join(sorted(found))}); give --format", path=path)
     return found.pop()
 
 
@@ -283,11 +286,9 @@ def read_unit(fmt: ExportFormat, unit: ScanUnit, options: ReadOptions) -> Scan:
     """Read one scan with its format's reader.
 
     Raises:
-        DatasetError: the unit's ``problem`` (a :class:`~enface.errors.ScanKindError` of its
-            kind), or what the reader raises.
+        DatasetError: the unit's ``problem`` (of its ``kind``, naming its ``source``), or
+            what the reader raises.
     """
     if unit.problem is not None:
-        if unit.kind != "error":
-            raise ScanKindError(unit.kind, unit.problem)
-        raise DatasetError(unit.problem)
+        raise DatasetError(unit.problem, unit.source, unit.kind)
     return fmt.read(unit, options)

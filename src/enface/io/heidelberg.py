@@ -87,7 +87,7 @@ def _volume_and_spacing(
     spacing ``(sh, sw, sd)`` in mm (given, from the export, or the default)."""
     data = np.asarray(ev.data)
     if data.ndim != 3:
-        raise DatasetError(f"{source}: expected a 3D OCT volume, got shape {data.shape}")
+        raise DatasetError(f"expected a 3D OCT volume, got shape {data.shape}", path=source)
     volume = to_unit_float(np.transpose(data, (0, 2, 1)))  # (H, W, D)
     meta = ev.meta
     unit = str(meta.get("scale_unit", ""))
@@ -96,12 +96,13 @@ def _volume_and_spacing(
     if spacing is None:
         if unit != "mm":
             raise DatasetError(
-                f"{source}: the export gives no spacing in mm (unit {unit!r}); pass the spacing "
-                "explicitly (--spacing SH,SW,SD in mm)"
+                f"the export gives no spacing in mm (unit {unit!r}); pass the spacing "
+                "explicitly (--spacing SH,SW,SD in mm)",
+                path=source,
             )
         spacing = (float(meta["scale_z"]), float(meta["scale_x"]), float(meta["scale_y"]))
         if not all(np.isfinite(s) and s > 0 for s in spacing):
-            raise DatasetError(f"{source}: invalid spacing in the export {spacing}")
+            raise DatasetError(f"invalid spacing in the export {spacing}", path=source)
     return volume, tuple(float(s) for s in spacing)  # type: ignore[return-value]
 
 
@@ -167,14 +168,15 @@ def eyevolume_to_scan(
         DatasetError: unusable data (not 3D, unknown spacing, ...).
     """
     if np.asarray(ev.data).ndim == 3 and np.asarray(ev.data).shape[0] == 1:
-        raise ScanKindError("line scan", f"{source}: line scan (1 B-scan): {NOT_A_VOLUME}")
+        raise ScanKindError("line scan", f"line scan (1 B-scan): {NOT_A_VOLUME}", path=source)
     volume, spacing = _volume_and_spacing(ev, source, spacing, default_spacing)
     slo, positions = _localizer(ev, volume.shape[0], source)
     if positions is not None and volume.shape[0] > 1 and np.ptp(positions, axis=0).max() < 1e-6:
         raise ScanKindError(
             "repeated line scan",
-            f"{source}: all {volume.shape[0]} B-scans lie at the same place on the SLO (a repeated line "
+            f"all {volume.shape[0]} B-scans lie at the same place on the SLO (a repeated line "
             f"scan, or B-scan positions lost on export): {NOT_A_VOLUME}",
+            path=source,
         )
     meta = ev.meta
     eye = normalise_eye(meta.get("laterality"))
@@ -225,7 +227,7 @@ def _check_kind(path: Path, fmt: str, source: str) -> None:
         if path.is_dir():
             found = sorted(path.glob("*.xml"))
             if len(found) != 1:
-                raise DatasetError(f"{source}: expected one HEYEX XML file in the folder, found {len(found)}")
+                raise DatasetError(f"expected one HEYEX XML file in the folder, found {len(found)}", path=source)
             xml = found[0]
         check_xml(xml)
     else:
@@ -259,9 +261,9 @@ def read_heidelberg(
     if fmt is None:
         fmt = "xml" if path.is_dir() else path.suffix.lower().lstrip(".")
     if fmt not in HEIDELBERG_FORMATS:
-        raise DatasetError(f"{source}: unknown Heidelberg format {fmt!r} (known: {HEIDELBERG_FORMATS})")
+        raise DatasetError(f"unknown Heidelberg format {fmt!r} (known: {HEIDELBERG_FORMATS})", path=source)
     if not path.exists():
-        raise DatasetError(f"{source}: file not found")
+        raise DatasetError("file not found", path=source)
     _check_kind(path, fmt, source)
     with _quiet_eyepy():
         ev, patient, visit = _parse(path, fmt, source)
@@ -301,7 +303,7 @@ def _parse(path: Path, fmt: str, source: str) -> tuple[Any, str | None, str | No
         raise
     except Exception as e:  # eyepy / construct raise many types on truncated or foreign files
         raise ScanKindError(
-            "damaged file", f"{source}: unreadable or truncated {fmt} export ({type(e).__name__}: {e})"
+            "damaged file", f"unreadable or truncated {fmt} export ({type(e).__name__}: {e})", path=source
         ) from None
     return ev, patient, visit
 

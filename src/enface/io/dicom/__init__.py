@@ -62,8 +62,9 @@ def read_dicom_unit(unit: ScanUnit, options: ReadOptions) -> Scan:
     comps = find_companions(path.parent, stem)
     if (comps["masks"] or comps["bm"]) and "frame_order" in scan.meta["dicom"]:
         raise DatasetError(
-            f"{path}: its frames are not stored in B-scan order (neither top-down nor bottom-up), so companion "
-            "files in the file's frame order cannot be placed on the grid"
+            "its frames are not stored in B-scan order (neither top-down nor bottom-up), so companion "
+            "files in the file's frame order cannot be placed on the grid",
+            path=path,
         )
     return attach_companions(scan, comps, read_sidecar(path.parent / f"{stem}.json"), use_slo=False)
 

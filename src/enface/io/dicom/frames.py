@@ -71,10 +71,10 @@ def _spacing(ds: Any, path: Path) -> tuple[float, float, float | None]:
     measures = functional_group(ds, 0, "PixelMeasuresSequence")
     where = f"{attribute_name('PixelMeasuresSequence')} > {attribute_name('PixelSpacing')}"
     if measures is None or "PixelSpacing" not in measures or len(measures.PixelSpacing) != 2:
-        raise DatasetError(f"{path}: no {where}: the depth and A-scan spacing are unknown")
+        raise DatasetError(f"no {where}: the depth and A-scan spacing are unknown", path=path)
     depth, ascan = (float(v) for v in measures.PixelSpacing)
     if not (np.isfinite([depth, ascan]).all() and depth > 0 and ascan > 0):
-        raise DatasetError(f"{path}: {where} must be two positive numbers, got {list(measures.PixelSpacing)}")
+        raise DatasetError(f"{where} must be two positive numbers, got {list(measures.PixelSpacing)}", path=path)
     between = measures.get("SpacingBetweenSlices")
     return depth, ascan, (float(between) if between not in (None, "") and float(between) > 0 else None)
 
@@ -87,12 +87,13 @@ def _frame_location(ds: Any, i: int, path: Path) -> tuple[str, np.ndarray, str] 
     coords = loc.get("ReferenceCoordinates")
     uid = str(loc.get("ReferencedSOPInstanceUID", "") or "")
     if not uid:
-        raise DatasetError(f"{path}: {where} has no {attribute_name('ReferencedSOPInstanceUID')}")
+        raise DatasetError(f"{where} has no {attribute_name('ReferencedSOPInstanceUID')}", path=path)
     values = np.asarray([] if coords is None else list(coords), np.float64)
     if values.size < 4 or values.size % 2 or not np.isfinite(values).all():
         raise DatasetError(
-            f"{path}: {where} > {attribute_name('ReferenceCoordinates')} must hold at least two (row, column) "
-            f"pairs, got {values.tolist()}"
+            f"{where} > {attribute_name('ReferenceCoordinates')} must hold at least two (row, column) "
+            f"pairs, got {values.tolist()}",
+            path=path,
         )
     rc = values.reshape(-1, 2)
     xy = rc[:, ::-1] - 0.5  # (row, column) from the top-left corner -> (x, y) pixel centres at integers
@@ -123,8 +124,9 @@ def frame_geometry(ds: Any, path: Path) -> FrameGeometry:
     per = ds.get("PerFrameFunctionalGroupsSequence")
     if per is not None and len(per) != n:
         raise DatasetError(
-            f"{path}: {attribute_name('PerFrameFunctionalGroupsSequence')} has {len(per)} items for "
-            f"{attribute_name('NumberOfFrames')} {n}"
+            f"{attribute_name('PerFrameFunctionalGroupsSequence')} has {len(per)} items for "
+            f"{attribute_name('NumberOfFrames')} {n}",
+            path=path,
         )
     depth, ascan, between = _spacing(ds, path)
     locations = [_frame_location(ds, i, path) for i in range(n)]
@@ -133,17 +135,19 @@ def frame_geometry(ds: Any, path: Path) -> FrameGeometry:
     if not has_loc and not has_plane:
         missing = next(i for i in range(n) if locations[i] is None and planes[i] is None)
         raise DatasetError(
-            f"{path}: frame {missing + 1} has neither an {attribute_name('OphthalmicFrameLocationSequence')} nor a "
+            f"frame {missing + 1} has neither an {attribute_name('OphthalmicFrameLocationSequence')} nor a "
             f"{attribute_name('PlanePositionSequence')} with {attribute_name('PlaneOrientationSequence')}: "
-            "the B-scans cannot be ordered"
+            "the B-scans cannot be ordered",
+            path=path,
         )
     localizer = points = orientation = None
     if has_loc:
         uids = {loc[0] for loc in locations if loc is not None}
         if len(uids) > 1:
             raise DatasetError(
-                f"{path}: the frames' {attribute_name('OphthalmicFrameLocationSequence')} refer to {len(uids)} "
-                "different localizer images; one is expected"
+                f"the frames' {attribute_name('OphthalmicFrameLocationSequence')} refer to {len(uids)} "
+                "different localizer images; one is expected",
+                path=path,
             )
         localizer = uids.pop()
         points = [loc[1] for loc in locations if loc is not None]
@@ -159,7 +163,8 @@ def _no_pixels(ds: Any, path: Path) -> ScanKindError:
     size = path.stat().st_size if path.is_file() else 0
     return ScanKindError(
         "truncated file",
-        f"{path}: truncated: no complete {attribute_name('PixelData')} (the file ends at byte {size})",
+        f"truncated: no complete {attribute_name('PixelData')} (the file ends at byte {size})",
+        path=path,
     )
 
 
@@ -173,9 +178,10 @@ def _check_decoder(ds: Any, path: Path) -> None:
         decoder = None
     if decoder is None or not decoder.is_available:
         raise DatasetError(
-            f"{path}: cannot decode the pixel data: no decoder is installed for the transfer syntax "
+            f"cannot decode the pixel data: no decoder is installed for the transfer syntax "
             f"{syntax.name} ({syntax}) (enface reads uncompressed, RLE, JPEG, JPEG-LS and JPEG 2000 data; "
-            "re-export the series uncompressed or as JPEG 2000)"
+            "re-export the series uncompressed or as JPEG 2000)",
+            path=path,
         )
 
 
@@ -198,15 +204,17 @@ def decode_image(ds: Any, path: Path) -> np.ndarray:
         if len(ds.PixelData) < expected:
             raise ScanKindError(
                 "truncated file",
-                f"{path}: truncated: {attribute_name('PixelData')} holds {len(ds.PixelData)} of the {expected} "
+                f"truncated: {attribute_name('PixelData')} holds {len(ds.PixelData)} of the {expected} "
                 f"bytes of its {n} frame(s)",
+                path=path,
             )
     try:
         arr = np.asarray(ds.pixel_array)
     except (ValueError, RuntimeError, NotImplementedError, TypeError, KeyError, IndexError, OSError) as e:
         raise ScanKindError(
             "damaged file",
-            f"{path}: the {syntax.name} pixel data cannot be decoded ({type(e).__name__}: {e})",
+            f"the {syntax.name} pixel data cannot be decoded ({type(e).__name__}: {e})",
+            path=path,
         ) from None
     if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":
         arr = arr.max() - arr
@@ -221,7 +229,7 @@ def decode_frames(ds: Any, path: Path) -> np.ndarray:
     """
     spp = int(ds.get("SamplesPerPixel") or 1)
     if spp != 1:
-        raise DatasetError(f"{path}: {attribute_name('SamplesPerPixel')} is {spp}; OCT frames have one sample")
+        raise DatasetError(f"{attribute_name('SamplesPerPixel')} is {spp}; OCT frames have one sample", path=path)
     arr = decode_image(ds, path)
     n = int(ds.get("NumberOfFrames") or 1)
     return arr.reshape(n, int(ds.Rows), int(ds.Columns))

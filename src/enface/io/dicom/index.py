@@ -77,7 +77,8 @@ class DicomFile:
 
 @dataclass(frozen=True)
 class Refusal:
-    """A file that is refused: its kind (:class:`~enface.errors.ScanKindError`) and the message."""
+    """A file that is refused: its kind (:class:`~enface.errors.ScanKindError`) and what is wrong
+    (the message without the path)."""
 
     path: Path
     kind: str
@@ -85,7 +86,7 @@ class Refusal:
 
     def error(self) -> ScanKindError:
         """The error that reports it."""
-        return ScanKindError(self.kind, self.message)
+        return ScanKindError(self.kind, self.message, path=self.path)
 
 
 @dataclass
@@ -144,9 +145,9 @@ def read_header(path: Path, *, pixels: bool = False) -> Any:
         message = f"{path}: truncated DICOM file (it ends inside an element: {e})"
         raise ScanKindError("truncated file", message) from None
     except OSError as e:
-        raise DatasetError(f"{path}: cannot read the file ({e})") from None
+        raise DatasetError(f"cannot read the file ({e})", path=path) from None
     except (InvalidDicomError, ValueError, TypeError, KeyError, AttributeError, struct.error) as e:
-        raise ScanKindError("damaged file", f"{path}: damaged DICOM file ({type(e).__name__}: {e})") from None
+        raise ScanKindError("damaged file", f"damaged DICOM file ({type(e).__name__}: {e})", path=path) from None
 
 
 def _files(root: Path) -> Iterator[Path]:
@@ -172,12 +173,12 @@ def _identify(path: Path, ds: Any) -> DicomFile | Refusal | None:
         return Refusal(
             path,
             NON_OPHTHALMIC,
-            f"{path}: not an ophthalmic tomography image: {attribute_name('SOPClassUID')} is {name} "
+            f"not an ophthalmic tomography image: {attribute_name('SOPClassUID')} is {name} "
             f"({sop_class or 'absent'}), {attribute_name('Modality')} {modality or 'absent'}",
         )
     for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
         if not str(ds.get(keyword, "") or "").strip():
-            return Refusal(path, "damaged file", f"{path}: {attribute_name(keyword)} is missing or empty")
+            return Refusal(path, "damaged file", f"{attribute_name(keyword)} is missing or empty")
     try:
         instance = int(ds.get("InstanceNumber") or 0)
     except (TypeError, ValueError):
@@ -207,8 +208,8 @@ def _label(ds: Any) -> str:
 
 def _not_dicom(path: Path) -> Refusal:
     if path.stat().st_size == 0:
-        return Refusal(path, "empty file", f"{path}: empty file (0 bytes): not a DICOM file")
-    return Refusal(path, "damaged file", f"{path}: not a DICOM file (no 'DICM' after the 128-byte preamble)")
+        return Refusal(path, "empty file", "empty file (0 bytes): not a DICOM file")
+    return Refusal(path, "damaged file", "not a DICOM file (no 'DICM' after the 128-byte preamble)")
 
 
 def index_folder(root: str | Path) -> DicomIndex:
@@ -219,7 +220,7 @@ def index_folder(root: str | Path) -> DicomIndex:
     """
     root = Path(root)
     if not root.exists():
-        raise DatasetError(f"{root}: source folder not found")
+        raise DatasetError("source folder not found", path=root)
     index = DicomIndex(root)
     for path in _files(root):
         if not is_dicom_file(path):

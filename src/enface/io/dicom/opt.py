@@ -77,9 +77,10 @@ def _load(files: list[DicomFile]) -> list[_Part]:
         if out and frames.shape[1:] != out[0][2].shape[1:]:
             first = out[0]
             raise DatasetError(
-                f"{f.path}: frames of unequal size in one series: {attribute_name('Rows')} x "
+                f"frames of unequal size in one series: {attribute_name('Rows')} x "
                 f"{attribute_name('Columns')} {frames.shape[1]} x {frames.shape[2]} here, "
-                f"{first[2].shape[1]} x {first[2].shape[2]} in {first[0]}"
+                f"{first[2].shape[1]} x {first[2].shape[2]} in {first[0]}",
+                path=f.path,
             )
         out.append((f.path, ds, frames, geom))
     return out
@@ -92,7 +93,8 @@ def _pattern_kind(ds: Any, path: Path) -> None:
             meaning = item.get("CodeMeaning", "")
             raise ScanKindError(
                 kind,
-                f"{path}: {kind} ({attribute_name('ScanPatternTypeCodeSequence')}: {meaning}): {NOT_A_VOLUME}",
+                f"{kind} ({attribute_name('ScanPatternTypeCodeSequence')}: {meaning}): {NOT_A_VOLUME}",
+                path=path,
             )
 
 
@@ -106,18 +108,19 @@ def _end_points(parts: list[_Part]) -> tuple[np.ndarray, str | None]:
         orient = [o for g in geoms for o in (g.orientation or [])]
         if "TRANSVERSE" in orient:
             what = attribute_name("OphthalmicImageOrientation")
-            raise DatasetError(f"{path}: transverse frames ({what} TRANSVERSE): no B-scans")
+            raise DatasetError(f"transverse frames ({what} TRANSVERSE): no B-scans", path=path)
         closed = [o == "NONLINEAR" and np.linalg.norm(p[0] - p[-1]) < 0.1 * _length(p) for p, o in zip(pts, orient)]
         if any(closed):
-            raise ScanKindError("circle scan", f"{path}: circle scan (closed frame trajectory): {NOT_A_VOLUME}")
+            raise ScanKindError("circle scan", f"circle scan (closed frame trajectory): {NOT_A_VOLUME}", path=path)
         uids = {g.localizer for g in geoms}
         if len(uids) > 1:
-            raise DatasetError(f"{path}: the instances of the series refer to different localizer images")
+            raise DatasetError("the instances of the series refer to different localizer images", path=path)
         return np.stack([np.stack([p[0], p[-1]]) for p in pts]), uids.pop()
     if not all(g.patient is not None for g in geoms):
         raise DatasetError(
-            f"{path}: some frames have no {attribute_name('OphthalmicFrameLocationSequence')} and some no "
-            f"{attribute_name('PlanePositionSequence')}: the B-scans cannot be ordered"
+            f"some frames have no {attribute_name('OphthalmicFrameLocationSequence')} and some no "
+            f"{attribute_name('PlanePositionSequence')}: the B-scans cannot be ordered",
+            path=path,
         )
     ends = []
     for _, _, frames, g in parts:
@@ -135,12 +138,13 @@ def _check_raster(pos: np.ndarray, path: Path) -> None:
     """Refuse repeated line scans and radial (star) scans by their geometry."""
     n = pos.shape[0]
     if n == 1:
-        raise ScanKindError("line scan", f"{path}: line scan (1 B-scan): {NOT_A_VOLUME}")
+        raise ScanKindError("line scan", f"line scan (1 B-scan): {NOT_A_VOLUME}", path=path)
     length = float(np.median(np.linalg.norm(pos[:, 1] - pos[:, 0], axis=1)))
     if np.ptp(pos.reshape(n, 4), axis=0).max() < 1e-3 * max(length, 1e-9):
         raise ScanKindError(
             "repeated line scan",
-            f"{path}: all {n} B-scans lie at the same place (a repeated line scan): {NOT_A_VOLUME}",
+            f"all {n} B-scans lie at the same place (a repeated line scan): {NOT_A_VOLUME}",
+            path=path,
         )
     d = pos[:, 1] - pos[:, 0]
     angles = np.mod(np.arctan2(d[:, 1], d[:, 0]), np.pi)
@@ -148,7 +152,8 @@ def _check_raster(pos: np.ndarray, path: Path) -> None:
     if np.degrees(spread) > 5:
         raise ScanKindError(
             "radial scan",
-            f"{path}: radial scan (B-scans at angles {np.degrees(spread):.0f}° apart, not parallel): {NOT_A_VOLUME}",
+            f"radial scan (B-scans at angles {np.degrees(spread):.0f}° apart, not parallel): {NOT_A_VOLUME}",
+            path=path,
         )
 
 
@@ -176,8 +181,9 @@ def _bscan_spacing(parts: list[_Part], pos: np.ndarray, order: np.ndarray, px_mm
     if geoms[0].slice_mm is not None:
         return float(geoms[0].slice_mm)
     raise DatasetError(
-        f"{parts[0][0]}: the B-scan spacing is unknown: no {attribute_name('PlanePositionSequence')}, no "
-        f"{attribute_name('PixelSpacing')} on the localizer, no {attribute_name('SpacingBetweenSlices')}"
+        f"the B-scan spacing is unknown: no {attribute_name('PlanePositionSequence')}, no "
+        f"{attribute_name('PixelSpacing')} on the localizer, no {attribute_name('SpacingBetweenSlices')}",
+        path=parts[0][0],
     )
 
 
@@ -255,9 +261,10 @@ def _localizer(index: DicomIndex, uid: str | None, path: Path) -> DicomFile | No
     found = index.photos.get(uid)
     if found is None:
         raise DatasetError(
-            f"{path}: the localizer image {uid} that {attribute_name('OphthalmicFrameLocationSequence')} > "
+            f"the localizer image {uid} that {attribute_name('OphthalmicFrameLocationSequence')} > "
             f"{attribute_name('ReferencedSOPInstanceUID')} names is not in the folder (export the series with its "
-            "IR / SLO image)"
+            "IR / SLO image)",
+            path=path,
         )
     return found
 
