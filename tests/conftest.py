@@ -28,7 +28,7 @@ def phantom_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Six patients on an 8 x 32 x 64 grid with GA and RPD masks (``task="both"``): labeled and
     unlabeled visits, visits without FAF, second-grader masks; ``splits.json`` included.
     """
-    from enface.synth import synthesize_dataset
+    from enface.synth.cohort import synthesize_dataset
 
     out = tmp_path_factory.mktemp("phantom") / "phantom"
     return synthesize_dataset(
