@@ -1,8 +1,10 @@
 """What one study run costs, and where its time goes: a source tree of enface against another.
 
 Runs planned runs of a study YAML (``enface experiment CONFIG --run-index I``, the path a study
-takes) in a child process for each source tree: the current one and a baseline commit (its
-source exported with ``git archive``, nothing checked out). Each child times, from inside,
+takes) in a child process for each source tree: the current one with the current YAML, and a
+baseline commit (its source exported with ``git archive``, nothing checked out) with the YAML
+as it was at that commit (a fixed budget of 60 epochs before issue 25, budgets by convergence
+after). Each child times, from inside,
 
 * ``process start``: from the process's creation to the run's first step (imports, the
   study's config, plan and datasets checked);
@@ -175,6 +177,17 @@ def _index_of(config: str, label: str) -> int:
     raise SystemExit(f"no run labeled {label!r} in {config} (see enface experiment {config} --plan)")
 
 
+def _config_at(rev: str, config: str, into: Path) -> str:
+    """The study YAML ``config`` as it was at commit ``rev``, written into ``into``."""
+    rel = Path(config).resolve().relative_to(REPO)
+    text = subprocess.run(
+        ["git", "-C", str(REPO), "show", f"{rev}:{rel}"], check=True, capture_output=True, text=True
+    ).stdout
+    path = into / f"baseline-{rel.name}"
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
 def _measure(src: Path, config: str, out: Path, index: int) -> dict:
     result = out / "result.json"
     env = {**os.environ, "PYTHONPATH": str(src)}
@@ -204,24 +217,25 @@ def main() -> None:
     ap.add_argument("--baseline", default="33ec8d8", help="commit to compare with, or 'none'")
     ap.add_argument("--keep", help="keep the study copies in this folder (default: a temporary one)")
     args = ap.parse_args()
-    indices = [_index_of(args.config, label) for label in args.runs]
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench-study-run-"))
     work.mkdir(parents=True, exist_ok=True)
-    trees = {"current": REPO / "src"}
+    trees = {"current": (REPO / "src", args.config)}
     if args.baseline != "none":
         (work / "baseline-src").mkdir(exist_ok=True)
-        trees = {"baseline": _source_tree(args.baseline, work / "baseline-src"), **trees}
+        src = _source_tree(args.baseline, work / "baseline-src")
+        trees = {"baseline": (src, _config_at(args.baseline, args.config, work)), **trees}
     results: dict[str, list[dict]] = {t: [] for t in trees}
-    for label, index in zip(args.runs, indices):
-        for tree, src in trees.items():
+    for label in args.runs:
+        for tree, (src, config) in trees.items():
             folder = work / tree
             if not folder.exists():
-                _study_copy(args.config, folder)
-            results[tree].append(_measure(src, args.config, folder, index))
+                _study_copy(config, folder)
+            results[tree].append(_measure(src, config, folder, _index_of(config, label)))
             _print(label, tree, results[tree][-1])
-    print("\ntotals (CPU seconds per run, mean):")
+    print("\ntotals (mean per run):")
     for tree, rs in results.items():
-        print(f"  {tree:<9} {sum(r['cpu'] for r in rs) / len(rs):.0f} CPU-s over {len(rs)} run(s)")
+        cpu, dice = sum(r["cpu"] for r in rs) / len(rs), [d for r in rs for d in r["dice"].values()]
+        print(f"  {tree:<9} {cpu:.0f} CPU-s, test Dice {sum(dice) / max(1, len(dice)):.3f} over {len(rs)} run(s)")
     if len(trees) == 2:
         base, cur = (sum(r["cpu"] for r in results[t]) for t in trees)
         print(f"  baseline / current: {base / cur:.2f}x")
