@@ -17,6 +17,7 @@ from enface.cli import main
 from enface.errors import ConfigError, RunFolderError
 from enface.fileio import FolderLock
 from enface.study import collect_results, load_study, paired_wilcoxon, plan_study, run_folder, run_study
+from enface.study.plan import run_config
 from tiny_data import disc_dataset
 
 FAST = {"width": 0.125, "crop": [8, 32], "batch_size": 2, "num_workers": 0, "accelerator": "cpu"}
@@ -38,6 +39,8 @@ def _study_yaml(tmp_path: Path, dataset: Path, **extra) -> Path:
         "out": str(tmp_path / "study"),
         **extra,
     }
+    if "arms" in extra:  # instead of models x inits x fractions
+        doc = {k: v for k, v in doc.items() if k not in ("models", "inits", "fractions")}
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
@@ -62,6 +65,28 @@ def test_plan_puts_pretraining_first(dataset: Path, tmp_path: Path) -> None:
     assert len(plan) == 4 + 2 * 3 * 2 * 2
     assert {(r.model, r.target) for r in plan[:4]} == {(m, t) for m in ("fpn", "lachinov") for t in ("faf_inv", "slo")}
     assert [r.index for r in plan] == list(range(len(plan)))
+
+
+def test_arms_give_each_model_its_inits_fractions_and_training_settings(dataset: Path, tmp_path: Path) -> None:
+    arms = [
+        {"model": "fpn", "inits": ["scratch", "ssl-faf_inv"], "fractions": [0.2, 1.0]},
+        {"model": "lachinov", "inits": ["scratch"], "fractions": [1.0], "train": {"lr": 0.01, "epochs": 3}},
+    ]
+    study = load_study(_study_yaml(tmp_path, dataset, arms=arms))
+    plan = plan_study(study)
+    assert [(r.stage, r.model) for r in plan].count(("train", "lachinov")) == 1
+    configs = {(r.stage, r.model, r.init, r.fraction): run_config(study, r) for r in plan}
+    lachinov = configs["train", "lachinov", "scratch", 1.0]
+    assert (lachinov.lr, lachinov.epochs) == (0.01, 3)
+    others = [c for key, c in configs.items() if key[1] == "fpn"]  # its pre-training and its runs
+    assert others and all(c.lr == 0.1 for c in others) and all(c.epochs == 1 for c in others if c.stage == "train")
+    for bad, message in (
+        ({"lr": 0.01, "seed": 3}, r"the lachinov arm's train sets \['seed'\], which an arm cannot set"),
+        ({"learning_rate": 0.01}, r"the lachinov arm's train sets \['learning_rate'\]"),
+        ([0.01], r"arms\[1\]\.train must be a mapping"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            load_study(_study_yaml(tmp_path, dataset, arms=[arms[0], {**arms[1], "train": bad}]))
 
 
 def test_study_runs_resumes_and_reports(dataset: Path, tmp_path: Path, capsys) -> None:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from enface.config import read_yaml_mapping
+from enface.config import RunConfig, read_yaml_mapping
 from enface.data.splits import fraction_key
 from enface.errors import ConfigError
 from enface.study.active_config import ActiveConfig, parse_active
@@ -50,7 +50,7 @@ __all__ = [
     "study_as_dict",
 ]
 
-ARM_KEYS: tuple[str, ...] = ("model", "inits", "fractions", "model_kwargs")
+ARM_KEYS: tuple[str, ...] = ("model", "inits", "fractions", "model_kwargs", "train")
 """Keys of one entry of a study's ``arms:`` list."""
 
 
@@ -63,12 +63,31 @@ class Arm:
         inits: ``scratch`` or ``ssl-<target>`` each.
         fractions: label fractions, each in (0, 1].
         model_kwargs: extra constructor arguments of the model (e.g. ``{depth: 64}``).
+        train: training settings of this arm's segmentation runs that differ from the study's
+            ``train:`` block (e.g. ``{lr: 0.01}`` for a baseline that diverges at the paper's
+            learning rate); its pre-trainings keep the study's ``pretrain:`` block.
     """
 
     model: str
     inits: tuple[str, ...]
     fractions: tuple[float, ...]
     model_kwargs: tuple[tuple[str, Any], ...] = ()
+    train: tuple[tuple[str, Any], ...] = ()
+
+
+ARM_PLANNED: tuple[str, ...] = (
+    "dataset",
+    "target",
+    "model",
+    "model_kwargs",
+    "seed",
+    "fraction",
+    "init",
+    "patients",
+    "runs_dir",
+    "top_k",
+)
+"""Run settings that the study's plan sets for every run, which an arm's ``train:`` cannot."""
 
 
 STUDY_KEYS: tuple[str, ...] = (
@@ -144,6 +163,10 @@ class StudyConfig:
     def model_kwargs(self, model: str) -> dict[str, Any]:
         """The constructor arguments the study gives ``model`` (its arm's ``model_kwargs``)."""
         return next((dict(a.model_kwargs) for a in self.arm_list if a.model == model and a.model_kwargs), {})
+
+    def arm_train(self, model: str) -> dict[str, Any]:
+        """The training settings ``model``'s arm sets over the study's ``train:`` block."""
+        return next((dict(a.train) for a in self.arm_list if a.model == model and a.train), {})
 
     @property
     def active_config(self) -> ActiveConfig | None:
@@ -269,6 +292,12 @@ def _check_arm(arm: Arm, known: list[str]) -> None:
         Target.from_init_label(init)  # raises naming the init
     if any(not 0 < f <= 1 for f in arm.fractions):
         raise ConfigError(f"study: the {arm.model} arm's fractions must lie in (0, 1], got {list(arm.fractions)}")
+    settable = sorted({f.name for f in dataclasses.fields(RunConfig)} - set(ARM_PLANNED))
+    wrong = [key for key, _ in arm.train if key not in settable]
+    if wrong:
+        raise ConfigError(
+            f"study: the {arm.model} arm's train sets {wrong}, which an arm cannot set; it can set {settable}"
+        )
 
 
 def _arms(values: Any, where: Path) -> tuple[Arm, ...]:
@@ -283,16 +312,17 @@ def _arms(values: Any, where: Path) -> tuple[Arm, ...]:
             or not {"model", "inits", "fractions"} <= set(entry)
         ):
             raise ConfigError(f"{where}: arms[{n}] must be a mapping with keys {list(ARM_KEYS)}, got {entry!r}")
-        kwargs = entry.get("model_kwargs") or {}
-        if not isinstance(kwargs, dict):
-            raise ConfigError(f"{where}: arms[{n}].model_kwargs must be a mapping, got {kwargs!r}")
+        kwargs, train = entry.get("model_kwargs") or {}, entry.get("train") or {}
+        for key, value in (("model_kwargs", kwargs), ("train", train)):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: arms[{n}].{key} must be a mapping, got {value!r}")
         try:
             inits = tuple(_item("inits", str, v) for v in entry["inits"])
             fractions = tuple(sorted(_item("fractions", float, v) for v in entry["fractions"]))
             model = _item("model", str, entry["model"])
         except (TypeError, ValueError) as e:
             raise ConfigError(f"{where}: arms[{n}]: {e}") from None
-        arms.append(Arm(model, inits, fractions, tuple(sorted(kwargs.items()))))
+        arms.append(Arm(model, inits, fractions, tuple(sorted(kwargs.items())), tuple(sorted(train.items()))))
     if len({a.model for a in arms}) < len(arms):
         raise ConfigError(f"{where}: arms name a model more than once ({[a.model for a in arms]})")
     return tuple(arms)
@@ -355,5 +385,9 @@ def load_study(path: str | os.PathLike, out: str | os.PathLike | None = None) ->
 def study_as_dict(study: StudyConfig) -> dict[str, Any]:
     """Plain values of a study (for ``study.yaml`` in the study folder)."""
     d = dataclasses.asdict(study)
-    d["arms"] = None if study.arms is None else [{**vars(a), "model_kwargs": dict(a.model_kwargs)} for a in study.arms]
+    d["arms"] = (
+        None
+        if study.arms is None
+        else [{**vars(a), "model_kwargs": dict(a.model_kwargs), "train": dict(a.train)} for a in study.arms]
+    )
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}

@@ -116,7 +116,7 @@ def run_config(
     if study.model_kwargs(run.model):
         overrides["model_kwargs"] = study.model_kwargs(run.model)
     if run.stage != "pretrain":
-        overrides.update(fraction=run.fraction, init=init_ckpt)
+        overrides.update(study.arm_train(run.model), fraction=run.fraction, init=init_ckpt)
     if run.stage == "active":
         overrides.update(runs_dir=str(active_runs_dir(study, run)), patients=patients)
     return load_config(None, "pretrain" if run.stage == "pretrain" else "train", overrides)
