@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from enface.cli.data import PREPARE_FORMATS, add_scan_options, parse_numbers
+from enface.config import INFERENCE_PRECISION_DEFAULT, INFERENCE_PRECISIONS
 
 # --------------------------------------------------------------------------- predict
 
@@ -47,7 +48,19 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
         action="store_false",
         help="plain inference path (each network's own forward on the whole volume, BatchNorm unfolded)",
     )
+    add_precision(p)
     p.set_defaults(handler=_cmd_predict)
+
+
+def add_precision(p: argparse.ArgumentParser) -> None:
+    """``--precision`` of the commands that run inference (predict, evaluate)."""
+    p.add_argument(
+        "--precision",
+        choices=INFERENCE_PRECISIONS,
+        default=INFERENCE_PRECISION_DEFAULT,
+        help="what the fast path computes in: auto = bf16 where the hardware computes it natively (AVX512-BF16 "
+        "or AMX CPUs, bf16 GPUs), else float32; bf16 or 32 force either (default auto; see docs/speed.md)",
+    )
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -63,6 +76,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         spacing=parse_numbers(args.spacing, 3, "--spacing") if args.spacing else None,  # type: ignore[arg-type]
         device=args.device,
         fast=args.fast,
+        precision=args.precision,
     )
     report = predict(
         args.model,

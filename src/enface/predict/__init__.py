@@ -23,10 +23,11 @@ deviation kept (the uncertainty). Per scan, ``<out>/<scan id>/`` receives:
   over the SLO beside it when the scan has one, with physically square pixels;
 * ``prediction.json``: area in mm² (and each ensemble member's area, for the spread that
   ``enface progression`` reports), pixel count, spacing, patient, eye, visit, threshold,
-  checkpoints, notes, and ``grid``: the maps are in the SLO's orientation (as the prepared
-  cases); ``flipped_bscans`` / ``flipped_ascans`` say whether row ``r`` is B-scan
-  ``H - 1 - r`` of the file (column ``c`` its A-scan ``W - 1 - c``), e.g. for Spectralis
-  exports stored bottom-up.
+  checkpoints, the precision the networks computed in (``bf16`` or ``32``), notes, and
+  ``grid``: the maps are in the SLO's orientation (as the prepared cases);
+  ``flipped_bscans`` / ``flipped_ascans`` say whether row ``r`` is B-scan ``H - 1 - r`` of
+  the file (column ``c`` its A-scan ``W - 1 - c``), e.g. for Spectralis exports stored
+  bottom-up.
 
 ``<out>/summary.csv`` has one row per scan (failed ones included, with the reason), after
 the rows an earlier run into ``<out>`` left for other scans (:mod:`enface.predict.output`:
@@ -49,7 +50,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from enface.config import FAST_DEFAULT
+from enface.config import FAST_DEFAULT, INFERENCE_PRECISION_DEFAULT, INFERENCE_PRECISIONS
 from enface.data.folder import load_case
 from enface.data.options import BM_CHOICES, DEFAULT_BM, BMChoice
 from enface.data.prepare import PrepareOptions, discover_sources, scan_to_case
@@ -104,6 +105,8 @@ class PredictOptions:
         device: torch device of the ensemble.
         fast: the fast inference path (see :mod:`enface.engine.inference`); False: each
             network's own forward on the whole volume.
+        precision: what the fast path computes in: ``"auto"`` (bf16 where the device
+            computes it natively, else float32), ``"bf16"`` or ``"32"``.
     """
 
     fmt: str | None = None
@@ -115,6 +118,7 @@ class PredictOptions:
     spacing: tuple[float, float, float] | None = None
     device: str = "cpu"
     fast: bool = FAST_DEFAULT
+    precision: str = INFERENCE_PRECISION_DEFAULT
 
     def __post_init__(self) -> None:
         if self.fmt is not None and self.fmt not in FORMATS:
@@ -125,6 +129,10 @@ class PredictOptions:
             raise ValueError(f"depth must be >= 2, got {self.depth}")
         if self.bm not in BM_CHOICES:
             raise ValueError(f"bm must be 'auto', 'export' or 'estimate', got {self.bm!r}")
+        if self.precision not in INFERENCE_PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(INFERENCE_PRECISIONS)}, got {self.precision!r}")
+        if self.precision == "bf16" and not self.fast:
+            raise ValueError("precision bf16 runs on the fast path; the plain path (fast=False) is float32")
 
 
 @dataclass
@@ -370,6 +378,7 @@ def _write_outputs(
                 "spacing": [float(s) for s in scan.spacing],
                 **{k: scan.meta.get(k) for k in ("patient_id", "eye", "visit", "visit_date")},
                 "checkpoints": [str(p) for p in predictor.checkpoints],
+                "precision": predictor.precision,
                 "grid": {"orientation": "SLO: row 0 = topmost B-scan on the SLO", **scan.flips},
                 "notes": scan.notes,
             },
@@ -497,17 +506,26 @@ def predict(
     predictor = (
         model_or_run
         if isinstance(model_or_run, Predictor)
-        else Predictor.load(model_or_run, top_k, options.device, options.depth, options.window_mm, options.fast)
+        else Predictor.load(
+            model_or_run,
+            top_k,
+            options.device,
+            options.depth,
+            options.window_mm,
+            options.fast,
+            options.precision,
+        )
     )
     items = find_inputs(inputs, predictor, options)
     with OutputFolder(out, overwrite) as folder:
         folder.check_free([it.scan_id for it in items])
         log.info(
-            "predicting %d scan(s) with %d checkpoint(s) (task %s, depth %d)",
+            "predicting %d scan(s) with %d checkpoint(s) (task %s, depth %d, %s)",
             len(items),
             len(predictor.checkpoints),
             predictor.task,
             predictor.flatten.depth,
+            "bf16" if predictor.precision == "bf16" else "float32",
         )
         results = _run_batch(items, predictor, folder, options, progress)
         full = any("disk is full" in r.reason for r in results)
