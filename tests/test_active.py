@@ -105,7 +105,7 @@ def test_active_study_runs_end_to_end_resumes_and_reports(dataset: Path, tmp_pat
     assert not selection_path(study, plan[2]).exists()
     assert main(["experiment", str(path), "--run-index", "0", "--no-progress"]) == 0
     result = run_study(study, progress=False)
-    assert result["statuses"] == {0: "skipped", 1: "finished", 2: "finished", 3: "finished"}
+    assert result["statuses"] == {0: "recorded", 1: "finished", 2: "finished", 3: "finished"}
 
     start = set(start_patients(study, 0))
     labeled = labeled_training_patients(study)
@@ -133,6 +133,24 @@ def test_active_study_runs_end_to_end_resumes_and_reports(dataset: Path, tmp_pat
     assert "data:image/png;base64," in (out / "report.html").read_text()
 
     again = run_study(study, progress=False)
-    assert set(again["statuses"].values()) == {"skipped"}
+    assert set(again["statuses"].values()) == {"recorded"}
     assert main(["experiment", str(path), "--plan"]) == 0
-    assert "[  3] done    active fpn-w0.125 scratch diverse round 1 (2 patients) seed 0" in capsys.readouterr().out
+    assert "[  3] recorded active fpn-w0.125 scratch diverse round 1 (2 patients) seed 0" in capsys.readouterr().out
+
+    # on another machine (no run folders, no selections) a round whose record is missing is
+    # trained again: its round 0, recorded, is trained first, and selects the same patients
+    from enface.study.ledger import read_record, record_path
+
+    old = read_record(study, plan[3])
+    assert old is not None and old["active"]["diagnostics"]["pool_area_mm2"] > 0
+    shutil.rmtree(study.runs_dir)
+    shutil.rmtree(study.out_dir / "active")
+    record_path(study, plan[3]).unlink()
+    third = run_study(study, progress=False)
+    assert third["statuses"] == {0: "recorded", 1: "recorded", 2: "recorded", 3: "finished"}
+    new = read_record(study, plan[3])
+    assert new["active"]["patients"] == old["active"]["patients"]
+    assert new["active"]["selection"]["picked"] == old["active"]["selection"]["picked"]
+    assert [r["dice"] for r in new["evaluations"]["test"]["cases"]] == [
+        r["dice"] for r in old["evaluations"]["test"]["cases"]
+    ]

@@ -6,23 +6,23 @@ from pathlib import Path
 
 import numpy as np
 
-from enface.fileio import atomic_write_csv
 from enface.study.convergence import collapse_flag, rising_flag
 
 
-def _history(folder: Path, values: list[float]) -> Path:
-    rows = [{"epoch": i, "val_dice": v} for i, v in enumerate(values)]
-    atomic_write_csv(folder / "logs" / "metrics.csv", rows, ("epoch", "val_dice"))
-    return folder
+def _history(values: list[float]) -> list[dict]:
+    return [{"epoch": i, "val_dice": v} for i, v in enumerate(values)]
 
 
-def test_rising_flag(tmp_path: Path) -> None:
-    rising = _history(tmp_path / "a", [0.1 * i for i in range(10)])
-    flat = _history(tmp_path / "b", [0.5, 0.7, 0.8, 0.82, 0.83, 0.83, 0.84, 0.83, 0.84, 0.84, 0.84, 0.85])
-    short = _history(tmp_path / "c", [0.1, 0.5, 0.9])
-    assert rising_flag(rising) is not None and rising_flag(rising).startswith("still rising")
+def test_rising_flag() -> None:
+    rising = _history([0.1 * i for i in range(10)])
+    flat = _history([0.5, 0.7, 0.8, 0.82, 0.83, 0.83, 0.84, 0.83, 0.84, 0.84, 0.84, 0.85])
+    short = _history([0.1, 0.5, 0.9])
+    flag = rising_flag(rising)
+    assert flag is not None and flag.startswith("still rising")
+    assert rising_flag(rising, stopped="plateau") is None  # its patience stopped it: it was not rising
     assert rising_flag(flat) is None
-    assert rising_flag(short) is None and rising_flag(tmp_path / "none") is None
+    assert rising_flag(short) is None and rising_flag([]) is None
+    assert rising_flag([*rising, {"epoch": 10, "val_dice": None}]) == flag  # an epoch without validation
 
 
 def test_collapse_flag(tmp_path: Path) -> None:

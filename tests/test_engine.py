@@ -179,9 +179,9 @@ def test_ddp_two_processes_one_epoch(dataset: Path, tmp_path: Path) -> None:
     run = tmp_path / "tiny/ga/fpn-w0.125/scratch/frac-100/seed-0"
     done = json.loads((run / "done.json").read_text())
     assert done["epochs"] == 1 and done["world_size"] == 2
-    # one layout for all ranks: no per-rank timing trial that could pick differently
+    # one layout for all ranks, whatever the rule would say
     info = read_checkpoint(run / "checkpoints" / "last.ckpt")["enface"]
-    assert info["layout"] == "channels-last" and info["layout_trial"] == "skipped: 2 training processes"
+    assert info["layout"] == "channels-last" and info["layout_choice"] == "skipped: 2 training processes"
 
 
 def test_two_channel_dataset_trains_and_evaluates(tmp_path: Path) -> None:
@@ -294,5 +294,8 @@ def test_a_study_evaluates_where_it_trained(monkeypatch: pytest.MonkeyPatch, tmp
     devices = []
     monkeypatch.setattr(fit_module, "fit", lambda config, **kw: FitResult(tmp_path, "finished", [], "val_dice", 1))
     monkeypatch.setattr("enface.evaluate.evaluate", lambda *a, **kw: devices.append(kw["device"]))
+    monkeypatch.setattr(study_run, "_evaluation_record", lambda *a: {"cases": []})  # nothing was evaluated
+    records = []
+    monkeypatch.setattr(study_run, "write_record", lambda *a: records.append(a))
     assert study_run.execute_run(study, run, progress=False) == "finished"
-    assert devices == ["cuda"]
+    assert devices == ["cuda"] and len(records) == 1

@@ -15,10 +15,10 @@ from enface.config import load_config
 from enface.engine import fastpath, precision
 from enface.engine.checkpoint import load_model, read_checkpoint, topk_checkpoints
 from enface.engine.fastlayers import DepthAvgPool3d, VolumeInstanceNorm3d, swap_layers
-from enface.engine.fastpath import FastPath, channels_last_is_faster, fast_precision, fold_batchnorm
+from enface.engine.fastpath import FastPath, channels_last_suits, fast_precision, fold_batchnorm
 from enface.engine.fit import fit, resolved_precision
 from enface.engine.inference import Ensemble
-from enface.engine.layout import channels_last_input, contiguous_state, to_channels_last, to_contiguous
+from enface.engine.layout import channels_last_input, contiguous_state, to_channels_last
 from enface.engine.module import EnfaceModule
 from enface.engine.streaming import run_in_slabs, streamed_forward, w_radius
 from enface.models import create_model, list_models
@@ -171,7 +171,7 @@ def test_lachinov_fast_training_follows_the_plain_one(monkeypatch: pytest.Monkey
         module = EnfaceModule("lachinov", width=0.25, fast=fast)
         if fast:
             assert any(isinstance(m, VolumeInstanceNorm3d) for m in module.model.modules())
-            module.fastpath.layout_trial = "skipped: this test"  # channels-last, as the network is
+            module.fastpath.layout_choice = "skipped: this test"  # channels-last, as the network is
         loss = module.training_step(batch, 0)
         loss.backward()
         grads[fast] = (loss.item(), torch.cat([p.grad.flatten() for p in module.parameters()]))
@@ -277,25 +277,18 @@ def test_fast_training_steps_follow_the_plain_ones(monkeypatch: pytest.MonkeyPat
     assert abs(fast_bf16[0] - plain16[0]) < 2e-2 * plain16[0], (fast_bf16, plain16)
 
 
-def test_layout_trial_leaves_the_network_as_it_was() -> None:
-    torch.manual_seed(0)
-    net = to_channels_last(create_model("fpn", width=0.125)).train()
-    before = {k: v.clone() for k, v in net.state_dict().items()}
-    faster, t_last, t_contiguous = channels_last_is_faster(net, torch.randn(2, 1, 4, 32, 64))
-    assert isinstance(faster, bool) and faster == (t_last <= t_contiguous) and 0 < t_last < 60 and 0 < t_contiguous < 60
-    after = net.state_dict()  # weights, BatchNorm statistics and layout untouched, no gradients
-    assert all(torch.equal(after[k], before[k]) for k in before)
-    assert all(p.grad is None for p in net.parameters())
-    assert net.encoder[1].unit1.body[0].weight.is_contiguous(memory_format=torch.channels_last_3d)
-    params = list(net.parameters())
-    to_contiguous(net)
-    assert all(p.is_contiguous() for p in net.parameters()) and all(a is b for a, b in zip(params, net.parameters()))
+@pytest.mark.parametrize(
+    ("model", "width", "channels", "channels_last"),
+    [("fpn", 0.25, 4, False), ("fpn", 0.5, 8, False), ("fpn", 1.0, 16, True), ("lachinov", 0.25, 8, False)],
+)
+def test_layout_rule_follows_the_first_convolution(model: str, width: float, channels: int, channels_last: bool):
+    kwargs = {"depth": 64} if model in ("ipnv2", "resensnet") else {}
+    assert channels_last_suits(create_model(model, width=width, **kwargs)) == (channels_last, channels)
 
 
-@pytest.mark.parametrize("channels_last", [True, False])
-def test_training_keeps_the_faster_layout(monkeypatch: pytest.MonkeyPatch, channels_last: bool) -> None:
+@pytest.mark.parametrize(("width", "channels_last"), [(0.25, False), (1.0, True)])
+def test_training_takes_the_layout_of_the_rule(monkeypatch: pytest.MonkeyPatch, width: float, channels_last: bool):
     monkeypatch.setattr(EnfaceModule, "log", lambda *a, **k: None)
-    monkeypatch.setattr("enface.engine.fastpath.channels_last_is_faster", lambda net, v: (channels_last, 1.0, 1.0))
     g = torch.Generator().manual_seed(3)
     batch = {
         "volume": torch.randn(2, 1, 4, 32, 64, generator=g),
@@ -304,16 +297,27 @@ def test_training_keeps_the_faster_layout(monkeypatch: pytest.MonkeyPatch, chann
     losses = {}
     for fast in (True, False):
         torch.manual_seed(0)
-        module = EnfaceModule("fpn", width=0.25, fast=fast)
+        module = EnfaceModule("fpn", width=width, fast=fast)
         losses[fast] = float(module.training_step(batch, 0))
     torch.manual_seed(0)
-    module = EnfaceModule("fpn", width=0.25, fast=True)
+    module = EnfaceModule("fpn", width=width, fast=True)
     module.training_step(batch, 0)
     conv = module.model.encoder[1].unit1.body[0].weight
     assert module.fastpath.layout == ("channels-last" if channels_last else "contiguous")
-    assert module.fastpath.layout_trial == "measured"
+    assert module.fastpath.layout_choice == f"rule: {int(16 * width)} channels"
     assert conv.is_contiguous(memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format)
     assert abs(losses[True] - losses[False]) < 1e-5
+
+
+def test_a_kept_layout_overrides_the_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(EnfaceModule, "log", lambda *a, **k: None)
+    batch = {"volume": torch.randn(2, 1, 4, 32, 64), "target": torch.zeros(2, 1, 4, 32)}
+    module = EnfaceModule("fpn", width=0.25, fast=True)  # the rule says contiguous
+    module.fastpath.keep_layout("channels-last")
+    module.training_step(batch, 0)
+    assert module.fastpath.layout == "channels-last"
+    assert module.fastpath.layout_choice == "kept: resumed run (channels-last)"
+    assert module.model.encoder[1].unit1.body[0].weight.is_contiguous(memory_format=torch.channels_last_3d)
 
 
 def test_checkpoints_of_either_path_load_in_the_other(phantom_dataset: Path, tmp_path: Path) -> None:

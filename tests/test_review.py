@@ -93,14 +93,18 @@ def test_every_request_needs_the_token_and_writes_need_the_header(data: Path) ->
     assert client.get("/api/cases", params={"token": "wrong"}).status_code == 403
     assert client.get("/api/cases", headers={"X-Enface-Token": "wrong"}).status_code == 403
     page = client.get("/", params={"token": TOKEN})
-    assert page.status_code == 200 and TOKEN in page.text and "review.js" in page.text
+    assert page.status_code == 200 and f"/static/review.js?token={TOKEN}" in page.text
+    assert f'<meta name="enface-token" content="{TOKEN}">' in page.text
     assert page.headers["referrer-policy"] == "no-referrer"
-    assert client.get("/api/cases").status_code == 200  # the page's cookie
+    assert client.get("/static/review.js", params={"token": TOKEN}).status_code == 200
     mask = np.zeros((8, 32), np.uint8)
-    cookie_only = client.put(
-        f"/api/cases/{UNLABELED}/mask", content=mask.tobytes(), headers={"Content-Type": "application/octet-stream"}
+    query_only = client.put(
+        f"/api/cases/{UNLABELED}/mask",
+        params={"token": TOKEN},
+        content=mask.tobytes(),
+        headers={"Content-Type": "application/octet-stream", "X-Base-Version": "none"},
     )
-    assert cookie_only.status_code == 401  # a write needs the header, not only the cookie
+    assert query_only.status_code == 401  # a write needs the header, not only the URL's token
     assert not (data / "cases" / UNLABELED / "mask_ga.g.png").exists()
     foreign = TestClient(create_app(CaseService(data), TOKEN, ("127.0.0.1:1",)))
     assert foreign.get("/api/cases", headers=AUTH).status_code == 403  # Host is not the server's own

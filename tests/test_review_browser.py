@@ -3,23 +3,27 @@
 One server and one browser for the module, on a ``spectralis``-preset phantom case
 (49 x 1024 x 128) and a small one. Where Chromium or its driver is missing the tests skip
 with the install command, except in CI (``CI=true``), where that is a failure. The page's
-own performance clock times the first view and B-scan redraws; the numbers are written to
-``test-artifacts/review-timings.json`` beside the screenshot ``review-case.png`` (or under
-``$ENFACE_TEST_ARTIFACTS``), not asserted against a bound.
+own performance clock times the first view and B-scan redraws, and its resource timings the
+API requests; the numbers are written to ``test-artifacts/review-timings.json`` beside the
+screenshot ``review-case.png`` (or under ``$ENFACE_TEST_ARTIFACTS``), not asserted against a
+bound. The token must never reach the browser's cookie jar: no response sets a cookie with
+it, and a second local server on another port, visited after the page, receives none.
 """
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import shutil
 import statistics
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -80,10 +84,55 @@ def driver() -> Iterator[Any]:
         options.add_argument(arg)
     options.add_argument("--window-size=1400,900")
     options.add_argument("--force-device-scale-factor=1")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})  # responses' headers
     browser = webdriver.Chrome(service=Service(paths[1]), options=options)
     browser.set_window_size(1400, 900)
     yield browser
     browser.quit()
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    """Another local web server (a notebook, a dev server): records the headers of what it is sent."""
+
+    seen: ClassVar[list[dict[str, str]]] = []  # each fixture's subclass has its own
+
+    def do_GET(self) -> None:
+        self.seen.append({"path": self.path, **{k.lower(): v for k, v in self.headers.items()}})
+        body = b"<!doctype html><title>another local server</title><p>hello"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def other_server() -> Iterator[tuple[int, list[dict[str, str]]]]:
+    """A second server on 127.0.0.1, another port: its port and the requests it received."""
+    seen: list[dict[str, str]] = []
+    handler = type("Recorder", (_Recorder,), {"seen": seen})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd.server_address[1], seen
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _response_headers(driver: Any) -> list[dict[str, str]]:
+    """The headers of every response the browser received since the last call (Chrome's performance log)."""
+    found = []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        params = message.get("params", {})
+        if message.get("method") == "Network.responseReceived":
+            found.append({k.lower(): v for k, v in params["response"].get("headers", {}).items()})
+        elif message.get("method") == "Network.responseReceivedExtraInfo":  # the raw headers, Set-Cookie included
+            found.append({k.lower(): v for k, v in params.get("headers", {}).items()})
+    return found
 
 
 def _wait(driver: Any, script: str, timeout: float = 15.0) -> Any:
@@ -257,6 +306,10 @@ def test_draw_save_follow_undo_reload(driver: Any, server: ReviewServer, dataset
         time.sleep(0.05)
     _wait(driver, "return window.enfaceReview.timings.bscan.length >= 10")
     timings = driver.execute_script("return window.enfaceReview.timings")
+    timings["requests"] = driver.execute_script(
+        "return performance.getEntriesByType('resource').filter(e => e.name.includes('/api/'))"
+        ".map(e => ({path: new URL(e.name).pathname, ms: e.responseEnd - e.requestStart}))"
+    )
 
     driver.refresh()  # reload: the saved mask comes back
     _wait(
@@ -271,9 +324,17 @@ def test_draw_save_follow_undo_reload(driver: Any, server: ReviewServer, dataset
     assert not errors, errors  # no script error on the page
 
 
+def _request_kind(path: str) -> str:
+    parts = path.strip("/").split("/")  # api, cases, <id>, bscan, <row>
+    return parts[3] if len(parts) > 3 else "case info" if len(parts) == 3 else parts[-1]
+
+
 def _write_timings(first: dict[str, Any], reload: dict[str, Any]) -> None:
     fresh = [t["ms"] for t in first["bscan"] if not t["cached"]]
     cached = [t["ms"] for t in first["bscan"] if t["cached"]]
+    kinds: dict[str, list[float]] = {}
+    for r in first["requests"]:
+        kinds.setdefault(_request_kind(r["path"]), []).append(r["ms"])
     summary = {
         "case": "49 x 1024 x 128 spectralis phantom",
         "first_view_ms_from_navigation": first["firstView"],
@@ -285,6 +346,7 @@ def _write_timings(first: dict[str, Any], reload: dict[str, Any]) -> None:
         "bscan_cached_ms": {"n": len(cached), "median": statistics.median(cached), "max": max(cached)}
         if cached
         else None,
+        "api_request_ms": {k: {"n": len(v), "median": statistics.median(v)} for k, v in sorted(kinds.items())},
         "raw": first["bscan"],
     }
     (ARTIFACTS / "review-timings.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -299,11 +361,40 @@ def test_the_browser_without_token_is_refused(driver: Any, server: ReviewServer)
     assert e.value.code == 401
     _open(driver, server.url)
     status = driver.execute_script(
-        "return fetch('/api/cases', {credentials: 'omit'}).then(r => r.status)"
-    )  # no cookie, no header
+        "return fetch('/api/cases', {credentials: 'include'}).then(r => r.status)"
+    )  # whatever the browser holds, without the header
     assert status == 401
     forged = driver.execute_script(
         "return fetch('/api/cases/P0001_OD_V1/mask', {method: 'PUT', credentials: 'include',"
-        " headers: {'Content-Type': 'application/octet-stream'}, body: new Uint8Array(49 * 1024)}).then(r => r.status)"
-    )  # the cookie alone does not allow a write
+        " headers: {'Content-Type': 'application/octet-stream', 'X-Base-Version': 'none'},"
+        " body: new Uint8Array(49 * 1024)}).then(r => r.status)"
+    )
     assert forged == 401
+
+
+def test_the_token_never_reaches_a_cookie_or_another_local_server(
+    driver: Any, server: ReviewServer, other_server: tuple[int, list[dict[str, str]]]
+) -> None:
+    port, seen = other_server
+    driver.get_log("performance")  # what came before
+    _open(driver, server.url)
+    _wait(driver, "return window.enfaceReview.S.bscans.size > 1")
+    headers = _response_headers(driver)
+    assert sum(h.get("x-content-type-options") == "nosniff" for h in headers) >= 6  # the page's responses are there
+    assert [h["set-cookie"] for h in headers if "set-cookie" in h] == []
+    assert [c for c in driver.get_cookies() if server.token in c["value"] or "enface" in c["name"]] == []
+
+    driver.get(f"http://127.0.0.1:{port}/")  # another server on this machine, as a notebook would be
+    _wait(driver, "return document.title === 'another local server'")
+    assert seen and seen[0]["path"] == "/"
+    leaked = [r for r in seen if server.token in json.dumps(r) or "enface" in r.get("cookie", "")]
+    assert leaked == [], leaked
+
+    _open(driver, server.url)  # the export works without a cookie: a download through fetch, with the header
+    driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "deny"})
+    driver.execute_script(
+        "window.exported = null; const make = URL.createObjectURL;"
+        "URL.createObjectURL = (blob) => { blob.text().then(t => { window.exported = t; }); return make(blob); };"
+    )
+    driver.find_element("id", "export").click()
+    assert _wait(driver, "return window.exported").startswith("case_id,grader,task,decision,")

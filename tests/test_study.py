@@ -68,18 +68,18 @@ def test_study_runs_resumes_and_reports(dataset: Path, tmp_path: Path, capsys) -
     plan = plan_study(study)
     assert len(plan) == 1 + 2 * 2
 
-    # a segmentation run that needs a pre-training that has not run is a clear error
-    with pytest.raises(ConfigError, match="run the pre-training"):
-        run_study(study, run_index=3, progress=False)
-    assert main(["experiment", str(path), "--run-index", "0", "--no-progress"]) == 0
+    # a segmentation run whose pre-training has not run trains it first; both leave their records
+    assert main(["experiment", str(path), "--run-index", "3", "--no-progress"]) == 0
     assert (run_folder(study, plan[0]) / "done.json").is_file()
     assert main(["experiment", str(path), "--plan"]) == 0
     out = capsys.readouterr().out
-    assert "[  0] done" in out and "[  1] todo" in out
+    assert "[  0] recorded" in out and "[  3] recorded" in out and "[  1] todo" in out
+    assert out.rstrip().splitlines()[-1] == "5 runs: 2 recorded, 3 to run"
+    assert sorted(p.name for p in study.ledger_dir.rglob("*.json")) == ["seed-0.json"] * 2
 
     result = run_study(study, progress=False)
-    assert result["statuses"][0] == "skipped"
-    assert all(result["statuses"][i] == "finished" for i in range(1, 5))
+    assert result["statuses"][0] == result["statuses"][3] == "recorded"
+    assert all(result["statuses"][i] == "finished" for i in (1, 2, 4))
     out_dir = tmp_path / "study"
     for name in (
         "results/table.csv",
@@ -111,11 +111,32 @@ def test_study_runs_resumes_and_reports(dataset: Path, tmp_path: Path, capsys) -
     assert float(row["dice_mean"]) == pytest.approx(summary["metrics"]["dice"]["mean"], abs=1e-5)
     results = collect_results(study, plan)
     assert len(results["wilcoxon"]) == 2 and not results["missing"]
+    from enface.study.demo import headline
+
+    lines = headline(study).splitlines()  # the demo's summary, from the ledger
+    assert lines[0] == "headline (test, training seeds 0; intervals over seeds and test patients):"
+    assert sum("% labels: Dice" in line and "(per seed " in line for line in lines) == 4
+    assert "SSL (ssl-faf_inv) - scratch at 20 % labels:" in lines[5] and "1 seeds per arm" in lines[5]
     assert all(w["reference"] == "fpn (ssl-faf_inv)" for w in results["wilcoxon"])
 
     # re-running skips everything and rewrites the report
     again = run_study(study, progress=False)
-    assert set(again["statuses"].values()) == {"skipped"}
+    assert set(again["statuses"].values()) == {"recorded"}
+
+    # the report comes from the ledger alone: the same tables without a single run folder
+    before = {n: (out_dir / n).read_text() for n in ("results/table.csv", "results/wilcoxon.csv")}
+    shutil.rmtree(study.runs_dir)
+    assert main(["experiment", str(path), "--report-only"]) == 0
+    assert {n: (out_dir / n).read_text() for n in before} == before
+    assert (out_dir / "figures/overlays.png").is_file() and (out_dir / "figures/training-curves.png").is_file()
+    assert main(["experiment", str(path), "--plan"]) == 0
+    assert capsys.readouterr().out.rstrip().splitlines()[-1] == "5 runs: 5 recorded, 0 to run"
+
+    # a record of another run than the study plans is refused, naming the field
+    doc = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**doc, "train": {"epochs": 2}}))
+    assert main(["experiment", str(path), "--plan"]) == 2
+    assert "another run than the study plans (epochs: 1 -> 2)" in capsys.readouterr().err
 
 
 def test_bad_study_files(tmp_path: Path, dataset: Path) -> None:
@@ -159,7 +180,7 @@ def test_growth_agreement_matches_an_independent_computation(dataset: Path, tmp_
         )
     )
     run_study(study, progress=False)
-    rows = growth_agreement(study)
+    rows = growth_agreement(collect_results(study)["records"])
     assert len(rows) == 1 and rows[0]["eyes"] >= 1
     folder = run_folder(study, plan_study(study)[0])
     by_eye: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
@@ -192,7 +213,7 @@ def test_a_study_is_run_by_one_process_at_a_time(dataset: Path, tmp_path: Path) 
     assert not (study.runs_dir).exists()
 
 
-def test_demo_paired_difference_by_patient() -> None:
+def test_demo_paired_difference_by_patient_and_seed() -> None:
     from enface.study.demo import demo_study, paired_difference
 
     rng = np.random.default_rng(1)
@@ -200,11 +221,16 @@ def test_demo_paired_difference_by_patient() -> None:
     ref = {c: float(rng.uniform(0.5, 0.8)) for c in cases}
     better = {c: v + 0.1 + 0.02 * rng.standard_normal() for c, v in ref.items()}
     groups = {c: c.split("_")[0] for c in cases}
-    d = paired_difference(ref, better, groups)
-    assert d["n"] == 16 and d["patients"] == 8
+    d = paired_difference({0: ref}, {0: better}, groups)
+    assert d["n"] == 16 and d["patients"] == 8 and d["seeds"] == 1
     assert d["low"] < d["mean"] < d["high"] and d["low"] > 0.05 and d["mean"] == pytest.approx(0.1, abs=0.02)
     assert d["p_value"] < 0.01
-    same = paired_difference(ref, ref, groups)
+    same = paired_difference({0: ref}, {0: ref}, groups)
     assert same["mean"] == 0 and same["low"] == same["high"] == 0 and math.isnan(same["p_value"])
+    # seeds that disagree widen the interval: it covers training randomness, not only the test cases
+    lucky = {0: better, 1: {c: v - 0.15 for c, v in better.items()}, 2: {c: v + 0.1 for c, v in better.items()}}
+    seeds = paired_difference({0: ref, 1: ref, 2: ref}, lucky, groups)
+    assert seeds["seeds"] == 3 and seeds["mean"] == pytest.approx(d["mean"] - 0.05 / 3, abs=1e-9)
+    assert seeds["high"] - seeds["low"] > 3 * (d["high"] - d["low"])
     study = demo_study("/tmp/x")
     assert min(study.fractions) < 1.0 and max(study.fractions) == 1.0 and set(study.inits) == {"scratch", "ssl-faf_inv"}

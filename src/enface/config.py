@@ -68,7 +68,12 @@ class RunConfig:
             name the patients they selected. Part of the run's identity; the run folder is
             named like a 100 % run, so such runs need their own ``runs_dir``.
         seed: random seed (weights, sampling, augmentation).
-        epochs: training epochs.
+        epochs: training epochs (at most, with ``patience``).
+        patience: stop once the validation metric has not improved by ``min_delta`` for this
+            many validations (:mod:`enface.engine.stopping`); None: train all ``epochs``.
+        min_delta: the smallest gain that counts as an improvement (with ``patience``;
+            None: any gain).
+        min_epochs: epochs trained before ``patience`` may stop a run (None: no minimum).
         batch_size: batch size (paper: 4 reconstruction, 8 segmentation).
         accumulate: gradient accumulation steps.
         lr, momentum, weight_decay: SGD settings.
@@ -101,6 +106,9 @@ class RunConfig:
     patients: tuple[str, ...] | None = None
     seed: int = 0
     epochs: int = 800
+    patience: int | None = None
+    min_delta: float | None = None
+    min_epochs: int | None = None
     batch_size: int = 8
     accumulate: int = 1
     lr: float = 0.1
@@ -168,6 +176,7 @@ class RunConfig:
             value = getattr(self, name)
             if value is None or int(value) < 1:
                 raise bad(name, f"must be >= 1, got {value}")
+        self._validate_stopping(bad)
         if self.num_workers is None or self.num_workers < 0:
             raise bad("num_workers", f"must be >= 0, got {self.num_workers}")
         if self.samples_per_epoch is not None and self.samples_per_epoch < 1:
@@ -181,6 +190,19 @@ class RunConfig:
         if self.channels is not None and not self.channels:
             raise bad("channels", "must name at least one input volume, or be null (the dataset's)")
         return self
+
+    def _validate_stopping(self, bad: Any) -> None:
+        if self.patience is None:
+            for name in ("min_delta", "min_epochs"):
+                if getattr(self, name) is not None:
+                    raise bad(name, "applies with 'patience' only (set patience, or remove it)")
+            return
+        if int(self.patience) < 1:
+            raise bad("patience", f"must be >= 1 validations, got {self.patience}")
+        if self.min_delta is not None and not (math.isfinite(float(self.min_delta)) and self.min_delta >= 0):
+            raise bad("min_delta", f"must be a finite number >= 0, got {self.min_delta}")
+        if self.min_epochs is not None and not 1 <= int(self.min_epochs) <= int(self.epochs):
+            raise bad("min_epochs", f"must lie in [1, epochs = {self.epochs}], got {self.min_epochs}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values (lists for tuples), as written to ``config.yaml``."""
@@ -239,8 +261,10 @@ def _coerce(name: str, value: Any) -> Any:
             return int(value)
         if isinstance(default, float):
             return float(value)
-        if name in ("samples_per_epoch",):
+        if name in ("samples_per_epoch", "patience", "min_epochs"):
             return int(value)
+        if name == "min_delta":
+            return float(value)
         return str(value) if not isinstance(value, (dict, list)) else value
     except (TypeError, ValueError) as e:
         raise ConfigError(f"config field {name!r}: invalid value {value!r} ({e})") from None

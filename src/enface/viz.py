@@ -384,22 +384,21 @@ def plot_active_learning(rows: Sequence[Mapping[str, Any]], out: str | os.PathLi
     return _finish_metric_figure(fig, axes, out, title)
 
 
-def plot_training_curves(curves: Mapping[str, str | os.PathLike], out: str | os.PathLike) -> Path:
-    """Validation metric (``val_dice`` or ``val_ssim``) per epoch from Lightning CSV logs.
+def plot_training_curves(curves: Mapping[str, Sequence[Mapping[str, Any]]], out: str | os.PathLike) -> Path:
+    """Validation metric (``val_dice`` or ``val_ssim``) per epoch of several runs.
 
     Args:
-        curves: ``{run label: path of logs/metrics.csv}``.
+        curves: ``{run label: [{"epoch": e, "val_dice" or "val_ssim": value, ...}, ...]}`` (the
+            rows of a run's ``logs/metrics.csv``, or the history a study's ledger keeps).
         out: output image path.
     """
-    import csv
-
     fig = new_figure((10, 4))
     axes = fig.subplots(1, 2)
-    for label, path in curves.items():
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
+    for label, rows in curves.items():
         for ax, metric in zip(axes, ("val_ssim", "val_dice")):
-            pts = sorted({int(float(r["epoch"])): float(r[metric]) for r in rows if r.get(metric)}.items())
+            pts = sorted(
+                {int(float(r["epoch"])): float(r[metric]) for r in rows if r.get(metric) not in (None, "")}.items()
+            )
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label, linewidth=1)
     for ax, name in zip(axes, ("pre-training: validation SSIM", "segmentation: validation Dice")):

@@ -36,14 +36,26 @@ def _plain(study, fast: bool):
 
 
 def _print_plan(study, plan) -> None:
+    from enface.study.ledger import ledger_records
     from enface.study.plan import run_folder, run_label
 
     n_pre = sum(r.stage == "pretrain" for r in plan)
+    recorded = ledger_records(study, plan)
     print(f"study {study.name}: {len(plan)} runs ({n_pre} pre-training, {len(plan) - n_pre} segmentation)")
+    print(f"ledger: {study.ledger_dir}")
     for r in plan:
         folder = run_folder(study, r)
-        state = "done" if (folder / "done.json").is_file() else "started" if folder.is_dir() else "todo"
-        print(f"  [{r.index:3d}] {state:<7} {run_label(study, r)}")
+        state = (
+            "recorded"
+            if r.index in recorded
+            else "trained"
+            if (folder / "done.json").is_file()
+            else "started"
+            if folder.is_dir()
+            else "todo"
+        )
+        print(f"  [{r.index:3d}] {state:<8} {run_label(study, r)}")
+    print(f"{len(plan)} runs: {len(recorded)} recorded, {len(plan) - len(recorded)} to run")
 
 
 def _cmd_experiment(args: argparse.Namespace) -> int:

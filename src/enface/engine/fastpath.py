@@ -14,10 +14,11 @@ difference between the two, so that the engine asks it and never decides itself:
   float32; inference may be forced either way (``precision``). Validation during training
   stays float32;
 * **the training layout**: channels-last weights and inputs (:mod:`enface.engine.layout`),
-  which oneDNN's convolutions run about twice as fast; on a CPU the first training batch
-  times both layouts and keeps the faster (:func:`channels_last_is_faster`), one decision
-  for all processes (skipped when several train together). Checkpoints are written
-  contiguous, so a checkpoint of either path loads in the other;
+  which oneDNN's convolutions run about twice as fast; on a CPU, narrow networks train
+  contiguous instead, by a rule on their channels (:func:`channels_last_suits`), never by a
+  timing that the machine's load could change. The layout is recorded in every checkpoint
+  and kept when a run resumes. Checkpoints are written contiguous, so a checkpoint of
+  either path loads in the other;
 * **layers** (:mod:`enface.engine.fastlayers`): instance norms and depth poolings swapped for
   kernels that keep the channels-last layout and bf16, in training and inference;
 * **the inference copy** (validation, ``evaluate``, ``predict``): BatchNorm folded into the
@@ -59,7 +60,7 @@ from enface.engine.streaming import DEFAULT_SLAB_MB, streamed_forward
 
 __all__ = [
     "FastPath",
-    "channels_last_is_faster",
+    "channels_last_suits",
     "fast_precision",
     "fold_batchnorm",
     "inference_network",
@@ -78,51 +79,27 @@ _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 # --------------------------------------------------------------------------- the training layout
 
 
-def _pass_seconds(net: nn.Module, x: torch.Tensor) -> float:
-    """Seconds of one forward + backward pass of ``net`` on ``x``."""
-    import time
-
-    net.zero_grad(set_to_none=True)  # gradients take the layout of the weights
-    start = time.perf_counter()
-    net(x).float().square().mean().backward()
-    return time.perf_counter() - start
+CHANNELS_LAST_MIN_CHANNELS = 16
+"""Output channels of a network's first 3D convolution from which it trains channels-last on a CPU."""
 
 
-def channels_last_is_faster(net: nn.Module, volume: torch.Tensor, passes: int = 3) -> tuple[bool, float, float]:
-    """Whether a training step of ``net`` on batches like ``volume`` runs faster channels-last.
+def channels_last_suits(net: nn.Module) -> tuple[bool, int]:
+    """Whether ``net`` trains faster channels-last on a CPU, by a rule: ``(verdict, channels)``.
 
     Channels-last makes oneDNN's 3D convolutions several times faster, but PyTorch's CPU
     BatchNorm is 1.5-5x slower on channels-last tensors with few channels, so narrow networks
-    (e.g. FPN at width 0.25 on 2 CPU cores, bf16: 0.58 s contiguous vs 0.87 s channels-last
-    per step) are faster contiguous while wide ones are not (width 1: 3.1 s vs 1.4 s). Which
-    wins depends on the CPU, the precision and the shapes, so it is measured on two copies
-    of ``net``, one per layout, under the caller's autocast setting: ``passes`` forward +
-    backward passes each, alternating, the first of each discarded (warm-up) and the fastest
-    of the others kept. ``net`` itself (weights, BatchNorm statistics, gradients) is not
-    touched. The trial runs on the batch's first sample, half its B-scans (so that it needs
-    less memory than a training step; which layout wins does not change with the batch size
-    or the crop on the machines measured).
-
-    Args:
-        net: the network in training mode.
-        volume: a batch ``(N, C, H, W, D)`` of the training shape (only its values are read).
-        passes: passes per layout (at least 2).
-
-    Returns:
-        (channels-last is faster, seconds channels-last, seconds contiguous).
+    train faster contiguous and wide ones channels-last (FPN, 2 CPU cores, bf16, measured
+    alone: width 0.25, 4 channels at the first convolution: 0.58 s a step contiguous vs
+    0.87 s channels-last; width 1, 16 channels: 3.1 s vs 1.4 s). The verdict is a rule on
+    the channels of the network's first 3D convolution (at least
+    :data:`CHANNELS_LAST_MIN_CHANNELS`), not a timing: a timing taken while the machine is
+    busy picked either layout for the same run, and with it another order of floating-point
+    sums, i.e. another training trajectory. The rule makes the numbers of a run a function
+    of its config and the hardware only.
     """
-    sample = volume[:1, :, : max(4, volume.shape[2] // 2)]  # a smaller trial keeps the peak memory of training
-    trials = {True: to_channels_last(copy.deepcopy(net).train()), False: to_contiguous(copy.deepcopy(net).train())}
-    inputs = {True: channels_last_input(sample), False: sample.contiguous()}
-    seconds: dict[bool, list[float]] = {True: [], False: []}
-    with torch.enable_grad():
-        for _ in range(max(2, passes)):
-            for layout, trial in trials.items():
-                seconds[layout].append(_pass_seconds(trial, inputs[layout]))
-    t_last, t_contiguous = min(seconds[True][1:]), min(seconds[False][1:])
-    del trials, inputs
-    release_free_memory()
-    return t_last <= t_contiguous, t_last, t_contiguous
+    first = next((m for m in net.modules() if isinstance(m, nn.Conv3d)), None)
+    channels = int(first.out_channels) if first is not None else 0
+    return channels >= CHANNELS_LAST_MIN_CHANNELS, channels
 
 
 # --------------------------------------------------------------------------- inference
@@ -280,8 +257,9 @@ class FastPath:
 
     Attributes:
         layout: the training layout, ``"channels-last"`` or ``"contiguous"``.
-        layout_trial: how the layout was chosen: ``"pending"`` (before the first batch),
-            ``"measured"``, ``"skipped: ..."`` (why not), or ``"none"`` (plain path).
+        layout_choice: how the layout was chosen: ``"pending"`` (before the first batch),
+            ``"rule: <n> channels"`` (:func:`channels_last_suits`), ``"kept: ..."`` (a
+            resumed run's), ``"skipped: ..."`` (why no rule), or ``"none"`` (plain path).
         dtype: what the last inference network made computes in.
     """
 
@@ -296,7 +274,7 @@ class FastPath:
         self.inference_precision = precision
         self.dtype = torch.float32
         self.layout = CHANNELS_LAST if self.enabled else CONTIGUOUS
-        self.layout_trial = "pending" if self.enabled else "none"
+        self.layout_choice = "pending" if self.enabled else "none"
         self._validation_net: nn.Module | None = None
 
     def __repr__(self) -> str:
@@ -339,42 +317,51 @@ class FastPath:
 
     # ---- training
 
-    def training_network(self, net: nn.Module, trial: bool = True) -> nn.Module:
+    def training_network(self, net: nn.Module, rule: bool = True) -> nn.Module:
         """``net`` in the training layout with the fast layers
-        (:func:`~enface.engine.fastlayers.swap_layers`), in place; ``trial``: let the first
-        CPU batch measure which layout is faster (off for compiled networks)."""
+        (:func:`~enface.engine.fastlayers.swap_layers`), in place; ``rule``: let the first CPU
+        batch choose the layout by :func:`channels_last_suits` (off for compiled networks)."""
         if self.enabled:
             to_channels_last(swap_layers(net, inference=False))
-            if not trial:
-                self.layout_trial = "skipped: compiled network"
+            if not rule:
+                self.layout_choice = "skipped: compiled network"
         return net
+
+    def keep_layout(self, layout: str | None) -> None:
+        """Train in ``layout`` (a resumed run's, from its checkpoint) instead of choosing one;
+        None (a checkpoint of an older enface) leaves the choice to the first batch."""
+        if self.enabled and layout in (CHANNELS_LAST, CONTIGUOUS) and self.layout_choice == "pending":
+            self.layout = str(layout)
+            self.layout_choice = "kept: resumed run"
 
     def training_input(self, volume: torch.Tensor) -> torch.Tensor:
         """A training batch in the network's layout."""
         return channels_last_input(volume) if self.layout == CHANNELS_LAST else volume
 
     def settle_layout(self, net: nn.Module, volume: torch.Tensor, world_size: int = 1) -> None:
-        """Before the first training step: on a CPU, keep the layout that runs batches like
-        ``volume`` faster (:func:`channels_last_is_faster`). Several training processes keep
-        channels-last without a trial, so that all ranks use one layout (a per-rank trial
-        could decide differently, after the parameters were wrapped for them)."""
-        if self.layout_trial != "pending":
+        """Before the first training step on a CPU: put ``net`` in the layout that
+        :func:`channels_last_suits` gives it (or the one :meth:`keep_layout` kept). Several
+        training processes keep channels-last, so that all ranks use one layout."""
+        if self.layout_choice == "kept: resumed run":
+            (to_channels_last if self.layout == CHANNELS_LAST else to_contiguous)(net)
+            self.layout_choice = f"kept: resumed run ({self.layout})"
+            log.info("training layout: %s (kept from the checkpoint the run resumes)", self.layout)
+            return
+        if self.layout_choice != "pending":
             return
         if volume.device.type != "cpu":
-            self.layout_trial = f"skipped: {volume.device.type}"
+            self.layout_choice = f"skipped: {volume.device.type}"
             return
         if world_size > 1:
-            self.layout_trial = f"skipped: {world_size} training processes"
-            log.info("training layout: channels-last (no trial with %d training processes)", world_size)
+            self.layout_choice = f"skipped: {world_size} training processes"
+            log.info("training layout: channels-last (no rule with %d training processes)", world_size)
             return
-        faster, t_last, t_contiguous = channels_last_is_faster(net, volume)
-        self.layout_trial = "measured"
-        if not faster:
+        suits, channels = channels_last_suits(net)
+        self.layout_choice = f"rule: {channels} channels"
+        if not suits:
             to_contiguous(net)
             self.layout = CONTIGUOUS
-        log.info(
-            "training layout: %s (a step %.2f s channels-last, %.2f s contiguous)", self.layout, t_last, t_contiguous
-        )
+        log.info("training layout: %s (%d channels at the first 3D convolution)", self.layout, channels)
 
     def begin_validation(self, net: nn.Module) -> None:
         """Validate on a float32 inference copy of this epoch's weights (fast path): the

@@ -13,7 +13,9 @@ Run folder contents::
     checkpoints/           top-k ``epoch=<e>-val_<metric>=<v>.ckpt`` and ``last.ckpt``
     logs/metrics.csv       one row per epoch: losses, validation metric, seconds; a resumed
                            run appends, so the history survives any number of interruptions
-    done.json              summary written when training finished
+    done.json              summary written when training finished: epochs run, how the run
+                           stopped (``plateau`` or ``max_epochs``), layout, precision, threads,
+                           wall and CPU seconds
 
 The same call on a finished run with the same identity returns it (``"skipped"``); with a
 different identity it is refused, naming the fields that differ. A killed run continues
@@ -49,6 +51,7 @@ from enface.engine.history import MetricsHistory
 from enface.engine.launch import run_folder_lock
 from enface.engine.module import TASK_METRIC, EnfaceModule
 from enface.engine.runs import RunSpec, dataset_fingerprint, file_sha256, identity_diff, run_identity
+from enface.engine.stopping import MAX_EPOCHS, how_stopped, plateau_stop
 from enface.engine.transfer import TransferReport, transfer_weights
 from enface.errors import CheckpointError, ConfigError, DatasetError, RunFolderError
 from enface.fileio import atomic_write, atomic_write_json, atomic_write_text, writable_folder
@@ -78,6 +81,8 @@ class FitResult:
         best: ``[(checkpoint path, metric value)]`` best first.
         metric: name of the ranking metric.
         epochs: epochs completed.
+        stopped: how training ended: ``"plateau"`` (see :mod:`enface.engine.stopping`),
+            ``"max_epochs"``, or ``""`` (interrupted).
     """
 
     run_dir: Path
@@ -85,6 +90,7 @@ class FitResult:
     best: list[tuple[str, float]]
     metric: str
     epochs: int
+    stopped: str = ""
 
 
 @dataclass
@@ -419,23 +425,33 @@ def _trainer(
     )
 
 
-def _finished(run: ResolvedRun, trainer: L.Trainer, best: list[tuple[str, float]], metric: str, seconds: float) -> None:
+def _finished(run: ResolvedRun, trainer: L.Trainer, module: EnfaceModule, best: list, clock: tuple) -> str:
+    """Write ``done.json``; return how training ended (``plateau`` or ``max_epochs``)."""
+    stopped = how_stopped(trainer.callbacks)  # type: ignore[attr-defined]
     if not trainer.is_global_zero:
-        return
+        return stopped
+    wall, cpu = time.time() - clock[0], time.process_time() - clock[1]
     atomic_write_json(
         run.folder / "done.json",
         {
             "run": str(run.folder),
             "spec": run.spec.label,
-            "metric": metric,
+            "metric": TASK_METRIC[run.config.task],
             "best": best,
             "epochs": int(trainer.current_epoch),
+            "epochs_run": int(trainer.current_epoch),
+            "stopped": stopped,
             "world_size": int(trainer.world_size),
             "train_cases": list(run.train_ids),
             "val_cases": list(run.val_ids),
-            "seconds": round(seconds, 1),
+            "precision": str(trainer.precision),
+            "layout": module.fastpath.layout,
+            "threads": torch.get_num_threads(),
+            "seconds": round(wall, 1),
+            "cpu_seconds": round(cpu, 1),
         },
     )
+    return stopped
 
 
 def fit(
@@ -464,9 +480,9 @@ def fit(
         if state == "finished":
             summary = json.loads((run.folder / "done.json").read_text(encoding="utf-8"))
             log.info("run already finished: %s", run.folder)
-            return FitResult(
-                run.folder, "skipped", [tuple(b) for b in summary.get("best", [])], metric, summary.get("epochs", 0)
-            )
+            best = [tuple(b) for b in summary.get("best", [])]
+            epochs, stopped = summary.get("epochs", 0), summary.get("stopped", MAX_EPOCHS)
+            return FitResult(run.folder, "skipped", best, metric, epochs, stopped)
         return _train(run, resume_from, callbacks, progress)
 
 
@@ -486,12 +502,14 @@ def _train(run: ResolvedRun, resume_from: Path | None, callbacks: Sequence[Callb
     module.fastpath.tune_process("training", run_device(config))
     if resume_from is None:
         _start_folder(run, module)
+    else:  # the numbers of a resumed run are computed as before it was killed
+        module.fastpath.keep_layout(checkpoint_info(read_checkpoint(resume_from), str(resume_from)).get("layout"))
     best_cb, last_cb = _checkpoint_callbacks(folder / "checkpoints", metric, config.top_k)
     history = MetricsHistory(folder / "logs" / "metrics.csv", metric)
-    everything = [history, best_cb, last_cb, *callbacks]
+    everything = [history, *plateau_stop(config, metric), best_cb, last_cb, *callbacks]
     trainer = _trainer(config, module.fastpath, folder, everything, progress, crop_bscans(config, run.train_ids))
     train_dl, val_dl = _loaders(config, module.fastpath, run.train_ids, run.val_ids)
-    t0 = time.time()
+    clock = (time.time(), time.process_time())
     try:
         trainer.fit(module, train_dl, val_dl, ckpt_path=str(resume_from) if resume_from else None, weights_only=True)
     except SystemExit:  # Lightning exits after a graceful shutdown on Ctrl+C
@@ -504,12 +522,14 @@ def _train(run: ResolvedRun, resume_from: Path | None, callbacks: Sequence[Callb
     best = sorted(((str(p), float(v)) for p, v in best_cb.best_k_models.items()), key=lambda t: -t[1])
     if trainer.interrupted:
         return FitResult(folder, "interrupted", best, metric, int(trainer.current_epoch))
-    _finished(run, trainer, best, metric, time.time() - t0)
+    stopped = _finished(run, trainer, module, best, clock)
     log.info(
-        "finished %s: best %s %s; checkpoints in %s",
+        "finished %s after %d epochs (%s): best %s %s; checkpoints in %s",
         folder,
+        trainer.current_epoch,
+        stopped,
         metric,
         f"{best[0][1]:.4f}" if best else "n/a",
         folder / "checkpoints",
     )
-    return FitResult(folder, "finished", best, metric, int(trainer.current_epoch))
+    return FitResult(folder, "finished", best, metric, int(trainer.current_epoch), stopped)

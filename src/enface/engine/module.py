@@ -66,7 +66,7 @@ class EnfaceModule(L.LightningModule):
         net = create_model(model_name, in_channels, out_channels, width, **(model_kwargs or {}))
         self.spec = model_spec(net)
         self.fastpath = FastPath(fast)
-        self.fastpath.training_network(net, trial=not compile)
+        self.fastpath.training_network(net, rule=not compile)
         self.model: torch.nn.Module = cast(torch.nn.Module, torch.compile(net)) if compile else net
         self.loss = DiceBCELoss() if task == "segment" else NegativeSSIMLoss()
 
@@ -136,5 +136,13 @@ class EnfaceModule(L.LightningModule):
             # precision (e.g. "bf16-mixed" on the fast path where native) and the layout
             "precision": str(self.trainer.precision) if self._trainer is not None else None,
             "layout": self.fastpath.layout,
-            "layout_trial": self.fastpath.layout_trial,
+            "layout_choice": self.fastpath.layout_choice,
+            # the random state after this epoch: a resumed run draws the crops it would have drawn
+            "rng_state": torch.get_rng_state(),
         }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Resume the random stream where the checkpoint's epoch left it (when it recorded it)."""
+        state = (checkpoint.get("enface") or {}).get("rng_state")
+        if isinstance(state, torch.Tensor):
+            torch.set_rng_state(state)

@@ -1,11 +1,14 @@
 """The web application of ``enface review`` (Starlette): the page, its API and its guard.
 
-Every request must carry the session's token: in the ``token`` query parameter (the URL
-the command prints), the ``X-Enface-Token`` header (what the page sends) or the cookie the
-page's first load sets (``HttpOnly``, ``SameSite=Strict``); writes (``PUT``/``POST``)
-need the header. A request without a token gets 401, one with a wrong token 403, and so
-does a request whose ``Host`` header is not the server's own (DNS rebinding). Static files
-are a fixed list from the package, never a path from the request.
+Every request must carry the session's token: a ``GET`` in the ``token`` query parameter
+(the URL the command prints, and the page's own script and stylesheet, whose URLs the
+served page carries) or the ``X-Enface-Token`` header (every API call of the page); writes
+(``PUT``/``POST``) need the header. The token never travels in a cookie: browsers do not
+scope cookies by port, so a cookie set by 127.0.0.1:PORT would be sent to every other
+server on 127.0.0.1, and a cookie is never taken as a credential. A request without a token
+gets 401, one with a wrong token 403, and so does a request whose ``Host`` header is not the
+server's own (DNS rebinding). Static files are a fixed list from the package, never a path
+from the request.
 
 API (all under the token)::
 
@@ -24,17 +27,19 @@ API (all under the token)::
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
 import logging
 import math
 import secrets
+import urllib.parse
 from importlib import resources
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -42,14 +47,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from enface.errors import DatasetError, UnsafePathError
 from enface.review.cases import CaseService, NotFound
 from enface.review.log import DECISIONS, REVIEW_COLUMNS
-from enface.review.store import Conflict, ReadOnly, UploadError, parse_mask_upload
+from enface.review.store import STARTS, Conflict, ReadOnly, UploadError, parse_mask_upload
 
-__all__ = ["COOKIE", "TOKEN_HEADER", "create_app"]
+__all__ = ["TOKEN_HEADER", "create_app"]
 
 log = logging.getLogger(__name__)
 
 TOKEN_HEADER = "x-enface-token"
-COOKIE = "enface_review_token"
 _STATIC = {"review.js": "text/javascript", "review.css": "text/css"}
 _JSON_LIMIT = 64 * 1024
 _SECURITY_HEADERS = [
@@ -72,11 +76,9 @@ class TokenGuard:
     def _refusal(self, request: Request) -> Response | None:
         if request.headers.get("host", "").lower() not in self.hosts:
             return PlainTextResponse("403: unknown Host header (open the URL enface review printed)", 403)
-        header = request.headers.get(TOKEN_HEADER)
-        if request.method not in ("GET", "HEAD"):
-            given = header
-        else:
-            given = header or request.query_params.get("token") or request.cookies.get(COOKIE)
+        given = request.headers.get(TOKEN_HEADER)
+        if not given and request.method in ("GET", "HEAD"):
+            given = request.query_params.get("token")
         if not given:
             return PlainTextResponse("401: open the URL that enface review printed (it carries ?token=...)", 401)
         if not secrets.compare_digest(given.encode(), self.token.encode()):
@@ -122,6 +124,8 @@ async def _json(request: Request) -> dict[str, Any]:
         obj = json.loads(await _body(request, _JSON_LIMIT))
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise UploadError(400, "not valid JSON") from None
+    except RecursionError:
+        raise UploadError(400, "JSON nested too deeply") from None
     if not isinstance(obj, dict):
         raise UploadError(400, "expected a JSON object")
     return obj
@@ -135,6 +139,19 @@ def _number_header(request: Request, name: str) -> float:
     return value if math.isfinite(value) and value >= 0 else 0.0
 
 
+def _save_headers(request: Request) -> tuple[str, str]:
+    """``X-Base-Version`` (required: 428 without it) and ``X-Started-From`` (one of :data:`STARTS`) of a save."""
+    base = request.headers.get("x-base-version", "").strip()
+    if not base:
+        raise UploadError(
+            428, "X-Base-Version header missing: the version of the mask the page loaded ('none': it saw no file)"
+        )
+    started = request.headers.get("x-started-from", "empty")
+    if started not in STARTS:
+        raise UploadError(400, f"X-Started-From must be one of {', '.join(STARTS)}, not {started[:40]!r}")
+    return base, started
+
+
 class _Endpoints:
     """The request handlers, over one dataset's :class:`CaseService`."""
 
@@ -143,10 +160,10 @@ class _Endpoints:
         self.token = token
 
     def page(self, request: Request) -> Response:
-        html = resources.files("enface.review").joinpath("static/index.html").read_text(encoding="utf-8")
-        response = Response(html.replace("{{TOKEN}}", self.token), media_type="text/html")
-        response.set_cookie(COOKIE, self.token, httponly=True, samesite="strict")
-        return response
+        """The page, carrying the token (in a meta tag and in its own files' URLs), and no cookie."""
+        text = resources.files("enface.review").joinpath("static/index.html").read_text(encoding="utf-8")
+        text = text.replace("{{TOKEN_QUERY}}", html.escape(urllib.parse.quote(self.token, safe="")))
+        return Response(text.replace("{{TOKEN}}", html.escape(self.token)), media_type="text/html")
 
     def favicon(self, request: Request) -> Response:
         return Response(status_code=204)
@@ -190,11 +207,11 @@ class _Endpoints:
 
     async def save(self, request: Request) -> JSONResponse:
         case = await run_in_threadpool(self.service.case, request.path_params["case_id"])
+        self.service.store.writer()
+        base, started = _save_headers(request)
         h, w = (await run_in_threadpool(self.service.volume, case)).shape[:2]
         body = await _body(request, h * w)
         mask = parse_mask_upload(body, request.headers.get("content-type", ""), (h, w))
-        base = request.headers.get("x-base-version", "")
-        started = request.headers.get("x-started-from", "empty")
         start = None
         if started == "prediction" and self.service.prediction(case) is not None:
             start = await run_in_threadpool(self.service.prediction(case).load_mask)  # type: ignore[union-attr]
@@ -259,7 +276,11 @@ def _handlers() -> dict[Any, Any]:
         return _error(404, str(exc))
 
     async def unsafe(request: Request, exc: Exception) -> Response:
-        return _error(403, "refused: that path leads out of the dataset")
+        return _error(403, f"refused: {exc}")
+
+    async def gone(request: Request, exc: Exception) -> Response:
+        log.warning("%s %s: the client went away during the request; nothing saved", request.method, request.url.path)
+        return Response(status_code=400)  # nobody reads it
 
     async def upload(request: Request, exc: Exception) -> Response:
         return _error(exc.status if isinstance(exc, UploadError) else 400, str(exc))
@@ -280,6 +301,7 @@ def _handlers() -> dict[Any, Any]:
         Conflict: conflict,
         ReadOnly: read_only,
         DatasetError: bad_file,
+        ClientDisconnect: gone,
     }
 
 

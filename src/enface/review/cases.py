@@ -3,9 +3,13 @@
 Every file is reached through a case id that must be one of the dataset's cases and a file
 name this module chooses, joined with :func:`enface.fileio.path_under`: an id with ``..``,
 a separator or a symbolic link that leaves ``cases/`` is refused, and so is a case file that
-links out of its folder. B-scans are read from the memory-mapped ``oct.npy`` one at a time;
-the en-face projections of the last few cases viewed are kept (a few MB at most), so the
-server's memory does not grow with the number of cases viewed.
+links out of its folder (``meta.json`` included): such a file is never read, the case opens
+without it where it can (an SLO, FAF or mask that links out is left out and named in the
+case's ``refused`` notes) and a request for it gets 403 naming the file.
+
+B-scans are read from the memory-mapped ``oct.npy`` one at a time; the en-face projections
+of the last few cases viewed are kept (a few MB at most), so the server's memory does not
+grow with the number of cases viewed.
 """
 
 from __future__ import annotations
@@ -101,11 +105,14 @@ class CaseService:
         if not self.ids:
             raise DatasetError(f"{self.cases_dir}: no case")
         self.log = AnnotationLog(self.root)
+        self.log.check()
+        self.log.load()
         self.store = MaskStore(self.log, task, grader)
         self.predictions = None if predictions is None else PredictionFolder(predictions, task, self.ids)
         self.queue: list[QueueEntry] = [] if queue is None else read_queue(queue, set(self.ids))
         self._maps = _LRU(_CACHED_CASES)
         self._known = set(self.ids)
+        self._warned: set[str] = set()
 
     def _inside(self, case_id: str) -> bool:
         try:
@@ -130,14 +137,38 @@ class CaseService:
         if case_id not in self._known:
             raise NotFound(f"no case {case_id!r} in this dataset")
         folder = path_under(self.cases_dir, case_id)
+        note = self._refusal(folder, "meta.json")
+        if note is not None:
+            raise UnsafePathError(note)
         try:
             return load_case(folder)
         except DatasetError as e:
             raise NotFound(str(e)) from None
 
+    def _refusal(self, folder: Path, name: str) -> str | None:
+        """Why the file ``name`` of a case folder is not served (it links out of the folder), or None."""
+        if not (folder / name).is_symlink():  # one lstat; only a link can lead out of the (checked) folder
+            return None
+        try:
+            path_under(folder, name)
+        except UnsafePathError:
+            note = f"cases/{folder.name}/{name} is a symbolic link out of its case folder: not served"
+            if note not in self._warned:
+                self._warned.add(note)
+                log.warning("%s", note)
+            return note
+        return None
+
     def file(self, case: Case, name: str) -> Path:
-        """A file of the case folder, refusing one that links out of it."""
-        return path_under(case.path, name)
+        """A file of the case folder.
+
+        Raises:
+            UnsafePathError: the file links out of the case folder (the message names it).
+        """
+        note = self._refusal(case.path, name)
+        if note is not None:
+            raise UnsafePathError(note)
+        return case.path / name
 
     def volume(self, case: Case) -> np.ndarray:
         """The memory-mapped ``(H, W, D)`` volume."""
@@ -161,7 +192,8 @@ class CaseService:
 
     def layers(self, case: Case) -> list[str]:
         """The en-face layers this case can show."""
-        have = {m for m in MODALITIES if self.file(case, f"{m}.png").is_file()} | {"mean"}
+        have = {m for m in MODALITIES if not self._refusal(case.path, f"{m}.png")}
+        have = {m for m in have if (case.path / f"{m}.png").is_file()} | {"mean"}
         if self.maps(case).sub_bm is not None:
             have.add("sub_bm")
         if self.prediction(case) is not None:
@@ -203,6 +235,8 @@ class CaseService:
         pred = self.prediction(case)
         decided = self.log.latest("review", self.grader, self.task).get(case_id) if self.grader else None
         meta = case.meta
+        files = [f"{m}.png" for m in MODALITIES] + [mask_filename(self.task, g) for g in {None, self.grader}]
+        refused = sorted({note for name in files if (note := self._refusal(case.path, name))})
         return {
             "case_id": case_id,
             "patient_id": meta.patient_id,
@@ -213,15 +247,22 @@ class CaseService:
             "sub_bm_slab": None if maps.slab is None else list(maps.slab),
             "layers": self.layers(case),
             "masks": {
-                "reference": self.store.version(case.path, None),
-                "grader": self.store.version(case.path, self.grader) if self.grader else "none",
+                "reference": self._mask_version(case, None),
+                "grader": self._mask_version(case, self.grader) if self.grader else "none",
                 "prediction": "none" if pred is None else "present",
             },
             "prediction": None
             if pred is None
             else {"area_mm2": _finite(pred.area_mm2), "area_sd_mm2": _finite(pred.area_sd_mm2)},
             "decision": None if decided is None else decided.get("decision"),
+            "refused": refused,
         }
+
+    def _mask_version(self, case: Case, grader: str | None) -> str:
+        """The version of a mask of the case; ``"none"`` for one that links out of the case folder."""
+        if self._refusal(case.path, mask_filename(self.task, grader)):
+            return "none"
+        return self.store.version(case.path, grader)
 
     def record_decision(self, case: Case, decision: str) -> dict[str, Any]:
         """Log this grader's ``accept`` / ``correct`` / ``reject`` of the case's prediction.
@@ -248,6 +289,8 @@ class CaseService:
     def enface_png(self, case_id: str, layer: str) -> bytes:
         """An en-face layer as an 8-bit grey ``(H, W)`` PNG."""
         case = self.case(case_id)
+        if layer in MODALITIES:
+            self.file(case, f"{layer}.png")  # one that links out: 403 naming it
         if layer not in self.layers(case):
             raise NotFound(f"case {case_id} has no en-face layer {layer!r}")
         if layer in MODALITIES:
@@ -280,6 +323,8 @@ class CaseService:
             mask = None if pred is None else pred.load_mask()
         elif which in ("reference", "grader"):
             grader = None if which == "reference" else self.grader
+            if not (which == "grader" and grader is None):
+                self.file(case, mask_filename(self.task, grader))  # refuses one that links out, naming it
             mask = None if which == "grader" and grader is None else self.store.load(case.path, grader)
         else:
             raise NotFound(f"no mask {which!r} (reference, grader or prediction)")

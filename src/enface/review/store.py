@@ -137,10 +137,21 @@ class MaskStore:
         path = self.path(case_dir, grader)
         return read_mask(path) if path.is_file() else None
 
-    def _writer(self) -> str:
+    def writer(self) -> str:
+        """The grader who may write.
+
+        Raises:
+            ReadOnly: the store has no grader.
+        """
         if self.grader is None:
             raise ReadOnly("read-only: start `enface review` with --grader NAME to save masks")
         return self.grader
+
+    @staticmethod
+    def _expect(path: Path, base_version: str) -> None:
+        current = file_version(path)
+        if current != base_version:
+            raise Conflict(path.name, current)
 
     def save(
         self,
@@ -154,6 +165,9 @@ class MaskStore:
     ) -> SaveResult:
         """Write the grader's mask atomically if it is still at ``base_version``, and log it.
 
+        Whatever is refused is refused before anything is created (the version is checked
+        once before taking the log's lock, which creates the log, and again under it).
+
         Args:
             case_dir: the case folder.
             mask: ``(H, W)`` {0, 1} mask on the case's grid.
@@ -165,17 +179,16 @@ class MaskStore:
             seconds: time the grader spent on the case since opening or last saving it.
 
         Raises:
-            ReadOnly: no grader. Conflict: the file is at another version.
+            ReadOnly: no grader. Conflict: the file is at another version. ValueError: ``started_from``.
         """
-        grader = self._writer()
+        grader = self.writer()
         if started_from not in STARTS:
-            raise ValueError(f"started_from must be one of {STARTS}, got {started_from!r}")
+            raise ValueError(f"started_from must be one of {', '.join(STARTS)}, got {started_from!r}")
         path = self.path(case_dir, grader)
+        self._expect(path, base_version)
         data = png_bytes((np.asarray(mask) > 0).astype(np.uint8) * 255)
         with self.log.locked() as fd:
-            current = file_version(path)
-            if current != base_version:
-                raise Conflict(path.name, current)
+            self._expect(path, base_version)
             before = read_mask(path) if path.is_file() else start
             before = np.zeros_like(mask) if before is None else before
             atomic_write_bytes(path, data)
@@ -200,6 +213,16 @@ class MaskStore:
             self.saved.append(path)
         return SaveResult(version, changed, area, path)
 
+    def _promotable(self, source: Path, target: Path, base_version: str) -> str:
+        if target.exists():
+            raise ReadOnly(f"{target.name} exists: a reference mask is never replaced from here")
+        current = file_version(source)
+        if current == "none":
+            raise ReadOnly(f"no saved {source.name} to promote: save first")
+        if current != base_version:
+            raise Conflict(source.name, current)
+        return current
+
     def promote(self, case_dir: Path, dataset: Path, base_version: str) -> Path:
         """Copy the grader's saved mask to the case's reference ``mask_<task>.png`` (an explicit action).
 
@@ -210,16 +233,11 @@ class MaskStore:
             ReadOnly: no grader, no saved mask, or the case has a reference already.
             Conflict: the grader's mask is at another version than ``base_version``.
         """
-        grader = self._writer()
+        grader = self.writer()
         source, target = self.path(case_dir, grader), self.path(case_dir, None)
+        self._promotable(source, target, base_version)
         with self.log.locked() as fd:
-            if target.exists():
-                raise ReadOnly(f"{target.name} exists: a reference mask is never replaced from here")
-            current = file_version(source)
-            if current == "none":
-                raise ReadOnly(f"no saved {source.name} to promote: save first")
-            if current != base_version:
-                raise Conflict(source.name, current)
+            current = self._promotable(source, target, base_version)
             self._declare_task(dataset)
             atomic_write_bytes(target, png_bytes(read_mask(source) * np.uint8(255)))
             entry = {"event": "promote", "case_id": case_dir.name, "grader": grader, "task": self.task}

@@ -45,7 +45,14 @@ from enface.study.active_config import START, ActiveConfig
 from enface.study.config import StudyConfig
 from enface.study.plan import PlannedRun, run_folder
 
-__all__ = ["labeled_training_patients", "pool_scores", "round_patients", "selection_path", "start_patients"]
+__all__ = [
+    "labeled_training_patients",
+    "pool_scores",
+    "round_patients",
+    "selection_diagnostics",
+    "selection_path",
+    "start_patients",
+]
 
 log = logging.getLogger(__name__)
 
@@ -107,29 +114,54 @@ def _run_patients(folder: Path) -> tuple[str, ...]:
 
 
 def round_patients(study: StudyConfig, run: PlannedRun) -> tuple[str, ...]:
-    """The labeled patients of an active round: drawn (round 0), or recorded / made by its selection.
+    """The labeled patients of an active round: drawn (round 0), recorded (by its selection here,
+    or in its ledger record), or made by its selection now.
 
     Raises:
-        ConfigError: the round before has not finished.
+        ConfigError: the round before has not finished and is not recorded in the ledger.
     """
+    from enface.study.ledger import read_record
+
     if run.round == 0:
         return start_patients(study, run.seed)
     path = selection_path(study, run)
     if path.is_file():
         return tuple(read_json_object(path)["patients"])
+    recorded = read_record(study, run)
+    if recorded is not None and recorded.get("active", {}).get("selection"):
+        atomic_write_json(path, {**recorded["active"]["selection"], "strategy": run.strategy, "round": run.round})
+        return tuple(recorded["active"]["patients"])
     return tuple(_select_round(study, run, path)["patients"])
+
+
+def _source_folder(study: StudyConfig, run: PlannedRun) -> Path:
+    """The finished run folder of the round before ``run``, trained here first when the ledger
+    records it but this machine does not have it.
+
+    Raises:
+        ConfigError: the round before has neither finished here nor been recorded.
+    """
+    from enface.study.ledger import read_record
+    from enface.study.run import execute_run
+
+    source = source_run(run)
+    src = run_folder(study, source)
+    if not (src / "done.json").is_file():
+        if read_record(study, source) is None:
+            raise ConfigError(
+                f"active round {run.round} ({run.strategy}, seed {run.seed}) selects with round {run.round - 1}, "
+                f"which has not finished ({src}); run the earlier plan indices first"
+            )
+        log.info("training round %d again here: the round after it selects with its ensemble", source.round)
+        execute_run(study, source, progress=False)
+    return src
 
 
 def _select_round(study: StudyConfig, run: PlannedRun, path: Path) -> dict[str, Any]:
     from enface.select import rank_cases
 
     active = _active(study)
-    src = run_folder(study, source_run(run))
-    if not (src / "done.json").is_file():
-        raise ConfigError(
-            f"active round {run.round} ({run.strategy}, seed {run.seed}) selects with round {run.round - 1}, "
-            f"which has not finished ({src}); run the earlier plan indices first"
-        )
+    src = _source_folder(study, run)
     labeled = _run_patients(src)
     by_patient = labeled_training_patients(study)
     pool_cases = sorted(c for p, cases in by_patient.items() if p not in labeled for c in cases)
@@ -218,3 +250,49 @@ def pool_scores(
         },
     )
     return {"scores": scores, "labeled": centers, "oracle_dice": oracle}
+
+
+def _reference_areas(study: StudyConfig, case_ids: Sequence[str]) -> list[float]:
+    from enface.metrics import area_mm2
+
+    root = Path(study.dataset)
+    out = []
+    for cid in case_ids:
+        case = load_case(root / "cases" / cid)
+        out.append(area_mm2(case.load_mask(study.task), case.spacing))
+    return out
+
+
+def selection_diagnostics(study: StudyConfig, selection: dict[str, Any]) -> dict[str, float]:
+    """What one recorded selection picked, for the report's diagnostics: the mean reference
+    lesion area of the picked patients' cases against the pool's, the oracle Dice of the
+    selecting ensemble on the picked cases and on the pool, and the Spearman correlation of the
+    uncertainty score with the ensemble's error (1 - Dice) over the pool (the oracle's masks,
+    read here for the report only; nothing selects with them)."""
+    from scipy.stats import spearmanr
+
+    cases_of = labeled_training_patients(study)
+    picked = {p["patient_id"] for p in selection["picked"]}
+    before = set(selection["labeled_before"])
+    pool = [c for p, cs in cases_of.items() if p not in before for c in cs]
+    picked_cases = [c for p in sorted(picked) for c in cases_of.get(p, [])]
+    nan = float("nan")
+    out = {
+        "picked_area_mm2": float(np.mean(_reference_areas(study, picked_cases))) if picked_cases else nan,
+        "pool_area_mm2": float(np.mean(_reference_areas(study, pool))) if pool else nan,
+        "picked_oracle_dice": nan,
+        "pool_oracle_dice": nan,
+        "spearman_uncertainty_error": nan,
+    }
+    cache = Path(selection["source_run"]) / "select" / "pool-scores.json"
+    if selection["strategy"] != "random" and cache.is_file():
+        scores = read_json_object(cache)
+        dice = scores["oracle_dice"]
+        unc = {s["case_id"]: s["uncertainty"] for s in scores["scores"]}
+        common = sorted(set(dice) & set(unc))
+        out["picked_oracle_dice"] = float(np.mean([dice[c] for c in picked_cases if c in dice] or [nan]))
+        out["pool_oracle_dice"] = float(np.mean([dice[c] for c in common] or [nan]))
+        x, y = [unc[c] for c in common], [1.0 - dice[c] for c in common]
+        if len(common) > 2 and np.ptp(x) > 0 and np.ptp(y) > 0:  # else undefined
+            out["spearman_uncertainty_error"] = float(spearmanr(x, y).statistic)
+    return out

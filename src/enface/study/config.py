@@ -16,6 +16,10 @@
     train: {epochs: 40}                       # ... for segmentation runs
     active: {strategies: [random, uncertainty, diverse], rounds: 4}  # optional: simulated active
                                               # learning (enface.study.active_config); fractions may then be []
+    arms:                            # optional, instead of models x inits x fractions: per model its own
+      - {model: fpn, inits: [scratch, ssl-faf_inv], fractions: [0.05, 1.0]}
+      - {model: ipnv2, inits: [scratch], fractions: [0.05, 1.0], model_kwargs: {depth: 64}}
+    ledger: docs/my-study/ledger     # where each finished run leaves its record (default <out>/ledger)
 
 Names that become folder names (``name``, the test-set names) must be safe folder names.
 """
@@ -35,7 +39,37 @@ from enface.errors import ConfigError
 from enface.study.active_config import ActiveConfig, parse_active
 from enface.targets import Target, check_name
 
-__all__ = ["STUDY_KEYS", "TEST_SET_KEYS", "TEST_SET_SPLITS", "StudyConfig", "load_study", "study_as_dict"]
+__all__ = [
+    "ARM_KEYS",
+    "STUDY_KEYS",
+    "TEST_SET_KEYS",
+    "TEST_SET_SPLITS",
+    "Arm",
+    "StudyConfig",
+    "load_study",
+    "study_as_dict",
+]
+
+ARM_KEYS: tuple[str, ...] = ("model", "inits", "fractions", "model_kwargs")
+"""Keys of one entry of a study's ``arms:`` list."""
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One model of a study with its initialisations and label fractions.
+
+    Attributes:
+        model: registered model name.
+        inits: ``scratch`` or ``ssl-<target>`` each.
+        fractions: label fractions, each in (0, 1].
+        model_kwargs: extra constructor arguments of the model (e.g. ``{depth: 64}``).
+    """
+
+    model: str
+    inits: tuple[str, ...]
+    fractions: tuple[float, ...]
+    model_kwargs: tuple[tuple[str, Any], ...] = ()
+
 
 STUDY_KEYS: tuple[str, ...] = (
     "name",
@@ -56,6 +90,8 @@ STUDY_KEYS: tuple[str, ...] = (
     "out",
     "overlay_cases",
     "active",
+    "arms",
+    "ledger",
 )
 """Keys a study YAML may hold (``name`` and ``dataset`` are required)."""
 
@@ -82,6 +118,8 @@ class StudyConfig:
     out: str = ""
     overlay_cases: int = 2
     active: dict[str, Any] | None = None
+    arms: tuple[Arm, ...] | None = None
+    ledger: str = ""
 
     @property
     def out_dir(self) -> Path:
@@ -92,6 +130,22 @@ class StudyConfig:
         return self.out_dir / "runs"
 
     @property
+    def ledger_dir(self) -> Path:
+        """Where each finished run leaves its record (``ledger``, default ``<out>/ledger``)."""
+        return Path(self.ledger) if self.ledger else self.out_dir / "ledger"
+
+    @property
+    def arm_list(self) -> tuple[Arm, ...]:
+        """The study's arms: ``arms`` as given, else every model with every init and fraction."""
+        if self.arms:
+            return self.arms
+        return tuple(Arm(m, tuple(self.inits), tuple(sorted(self.fractions))) for m in self.models)
+
+    def model_kwargs(self, model: str) -> dict[str, Any]:
+        """The constructor arguments the study gives ``model`` (its arm's ``model_kwargs``)."""
+        return next((dict(a.model_kwargs) for a in self.arm_list if a.model == model and a.model_kwargs), {})
+
+    @property
     def active_config(self) -> ActiveConfig | None:
         """The ``active:`` block, checked (None without one)."""
         if self.active is None:
@@ -99,12 +153,18 @@ class StudyConfig:
         return parse_active(self.active, tuple(self.models), self.reference.get("model", "fpn"))
 
     @property
-    def targets(self) -> list[Target]:
-        """The reconstruction targets the study pre-trains (one per ``ssl-*`` init, the active one too), sorted."""
+    def pretrainings(self) -> list[tuple[str, Target]]:
+        """``(model, target)`` of every pre-training the study needs (one per model and ``ssl-*``
+        init of its arms, the active learning's too), in the order of the arms."""
         active = self.active_config
-        inits = (*self.inits, *((active.init,) if active else ()))
-        found = {t for i in inits if (t := Target.from_init_label(i)) is not None}
-        return sorted(found, key=lambda t: t.name)
+        wanted = [(a.model, i) for a in self.arm_list for i in a.inits]
+        wanted += [(active.model, active.init)] if active else []
+        found: list[tuple[str, Target]] = []
+        for model, init in wanted:
+            target = Target.from_init_label(init)
+            if target is not None and (model, target) not in found:
+                found.append((model, target))
+        return found
 
     def validate(self) -> StudyConfig:
         """Check every field's value; raise :class:`ConfigError` naming the first bad one."""
@@ -130,6 +190,8 @@ class StudyConfig:
             raise ConfigError(f"study: top_k must be >= 1, got {self.top_k}")
         for name, ts in self.test_sets.items():
             _check_test_set(name, ts)
+        for arm in self.arms or ():
+            _check_arm(arm, list_models())
         return self
 
 
@@ -137,7 +199,7 @@ _LISTS: dict[str, type] = {"models": str, "inits": str, "fractions": float, "see
 """The list fields of a study and the type of their items."""
 _INTS = ("pretrain_seed", "top_k", "overlay_cases")
 _MAPPINGS = ("test_sets", "reference", "common", "pretrain", "train", "synth", "active")
-_STRINGS = ("name", "dataset", "task", "out")
+_STRINGS = ("name", "dataset", "task", "out", "ledger")
 TEST_SET_KEYS = ("dataset", "split", "synth")
 TEST_SET_SPLITS = ("train", "val", "test", "all")
 
@@ -198,6 +260,44 @@ def _coerce(doc: dict[str, Any], where: Path) -> dict[str, Any]:
     return doc
 
 
+def _check_arm(arm: Arm, known: list[str]) -> None:
+    if arm.model not in known:
+        raise ConfigError(f"study: arm of unknown model {arm.model!r}; known: {', '.join(known)}")
+    if not arm.inits or not arm.fractions:
+        raise ConfigError(f"study: the {arm.model} arm needs 'inits' and 'fractions' (non-empty lists)")
+    for init in arm.inits:
+        Target.from_init_label(init)  # raises naming the init
+    if any(not 0 < f <= 1 for f in arm.fractions):
+        raise ConfigError(f"study: the {arm.model} arm's fractions must lie in (0, 1], got {list(arm.fractions)}")
+
+
+def _arms(values: Any, where: Path) -> tuple[Arm, ...]:
+    """The ``arms:`` list as :class:`Arm` records (one per model), each bad entry named."""
+    if not isinstance(values, list) or not values:
+        raise ConfigError(f"{where}: arms must be a non-empty list of {{model, inits, fractions}} mappings")
+    arms = []
+    for n, entry in enumerate(values):
+        if (
+            not isinstance(entry, dict)
+            or set(entry) - set(ARM_KEYS)
+            or not {"model", "inits", "fractions"} <= set(entry)
+        ):
+            raise ConfigError(f"{where}: arms[{n}] must be a mapping with keys {list(ARM_KEYS)}, got {entry!r}")
+        kwargs = entry.get("model_kwargs") or {}
+        if not isinstance(kwargs, dict):
+            raise ConfigError(f"{where}: arms[{n}].model_kwargs must be a mapping, got {kwargs!r}")
+        try:
+            inits = tuple(_item("inits", str, v) for v in entry["inits"])
+            fractions = tuple(sorted(_item("fractions", float, v) for v in entry["fractions"]))
+            model = _item("model", str, entry["model"])
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{where}: arms[{n}]: {e}") from None
+        arms.append(Arm(model, inits, fractions, tuple(sorted(kwargs.items()))))
+    if len({a.model for a in arms}) < len(arms):
+        raise ConfigError(f"{where}: arms name a model more than once ({[a.model for a in arms]})")
+    return tuple(arms)
+
+
 def _check_test_set(name: str, ts: Any) -> None:
     check_name(str(name), "study: test set name")
     if not isinstance(ts, dict) or not isinstance(ts.get("dataset"), str) or not ts["dataset"]:
@@ -234,6 +334,14 @@ def load_study(path: str | os.PathLike, out: str | os.PathLike | None = None) ->
             f"{p}: the study needs {' and '.join(repr(k) for k in missing)} "
             f"(an empty file is not a study; see configs/phantom-study.yaml)"
         )
+    if "arms" in doc:  # the models, inits and fractions of the arms, for everything that lists them
+        arms = _arms(doc["arms"], p)
+        if any(k in doc for k in ("models", "inits", "fractions")):
+            raise ConfigError(f"{p}: give either arms or models/inits/fractions, not both")
+        doc["arms"] = arms
+        doc["models"] = [a.model for a in arms]
+        doc["inits"] = list(dict.fromkeys(i for a in arms for i in a.inits))
+        doc["fractions"] = sorted({f for a in arms for f in a.fractions})
     study = StudyConfig(**_coerce(doc, p))
     study.out = str(out or study.out or Path("studies") / study.name)
     if not study.test_sets:
@@ -247,4 +355,5 @@ def load_study(path: str | os.PathLike, out: str | os.PathLike | None = None) ->
 def study_as_dict(study: StudyConfig) -> dict[str, Any]:
     """Plain values of a study (for ``study.yaml`` in the study folder)."""
     d = dataclasses.asdict(study)
+    d["arms"] = None if study.arms is None else [{**vars(a), "model_kwargs": dict(a.model_kwargs)} for a in study.arms]
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}

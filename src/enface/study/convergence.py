@@ -2,9 +2,10 @@
 
 A run is flagged
 
-* ``still rising`` when its validation Dice (``logs/metrics.csv``) was still climbing at the
-  end: the mean of the last quarter of its epochs exceeds the mean of the quarter before by
-  more than :data:`RISE_TOLERANCE` (a longer budget would have changed its result);
+* ``still rising`` when it used its whole budget of epochs (it was not stopped by its
+  ``patience``) and its validation Dice was still climbing at the end: the mean of the last
+  quarter of its epochs exceeds the mean of the quarter before by more than
+  :data:`RISE_TOLERANCE` (a longer budget would have changed its result);
 * ``collapsed (empty)`` on a test set when it predicts nothing on at least half of the test
   cases whose reference holds a lesion;
 * ``collapsed (full)`` on a test set when it marks most of the scan (over
@@ -23,8 +24,6 @@ from typing import Any
 
 import numpy as np
 
-from enface.engine.history import read_history
-
 __all__ = ["FULL_FRACTION", "RISE_TOLERANCE", "collapse_flag", "rising_flag"]
 
 RISE_TOLERANCE = 0.02
@@ -33,16 +32,19 @@ FULL_FRACTION = 0.8
 """Share of a scan's pixels above which a prediction counts as full."""
 
 
-def rising_flag(run_dir: Path, metric: str = "val_dice") -> str | None:
-    """``"still rising (+0.034 in the last quarter)"`` or None (converged, or too short to tell)."""
-    values = []
-    for row in read_history(run_dir / "logs" / "metrics.csv"):
-        try:
-            v = float(row.get(metric, ""))
-        except ValueError:
-            continue
-        if math.isfinite(v):
-            values.append(v)
+def rising_flag(
+    history: Sequence[Mapping[str, Any]], stopped: str = "max_epochs", metric: str = "val_dice"
+) -> str | None:
+    """``"still rising (+0.034 in the last quarter)"`` or None (converged, or too short to tell).
+
+    Args:
+        history: the run's epochs (``{"epoch", <metric>, ...}``, as a ledger record keeps them).
+        stopped: how the run ended; a run its patience stopped (``plateau``) is not rising.
+        metric: the validation metric.
+    """
+    if stopped == "plateau":
+        return None
+    values = [float(v) for row in history if (v := row.get(metric)) not in (None, "") and math.isfinite(float(v))]
     k = len(values) // 4
     if k < 2:
         return None

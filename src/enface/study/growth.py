@@ -4,8 +4,9 @@ For every test set, model, initialisation and label fraction, the masks each see
 predicted on the test cases (``eval/<test set>/predictions.npz``, thresholded at 0.5) give
 per-eye growth rates over the visits; they are compared with the rates of the reference
 masks on the same visits (:func:`enface.progression.rate_agreement`: eyes with >= 2 paired
-visits, Bland-Altman bias and limits of agreement, ICC(A,1)). The table reports the mean over
-seeds of each statistic.
+visits, Bland-Altman bias and limits of agreement, ICC(A,1)). :func:`seed_growth` computes
+that agreement when a run finishes (its ledger record keeps it); :func:`growth_agreement`
+reports the mean over seeds of each statistic, from the ledger.
 """
 
 from __future__ import annotations
@@ -19,10 +20,8 @@ import numpy as np
 
 from enface.data.folder import Case, load_case
 from enface.progression import Visit, lesion_features, rate_agreement
-from enface.study.config import StudyConfig
-from enface.study.plan import PlannedRun, plan_study, run_folder
 
-__all__ = ["GROWTH_COLUMNS", "growth_agreement"]
+__all__ = ["GROWTH_COLUMNS", "growth_agreement", "seed_growth"]
 
 RATES: tuple[tuple[str, str], ...] = (("sqrt_growth_mm_per_year", "sqrt"), ("growth_mm2_per_year", "area"))
 GROWTH_COLUMNS: tuple[str, ...] = (
@@ -63,8 +62,16 @@ class _TestSetCases:
         return self.cases[case_id]
 
 
-def _seed_agreement(npz: Path, cases: _TestSetCases) -> dict[str, Any] | None:
-    """Agreement of one run's predicted rates with the reference, or None without a paired eye."""
+def seed_growth(npz: Path, dataset: str, task: str) -> dict[str, Any] | None:
+    """Agreement of one run's predicted growth rates with the reference on one test set
+    (:func:`enface.progression.rate_agreement`), or None without an eye with two paired visits.
+
+    Args:
+        npz: the evaluation's ``predictions.npz`` (probabilities as uint8, one array per case).
+        dataset: the test set's dataset folder.
+        task: the mask task.
+    """
+    cases = _TestSetCases(dataset, task)
     predicted: list[Visit] = []
     with np.load(npz) as data:
         for cid in data.files:
@@ -96,20 +103,18 @@ def _row(key: tuple[str, str, str, float], summaries: Sequence[Mapping[str, Any]
     return row
 
 
-def growth_agreement(study: StudyConfig, plan: Sequence[PlannedRun] | None = None) -> list[dict[str, Any]]:
-    """Growth-rate agreement with the reference per test set and configuration (seed means).
+def growth_agreement(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Growth-rate agreement with the reference per test set and configuration (seed means),
+    from the ledger records of the label-fraction runs (each evaluation's ``growth``).
 
     Configurations whose test cases hold no eye with two labeled visits are left out.
     """
-    test_sets = {name: _TestSetCases(ts["dataset"], study.task) for name, ts in study.test_sets.items()}
-    per_key: dict[tuple[str, str, str, float], list[dict[str, Any]]] = {}
-    for run in plan or plan_study(study):
-        if run.stage != "train":
+    per_key: dict[tuple[str, str, str, float], list[Mapping[str, Any]]] = {}
+    for rec in records:
+        run = rec["run"]
+        if run["stage"] != "train":
             continue
-        folder = run_folder(study, run)
-        for name, cases in test_sets.items():
-            npz = folder / "eval" / name / "predictions.npz"
-            summary = _seed_agreement(npz, cases) if npz.is_file() else None
-            if summary is not None:
-                per_key.setdefault((name, run.model, run.init, run.fraction), []).append(summary)
+        for name, ev in rec["evaluations"].items():
+            if ev.get("growth"):
+                per_key.setdefault((name, run["model"], run["init"], float(run["fraction"])), []).append(ev["growth"])
     return [_row(key, per_key[key]) for key in sorted(per_key)]

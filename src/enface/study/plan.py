@@ -64,16 +64,15 @@ class PlannedRun:
 
 
 def plan_study(study: StudyConfig) -> list[PlannedRun]:
-    """All runs of a study: pre-training runs first, then segmentation runs."""
+    """All runs of a study: pre-training runs first, then segmentation runs (arm by arm)."""
     runs: list[PlannedRun] = []
-    for model in study.models:
-        for target in study.targets:
-            runs.append(PlannedRun(len(runs), "pretrain", model, target.name, seed=study.pretrain_seed))
-    for model in study.models:
-        for init in study.inits:
-            for fraction in sorted(study.fractions):
+    for model, target in study.pretrainings:
+        runs.append(PlannedRun(len(runs), "pretrain", model, target.name, seed=study.pretrain_seed))
+    for arm in study.arm_list:
+        for init in arm.inits:
+            for fraction in arm.fractions:
                 for seed in study.seeds:
-                    runs.append(PlannedRun(len(runs), "train", model, study.task, init, fraction, seed))
+                    runs.append(PlannedRun(len(runs), "train", arm.model, study.task, init, fraction, seed))
     active = study.active_config
     if active is not None:  # round by round: a round selects with the run of the round before
         for r in range(active.rounds + 1):
@@ -114,6 +113,8 @@ def run_config(
         runs_dir=str(study.runs_dir),
         top_k=study.top_k,
     )
+    if study.model_kwargs(run.model):
+        overrides["model_kwargs"] = study.model_kwargs(run.model)
     if run.stage != "pretrain":
         overrides.update(fraction=run.fraction, init=init_ckpt)
     if run.stage == "active":

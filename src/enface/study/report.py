@@ -1,7 +1,10 @@
 """A study's report: ``results/`` tables, ``figures/`` and ``report.md`` + ``report.html``.
 
-The HTML is the Markdown report rendered by Python-Markdown (tables extension), with every
-figure embedded as a data URI, so the page is one self-contained file to share.
+Everything in it comes from the study's ledger (:mod:`enface.study.ledger`) and, for the
+overlay figure's images and reference masks, its phantom datasets: no run folder is read, so
+a study trained by several machines is reported on any of them. The HTML is the Markdown
+report rendered by Python-Markdown (tables extension), with every figure embedded as a data
+URI, so the page is one self-contained file to share.
 """
 
 from __future__ import annotations
@@ -9,7 +12,6 @@ from __future__ import annotations
 import base64
 import html
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,10 +21,20 @@ import numpy as np
 from enface.data.splits import fraction_key
 from enface.fileio import atomic_write_csv, atomic_write_json, atomic_write_text, path_under
 from enface.study.config import StudyConfig
-from enface.study.plan import PlannedRun, run_folder
-from enface.study.results import config_label
+from enface.study.ledger import unpack_mask
+from enface.study.plan import PlannedRun
+from enface.study.results import ACTIVE_COLUMNS, config_label
+from enface.study.stats import format_number as _fmt
+from enface.study.stats import format_p as _fmt_p
 
-__all__ = ["growth_markdown", "markdown_to_html", "table_markdown", "wilcoxon_markdown", "write_report"]
+__all__ = [
+    "active_markdown",
+    "growth_markdown",
+    "markdown_to_html",
+    "table_markdown",
+    "wilcoxon_markdown",
+    "write_report",
+]
 
 log = logging.getLogger(__name__)
 
@@ -32,22 +44,12 @@ _STYLE = (
 )
 
 
-def _fmt(v: Any, digits: int = 3) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{digits}f}"
-
-
-def _fmt_p(p: float | None) -> str:
-    if p is None or not math.isfinite(p):
-        return "n/a"
-    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
-
-
 def table_markdown(table: Sequence[Mapping[str, Any]]) -> str:
     """The results table (one row per test set, model, init and fraction) as Markdown."""
     lines = [
         "| test set | model | init | fraction | seeds | cases | Dice | Dice per seed | area diff (mm²) | HD95 (mm) "
-        "| flagged seeds | Dice, unflagged seeds |",
-        "|---|---|---|---:|---:|---:|---|---|---|---|---|---:|",
+        "| flagged seeds | Dice, unflagged seeds | epochs run | stopped |",
+        "|---|---|---|---:|---:|---:|---|---|---|---|---|---:|---|---|",
     ]
     for r in table:
         hd95 = f"{_fmt(r['hd95_mm_mean'], 2)} ± {_fmt(r['hd95_mm_std'], 2)}"
@@ -57,7 +59,7 @@ def table_markdown(table: Sequence[Mapping[str, Any]]) -> str:
             f"| {r['test_set']} | {r['model']} | {r['init']} | {fraction_key(r['fraction'])} % | {r['n_seeds']} | "
             f"{r['n_cases']} | {_fmt(r['dice_mean'])} ± {_fmt(r['dice_std'])} | {r['dice_per_seed']} | "
             f"{_fmt(r['area_diff_mm2_mean'])} ± {_fmt(r['area_diff_mm2_std'])} | {hd95} | "
-            f"{r.get('flags') or '–'} | {_fmt(r.get('dice_mean_unflagged'))} |"
+            f"{r.get('flags') or '–'} | {_fmt(r.get('dice_mean_unflagged'))} | {r['epochs_run']} | {r['stopped']} |"
         )
     return "\n".join(lines)
 
@@ -146,86 +148,119 @@ def markdown_to_html(markdown_text: str, title: str, base: Path) -> str:
     )
 
 
-def _overlay_cases(dataset: Path, case_ids: Sequence[str], task: str, n: int) -> list[str]:
-    """``n`` cases to show: spread from the smallest to the largest reference lesion (cases
-    without one only when too few have one)."""
-    from enface.data.folder import load_case
-
-    areas = {c: int(load_case(dataset / "cases" / c).load_mask(task).sum()) for c in case_ids}
-    with_lesion = sorted((a, c) for c, a in areas.items() if a > 0)
-    if len(with_lesion) < n:
-        return [c for _, c in with_lesion] + [c for c in case_ids if areas[c] == 0][: n - len(with_lesion)]
-    picks = np.linspace(0, len(with_lesion) - 1, n).round().astype(int)
-    return [with_lesion[i][1] for i in sorted(set(picks.tolist()))]
-
-
-def _overlay_figure(study: StudyConfig, plan: Sequence[PlannedRun], fig_dir: Path) -> Path | None:
-    """Fig. 5: predictions of every model+init at the lowest fraction (first seed, first test set)."""
+def _overlay_figure(study: StudyConfig, records: Sequence[Mapping[str, Any]], fig_dir: Path) -> Path | None:
+    """Fig. 5: predictions of every model+init at the lowest fraction (first seed, first test
+    set), from the masks the ledger records keep of a few test cases."""
     from enface import viz
     from enface.data.folder import load_case
 
-    fraction, seed = min(study.fractions), study.seeds[0]
     ts_name, ts = next(iter(study.test_sets.items()))
     panels: dict[str, dict[str, np.ndarray]] = {}
-    case_ids: list[str] = []
-    for run in plan:
-        if run.stage != "train" or run.fraction != fraction or run.seed != seed:
-            continue
-        npz = run_folder(study, run) / "eval" / ts_name / "predictions.npz"
-        if not npz.is_file():
-            continue
-        with np.load(npz) as data:
-            if not case_ids:
-                case_ids = _overlay_cases(Path(ts["dataset"]), sorted(data.files), study.task, study.overlay_cases)
-            panels[config_label(run.model, run.init)] = {c: data[c] >= 128 for c in case_ids if c in data.files}
-    if not panels or not case_ids:
+    for rec in records:
+        overlay = (rec["evaluations"].get(ts_name) or {}).get("overlay")
+        if rec["run"]["stage"] == "train" and overlay:
+            panels[config_label(rec["run"]["model"], rec["run"]["init"])] = {
+                c: unpack_mask(m) for c, m in overlay.items()
+            }
+    case_ids = sorted({c for p in panels.values() for c in p})
+    if not panels:
         return None
     cases = {c: load_case(Path(ts["dataset"]) / "cases" / c) for c in case_ids}
     images = {
         c: {m.upper(): case.load_image(m) for m in ("slo", "faf") if case.has_image(m)} for c, case in cases.items()
     }
+    fraction = min(study.fractions)
     return viz.plot_overlay_grid(
         panels,
         {c: case.load_mask(study.task) for c, case in cases.items()},
         fig_dir / "overlays.png",
-        title=f"{ts_name}, {fraction_key(fraction)} % labels, seed {seed}",
+        title=f"{ts_name}, {fraction_key(fraction)} % labels, seed {study.seeds[0]}",
         spacings={c: case.spacing for c, case in cases.items()},
         images=images,
     )
 
 
-def _curves_figure(study: StudyConfig, plan: Sequence[PlannedRun], fig_dir: Path) -> Path | None:
+def _curves_figure(study: StudyConfig, records: Sequence[Mapping[str, Any]], fig_dir: Path) -> Path | None:
     """Validation metric per epoch: the pre-trainings and the lowest fraction's runs (first seed)."""
     from enface import viz
 
-    curves: dict[str, Path] = {}
-    for run in plan:
-        if run.stage == "train" and (run.seed != study.seeds[0] or run.fraction != min(study.fractions)):
-            continue
-        folder = run_folder(study, run)
-        if (folder / "logs" / "metrics.csv").is_file():
-            curves[str(folder.relative_to(study.runs_dir))] = folder / "logs" / "metrics.csv"
+    curves: dict[str, list[dict[str, Any]]] = {}
+    for rec in records:
+        run = rec["run"]
+        if run["stage"] == "pretrain" or (
+            run["stage"] == "train" and run["seed"] == study.seeds[0] and run["fraction"] == min(study.fractions)
+        ):
+            curves[run["label"]] = rec["history"]
     return viz.plot_training_curves(curves, fig_dir / "training-curves.png") if curves else None
 
 
-def _figures(
-    study: StudyConfig, plan: Sequence[PlannedRun], table: Sequence[Mapping[str, Any]], fig_dir: Path
-) -> list[tuple[str, Path]]:
+def _figures(study: StudyConfig, results: Mapping[str, Any], fig_dir: Path) -> list[tuple[str, Path]]:
     from enface import viz
 
     figures: list[tuple[str, Path]] = []
+    table, records = results["table"], results["records"]
     for ts in study.test_sets:
         rows = [r for r in table if r["test_set"] == ts]
         if rows:
             p = viz.plot_metric_vs_fraction(rows, path_under(fig_dir, f"{ts}-vs-fraction.png"), title=ts)
             figures.append((f"Dice and area difference vs label fraction ({ts})", p))
-    overlay = _overlay_figure(study, plan, fig_dir) if study.fractions else None  # none: an active-only study
+    overlay = _overlay_figure(study, records, fig_dir) if study.fractions else None  # none: an active-only study
     if overlay is not None:
         figures.append(("Predictions at the lowest label fraction (TP green, TN black, FP red, FN blue)", overlay))
-    curves = _curves_figure(study, plan, fig_dir)
+    curves = _curves_figure(study, records, fig_dir)
     if curves is not None:
         figures.append(("Training curves (validation metric per epoch)", curves))
     return figures
+
+
+def _arms_text(study: StudyConfig) -> str:
+    return "; ".join(
+        f"{a.model} ({', '.join(a.inits)}) at {', '.join(fraction_key(f) + ' %' for f in a.fractions)}"
+        for a in study.arm_list
+    )
+
+
+def _budget_text(study: StudyConfig) -> str:
+    train = study.train
+    if train.get("patience") is None:
+        return f"Every segmentation run trains {train.get('epochs', 'the default number of')} epochs."
+    return (
+        f"Budgets by convergence, the same rule for every run: a run stops when its validation Dice has not "
+        f"improved by {train.get('min_delta', 0)} for {train['patience']} validations, after at least "
+        f"{train.get('min_epochs', 1)} epochs, and after {train.get('epochs')} epochs at the latest."
+    )
+
+
+def _cost_markdown(results: Mapping[str, Any]) -> list[str]:
+    cost = results["cost"]
+    stages = ", ".join(f"{k} {v:.2f}" for k, v in sorted(cost["per_stage_cpu_hours"].items()))
+    line = f"The {len(results['records'])} recorded runs took {cost['cpu_hours']:.2f} CPU-hours ({stages})"
+    todo = len(results["missing"])
+    return [line + (f"; {todo} planned runs have no record yet." if todo else "."), ""]
+
+
+def _claims_markdown(results: Mapping[str, Any]) -> list[str]:
+    from enface.study.claims import ALPHA, claim_rows
+
+    rows = claim_rows(results["per_case"])
+    if not rows:
+        return []
+    md = [
+        "## The paper's claims",
+        "",
+        "Each claim as paired Wilcoxon signed-rank tests on the seed-averaged per-case Dice (two-sided): "
+        f"*yes* where the claimed side is higher with p < {ALPHA}, *no* where the other side is, *not shown* "
+        "otherwise. For the last claim the paired values are each case's SSL − scratch gain.",
+        "",
+        "| claim | test set | comparison | n | mean (reference) | mean (claimed higher) | median Δ | p | answer |",
+        "|---|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        md.append(
+            f"| {r['claim']} | {r['test_set']} | {r['comparison']} | {r['n']} | {_fmt(r['mean_reference'])} | "
+            f"{_fmt(r['mean_other'])} | {_fmt(r['median_difference'])} | {_fmt_p(r['p_value'])} | {r['answer']} |"
+        )
+    return [*md, ""]
 
 
 def _report_markdown(study: StudyConfig, results: Mapping[str, Any], figures: Sequence[tuple[str, Path]]) -> str:
@@ -233,10 +268,11 @@ def _report_markdown(study: StudyConfig, results: Mapping[str, Any], figures: Se
     md = [
         f"# Study: {study.name}",
         "",
-        f"Dataset `{study.dataset}`, task `{study.task}`; models {', '.join(study.models)}; initialisations "
-        f"{', '.join(study.inits)}; label fractions {', '.join(fraction_key(f) + ' %' for f in study.fractions)}; "
-        f"seeds {', '.join(map(str, study.seeds))}. Top-{study.top_k} checkpoint ensembles, threshold 0.5.",
+        f"Dataset `{study.dataset}`, task `{study.task}`; {_arms_text(study)}; seeds "
+        f"{', '.join(map(str, study.seeds))}. Top-{study.top_k} checkpoint ensembles, threshold 0.5. "
+        f"{_budget_text(study)}",
         "",
+        *_cost_markdown(results),
         "## Results",
         "",
         "Mean ± std over test cases of per-case values averaged over seeds; 'Dice per seed' gives each "
@@ -254,6 +290,7 @@ def _report_markdown(study: StudyConfig, results: Mapping[str, Any], figures: Se
         "",
         wilcoxon_markdown(results["wilcoxon"]),
         "",
+        *_claims_markdown(results),
     ]
     if results.get("growth"):
         md += [
@@ -268,7 +305,7 @@ def _report_markdown(study: StudyConfig, results: Mapping[str, Any], figures: Se
             "",
         ]
     if results["missing"]:
-        md += ["## Missing evaluations", "", *[f"- {m}" for m in results["missing"]], ""]
+        md += ["## Runs without a record yet", "", *[f"- {m}" for m in results["missing"]], ""]
     md += ["## Figures", ""]
     for title, p in figures:
         md += [f"### {title}", "", f"![{title}](figures/{p.name})", ""]
@@ -294,12 +331,119 @@ def write_report(study: StudyConfig, plan: Sequence[PlannedRun], results: Mappin
 
         atomic_write_csv(res_dir / "growth.csv", results["growth"], GROWTH_COLUMNS)
         atomic_write_text(res_dir / "growth.md", growth_markdown(results["growth"]) + "\n")
-    md = _report_markdown(study, results, _figures(study, plan, table, fig_dir))
-    if results.get("active"):
-        from enface.study.active_results import write_active_report
+    from enface.study.claims import claim_rows
 
-        md += "\n" + write_active_report(study, results["active"], res_dir, fig_dir)
+    claims = claim_rows(results["per_case"])
+    if claims:
+        atomic_write_csv(res_dir / "claims.csv", claims)
+    md = _report_markdown(study, results, _figures(study, results, fig_dir))
+    if results.get("active"):
+        md += "\n" + _write_active_report(study, results["active"], res_dir, fig_dir)
     atomic_write_text(out / "report.md", md)
     atomic_write_text(out / "report.html", markdown_to_html(md, study.name, out))
     log.info("report written: %s (and report.html); tables in %s, figures in %s", out / "report.md", res_dir, fig_dir)
     return out / "report.md"
+
+
+# --------------------------------------------------------------------------- active learning
+
+
+def active_markdown(results: Mapping[str, Any]) -> str:
+    """The active-learning tables as Markdown (results, paired tests, selection diagnostics)."""
+    lines = [
+        "| test set | strategy | round | patients | seeds | cases | Dice | Dice per seed | area diff (mm²) | "
+        "flagged | epochs run | stopped |",
+        "|---|---|---:|---:|---:|---:|---|---|---|---|---|---|",
+    ]
+    for r in results["table"]:
+        lines.append(
+            f"| {r['test_set']} | {r['strategy']} | {r['round']} | {r['n_patients']} | {r['n_seeds']} | "
+            f"{r['n_cases']} | {_fmt(r['dice_mean'])} ± {_fmt(r['dice_std'])} | {r['dice_per_seed']} | "
+            f"{_fmt(r['area_diff_mm2_mean'])} ± {_fmt(r['area_diff_mm2_std'])} | {r['flags'] or '–'} | "
+            f"{r['epochs_run']} | {r['stopped']} |"
+        )
+    lines += [
+        "",
+        "| test set | round | patients | strategy | n | median ΔDice vs random | p | median Δarea diff (mm²) | p |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in results["wilcoxon"]:
+        lines.append(
+            f"| {r['test_set']} | {r['round']} | {r['n_patients']} | {r['strategy']} | {r['n']} | "
+            f"{_fmt(r['median_dice_difference'])} | {_fmt_p(r['p_dice'])} | "
+            f"{_fmt(r['median_area_diff_mm2_difference'])} | {_fmt_p(r['p_area_diff_mm2'])} |"
+        )
+    lines += [
+        "",
+        "| strategy | round | seeds | picked area (mm²) | pool area (mm²) | picked oracle Dice | pool oracle Dice | "
+        "Spearman ρ(score, 1 − Dice) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results["selection"]:
+        lines.append(
+            f"| {r['strategy']} | {r['round']} | {r['n_seeds']} | {_fmt(r.get('picked_area_mm2'))} | "
+            f"{_fmt(r.get('pool_area_mm2'))} | {_fmt(r.get('picked_oracle_dice'))} | "
+            f"{_fmt(r.get('pool_oracle_dice'))} | {_fmt(r.get('spearman_uncertainty_error'), 2)} |"
+        )
+    return "\n".join(lines)
+
+
+def _labels_saved(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Per test set and strategy: the fewest labeled patients that reach random's final Dice."""
+    out = []
+    for ts in sorted({r["test_set"] for r in rows}):
+        mine = [r for r in rows if r["test_set"] == ts]
+        random_rows = sorted((r for r in mine if r["strategy"] == "random"), key=lambda r: r["round"])
+        if not random_rows:
+            continue
+        final = random_rows[-1]
+        for strategy in sorted({r["strategy"] for r in mine} - {"random"}):
+            reach = [
+                r["n_patients"]
+                for r in sorted((r for r in mine if r["strategy"] == strategy), key=lambda r: r["round"])
+                if r["dice_mean"] >= final["dice_mean"]
+            ]
+            saved = f"{final['n_patients'] - reach[0]} patients saved" if reach else "never reached"
+            out.append(
+                f"- {ts}, {strategy}: random's final Dice {_fmt(final['dice_mean'])} ({final['n_patients']} "
+                f"patients) first reached with {reach[0] if reach else '–'} patients: {saved}"
+            )
+    return out
+
+
+def _write_active_report(study: StudyConfig, results: Mapping[str, Any], res_dir: Path, fig_dir: Path) -> str:
+    """Write the active-learning tables and figures; return the report's Markdown section."""
+    from enface import viz
+
+    atomic_write_csv(res_dir / "active.csv", results["table"], ACTIVE_COLUMNS)
+    atomic_write_csv(res_dir / "active-wilcoxon.csv", results["wilcoxon"])
+    atomic_write_csv(res_dir / "active-selection.csv", results["selection"])
+    tables = active_markdown(results)
+    atomic_write_text(res_dir / "active.md", tables + "\n")
+    active = study.active_config
+    assert active is not None
+    md = [
+        "## Active learning",
+        "",
+        f"{active.model} from `{active.init}`, "
+        f"{active.start_patients} starting patients (drawn per seed) + {active.patients_per_round} per round for "
+        f"{active.rounds} rounds; strategies {', '.join(active.strategies)}; seeds "
+        f"{', '.join(map(str, study.seeds))}. Each round trains from the init with the study's training settings "
+        "and is evaluated with its top-k ensemble; the pool is scored by the round before "
+        f"(top-{study.top_k} checkpoints{' x 4 mirrored views' if active.tta else ''}). Values are per-case values "
+        "averaged over seeds (mean ± std over test cases); paired Wilcoxon tests against `random` at each round. "
+        "The last table describes what each strategy picked (oracle masks, for diagnosis only).",
+        "",
+        tables,
+        "",
+        "Labeled patients each strategy needs to reach the random curve's final Dice:",
+        "",
+        *_labels_saved(results["table"]),
+        "",
+    ]
+    for ts in study.test_sets:
+        rows = [r for r in results["table"] if r["test_set"] == ts]
+        if rows:
+            p = viz.plot_active_learning(rows, path_under(fig_dir, f"{ts}-active-learning.png"), title=ts)
+            md += [f"### Dice and area difference vs labeled patients ({ts})", "", f"![{ts}](figures/{p.name})", ""]
+    return "\n".join(md)

@@ -1,5 +1,12 @@
 """Running a study: its phantom datasets, its runs in plan order (resumable), their evaluations.
 
+A run whose record is in the study's ledger (:mod:`enface.study.ledger`) is done, wherever it
+was trained; every other run trains (resuming a killed one), is evaluated on every test set
+and leaves its record. A run that needs another one's checkpoints (an SSL arm its
+pre-training, an active round the round before) trains that one here first when this machine
+does not have it, even if the ledger records it: the same config and seed give the same
+weights, and the ledger's record stays as it was.
+
 The study folder is locked while it runs (two processes on one study would train the same
 runs twice and race on its tables); ``--run-index`` runs of a scheduler lock only the run
 folder they train, so an array of them can run side by side.
@@ -13,12 +20,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from enface.engine.checkpoint import topk_checkpoints
 from enface.errors import ConfigError
-from enface.fileio import FolderLock, atomic_write_json, atomic_write_text, path_under
+from enface.fileio import FolderLock, atomic_write_json, atomic_write_text, path_under, read_json_object
 from enface.study.config import StudyConfig, study_as_dict
+from enface.study.ledger import RECORD_METRICS, overlay_cases, pack_mask, read_record, record_number, write_record
 from enface.study.plan import PlannedRun, check_index, plan_study, run_config, run_folder
 from enface.targets import Target
 
@@ -27,18 +36,18 @@ __all__ = ["ensure_datasets", "execute_run", "pretrained_checkpoint", "run_study
 log = logging.getLogger(__name__)
 
 
-def pretrained_checkpoint(study: StudyConfig, model: str, target: str) -> str:
-    """The best checkpoint of the study's pre-training of ``model`` on ``target``.
+def pretrained_checkpoint(study: StudyConfig, model: str, target: str, progress: bool = False) -> str:
+    """The best checkpoint of the study's pre-training of ``model`` on ``target``, trained here
+    first when this machine has not (see the module description).
 
     Raises:
-        ConfigError: that pre-training has not finished, or left no ranked checkpoint.
+        ConfigError: that pre-training left no ranked checkpoint.
     """
-    folder = run_folder(study, PlannedRun(-1, "pretrain", model, target, seed=study.pretrain_seed))
+    pretraining = PlannedRun(-1, "pretrain", model, target, seed=study.pretrain_seed)
+    folder = run_folder(study, pretraining)
     if not (folder / "done.json").is_file():
-        raise ConfigError(
-            f"pre-training {model} -> {target} has not finished ({folder}); run the pre-training "
-            "indices of the plan first (they come first)"
-        )
+        log.info("pre-training %s -> %s first: its checkpoints are not on this machine", model, target)
+        execute_run(study, pretraining, progress=progress)
     best = topk_checkpoints(folder, 1)
     if not best:
         raise ConfigError(f"{folder}: pre-training finished but left no ranked checkpoint")
@@ -93,18 +102,19 @@ def _check_test_set_cases(study: StudyConfig, name: str, ts: dict[str, Any]) -> 
 
 
 def execute_run(study: StudyConfig, run: PlannedRun, progress: bool = True) -> str:
-    """Run one planned run (resuming it when killed earlier) and, for segmentation, evaluate it.
+    """Train one planned run (resuming it when killed earlier), evaluate it on every test set
+    and leave its record in the ledger unless one is there already.
 
     Returns:
-        ``"finished"``, ``"skipped"`` (already done) or ``"interrupted"``.
+        ``"finished"``, ``"skipped"`` (already trained here) or ``"interrupted"``.
     """
-    from enface.engine.fit import fit, run_device
-    from enface.evaluate import evaluate
+    from enface.engine.fit import fit
 
+    clock = (time.time(), time.process_time())
     init_ckpt, patients = None, None
     source = Target.from_init_label(run.init) if run.stage != "pretrain" else None
     if source is not None:
-        init_ckpt = pretrained_checkpoint(study, run.model, source.name)
+        init_ckpt = pretrained_checkpoint(study, run.model, source.name, progress)
     if run.stage == "active":  # its patients: drawn (round 0) or selected with the round before
         from enface.study.active import round_patients
 
@@ -113,23 +123,75 @@ def execute_run(study: StudyConfig, run: PlannedRun, progress: bool = True) -> s
     result = fit(config, resume=True, progress=progress)
     if result.status == "interrupted":
         return "interrupted"
-    if run.stage != "pretrain":
-        for name, ts in study.test_sets.items():
-            out = path_under(result.run_dir, "eval", name)
-            if (out / "summary.json").is_file():
-                continue
+    evaluations = _evaluations(study, run, result.run_dir, config) if run.stage != "pretrain" else {}
+    if read_record(study, run) is None:
+        cost = {"seconds": time.time() - clock[0], "cpu_seconds": time.process_time() - clock[1]}
+        if result.status == "skipped":  # trained by an earlier process: its training time from done.json
+            done = read_json_object(result.run_dir / "done.json")
+            cost = {k: v + float(done.get(k) or done.get("seconds", 0.0)) for k, v in cost.items()}
+        write_record(study, run, result.run_dir, evaluations, cost, _active_record(study, run))
+    return result.status
+
+
+def _evaluations(study: StudyConfig, run: PlannedRun, run_dir: Path, config: Any) -> dict[str, dict[str, Any]]:
+    """Evaluate a segmentation run on every test set (once) and summarise each for its record."""
+    from enface.engine.fit import run_device
+    from enface.evaluate import evaluate
+
+    out: dict[str, dict[str, Any]] = {}
+    for name, ts in study.test_sets.items():
+        folder = path_under(run_dir, "eval", name)
+        if not (folder / "summary.json").is_file():
             evaluate(
-                result.run_dir,
+                run_dir,
                 split=ts.get("split", "test"),
                 dataset=ts["dataset"],
                 task=study.task,
                 top_k=study.top_k,
-                out_dir=out,
+                out_dir=folder,
                 progress=False,
                 fast=config.fast,
                 device=run_device(config),  # where it trained: a study on a GPU evaluates on it
             )
-    return result.status
+        out[name] = _evaluation_record(study, run, name, folder)
+    return out
+
+
+def _evaluation_record(study: StudyConfig, run: PlannedRun, name: str, folder: Path) -> dict[str, Any]:
+    """What a ledger record keeps of one evaluation (see :mod:`enface.study.ledger`)."""
+    from enface.evaluate import read_cases_csv
+    from enface.study.convergence import collapse_flag
+    from enface.study.growth import seed_growth
+
+    ts = study.test_sets[name]
+    rows = [r for r in read_cases_csv(folder / "cases.csv") if r["grader"] == ""]
+    npz = folder / "predictions.npz"
+    record: dict[str, Any] = {
+        "cases": [{"case_id": r["case_id"], **{m: record_number(r[m]) for m in RECORD_METRICS}} for r in rows],
+        "collapse": collapse_flag(rows, npz),
+        "growth": seed_growth(npz, ts["dataset"], study.task) if run.stage == "train" and npz.is_file() else None,
+    }
+    first = name == next(iter(study.test_sets))
+    if run.stage == "train" and first and run.fraction == min(study.fractions) and run.seed == study.seeds[0]:
+        ids = overlay_cases(Path(ts["dataset"]), [r["case_id"] for r in rows], study.task, study.overlay_cases)
+        with np.load(npz) as data:
+            record["overlay"] = {c: pack_mask(data[c] >= 128) for c in ids}
+    return record
+
+
+def _active_record(study: StudyConfig, run: PlannedRun) -> dict[str, Any] | None:
+    """An active round's patients and, from round 1, its selection and what it picked."""
+    if run.stage != "active":
+        return None
+    from enface.study.active import round_patients, selection_diagnostics, selection_path
+
+    out: dict[str, Any] = {"patients": list(round_patients(study, run))}
+    path = selection_path(study, run)
+    if run.round > 0 and path.is_file():
+        selection = read_json_object(path)
+        out["selection"] = {k: selection[k] for k in ("picked", "labeled_before", "patients")}
+        out["diagnostics"] = selection_diagnostics(study, selection)
+    return out
 
 
 def _run_plan(study: StudyConfig, todo: list[PlannedRun], progress: bool) -> dict[int, str]:
@@ -137,6 +199,10 @@ def _run_plan(study: StudyConfig, todo: list[PlannedRun], progress: bool) -> dic
     t0 = time.time()
     for n, run in enumerate(todo, 1):
         label = run_folder(study, run).relative_to(study.runs_dir)
+        if read_record(study, run) is not None:
+            log.info("[run %d/%d, plan index %d] %s: recorded in the ledger", n, len(todo), run.index, label)
+            statuses[run.index] = "recorded"
+            continue
         log.info("[run %d/%d, plan index %d] %s", n, len(todo), run.index, label)
         statuses[run.index] = execute_run(study, run, progress=progress)
         if statuses[run.index] == "interrupted":

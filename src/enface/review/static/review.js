@@ -3,6 +3,10 @@
 // Grids: the en-face mask is H x W (row = B-scan, column = A-scan), in the dataset's
 // orientation (row 0 at the top); a B-scan is W x D (A-scans across, depth down). At zoom 1
 // a view shows its whole grid stretched over its canvas, so grid x = (clientX - left) / width * W.
+//
+// The token: the served page carries it (the meta tag below); every request sends it in the
+// X-Enface-Token header, images and downloads included (fetch, then blob URLs), never in a
+// cookie (cookies are not scoped by port: every other server on 127.0.0.1 would get it).
 "use strict";
 
 const TOKEN = document.querySelector('meta[name="enface-token"]').content;
@@ -30,7 +34,7 @@ window.enfaceReview = { S, timings, debug };  // for tests and the console (wind
 
 async function api(path, options = {}) {
   const headers = Object.assign({ "X-Enface-Token": TOKEN }, options.headers || {});
-  const response = await fetch(path, Object.assign({}, options, { headers, credentials: "same-origin" }));
+  const response = await fetch(path, Object.assign({}, options, { headers, credentials: "omit" }));
   if (!response.ok) {
     let message = response.status + " " + response.statusText;
     let body = null;
@@ -52,6 +56,20 @@ async function fetchMask(which) {
     if (e.status === 404) return null;
     throw e;
   }
+}
+
+async function exportReviews() {  // a download through fetch (the header), not a link (no token to send)
+  try {
+    const response = await api("/api/reviews.csv");
+    const url = URL.createObjectURL(await response.blob());
+    const a = document.createElement("a");
+    a.href = url;
+    a.download = "reviews_" + S.session.task + ".csv";
+    document.body.appendChild(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 1000);
+  } catch (e) { status("not exported: " + e.message, "error"); }
 }
 
 async function fetchBitmap(path) {
@@ -686,6 +704,7 @@ async function openCase(id) {
   S.inFlight.delete(first);
   S.bscans.set(first, bscan);
   refreshGrader();
+  if (info.refused.length) status(info.refused.join("; "), "error");
   const ms = performance.now() - t0;
   timings.caseOpen.push({ case: id, ms });
   if (timings.firstView === null) timings.firstView = performance.now();
@@ -739,6 +758,7 @@ function wire() {
   $("conflict-overwrite").addEventListener("click", () => save(true));
   $("conflict-reload").addEventListener("click", () => openCase(S.caseId));
   $("promote").addEventListener("click", promote);
+  $("export").addEventListener("click", exportReviews);
   $("layer").addEventListener("change", changeLayer);
   $("filter").addEventListener("input", renderCaseList);
   for (const id of ["show-reference", "show-prediction", "show-grader", "op-reference", "op-prediction", "op-grader"]) $(id).addEventListener("input", drawEnface);

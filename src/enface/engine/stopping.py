@@ -1,0 +1,118 @@
+"""Budgets set by convergence: stop a run once its validation metric has stopped improving.
+
+A run with ``patience`` in its config stops when its validation metric (higher is better)
+has not improved by at least ``min_delta`` for ``patience`` validations in a row, once it has
+trained ``min_epochs`` epochs, and after ``epochs`` epochs at the latest. Without
+``patience`` it trains all ``epochs`` (the paper's fixed budget).
+
+The counter is part of the run's checkpoints (Lightning stores the callback's state), so a
+killed run resumes it where the last epoch left it, and a run killed after it had decided
+to stop stops again at once. ``done.json`` records how the run ended (:data:`PLATEAU` or
+:data:`MAX_EPOCHS`) and the epochs it ran.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+
+from enface.config import RunConfig
+
+__all__ = ["MAX_EPOCHS", "PLATEAU", "PlateauStop", "how_stopped", "plateau_stop"]
+
+log = logging.getLogger(__name__)
+
+PLATEAU, MAX_EPOCHS = "plateau", "max_epochs"
+"""How a run ended: its metric stopped improving, or it used its whole budget of epochs."""
+
+
+class PlateauStop(Callback):
+    """Stop training when the validation metric has stopped improving.
+
+    Args:
+        metric: the validation metric (higher is better), e.g. ``val_dice``.
+        patience: validations without an improvement of at least ``min_delta`` before stopping.
+        min_delta: the smallest gain over the best value so far that counts as an improvement.
+        min_epochs: epochs trained before a stop is allowed.
+
+    Attributes:
+        best: the best value so far (None before the first validation).
+        wait: validations since the last improvement.
+        stopped_epoch: the epoch after which the run stopped (None while it runs on).
+    """
+
+    def __init__(self, metric: str, patience: int, min_delta: float = 0.0, min_epochs: int = 1) -> None:
+        if patience < 1:
+            raise ValueError(f"patience must be >= 1, got {patience}")
+        self.metric = metric
+        self.patience = int(patience)
+        self.min_delta = float(min_delta)
+        self.min_epochs = int(min_epochs)
+        self.best: float | None = None
+        self.wait = 0
+        self.stopped_epoch: int | None = None
+        self._validated = False
+
+    @property
+    def state_key(self) -> str:
+        return f"PlateauStop[{self.metric}]"
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "wait": self.wait, "stopped_epoch": self.stopped_epoch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best = state_dict["best"]
+        self.wait = int(state_dict["wait"])
+        self.stopped_epoch = state_dict["stopped_epoch"]
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.stopped_epoch is not None:  # resumed from the checkpoint of the epoch it stopped after
+            trainer.should_stop = True
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._validated = not trainer.sanity_checking
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """After the epoch's validation (Lightning validates before this hook, and writes the
+        epoch's checkpoints after it, so they hold the updated counter)."""
+        if not self._validated:
+            return
+        self._validated = False
+        value = trainer.callback_metrics.get(self.metric)
+        current = float(value) if value is not None else math.nan
+        if math.isfinite(current) and (self.best is None or current > self.best + self.min_delta):
+            self.best, self.wait = current, 0
+        else:
+            self.wait += 1
+        stop = self.wait >= self.patience and trainer.current_epoch + 1 >= self.min_epochs
+        if trainer.strategy.reduce_boolean_decision(stop, all=False):
+            self.stopped_epoch = int(trainer.current_epoch)
+            trainer.should_stop = True
+            log.info(
+                "%s has not improved by %g for %d validations (best %.4f): stopping after epoch %d",
+                self.metric,
+                self.min_delta,
+                self.wait,
+                self.best if self.best is not None else math.nan,
+                trainer.current_epoch,
+            )
+
+
+def plateau_stop(config: RunConfig, metric: str) -> list[Callback]:
+    """A run's :class:`PlateauStop` as its config sets it (``patience``), else none: a fixed budget."""
+    if config.patience is None:
+        return []
+    given: dict[str, Any] = {"min_delta": config.min_delta, "min_epochs": config.min_epochs}
+    return [PlateauStop(metric, config.patience, **{k: v for k, v in given.items() if v is not None})]
+
+
+def how_stopped(callbacks: Iterable[Callback]) -> str:
+    """:data:`PLATEAU` when a :class:`PlateauStop` among a finished run's callbacks stopped it,
+    else :data:`MAX_EPOCHS`."""
+    stopped = any(isinstance(c, PlateauStop) and c.stopped_epoch is not None for c in callbacks)
+    return PLATEAU if stopped else MAX_EPOCHS

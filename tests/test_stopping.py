@@ -1,0 +1,138 @@
+"""Budgets set by convergence: the plateau rule, done.json's record, and a killed run resumed exactly."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from enface.config import load_config
+from enface.engine.fit import fit
+from enface.engine.stopping import PlateauStop
+from enface.errors import ConfigError
+from tiny_data import FAST
+from tiny_data import make_tiny_dataset as _make_dataset
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _make_dataset(tmp_path_factory.mktemp("stopping") / "tiny")
+
+
+class _Trainer(SimpleNamespace):
+    """What PlateauStop reads of a Lightning trainer."""
+
+    def __init__(self) -> None:
+        super().__init__(callback_metrics={}, current_epoch=0, should_stop=False, sanity_checking=False)
+        self.strategy = SimpleNamespace(reduce_boolean_decision=lambda decision, all=True: decision)
+
+
+def _epochs_until_stop(values: list[float], **kw) -> int | None:
+    """Feed one validation value per epoch; the epoch after which the rule stops (None: never)."""
+    stop, trainer = PlateauStop("val_dice", **kw), _Trainer()
+    for epoch, v in enumerate(values):
+        trainer.current_epoch, trainer.callback_metrics = epoch, {"val_dice": torch.tensor(v)}
+        stop.on_validation_epoch_end(trainer, None)
+        stop.on_train_epoch_end(trainer, None)
+        if trainer.should_stop:
+            return epoch
+    return None
+
+
+@pytest.mark.parametrize(
+    ("values", "kw", "stopped_after"),
+    [
+        ([0.5, 0.6, 0.7, 0.8], {"patience": 1}, None),  # improving every time
+        ([0.5, 0.5, 0.5], {"patience": 2}, 2),  # two validations without a gain
+        ([0.5, 0.501, 0.502, 0.503], {"patience": 2, "min_delta": 0.002}, 2),  # gains below min_delta do not count
+        ([0.5, 0.501, 0.503, 0.503, 0.503], {"patience": 2, "min_delta": 0.002}, 4),  # 0.503 > 0.5 + 0.002 resets
+        ([0.5, 0.4, 0.4, 0.4, 0.4], {"patience": 1, "min_epochs": 4}, 3),  # not before min_epochs
+        ([0.5, float("nan"), float("nan")], {"patience": 2}, 2),  # a non-finite value is no gain
+    ],
+)
+def test_plateau_rule(values: list[float], kw: dict, stopped_after: int | None) -> None:
+    assert _epochs_until_stop(values, **kw) == stopped_after
+
+
+def test_an_epoch_without_validation_counts_nothing() -> None:
+    stop, trainer = PlateauStop("val_dice", patience=1), _Trainer()
+    trainer.callback_metrics = {"val_dice": torch.tensor(0.5)}
+    for epoch in range(4):  # the stale value of a validation long past is not read again
+        trainer.current_epoch = epoch
+        if epoch == 0:
+            stop.on_validation_epoch_end(trainer, None)
+        stop.on_train_epoch_end(trainer, None)
+    assert stop.wait == 0 and not trainer.should_stop
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"min_delta": 0.01}, "min_delta"),
+        ({"min_epochs": 3}, "min_epochs"),
+        ({"patience": 0}, "patience"),
+        ({"patience": 2, "min_delta": -0.1}, "min_delta"),
+        ({"patience": 2, "min_epochs": 9, "epochs": 5}, "min_epochs"),
+    ],
+)
+def test_bad_stopping_settings_are_refused(overrides: dict, field: str) -> None:
+    with pytest.raises(ConfigError, match=f"config field '{field}'"):
+        load_config(None, "train", {"dataset": "d", **overrides}).validate()
+
+
+def _config(dataset: Path, runs: Path, **kw):
+    return load_config(None, "train", {"dataset": str(dataset), "runs_dir": str(runs), **FAST, **kw})
+
+
+def _history(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "logs" / "metrics.csv", newline="", encoding="utf-8") as f:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+
+
+def test_a_run_with_patience_stops_early_and_records_how(dataset: Path, tmp_path: Path) -> None:
+    result = fit(_config(dataset, tmp_path, epochs=8, patience=1, min_delta=1.0, min_epochs=2), progress=False)
+    done = json.loads((result.run_dir / "done.json").read_text())
+    assert result.stopped == done["stopped"] == "plateau"
+    assert result.epochs == done["epochs_run"] == 2 < 8  # no gain of 1.0 Dice after the first validation
+    assert len(_history(result.run_dir)) == 2
+    assert done["layout"] == "contiguous" and done["threads"] == torch.get_num_threads()
+    assert done["cpu_seconds"] > 0 and done["seconds"] > 0
+    fixed = fit(_config(dataset, tmp_path / "fixed", epochs=2), progress=False)
+    assert fixed.stopped == json.loads((fixed.run_dir / "done.json").read_text())["stopped"] == "max_epochs"
+
+
+class _Kill(Callback):
+    """The process dies at the start of epoch ``at`` (after the epoch before was checkpointed)."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.at:
+            raise RuntimeError("simulated kill")
+
+
+def test_a_killed_run_resumes_its_counter_and_its_numbers(dataset: Path, tmp_path: Path) -> None:
+    settings = {"epochs": 12, "patience": 3, "min_delta": 0.05}
+    whole = fit(_config(dataset, tmp_path / "whole", **settings), progress=False)
+    assert whole.stopped == "plateau" and whole.epochs < 12, "pick settings under which the tiny run plateaus"
+    cfg = _config(dataset, tmp_path / "killed", **settings)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        fit(cfg, callbacks=[_Kill(at=2)], progress=False)
+    resumed = fit(cfg, resume=True, progress=False)
+    assert (resumed.stopped, resumed.epochs) == (whole.stopped, whole.epochs)
+    assert _history(resumed.run_dir) == _history(whole.run_dir)  # the same numbers, epoch by epoch
+    assert [v for _, v in resumed.best] == [v for _, v in whole.best]
+
+
+def test_a_run_killed_after_it_stopped_stops_again_at_once(dataset: Path, tmp_path: Path) -> None:
+    cfg = _config(dataset, tmp_path, epochs=8, patience=1, min_delta=1.0, min_epochs=2)
+    first = fit(cfg, progress=False)
+    (first.run_dir / "done.json").unlink()  # killed between the last checkpoint and done.json
+    again = fit(cfg, resume=True, progress=False)
+    assert (again.stopped, again.epochs) == ("plateau", 2)
