@@ -14,7 +14,7 @@ from enface.cli import main as cli_main
 from enface.config import load_config
 from enface.data.folder import load_case
 from enface.data.normalize import zscore_per_bscan
-from enface.engine import precision
+from enface.engine import fastlayers, precision
 from enface.engine.fastpath import FastPath, network_dtype
 from enface.engine.fit import fit
 from enface.engine.inference import Ensemble
@@ -73,7 +73,11 @@ def test_predict_options_refuse_bf16_on_the_plain_path() -> None:
 
 
 @pytest.mark.parametrize("name", list_models())
-def test_every_model_runs_in_bf16(name: str) -> None:
+@pytest.mark.parametrize("onednn", [True, False])
+def test_every_model_runs_in_bf16(name: str, onednn: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On every CPU: with oneDNN's bf16 kernels, and with torch's own where oneDNN has none (AVX2)."""
+    if not onednn:
+        monkeypatch.setattr(fastlayers, "_onednn_bf16", lambda: False)
     torch.manual_seed(0)
     model = create_model(name, width=0.25, **KWARGS.get(name, {})).eval()
     x = torch.randn(1, 1, 6, 200, 64)
@@ -98,7 +102,7 @@ def trained(phantom_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     root = tmp_path_factory.mktemp("precision")
     data = root / "data"
     shutil.copytree(phantom_dataset, data)
-    overrides = {**FAST, "width": 0.25, "batch_size": 4, "samples_per_epoch": 32, "epochs": 10}
+    overrides = {**FAST, "width": 0.25, "batch_size": 4, "samples_per_epoch": 32, "epochs": 6}
     cfg = load_config(None, "train", {**overrides, "dataset": str(data), "runs_dir": str(root / "runs")})
     return fit(cfg, progress=False).run_dir, data
 

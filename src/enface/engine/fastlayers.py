@@ -21,6 +21,7 @@ are written and read as before.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -30,14 +31,25 @@ from torch import nn
 __all__ = ["DepthAvgPool3d", "VolumeInstanceNorm3d", "onednn_inference", "swap_layers"]
 
 
+@functools.cache
+def _onednn_bf16() -> bool:
+    """Whether this CPU's oneDNN runs bf16 convolutions (it refuses on AVX2-only CPUs)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # pragma: no cover - a build without oneDNN
+        return False
+
+
 def onednn_inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether oneDNN's convolution can run ``x`` with ``weight`` directly: CPU inference
-    (no gradients) of matching dtypes, in a torch built with oneDNN."""
+    (no gradients) of matching dtypes, in a torch built with oneDNN, bf16 only where this
+    CPU's oneDNN runs it (elsewhere torch's own kernels compute bf16, slowly)."""
     return (
         x.device.type == "cpu"
         and not torch.is_grad_enabled()
         and x.dtype == weight.dtype
         and torch.backends.mkldnn.is_available()
+        and (x.dtype != torch.bfloat16 or _onednn_bf16())
     )
 
 
