@@ -154,3 +154,34 @@ def test_active_study_runs_end_to_end_resumes_and_reports(dataset: Path, tmp_pat
     assert [r["dice"] for r in new["evaluations"]["test"]["cases"]] == [
         r["dice"] for r in old["evaluations"]["test"]["cases"]
     ]
+
+
+def test_the_pool_is_scored_where_and_how_the_round_trained(
+    dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: the pool's ensemble read ``fast`` from the raw ``common:`` block (a ``fast:``
+    under ``train:`` was ignored) and got no device (always the CPU, also for a study on a GPU)."""
+    import torch
+
+    from enface.engine.inference import Ensemble
+    from enface.study.active import pool_scores
+
+    path = _study_yaml(tmp_path, dataset, common={**FAST, "accelerator": "auto"})
+    doc = yaml.safe_load(path.read_text())
+    doc["train"]["fast"] = True  # over common's fast: False
+    path.write_text(yaml.safe_dump(doc))
+    study = load_study(path)
+    asked: list[tuple] = []
+
+    class Asked(Exception):
+        pass
+
+    def from_run(cls, run, top_k=5, device="cpu", fast=False):
+        asked.append((str(device), fast))
+        raise Asked
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a study that trains on a GPU
+    monkeypatch.setattr(Ensemble, "from_run", classmethod(from_run))
+    with pytest.raises(Asked):
+        pool_scores(study, plan_study(study)[1], ["P0004_OD_V1"], [], tta=False)
+    assert asked == [("cuda", True)]

@@ -1,8 +1,9 @@
-"""The package's shape: no import cycle between its top-level parts, small functions and modules.
+"""The package's shape: no import cycle between its top-level parts nor between its modules,
+package faces that only re-export, small functions and modules.
 
 Top-level parts are the modules and sub-packages directly under ``enface`` (``io``, ``data``,
 ``engine``, ``study``, ``errors``, ...). Imports inside functions count too: a lazy import
-still ties two parts together.
+still ties two parts (or two modules) together.
 """
 
 from __future__ import annotations
@@ -86,6 +87,49 @@ def test_no_import_cycle_between_top_level_parts() -> None:
     assert cycle is None, "import cycle between top-level parts: " + " -> ".join(cycle or [])
 
 
+def _module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _module_graph(root: Path = SRC) -> dict[str, set[str]]:
+    """``{module: modules of the package at root it imports}``; ``from a.x import y`` counts as
+    importing ``a.x.y`` when that is a module, else ``a.x``."""
+    modules = {_module_name(p, root): p for p in sorted(root.rglob("*.py"))}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                for alias in node.names:
+                    full = f"{node.module}.{alias.name}"
+                    deps.add(full if full in modules else node.module)
+            elif isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names)
+        graph[name] = {d for d in deps if d in modules and d != name}
+    return graph
+
+
+def test_no_import_cycle_between_modules() -> None:
+    cycle = _find_cycle(_module_graph())
+    assert cycle is None, "import cycle between modules: " + " -> ".join(cycle or [])
+
+
+def test_a_cycle_through_an_import_inside_a_function_is_found(tmp_path: Path) -> None:
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "sub" / "a.py").write_text("from pkg.sub.b import f\n")
+    (pkg / "sub" / "b.py").write_text("def f():\n    from pkg.sub import a\n")
+    (pkg / "c.py").write_text("import pkg.sub.b\n")
+    graph = _module_graph(pkg)
+    assert graph["pkg.sub.a"] == {"pkg.sub.b"} and graph["pkg.sub.b"] == {"pkg.sub.a"}
+    assert graph["pkg.c"] == {"pkg.sub.b"}
+    cycle = _find_cycle(graph)
+    assert cycle is not None and cycle[0] == cycle[-1] and set(cycle) == {"pkg.sub.a", "pkg.sub.b"}
+
+
 def test_ground_floor_imports_nothing_of_enface() -> None:
     graph = _graph()
     assert graph["errors"] == set()
@@ -129,3 +173,43 @@ def test_the_streaming_executor_names_no_model() -> None:
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("enface.models")
     }
     assert modules <= {"enface.models.stages"}, modules
+
+
+UNTYPED_THIRD_PARTY_ERRORS = {("engine/predictor.py", "is_out_of_memory")}
+"""Where an error's text may be read: torch's CPU-allocator and MPS failures have no type of their own."""
+
+
+def _reads_error_text(node: ast.AST) -> bool:
+    """``... in str(x)``, ``... in x.reason``, ``str(x).removeprefix(...)`` / ``.startswith(...)``."""
+
+    def is_str_call(n: ast.AST) -> bool:
+        return isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "str"
+
+    if isinstance(node, ast.Compare) and any(isinstance(o, (ast.In, ast.NotIn)) for o in node.ops):
+        return any(is_str_call(c) or (isinstance(c, ast.Attribute) and c.attr == "reason") for c in node.comparators)
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+        return node.func.attr in ("removeprefix", "startswith", "endswith") and is_str_call(node.func.value)
+    return False
+
+
+def test_no_failure_is_told_by_its_message() -> None:
+    """Errors carry what callers branch on (``path``, ``reason``, ``kind``): no module finds a kind
+    of failure, or the file it concerns, in an error's text."""
+    found = []
+    for path in _modules():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for func in ast.walk(tree):
+            if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            if (str(path.relative_to(SRC)), func.name) in UNTYPED_THIRD_PARTY_ERRORS:
+                continue
+            found += [
+                f"{path.relative_to(SRC)}:{n.lineno} {ast.unparse(n)}" for n in ast.walk(func) if _reads_error_text(n)
+            ]
+    assert not found, "failures told by their text:\n" + "\n".join(sorted(set(found)))
+
+
+def test_the_error_text_finder_finds_what_it_looks_for() -> None:
+    for code in ('"disk is full" in r.reason', 'str(e).removeprefix(f"{p}: ")', '"GLOBAL" not in str(e)'):
+        assert _reads_error_text(ast.parse(code, mode="eval").body), code
+    assert not _reads_error_text(ast.parse("e.kind == 'disk full'", mode="eval").body)

@@ -299,3 +299,30 @@ def test_a_study_evaluates_where_it_trained(monkeypatch: pytest.MonkeyPatch, tmp
     monkeypatch.setattr(study_run, "write_record", lambda *a: records.append(a))
     assert study_run.execute_run(study, run, progress=False) == "finished"
     assert devices == ["cuda"] and len(records) == 1
+
+
+def test_validation_dice_counts_a_probability_at_the_threshold_as_lesion(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: training's validation Dice took ``probability > 0.5`` while evaluate, predict and
+    select take ``>= 0.5``; a pixel at exactly 0.5 was background in one and lesion in the others."""
+    from enface.engine.module import EnfaceModule
+
+    module = EnfaceModule("fpn", width=0.125, fast=False)
+    monkeypatch.setattr(module, "forward", lambda v: torch.zeros(v.shape[0], 1, v.shape[2], v.shape[3]))  # p = 0.5
+    logged: dict[str, float] = {}
+    monkeypatch.setattr(module, "log", lambda name, value, **kw: logged.__setitem__(name, float(value)))
+    module.validation_step({"volume": torch.zeros(1, 1, 4, 8, 16), "target": torch.ones(1, 1, 4, 8)}, 0)
+    assert logged["val_dice"] == 1.0
+
+
+def test_training_off_a_terminal_prints_one_line_per_epoch_and_no_bar(
+    dataset: Path, tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
+    """Standard output that is no terminal (``make demo > demo.log``) gets one line per epoch with
+    the losses and the validation metric, never a bar's carriage-return redraws."""
+    result = fit(_config(dataset, tmp_path, "train", epochs=2), progress=True)
+    out = capfd.readouterr().out
+    assert result.status == "finished" and "\r" not in out
+    lines = out.splitlines()
+    assert [line.split(": epoch ")[1].split()[0] for line in lines] == ["1/2", "2/2"]
+    assert all(line.startswith("train fpn-w0.125 scratch 100% seed 0: ") for line in lines)
+    assert all("train_loss " in line and "val_dice " in line and line.endswith(" s)") for line in lines)

@@ -143,7 +143,7 @@ def test_blank_patient_id_is_refused(tmp_path: Path, value: object) -> None:
 def test_export_patient_id_without_letters_is_no_shared_patient() -> None:
     """An export's patient field with no letter or digit gives no id (the device's own patient
     number, or the file name, is used next), never one "unknown" shared by every such scan."""
-    from enface.io.heidelberg import _clean_id
+    from enface.io.base import clean_id as _clean_id
 
     assert _clean_id("???") is None and _clean_id(" - ") is None
     assert _clean_id("P 7") == "P_7"

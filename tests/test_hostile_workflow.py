@@ -91,7 +91,22 @@ def test_prepare_on_a_full_disk_gives_one_message_and_no_half_case(
     assert (out / "cases" / "s0" / "meta.json").is_file()
 
 
-def test_prepare_numpy_short_write_is_reported_as_a_full_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+class _FillingDisk:
+    """A file on a disk that fills after ``room`` bytes: then every write fails with ENOSPC."""
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+
+    def write(self, data: bytes) -> int:
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        return len(data)
+
+
+def test_prepare_a_disk_filling_while_a_volume_is_written_fails_that_case_as_a_full_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     src, out = tmp_path / "src", tmp_path / "ds"
     for i in range(2):
         _scan(src, f"s{i}", i)
@@ -101,13 +116,13 @@ def test_prepare_numpy_short_write_is_reported_as_a_full_disk(tmp_path: Path, mo
 
     def write(path, writer):
         if "s1" in str(path) and str(path).endswith(".npy"):
-            raise OSError("32768 requested and 2016 written")
+            writer(_FillingDisk(room=512))  # the header fits, the voxels do not
         return real(path, writer)
 
     monkeypatch.setattr(fileio, "atomic_write", write)
     report = prepare_dataset(src, out, OPTS, progress=False)
     assert report.written == ["s0"] and report.kinds == {str(src / "s1.npy"): "disk full"}
-    assert "disk is full" in report.summary() and "requested" not in report.summary()
+    assert "disk is full" in report.summary()
     assert sorted(p.name for p in (out / "cases").iterdir()) == ["s0"]
 
 

@@ -18,49 +18,20 @@ from enface.data.normalize import zscore_per_bscan
 from enface.engine.checkpoint import load_model, topk_checkpoints
 from enface.errors import CheckpointError
 from enface.io.images import read_mask
-from enface.models import create_model, model_spec
 from enface.predict import PredictOptions, Predictor, predict
 from enface.viz import OVERLAY_MIN_SIZE
 from formats_helpers import layered_volume, steep_bm_eye, write_oriented_vol
+from model_helpers import CASE, save_checkpoint
 
-WIDTH = 0.125
 EXPORT_SPACING = [0.2, 0.05, 0.01]
-CASE = "P0001_OD_V1"
-
-
-def _save_checkpoint(path: Path, dataset: Path, seed: int, name: str = "fpn", task: str = "segment", **kwargs) -> Path:
-    """A hand-made engine checkpoint whose head bias centres the logits on a phantom case."""
-    torch.manual_seed(seed)
-    model = create_model(name, width=WIDTH, **kwargs).eval()
-    if name == "fpn":
-        vol = np.load(dataset / "cases" / CASE / "oct.npy").astype(np.float32)
-        with torch.no_grad():
-            logits = model(torch.from_numpy(zscore_per_bscan(vol))[None, None])
-            model.head.bias -= logits.median()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {
-            "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-            "enface": {
-                "model": model_spec(model),
-                "task": task,
-                "metric": None,
-                "epoch": 0,
-                "format_version": 1,
-                "config": {"dataset": str(dataset), "target": "ga" if task == "segment" else "faf_inv"},
-            },
-        },
-        path,
-    )
-    return path
 
 
 @pytest.fixture(scope="module")
 def run(phantom_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run folder with two ranked checkpoints (different weights)."""
     root = tmp_path_factory.mktemp("run") / "run"
-    _save_checkpoint(root / "checkpoints" / "epoch=1-val_dice=0.40.ckpt", phantom_dataset, seed=1)
-    _save_checkpoint(root / "checkpoints" / "epoch=2-val_dice=0.60.ckpt", phantom_dataset, seed=2)
+    save_checkpoint(root / "checkpoints" / "epoch=1-val_dice=0.40.ckpt", phantom_dataset, seed=1)
+    save_checkpoint(root / "checkpoints" / "epoch=2-val_dice=0.60.ckpt", phantom_dataset, seed=2)
     return root
 
 
@@ -199,7 +170,7 @@ def test_bad_inputs_are_reported_and_the_rest_still_run(
 
 
 def test_fixed_depth_model(phantom_dataset: Path, export_dir: Path, tmp_path: Path) -> None:
-    ckpt = _save_checkpoint(tmp_path / "resens.ckpt", phantom_dataset, seed=0, name="resensnet", depth=32)
+    ckpt = save_checkpoint(tmp_path / "resens.ckpt", phantom_dataset, seed=0, name="resensnet", depth=32)
     predictor = Predictor.load(ckpt)
     assert predictor.fixed_depth == 32 and predictor.flatten.depth == 32  # the network's depth wins
     report = predict(predictor, [phantom_dataset / "cases" / CASE, export_dir / "scanB.npy"], tmp_path / "out")
@@ -234,7 +205,7 @@ def test_training_preparation_is_read(run: Path, tmp_path: Path) -> None:
 
 
 def test_reconstruction_checkpoint_is_refused(phantom_dataset: Path, tmp_path: Path) -> None:
-    ckpt = _save_checkpoint(tmp_path / "rec.ckpt", phantom_dataset, seed=0, task="reconstruct")
+    ckpt = save_checkpoint(tmp_path / "rec.ckpt", phantom_dataset, seed=0, task="reconstruct")
     with pytest.raises(CheckpointError, match="reconstruct checkpoint .*segmentation model"):
         Predictor.load(ckpt)
 
@@ -248,7 +219,7 @@ def test_cli_exit_codes(run: Path, phantom_dataset: Path, tmp_path: Path, capsys
     assert main(["predict", str(run), case_dir, str(tmp_path / "nope"), "--out", str(out), "--overwrite"]) == 1
     captured = capsys.readouterr()
     assert "nope" in captured.err and "input not found" in captured.err
-    rec = _save_checkpoint(tmp_path / "rec.ckpt", phantom_dataset, seed=0, task="reconstruct")
+    rec = save_checkpoint(tmp_path / "rec.ckpt", phantom_dataset, seed=0, task="reconstruct")
     assert main(["predict", str(rec), case_dir, "--out", str(out)]) == 2
     assert "segmentation model" in capsys.readouterr().err
     assert main(["predict", str(tmp_path / "no-run"), case_dir, "--out", str(out)]) == 2

@@ -17,7 +17,7 @@ from enface.data.prepare import PrepareOptions, prepare_dataset
 from enface.data.preprocess import FlattenParams, enface_points, sample_enface, sample_enface_mask
 from enface.data.register import apply_matrix, warp_image
 from enface.io.base import full_image_box, positions_from_box
-from enface.io.formats import FORMATS
+from enface.io.formats import list_formats
 from formats_helpers import layered_volume, vessel_pair, write_octa500, write_vol
 
 GRID = (8, 32)
@@ -49,7 +49,8 @@ def test_formats_match_the_cli() -> None:
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     for command in ("prepare", "predict"):
         fmt = next(a for a in sub.choices[command]._actions if a.dest == "fmt")
-        assert tuple(fmt.choices) == FORMATS, command
+        assert list(fmt.choices) == list_formats(), command
+    assert list_formats() == ["dicom", "e2e", "nifti", "numpy", "octa500", "vol", "xml"]
 
 
 def test_prepare_numpy_layout_with_slo_faf_and_faf_mask(tmp_path: Path) -> None:

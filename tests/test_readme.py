@@ -196,7 +196,7 @@ def _layout_tree() -> tuple[set[str], dict[str, str]]:
     package = part = ""
     for line in tree.splitlines()[1:]:
         top = re.match(r"^  (\S+)\s+(.*)$", line)
-        child = re.match(r"^    ((?:[\w.]+\.py, )*[\w.]+\.py)\s", line)
+        child = re.match(r"^    ((?:[\w./]+\.py, )*[\w./]+\.py)\s", line)  # a sub-package's: "dicom/index.py"
         if top:
             name = top.group(1)
             package = name if name.endswith("/") else ""

@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from enface.config import FAST_DEFAULT, INFERENCE_PRECISION_DEFAULT
-from enface.data.folder import Case, load_case, read_dataset_info
+from enface.data.folder import Case, is_dataset, load_case, mask_filename, read_dataset_info
 from enface.engine.inference import Ensemble, depth_note, read_run_config, training_preparation
 from enface.errors import DatasetError
 from enface.fileio import atomic_write, atomic_write_csv, atomic_write_json, path_under, writable_folder
 from enface.metrics import abs_area_difference, area_mm2, dice_score, hd95_mm
-from enface.targets import Target
+from enface.targets import THRESHOLD, Target, binary
 
 if TYPE_CHECKING:
     from enface.data.dataset import EnfaceDataset
@@ -110,7 +110,7 @@ def _run_dataset(run: Path, cfg: Mapping[str, Any], dataset: str | os.PathLike |
     if dataset is not None:
         return Path(dataset)
     stored = Path(str(cfg.get("dataset") or ""))
-    if stored.is_absolute() or (stored / "dataset.json").is_file():
+    if stored.is_absolute() or is_dataset(stored):
         return stored
     raise DatasetError(
         f"{run / 'config.yaml'}: the run's dataset {str(stored)!r} is a relative path that does not lead to "
@@ -124,9 +124,8 @@ def _case_rows(case: Case, task: str, pred: np.ndarray) -> tuple[list[dict[str, 
     refs = {g: case.load_mask(task, g) for g in graders}
     for g, ref in refs.items():
         if ref.shape != pred.shape:
-            name = f"mask_{task}" + (f".{g}" if g else "") + ".png"
             raise DatasetError(
-                f"case {case.case_id}: {name} has shape {ref.shape}, the prediction {pred.shape} "
+                f"case {case.case_id}: {mask_filename(task, g)} has shape {ref.shape}, the prediction {pred.shape} "
                 "(the volume's en-face grid)"
             )
     sp = case.spacing
@@ -188,7 +187,7 @@ def evaluate(
     dataset: str | os.PathLike | None = None,
     task: str | None = None,
     top_k: int = 5,
-    threshold: float = 0.5,
+    threshold: float = THRESHOLD,
     out_dir: str | os.PathLike | None = None,
     device: str = "cpu",
     save_probabilities: bool = True,
@@ -278,7 +277,7 @@ def _evaluate_cases(
             noted.add(depth)
             log.warning("%s (the first case of depth %d: %s)", note, depth, cid)
         prob = ensemble.run(volume[None]).mean[0]
-        case_rows, case_agreement = _case_rows(load_case(ds.root / "cases" / cid), task, prob >= threshold)
+        case_rows, case_agreement = _case_rows(load_case(ds.root / "cases" / cid), task, binary(prob, threshold))
         rows += case_rows
         agreement += case_agreement
         probs[cid] = prob

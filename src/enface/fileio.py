@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import datetime
-import errno
 import fcntl
 import io
 import json
@@ -48,7 +47,6 @@ __all__ = [
     "atomic_write_csv",
     "atomic_write_json",
     "atomic_write_text",
-    "is_disk_full",
     "load_npy",
     "path_under",
     "read_json_object",
@@ -100,15 +98,15 @@ def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
     """
     path = Path(path)
     if not path.is_file():
-        raise DatasetError(f"{path}: file not found")
+        raise DatasetError("file not found", path=path)
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path}: not valid JSON ({e})") from None
+        raise DatasetError(f"not valid JSON ({e})", path=path) from None
     except RecursionError:
-        raise DatasetError(f"{path}: nested too deeply to be read (is it the file enface wrote?)") from None
+        raise DatasetError("nested too deeply to be read (is it the file enface wrote?)", path=path) from None
     if not isinstance(obj, dict):
-        raise DatasetError(f"{path}: expected a JSON object")
+        raise DatasetError("expected a JSON object", path=path)
     return obj
 
 
@@ -125,17 +123,17 @@ def load_npy(path: str | os.PathLike, mmap: bool = True, where: str | None = Non
     path = Path(path)
     where = where or str(path)
     if not path.is_file():
-        raise DatasetError(f"{where}: file not found")
+        raise DatasetError("file not found", path=where)
     with open(path, "rb") as f:
         magic = f.read(len(_NPY_MAGIC))
     if magic != _NPY_MAGIC:
-        raise DatasetError(f"{where}: not a .npy file (it does not start with the NumPy format's signature)")
+        raise DatasetError("not a .npy file (it does not start with the NumPy format's signature)", path=where)
     try:
         arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
-        raise DatasetError(f"{where}: unreadable or truncated .npy file ({e})") from None
+        raise DatasetError(f"unreadable or truncated .npy file ({e})", path=where) from None
     if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-        raise DatasetError(f"{where}: expected real numbers, got dtype {arr.dtype}")
+        raise DatasetError(f"expected real numbers, got dtype {arr.dtype}", path=where)
     return arr
 
 
@@ -195,14 +193,6 @@ def recover_replaced_folder(final: str | os.PathLike) -> bool:
     return False
 
 
-def is_disk_full(e: BaseException) -> bool:
-    """Whether an error is a full disk (or quota): ``ENOSPC``/``EDQUOT``, or NumPy's short
-    write (``"32768 requested and 2016 written"``, an ``OSError`` without an errno)."""
-    if not isinstance(e, OSError):
-        return False
-    return e.errno in (errno.ENOSPC, errno.EDQUOT) or (e.errno is None and "requested and" in str(e))
-
-
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Atomically write ``data`` to ``path``."""
     return atomic_write(path, lambda f: f.write(data))
@@ -249,9 +239,22 @@ def atomic_write_csv(
     return atomic_write_text(path, buf.getvalue())
 
 
+class _Writes:
+    """A file seen through its ``write`` alone. NumPy writes an array to a real file with
+    ``ndarray.tofile``, whose short write on a full disk raises an ``OSError`` without an errno;
+    through ``write`` (in chunks) the file system's own error comes back (``ENOSPC``)."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+
+    def write(self, data: bytes) -> int:
+        return self._f.write(data)
+
+
 def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
-    """Atomically save ``array`` in ``.npy`` format (memory-mappable when read back)."""
-    return atomic_write(path, lambda f: np.save(f, np.ascontiguousarray(array), allow_pickle=False))
+    """Atomically save ``array`` in ``.npy`` format (memory-mappable when read back); a full disk
+    raises ``OSError`` with ``errno.ENOSPC``."""
+    return atomic_write(path, lambda f: np.save(_Writes(f), np.ascontiguousarray(array), allow_pickle=False))
 
 
 def atomic_save_png(path: str | os.PathLike, image: np.ndarray) -> Path:

@@ -12,6 +12,10 @@ run-folder task           ``recon-faf_inv``    ``ga``
 init label of its runs    ``ssl-faf_inv``      (none)
 ========================  ===================  ===================
 
+A mask is predicted as a probability map; :func:`binary` (``probability >= THRESHOLD``) turns
+it into the mask, one comparison for training's validation Dice, evaluation, predict, select
+and the study.
+
 Ground floor: imports nothing of enface but :mod:`enface.errors`.
 """
 
@@ -19,16 +23,29 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from enface.errors import ConfigError
 
-__all__ = ["RECON_TARGETS", "SCRATCH", "Target", "check_name"]
+__all__ = ["RECON_TARGETS", "SCRATCH", "THRESHOLD", "Target", "binary", "check_name"]
 
 RECON_TARGETS: tuple[str, ...] = ("slo", "faf", "faf_inv")
 """2D modalities a reconstruction (pre-training) run can learn: SLO, FAF, inverted FAF."""
 
 SCRATCH = "scratch"
 """Init label of a run that starts from random weights."""
+
+THRESHOLD = 0.5
+"""The probability at and above which a pixel belongs to the mask (``--threshold``'s default)."""
+
+_Map = TypeVar("_Map")
+
+
+def binary(probability: _Map, threshold: float = THRESHOLD) -> Any:
+    """The mask of a probability map ``(..., H, W)`` (NumPy array or torch tensor):
+    ``probability >= threshold``, of bools."""
+    return probability >= threshold  # type: ignore[operator]
+
 
 _RECON_PREFIX = "recon-"
 _SSL_PREFIX = "ssl-"

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from enface.cli.data import PREPARE_FORMATS, add_scan_options, parse_numbers
+from enface.cli.data import add_scan_options, parse_numbers
 from enface.config import INFERENCE_PRECISION_DEFAULT, INFERENCE_PRECISIONS
+from enface.io.formats import list_formats
+from enface.targets import THRESHOLD
 
 # --------------------------------------------------------------------------- predict
 
@@ -32,12 +34,20 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
         help="replace the outputs of scans an earlier run wrote into OUT (their summary.csv rows too; "
         "the other rows are kept)",
     )
+    p.add_argument(
+        "--dicom-seg",
+        action="store_true",
+        help="also write each DICOM scan's mask as a DICOM Segmentation (seg.dcm) on an en-face image of the "
+        "scan (enface.dcm), into the scan's study (docs/predict.md)",
+    )
     p.add_argument("--top-k", type=int, default=5, help="checkpoints of a run folder averaged (default 5)")
-    p.add_argument("--threshold", type=float, default=0.5, help="probability threshold of the mask (default 0.5)")
+    p.add_argument(
+        "--threshold", type=float, default=THRESHOLD, help=f"probability threshold of the mask (default {THRESHOLD:g})"
+    )
     p.add_argument(
         "--format",
         dest="fmt",
-        choices=PREPARE_FORMATS,
+        choices=list_formats(),
         help="format of device exports (default: from the file suffixes; octa500 must be given)",
     )
     add_scan_options(p, depth_from_training=True)
@@ -77,6 +87,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         device=args.device,
         fast=args.fast,
         precision=args.precision,
+        dicom_seg=args.dicom_seg,
     )
     report = predict(
         args.model,

@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 from enface.data.options import BM_CHOICES, DEFAULT_BM, FlattenParams, PrepareOptions  # light: no SciPy
-from enface.io.formats import FORMATS as PREPARE_FORMATS
+from enface.io.formats import list_formats
 
 _PREPARE_DEFAULTS: dict[str, Any] = {
     f.name: f.default for f in dataclasses.fields(PrepareOptions) if f.default is not dataclasses.MISSING
@@ -114,7 +114,7 @@ def add_prepare(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("src", help="source folder (or one file)")
     p.add_argument("out", help="dataset folder to write")
-    p.add_argument("--format", dest="fmt", required=True, choices=PREPARE_FORMATS, help="input format")
+    p.add_argument("--format", dest="fmt", required=True, choices=list_formats(), help="input format")
     p.add_argument("--name", help="dataset name (default: the OUT folder name)")
     add_scan_options(p, depth_from_training=False)
     p.add_argument("--octa", action="store_true", help="octa500: add OCTA as a second input channel (octa.npy)")

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from enface.cli.apply import add_precision
+from enface.targets import THRESHOLD
 
 # --------------------------------------------------------------------------- pretrain / train
 
@@ -89,7 +90,9 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", help="evaluate on another dataset folder (default: the run's)")
     p.add_argument("--task", help="mask task (default: the run's)")
     p.add_argument("--top-k", type=int, default=5, help="checkpoints averaged (default 5)")
-    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument(
+        "--threshold", type=float, default=THRESHOLD, help=f"probability threshold of the mask (default {THRESHOLD:g})"
+    )
     p.add_argument("--out", help="output folder (default <run>/eval/<dataset>-<split>)")
     p.add_argument("--device", default="cpu")
     p.add_argument(

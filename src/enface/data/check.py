@@ -27,9 +27,19 @@ from typing import Any
 
 import numpy as np
 
-from enface.data.folder import MASK_RE, MODALITIES, CaseMeta, list_ids, read_dataset_info, read_splits, split_coverage
+from enface.data.folder import (
+    MASK_RE,
+    MODALITIES,
+    CaseMeta,
+    is_dataset,
+    list_ids,
+    read_dataset_info,
+    read_splits,
+    split_coverage,
+)
 from enface.errors import DatasetError
 from enface.fileio import load_npy, read_json_object
+from enface.io.formats import infer_format
 from enface.io.images import read_image, read_mask
 
 __all__ = ["CheckReport", "check_case", "check_dataset"]
@@ -128,7 +138,7 @@ def _check_bm(path: Path, hw: tuple[int, ...] | None, meta: CaseMeta | None, rep
     try:
         bm = load_npy(path, mmap=True)
     except DatasetError as e:
-        report.problem(path, str(e).removeprefix(f"{path}: "))
+        report.problem(path, e.beside(path))
         return
     if bm.ndim != 2 or (hw is not None and bm.shape != hw):
         report.problem(path, f"BM map has shape {bm.shape}, expected the en-face grid {hw} of oct.npy")
@@ -153,7 +163,7 @@ def _check_volume(
     try:
         vol = load_npy(path, mmap=True)
     except DatasetError as e:
-        report.problem(path, str(e).removeprefix(f"{path}: "))
+        report.problem(path, e.beside(path))
         return None
     if vol.ndim != 3 or min(vol.shape) < 1:
         report.problem(path, f"volume must be 3D (H, W, D), got shape {vol.shape}")
@@ -188,7 +198,7 @@ def check_case(case_dir: Path, report: CheckReport, deep: bool = True) -> dict[s
             if meta.case_id != case_dir.name:
                 report.problem(meta_path, f"case_id {meta.case_id!r} does not match the folder name")
         except DatasetError as e:
-            report.problem(meta_path, str(e).removeprefix(f"{meta_path}: "))
+            report.problem(meta_path, e.beside(meta_path))
     shape = _check_volume(case_dir / "oct.npy", report, deep)
     info: dict[str, Any] = {"meta": meta, "shape": shape, "modalities": [], "tasks": [], "volumes": []}
     info["path"] = case_dir
@@ -211,7 +221,7 @@ def check_case(case_dir: Path, report: CheckReport, deep: bool = True) -> dict[s
             try:
                 img = read_image(p)
             except DatasetError as e:
-                report.problem(p, str(e).removeprefix(f"{p}: "))
+                report.problem(p, e.beside(p))
                 continue
             info["modalities"].append(p.stem)
             if hw is not None and img.shape != hw:
@@ -222,7 +232,7 @@ def check_case(case_dir: Path, report: CheckReport, deep: bool = True) -> dict[s
             try:
                 mask = read_mask(p)
             except DatasetError as e:
-                report.problem(p, str(e).removeprefix(f"{p}: "))
+                report.problem(p, e.beside(p))
                 continue
             if m.group("grader") is None:
                 info["tasks"].append(m.group("task"))
@@ -332,6 +342,32 @@ def _duplicate_volumes(case_dirs: list[Path], report: CheckReport) -> None:
                 )
 
 
+def _export_format(root: Path) -> str | None:
+    """The registered export format of a folder that holds exports and nothing of a dataset."""
+    if is_dataset(root, unfinished=True):
+        return None
+    try:
+        return infer_format(root)
+    except DatasetError:
+        return None
+
+
+def _declared_and_present(
+    info: dict[str, Any], modalities: set[str], tasks: set[str], where: Path, report: CheckReport
+) -> None:
+    """What ``dataset.json`` declares against what the cases hold."""
+    declared_mod = set(info.get("modalities", []))
+    declared_tasks = set(info.get("tasks", []))
+    for m in sorted(modalities - declared_mod):
+        report.problem(where, f"modality {m!r} is present in cases but not declared")
+    for t in sorted(tasks - declared_tasks):
+        report.problem(where, f"task {t!r} is present in cases but not declared")
+    for t in sorted(declared_tasks - tasks):
+        report.warn(where, f"task {t!r} is declared but no case has its mask")
+    for m in sorted((declared_mod - {"oct"}) - modalities):
+        report.warn(where, f"modality {m!r} is declared but no case has it")
+
+
 def check_dataset(root: str | os.PathLike, deep: bool = True) -> CheckReport:
     """Validate a dataset folder.
 
@@ -347,11 +383,19 @@ def check_dataset(root: str | os.PathLike, deep: bool = True) -> CheckReport:
     if not root.is_dir():
         report.problem(root, "dataset folder not found")
         return report
+    exports = _export_format(root)
+    if exports is not None:
+        report.problem(
+            root,
+            f"a folder of {exports} exports, not a dataset folder: prepare it first "
+            f"(enface prepare {root} OUT --format {exports})",
+        )
+        return report
     info: dict[str, Any] | None = None
     try:
         info = read_dataset_info(root)
     except DatasetError as e:
-        report.problem(root / "dataset.json", str(e).removeprefix(f"{root / 'dataset.json'}: "))
+        report.problem(root / "dataset.json", e.beside(root / "dataset.json"))
 
     cases_dir = root / "cases"
     results = []
@@ -384,17 +428,7 @@ def check_dataset(root: str | os.PathLike, deep: bool = True) -> CheckReport:
         report.warn(cases_dir, f"cases have different depths {sorted({s[2] for s in shapes})}")
 
     if info is not None:
-        declared_mod = set(info.get("modalities", []))
-        declared_tasks = set(info.get("tasks", []))
-        for m in sorted(set(modalities) - declared_mod):
-            report.problem(root / "dataset.json", f"modality {m!r} is present in cases but not declared")
-        for t in sorted(set(tasks) - declared_tasks):
-            report.problem(root / "dataset.json", f"task {t!r} is present in cases but not declared")
-        for t in sorted(declared_tasks - set(tasks)):
-            report.warn(root / "dataset.json", f"task {t!r} is declared but no case has its mask")
-        for m in sorted((declared_mod - {"oct"}) - set(modalities)):
-            report.warn(root / "dataset.json", f"modality {m!r} is declared but no case has it")
-
+        _declared_and_present(info, set(modalities), set(tasks), root / "dataset.json", report)
     splits_path = root / "splits.json"
     if not splits_path.is_file():
         report.warn(splits_path, "no splits.json (run enface split)")
@@ -402,7 +436,7 @@ def check_dataset(root: str | os.PathLike, deep: bool = True) -> CheckReport:
         try:
             splits = read_splits(root)
         except DatasetError as e:
-            report.problem(splits_path, str(e).removeprefix(f"{splits_path}: "))
+            report.problem(splits_path, e.beside(splits_path))
         else:
             report.stats["splits"] = {k: len(splits[k]) for k in ("train", "val", "test")}
             missing, unknown = split_coverage(splits, patients)

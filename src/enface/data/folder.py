@@ -50,6 +50,9 @@ __all__ = [
     "CaseMeta",
     "DatasetError",
     "check_patient_overlap",
+    "dataset_of",
+    "is_case",
+    "is_dataset",
     "list_cases",
     "list_ids",
     "load_case",
@@ -127,15 +130,16 @@ class CaseMeta:
             DatasetError: naming ``where`` and the missing or invalid key.
         """
         if not isinstance(obj, Mapping):
-            raise DatasetError(f"{where}: expected a JSON object")
+            raise DatasetError("expected a JSON object", path=where)
         case_id = obj.get("case_id", folder_name)
         if case_id is None or not str(case_id).strip():
-            raise DatasetError(f"{where}: missing key 'case_id'")
+            raise DatasetError("missing key 'case_id'", path=where)
         patient = obj.get("patient_id")
         if patient is None or isinstance(patient, (bool, dict, list)) or not str(patient).strip():
             raise DatasetError(
-                f"{where}: patient_id is missing, null or not a name ({patient!r}); every case "
-                "needs its patient (splits are made by patient)"
+                f"patient_id is missing, null or not a name ({patient!r}); every case "
+                "needs its patient (splits are made by patient)",
+                path=where,
             )
         visit = None if obj.get("visit") is None else check_visit_day(obj["visit"], where)
         try:
@@ -156,9 +160,9 @@ class CaseMeta:
                 extra=dict(obj.get("extra", {})),
             )
         except KeyError as e:
-            raise DatasetError(f"{where}: missing key {e.args[0]!r}") from None
+            raise DatasetError(f"missing key {e.args[0]!r}", path=where) from None
         except (TypeError, ValueError) as e:
-            raise DatasetError(f"{where}: {e}") from None
+            raise DatasetError(f"{e}", path=where) from None
 
 
 # --------------------------------------------------------------------------- dataset.json
@@ -199,11 +203,11 @@ def read_dataset_info(root: str | os.PathLike) -> dict[str, Any]:
     info = read_json_object(path)
     for key in ("name", "modalities", "tasks"):
         if key not in info:
-            raise DatasetError(f"{path}: missing key {key!r}")
+            raise DatasetError(f"missing key {key!r}", path=path)
     try:  # the name becomes a run-folder component: nothing that could leave the runs folder
         check_name(info["name"], "dataset name")
     except ConfigError as e:
-        raise DatasetError(f"{path}: {e}") from None
+        raise DatasetError(f"{e}", path=path) from None
     return info
 
 
@@ -218,9 +222,9 @@ def _to_uint8_image(image: np.ndarray, where: str) -> np.ndarray:
         return image
     image = image.astype(np.float64)
     if not np.isfinite(image).all():
-        raise DatasetError(f"{where}: image has NaN or inf values")
+        raise DatasetError("image has NaN or inf values", path=where)
     if image.min() < -1e-6 or image.max() > 1 + 1e-6:
-        raise DatasetError(f"{where}: float image must lie in [0, 1], got [{image.min():.3g}, {image.max():.3g}]")
+        raise DatasetError(f"float image must lie in [0, 1], got [{image.min():.3g}, {image.max():.3g}]", path=where)
     return np.round(image.clip(0, 1) * 255).astype(np.uint8)
 
 
@@ -332,7 +336,7 @@ def write_case(
     final = cases / meta.case_id
     recover_replaced_folder(final)
     if final.exists() and not overwrite:
-        raise DatasetError(f"{final}: case already exists (use overwrite=True to replace it)")
+        raise DatasetError("case already exists (use overwrite=True to replace it)", path=final)
 
     vol = np.asarray(oct_volume)
     if vol.dtype not in (np.float32, np.uint8, np.uint16):
@@ -403,7 +407,7 @@ class Case:
         path = self.path / f"{name}.npy"
         vol = load_npy(path, mmap=mmap)
         if vol.ndim != 3:
-            raise DatasetError(f"{path}: volume must be 3D (H, W, D), got shape {vol.shape}")
+            raise DatasetError(f"volume must be 3D (H, W, D), got shape {vol.shape}", path=path)
         return vol
 
     def has_image(self, modality: str) -> bool:
@@ -443,20 +447,39 @@ def load_case(path: str | os.PathLike) -> Case:
     """Open a case folder (reads ``meta.json`` only)."""
     path = Path(path)
     if not path.is_dir():
-        raise DatasetError(f"{path}: case folder not found")
+        raise DatasetError("case folder not found", path=path)
     meta = CaseMeta.from_json(
         read_json_object(path / "meta.json"), where=str(path / "meta.json"), folder_name=path.name
     )
     if meta.case_id != path.name:
-        raise DatasetError(f"{path / 'meta.json'}: case_id {meta.case_id!r} does not match folder name")
+        raise DatasetError(f"case_id {meta.case_id!r} does not match folder name", path=path / "meta.json")
     return Case(path=path, meta=meta)
+
+
+def is_dataset(path: str | os.PathLike, unfinished: bool = False) -> bool:
+    """Whether ``path`` is a dataset folder: it holds ``dataset.json`` (``unfinished``: or a
+    ``cases`` folder, as a dataset being written does)."""
+    p = Path(path)
+    return (p / "dataset.json").is_file() or (unfinished and (p / "cases").is_dir())
+
+
+def is_case(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a case folder: it holds ``oct.npy``."""
+    return (Path(path) / "oct.npy").is_file()
+
+
+def dataset_of(path: str | os.PathLike) -> Path | None:
+    """The dataset folder ``path`` is, or whose ``cases`` folder or case folder it is; ``None``."""
+    p = Path(path)
+    candidates = ((p, True), (p.parent, p.name == "cases"), (p.parent.parent, p.parent.name == "cases"))
+    return next((root for root, fits in candidates if fits and is_dataset(root)), None)
 
 
 def list_cases(root: str | os.PathLike) -> list[Case]:
     """All complete cases of a dataset folder, sorted by case id (hidden temp folders skipped)."""
     cases_dir = Path(root) / "cases"
     if not cases_dir.is_dir():
-        raise DatasetError(f"{cases_dir}: folder not found (is {root} a dataset folder?)")
+        raise DatasetError(f"folder not found (is {root} a dataset folder?)", path=cases_dir)
     for old in cases_dir.glob(".*.old"):
         recover_replaced_folder(cases_dir / old.name[1 : -len(".old")])
     return [load_case(p) for p in sorted(cases_dir.iterdir()) if p.is_dir() and not p.name.startswith(".")]
@@ -473,7 +496,7 @@ def check_patient_overlap(splits: Mapping[str, Iterable[str]], where: str = "spl
             if pid in seen:
                 other = seen[pid]
                 detail = f"twice in {split!r}" if other == split else f"in both {other!r} and {split!r}"
-                raise DatasetError(f"{where}: patient {pid!r} appears {detail}")
+                raise DatasetError(f"patient {pid!r} appears {detail}", path=where)
             seen[pid] = split
 
 
@@ -502,7 +525,7 @@ def write_splits(root: str | os.PathLike, splits: Mapping[str, Any]) -> Path:
     path = Path(root) / "splits.json"
     for key in ("train", "val", "test"):
         if key not in splits:
-            raise DatasetError(f"{path}: missing split {key!r}")
+            raise DatasetError(f"missing split {key!r}", path=path)
     check_patient_overlap(splits, where=str(path))
     return atomic_write_json(path, dict(splits))
 
@@ -513,6 +536,6 @@ def read_splits(root: str | os.PathLike) -> dict[str, Any]:
     splits = read_json_object(path)
     for key in ("train", "val", "test"):
         if key not in splits or not isinstance(splits[key], list):
-            raise DatasetError(f"{path}: missing or invalid split {key!r}")
+            raise DatasetError(f"missing or invalid split {key!r}", path=path)
     check_patient_overlap(splits, where=str(path))
     return splits

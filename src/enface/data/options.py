@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 from enface.io.base import normalise_eye, spacing_error
-from enface.io.formats import FORMATS
+from enface.io.formats import ReadOptions, get_format, list_formats
 
 __all__ = ["BM_CHOICES", "DEFAULT_BM", "MIN_DEPTH", "BMChoice", "FlattenParams", "PrepareOptions"]
 
@@ -65,7 +65,7 @@ class PrepareOptions:
     """Settings of :func:`prepare_dataset`.
 
     Attributes:
-        fmt: input format, one of :data:`FORMATS`.
+        fmt: input format, a registered one (:func:`~enface.io.formats.list_formats`).
         flatten: flattening window and output depth.
         bm: ``"auto"`` (the export's BM when present, else estimated), ``"export"`` (fail
             without one) or ``"estimate"`` (ignore the export's).
@@ -109,8 +109,7 @@ class PrepareOptions:
     resplit: bool = False
 
     def __post_init__(self) -> None:
-        if self.fmt not in FORMATS:
-            raise ValueError(f"unknown format {self.fmt!r} (known: {', '.join(FORMATS)})")
+        fmt = get_format(self.fmt)  # ValueError naming the registered formats
         if self.bm not in BM_CHOICES:
             raise ValueError(f"bm must be 'auto', 'export' or 'estimate', got {self.bm!r}")
         if normalise_eye(self.default_eye) is None:
@@ -125,5 +124,16 @@ class PrepareOptions:
         problem = None if self.spacing is None else spacing_error(self.spacing, "--spacing")
         if problem:
             raise ValueError(problem)
-        if self.octa and self.fmt != "octa500":
-            raise ValueError("the OCTA channel is only available for the octa500 format")
+        if self.octa and "octa" not in fmt.channels:
+            having = [f for f in list_formats() if "octa" in get_format(f).channels]
+            raise ValueError(f"the OCTA channel is only available for the {' and '.join(having)} format")
+
+    def read_options(self) -> ReadOptions:
+        """What the format's reader is told (:class:`~enface.io.formats.ReadOptions`)."""
+        return ReadOptions(
+            axes=self.axes,
+            spacing=self.spacing,
+            channels=("octa",) if self.octa else (),
+            tasks=self.tasks,
+            export_bm=self.bm != "estimate",
+        )

@@ -28,21 +28,34 @@ absent (patient-wise from a seed; OCTA-500 uses its official split).
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import multiprocessing
 import os
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from enface.data.folder import list_cases, write_case, write_dataset_info, write_splits
+from enface.data.folder import (
+    list_cases,
+    list_ids,
+    read_splits,
+    split_coverage,
+    write_case,
+    write_dataset_info,
+    write_splits,
+)
 from enface.data.scan_case import CaseArrays, PrepareOptions, scan_to_case
+from enface.data.splits import make_splits
 from enface.data.visits import assign_visit_days
-from enface.errors import DatasetError, EnfaceError, ScanKindError
-from enface.fileio import is_disk_full
+from enface.errors import DISK_FULL, DatasetError, EnfaceError, ScanKindError, failure, is_disk_full
 from enface.io.base import Scan, safe_id
+from enface.io.formats import find_units, get_format, read_unit
+from enface.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -145,23 +158,10 @@ class PrepareReport:
 
 def plural(kind: str, n: int) -> str:
     """``line scan`` -> ``line scans`` when there are several (``disk full`` stays)."""
-    return kind if n == 1 or kind == "disk full" else f"{kind}s"
+    return kind if n == 1 or kind == DISK_FULL else f"{kind}s"
 
 
 # --------------------------------------------------------------------------- discovery
-
-
-def _relative_id(path: Path, root: Path, stem: str) -> str:
-    rel = path.parent.relative_to(root).parts if path.parent != root else ()
-    return safe_id("_".join((*rel, stem)))
-
-
-def _source_key(path: Path, root: Path) -> str:
-    """A scan's path within the source folder (POSIX), what identifies it on a re-run."""
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return path.name
 
 
 def _assign_ids(wanted: list[tuple[str, str]], known: dict[str, str]) -> list[str]:
@@ -192,8 +192,6 @@ def prepared_sources(out: Path, src: Path) -> dict[str, str]:
     cases = out / "cases"
     if not cases.is_dir():
         return {}
-    import json
-
     root = src.resolve() if src.is_dir() else src.resolve().parent
     known: dict[str, str] = {}
     for d in sorted(p for p in cases.iterdir() if p.is_dir() and not p.name.startswith(".")):
@@ -216,74 +214,28 @@ def prepared_sources(out: Path, src: Path) -> dict[str, str]:
 def discover_sources(
     src: str | os.PathLike, opts: PrepareOptions, known: dict[str, str] | None = None
 ) -> list[ScanSource]:
-    """Find every scan of format ``opts.fmt`` under ``src``.
+    """Find every scan of format ``opts.fmt`` under ``src`` (the format's finder,
+    :mod:`enface.io.formats`).
 
     Args:
         src: source folder or file.
-        opts: settings (the format).
+        opts: settings (the format, what its reader is told).
         known: ``{source key: case id}`` of cases already prepared (:func:`prepared_sources`):
             their scans keep their ids, new scans get ids not in use.
 
     Raises:
         DatasetError: ``src`` is missing or holds nothing of that format.
     """
-    from enface.io.volumes import scan_stem
-
     src = Path(src)
     if not src.exists():
-        raise DatasetError(f"{src}: source folder not found")
-    fmt = opts.fmt
-    found: list[tuple[str, str, Path, Callable[[], Scan]]] = []  # (key, wanted id, source, reader)
-    if fmt == "octa500":
-        from enface.io.octa500 import find_octa500_cases, read_octa500_case
-
-        for case in find_octa500_cases(src):
-            reader = functools.partial(
-                read_octa500_case, case, with_octa=opts.octa, tasks=opts.tasks, use_layers=opts.bm != "estimate"
-            )
-            found.append((f"octa500:{case.case_id}", safe_id(case.case_id), case.oct_dir, reader))
-    else:
-        if src.is_file():
-            files, root = [src], src.parent
-        elif fmt in ("numpy", "nifti"):
-            from enface.io.volumes import find_volume_files
-
-            files, root = find_volume_files(src, fmt), src
-        else:
-            files = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() == f".{fmt}")
-            root = src
-        for p in files:
-            found.append(
-                (
-                    _source_key(p, root),
-                    _relative_id(p, root, scan_stem(p)),
-                    p,
-                    functools.partial(_read_file_scan, p, opts),
-                )
-            )
-    if not found:
-        raise DatasetError(f"{src}: no {fmt} scans found")
-    ids = _assign_ids([(key, cid) for key, cid, _, _ in found], known or {})
-    return [ScanSource(cid, path, reader, key) for cid, (key, _, path, reader) in zip(ids, found)]
-
-
-def _read_file_scan(path: Path, opts: PrepareOptions) -> Scan:
-    from enface.io.volumes import attach_companions, find_companions, read_sidecar, read_volume_scan, scan_stem
-
-    if opts.fmt in ("numpy", "nifti"):
-        return read_volume_scan(path, opts.fmt, axes=opts.axes, spacing=opts.spacing)
-    from enface.io.heidelberg import read_heidelberg
-
-    stem = scan_stem(path)
-    sidecar = read_sidecar(path.parent / f"{stem}.json")
-    sp = sidecar.get("spacing")
-    scan = read_heidelberg(
-        path,
-        opts.fmt,
-        spacing=None if sp is None else (float(sp[0]), float(sp[1]), float(sp[2])),
-        default_spacing=opts.spacing,
-    )
-    return attach_companions(scan, find_companions(path.parent, stem), sidecar, use_slo=False)
+        raise DatasetError("source folder not found", path=src)
+    fmt = get_format(opts.fmt)
+    units = find_units(fmt, src)
+    if not units:
+        raise DatasetError(f"no {fmt.name} scans found", path=src)
+    ids = _assign_ids([(u.key, safe_id(u.name)) for u in units], known or {})
+    ropts = opts.read_options()
+    return [ScanSource(cid, u.source, functools.partial(read_unit, fmt, u, ropts), u.key) for cid, u in zip(ids, units)]
 
 
 # --------------------------------------------------------------------------- the batch
@@ -317,12 +269,8 @@ def _write_info(out: Path, opts: PrepareOptions, src: Path) -> list[str]:
 
 
 def _write_splits(out: Path, opts: PrepareOptions, patients: list[str], report: PrepareReport) -> None:
-    from enface.data.splits import make_splits
-
     path = out / "splits.json"
     if path.is_file() and not opts.resplit:
-        from enface.data.folder import list_ids, read_splits, split_coverage
-
         missing, _ = split_coverage(read_splits(out), patients)
         if missing:
             report.notes.append(
@@ -336,17 +284,16 @@ def _write_splits(out: Path, opts: PrepareOptions, patients: list[str], report: 
         return
     if not patients:
         return
-    if opts.fmt == "octa500":
-        from enface.io.octa500 import octa500_split
-
+    fmt = get_format(opts.fmt)
+    if fmt.official_split is not None:
         splits: dict[str, Any] = {"train": [], "val": [], "test": []}
         for p in patients:
-            s = octa500_split(p)
+            s = fmt.official_split(p)
             if s is None:
-                report.notes.append((p, "id outside the official OCTA-500 ranges: put in train"))
+                report.notes.append((p, f"id outside the ranges of the {fmt.split_source}: put in train"))
                 s = "train"
             splits[s].append(p)
-        splits["source"] = "OCTA-500 official split"
+        splits["source"] = fmt.split_source
     else:
         splits = dict(make_splits(patients, seed=opts.seed, ratios=opts.ratios))
         splits["seed"] = opts.seed
@@ -366,14 +313,6 @@ class _Outcome:
     kind: str = "error"
 
 
-def _failure_reason(e: BaseException, source: str) -> tuple[str, str]:
-    """``(reason, kind)`` of a failed scan, the file name left out (the summary names it)."""
-    if is_disk_full(e):
-        return "the disk is full (nothing of this case was kept)", "disk full"
-    reason = str(e) if isinstance(e, (EnfaceError, ValueError)) else f"{type(e).__name__}: {e}"
-    return reason.removeprefix(f"{source}: "), getattr(e, "kind", "error")
-
-
 def _prepare_one(item: ScanSource, out: Path, opts: PrepareOptions) -> _Outcome:
     """Read, convert and write one case (in this process or a worker)."""
     try:
@@ -390,22 +329,21 @@ def _prepare_one(item: ScanSource, out: Path, opts: PrepareOptions) -> _Outcome:
             bm=arrays.bm,
         )
     except (EnfaceError, ValueError, OSError) as e:  # a bad scan must not stop the batch; bugs surface
-        reason, kind = _failure_reason(e, str(item.source))
+        reason, kind = failure(e, item.source, "case")
         log.debug("%s: failed: %s", item.source, reason)
         return _Outcome(item.case_id, str(item.source), reason=reason, kind=kind)
     return _Outcome(item.case_id, str(item.source), notes=tuple(arrays.notes))
 
 
-def _run_batch(todo: list[ScanSource], out: Path, opts: PrepareOptions, workers: int, bar: Any) -> Iterator[_Outcome]:
+def _run_batch(
+    todo: list[ScanSource], out: Path, opts: PrepareOptions, workers: int, bar: Progress
+) -> Iterator[_Outcome]:
     """Outcomes of the scans to prepare, in the order they finish (``workers`` processes)."""
     if workers <= 1 or len(todo) <= 1:
         for item in todo:
-            bar.set_postfix_str(item.case_id, refresh=False)
+            bar.working_on(item.case_id)
             yield _prepare_one(item, out, opts)
         return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
     with ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(_prepare_one, item, out, opts) for item in todo]
         for fut in as_completed(futures):
@@ -424,9 +362,9 @@ def check_source_and_output(src: Path, out: Path, what: str = "OUT") -> None:
     s = src.resolve()
     o = out.resolve()
     if s.is_dir() and (o == s or s in o.parents):
-        raise DatasetError(f"{out}: {what} lies inside the source folder {src}; choose a folder outside it")
+        raise DatasetError(f"{what} lies inside the source folder {src}; choose a folder outside it", path=out)
     if o == s or o in s.parents:
-        raise DatasetError(f"{out}: {what} holds the source {src}; choose a folder that does not contain it")
+        raise DatasetError(f"{what} holds the source {src}; choose a folder that does not contain it", path=out)
 
 
 def prepare_dataset(
@@ -454,8 +392,6 @@ def prepare_dataset(
         DatasetError: ``src`` is missing or holds no scan of the format, or ``out`` and
             ``src`` are nested (nothing is written); the dataset files cannot be written.
     """
-    from tqdm.auto import tqdm
-
     src = Path(src)
     out = Path(out)
     if workers < 1:
@@ -472,14 +408,12 @@ def prepare_dataset(
             todo.append(item)
     order = {item.case_id: i for i, item in enumerate(sources)}
     outcomes: list[_Outcome] = []
-    bar = tqdm(total=len(todo), desc="prepare", unit="scan", disable=not progress)
-    for outcome in _run_batch(todo, out, opts, workers, bar):
-        outcomes.append(outcome)
-        bar.update(1)
-        n_failed = sum(o.reason is not None for o in outcomes)
-        if n_failed:
-            bar.set_postfix_str(f"{n_failed} failed", refresh=False)
-    bar.close()
+    with Progress(len(todo), "prepare", "scan", progress, log) as bar:
+        for outcome in _run_batch(todo, out, opts, workers, bar):
+            outcomes.append(outcome)
+            n_failed = sum(o.reason is not None for o in outcomes)
+            result = "written" if outcome.reason is None else f"failed ({outcome.kind}): {outcome.reason}"
+            bar.step(f"{outcome.case_id}: {result}", f"{n_failed} failed" if n_failed else None)
     for o in sorted(outcomes, key=lambda o: order[o.case_id]):  # the report in input order, whatever the workers
         if o.reason is not None:
             report.failed.append((o.source, o.reason))
@@ -497,7 +431,8 @@ def prepare_dataset(
         _write_splits(out, opts, patients, report)
     except OSError as e:
         raise DatasetError(
-            f"{out}: cannot write the dataset files ({'the disk is full' if is_disk_full(e) else e}); "
-            "the cases written are complete: re-run prepare once there is room"
+            f"cannot write the dataset files ({'the disk is full' if is_disk_full(e) else e}); "
+            "the cases written are complete: re-run prepare once there is room",
+            path=out,
         ) from None
     return report

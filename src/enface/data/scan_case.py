@@ -88,12 +88,12 @@ def _bm_for_flattening(scan: Scan, opts: PrepareOptions, extra: dict[str, Any]) 
         try:
             bm = fill_bm(scan.bm, (sh, sw))
         except ValueError as e:
-            raise DatasetError(f"{scan.source}: BM segmentation of the export is unusable ({e})") from None
+            raise DatasetError(f"BM segmentation of the export is unusable ({e})", path=scan.source) from None
         bm_file = scan.meta.get("bm_file")
         extra["bm_source"] = "export" if bm_file is None else f"companion {bm_file}"
         return bm
     if opts.bm == "export":
-        raise DatasetError(f"{scan.source}: the export has no BM segmentation (bm='export' was asked)")
+        raise DatasetError("the export has no BM segmentation (bm='export' was asked)", path=scan.source)
     extra["bm_source"] = "estimated"
     return estimate_bm(scan.volume, scan.spacing)
 
@@ -126,8 +126,9 @@ def _flatten(
         return resample_depth(scan.volume, params.depth), vols, sd * d / params.depth, None
     if (params.above_mm + params.below_mm) < sd:
         raise DatasetError(
-            f"{scan.source}: the depth window ({params.above_mm:g} + {params.below_mm:g} mm) is under one depth "
-            f"voxel of the scan ({sd:g} mm); widen --window-mm"
+            f"the depth window ({params.above_mm:g} + {params.below_mm:g} mm) is under one depth "
+            f"voxel of the scan ({sd:g} mm); widen --window-mm",
+            path=scan.source,
         )
     bm = _bm_for_flattening(scan, opts, extra)
     step = (params.above_mm + params.below_mm) / sd / params.depth
@@ -208,15 +209,16 @@ def _enface_masks(
             continue
         if points is None:
             raise DatasetError(
-                f"{scan.source}: mask {key!r} is drawn on the {space.upper()} but the B-scan positions are unknown"
+                f"mask {key!r} is drawn on the {space.upper()} but the B-scan positions are unknown", path=scan.source
             )
         if space == "slo":
             masks[key] = sample_enface_mask(mask, points)
         elif faf_to_ref is None:
             raise DatasetError(
-                f"{scan.source}: mask {key!r} is drawn on the FAF, which could not be registered "
+                f"mask {key!r} is drawn on the FAF, which could not be registered "
                 f"to the SLO reliably (quality {extra.get('faf_registration', {}).get('quality', 'n/a')}; "
-                "lower --faf-min-quality or provide faf_to_slo)"
+                "lower --faf-min-quality or provide faf_to_slo)",
+                path=scan.source,
             )
         else:
             masks[key] = sample_enface_mask(mask, apply_matrix(np.linalg.inv(faf_to_ref), points))
@@ -252,6 +254,8 @@ def _case_meta(
     ):
         if value:
             extra[key] = value
+    if isinstance(scan.meta.get("dicom"), dict):  # where a DICOM scan came from (predict writes back to it)
+        extra["dicom"] = scan.meta["dicom"]
     extra["grid_order"] = ORIENTATION_NOTE
     extra["source_spacing"] = [float(s) for s in scan.spacing]
     extra["input_shape"] = [int(n) for n in scan.volume.shape]

@@ -160,7 +160,7 @@ def split_dataset(
     """
     cases = list_cases(root)
     if not cases:
-        raise DatasetError(f"{root}: dataset has no cases")
+        raise DatasetError("dataset has no cases", path=root)
     patients = sorted({c.patient_id for c in cases})
     existing: dict[str, Any] = {}
     if not redo and os.path.isfile(os.path.join(root, "splits.json")):
@@ -223,7 +223,7 @@ def _labeled_training_patients(
     wanted = list(dict.fromkeys(tasks))
     for t in wanted:
         if t not in labeled:
-            raise DatasetError(f"{root}: task {t!r} has no labeled case among the training patients")
+            raise DatasetError(f"task {t!r} has no labeled case among the training patients", path=root)
     return {t: labeled[t] for t in wanted}
 
 
@@ -282,8 +282,8 @@ def select_cases(
             table = splits.get("fractions", {}).get(task)
             if not isinstance(table, dict) or key not in table:
                 raise DatasetError(
-                    f"{os.path.join(root, 'splits.json')}: no {key}% label fraction for task {task!r} "
-                    f"(run `enface split` with that fraction)"
+                    f"no {key}% label fraction for task {task!r} (run `enface split` with that fraction)",
+                    path=os.path.join(root, "splits.json"),
                 )
             allowed &= set(table[key])
     out = []

@@ -65,8 +65,9 @@ def refuse_mixed_visits(out: Path, cases: list[Case], dated: set[str]) -> None:
     for (patient, eye), (with_date, without) in sorted(eyes.items()):
         if with_date and without:
             raise DatasetError(
-                f"{out}: patient {patient!r} eye {eye}: visits given both as dates (case {with_date[0].case_id}) "
+                f"patient {patient!r} eye {eye}: visits given both as dates (case {with_date[0].case_id}) "
                 f"and as days or not at all (case {without[0].case_id}, day {without[0].meta.visit}); "
                 "give every visit of an eye the same way (visit_date in each sidecar, or visit), then re-run "
-                "prepare with --overwrite (the cases are written; dataset.json and splits.json are not)"
+                "prepare with --overwrite (the cases are written; dataset.json and splits.json are not)",
+                path=out,
             )

@@ -67,6 +67,15 @@ def _torch_reason(e: BaseException) -> str:
     return " ".join(s.strip() for s in keep) or type(e).__name__
 
 
+def _unsafe_globals(path: Path) -> list[str]:
+    """The globals a checkpoint's pickle names that ``weights_only`` does not allow (torch lists
+    them without unpickling); none for a file it cannot list (not a zip checkpoint, damaged)."""
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # torch raises many types for foreign files
+        return []
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load a checkpoint dict on the CPU, without executing any code it may hold.
 
@@ -79,29 +88,30 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
     p = Path(path)
     if not p.is_file():
-        raise CheckpointError(f"{p}: checkpoint not found")
+        raise CheckpointError("checkpoint not found", path=p)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's notes on pickle protocols of foreign files
             ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "GLOBAL" not in str(e):  # not a refused object: a corrupt or foreign file
+        unsafe = _unsafe_globals(p)
+        if not unsafe:  # not a refused object: a corrupt or foreign file
             raise CheckpointError(
-                f"{p}: unreadable checkpoint (not a PyTorch checkpoint, or a damaged one: {_torch_reason(e)})"
+                f"unreadable checkpoint (not a PyTorch checkpoint, or a damaged one: {_torch_reason(e)})", path=p
             ) from None
-        found = re.search(r"(?:unsupported global|unsupported GLOBAL):? (?:GLOBAL )?([\w.]+)", str(e), re.IGNORECASE)
-        what = f"it names {found.group(1)}" if found else "it holds objects that are not plain data"
         raise CheckpointError(
-            f"{p}: refused: {what}, and loading it could run code; only checkpoints written by "
-            "enface (or plain state dicts) are read"
+            f"refused: it names {unsafe[0]}, and loading it could run code; only checkpoints written by "
+            "enface (or plain state dicts) are read",
+            path=p,
         ) from None
     except Exception as e:  # torch raises many types for corrupt files
         raise CheckpointError(
-            f"{p}: unreadable checkpoint (not a PyTorch checkpoint, or a damaged one: "
-            f"{type(e).__name__}: {_torch_reason(e)})"
+            f"unreadable checkpoint (not a PyTorch checkpoint, or a damaged one: "
+            f"{type(e).__name__}: {_torch_reason(e)})",
+            path=p,
         ) from None
     if not isinstance(ckpt, dict):
-        raise CheckpointError(f"{p}: not a checkpoint (a {type(ckpt).__name__}, expected a dict)")
+        raise CheckpointError(f"not a checkpoint (a {type(ckpt).__name__}, expected a dict)", path=p)
     return ckpt
 
 
@@ -148,7 +158,7 @@ def checkpoint_info(ckpt: dict[str, Any], where: str = "checkpoint") -> dict[str
     """The ``"enface"`` entry of a checkpoint (model spec, config, metric)."""
     info = ckpt.get("enface")
     if not isinstance(info, dict) or "model" not in info:
-        raise CheckpointError(f"{where}: not an enface checkpoint (no model description inside)")
+        raise CheckpointError("not an enface checkpoint (no model description inside)", path=where)
     return info
 
 
@@ -196,7 +206,7 @@ def _checkpoint_usable(path: Path) -> str | None:
         ckpt = read_checkpoint(path)
         checkpoint_info(ckpt, str(path))
     except CheckpointError as e:
-        return str(e).removeprefix(f"{path}: ")
+        return e.beside(path)
     missing = [k for k in ("state_dict", "optimizer_states", "loops", "epoch") if k not in ckpt]
     return f"incomplete (no {', '.join(missing)})" if missing else None
 

@@ -30,6 +30,7 @@ import importlib.util
 import io
 import json
 import logging
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,7 +48,7 @@ from enface.config import RunConfig
 from enface.data.folder import read_dataset_info
 from enface.engine.checkpoint import checkpoint_info, read_checkpoint, resumable_checkpoint
 from enface.engine.fastpath import FastPath
-from enface.engine.history import MetricsHistory
+from enface.engine.history import EpochLines, MetricsHistory
 from enface.engine.launch import run_folder_lock
 from enface.engine.module import TASK_METRIC, EnfaceModule
 from enface.engine.runs import RunSpec, dataset_fingerprint, file_sha256, identity_diff, run_identity
@@ -55,6 +56,7 @@ from enface.engine.stopping import MAX_EPOCHS, how_stopped, plateau_stop
 from enface.engine.transfer import TransferReport, transfer_weights
 from enface.errors import CheckpointError, ConfigError, DatasetError, RunFolderError
 from enface.fileio import atomic_write, atomic_write_json, atomic_write_text, writable_folder
+from enface.progress import on_terminal
 
 __all__ = [
     "AtomicCheckpointIO",
@@ -506,7 +508,8 @@ def _train(run: ResolvedRun, resume_from: Path | None, callbacks: Sequence[Callb
         module.fastpath.keep_layout(checkpoint_info(read_checkpoint(resume_from), str(resume_from)).get("layout"))
     best_cb, last_cb = _checkpoint_callbacks(folder / "checkpoints", metric, config.top_k)
     history = MetricsHistory(folder / "logs" / "metrics.csv", metric)
-    everything = [history, *plateau_stop(config, metric), best_cb, last_cb, *callbacks]
+    lines = [EpochLines(run.spec.label, config.epochs)] if progress and not on_terminal(sys.stdout) else []
+    everything = [history, *plateau_stop(config, metric), best_cb, last_cb, *callbacks, *lines]
     trainer = _trainer(config, module.fastpath, folder, everything, progress, crop_bscans(config, run.train_ids))
     train_dl, val_dl = _loaders(config, module.fastpath, run.train_ids, run.val_ids)
     clock = (time.time(), time.process_time())

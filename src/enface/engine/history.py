@@ -5,23 +5,28 @@ Lightning's CSV logger starts a new file when a run is resumed, so a run killed 
 every epoch whose checkpoint survived: on (re)start it drops the rows of epochs that will be
 trained again (those after the checkpoint the run resumes from), and after each epoch it
 rewrites the file atomically with the new row appended.
+
+:class:`EpochLines` is training's progress where standard output is no terminal (``make demo >
+demo.log``): one line per epoch with those numbers, in place of the bar that redraws itself
+every batch.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ProgressBar
 
 from enface.errors import RunFolderError
 from enface.fileio import atomic_write_csv
 
-__all__ = ["MetricsHistory", "read_history"]
+__all__ = ["EpochLines", "MetricsHistory", "read_history"]
 
 log = logging.getLogger(__name__)
 
@@ -82,3 +87,48 @@ class MetricsHistory(Callback):
         row["seconds"] = round(time.perf_counter() - self._t0, 3)
         self.rows.append(row)
         atomic_write_csv(self.path, self.rows, self.columns)
+
+
+class EpochLines(ProgressBar):
+    """Training's progress as one line per epoch on standard output (Lightning's progress bar
+    when the output is no terminal)::
+
+        train fpn-w0.25 scratch 10% seed 0: epoch 3/15  train_loss 0.2710  val_loss 0.3012  val_dice 0.9720  (92.1 s)
+
+    Args:
+        label: what is trained (the run's label).
+        epochs: the epochs of the whole run.
+        stream: where the lines go (standard output when not given).
+    """
+
+    def __init__(self, label: str, epochs: int, stream: IO[str] | None = None) -> None:
+        super().__init__()
+        self.label, self.epochs = label, epochs
+        self._stream = stream
+        self._enabled = True
+        self._t0 = 0.0
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._enabled or not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        numbers = "  ".join(
+            f"{name} {float(value):.4f}"
+            for name, value in sorted(trainer.callback_metrics.items())
+            if name.startswith(("train_", "val_")) and value.numel() == 1
+        )
+        line = (
+            f"{self.label}: epoch {trainer.current_epoch + 1}/{self.epochs}  {numbers}  "
+            f"({time.perf_counter() - self._t0:.1f} s)"
+        )
+        stream = self._stream or sys.stdout
+        stream.write(line + "\n")
+        stream.flush()

@@ -15,6 +15,7 @@ from enface.errors import NonFiniteLossError
 from enface.losses import DiceBCELoss, NegativeSSIMLoss
 from enface.metrics import dice_per_sample, ssim
 from enface.models import create_model, model_spec
+from enface.targets import binary
 
 __all__ = ["TASK_METRIC", "EnfaceModule"]
 
@@ -108,7 +109,7 @@ class EnfaceModule(L.LightningModule):
         self.log("val_loss", self.loss(logits, target), on_epoch=True, batch_size=n, sync_dist=True)
         probs = torch.sigmoid(logits.float())
         if self.task == "segment":
-            value = dice_per_sample(probs > 0.5, target > 0.5).mean()
+            value = dice_per_sample(binary(probs), binary(target)).mean()
         else:
             value = ssim(probs, target.float())
         self.log(self.metric_name, value, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)

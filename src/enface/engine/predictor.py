@@ -3,6 +3,7 @@
 :class:`Predictor` loads a checkpoint or a run's top-k ensemble, refuses what is not a
 single-output segmentation model, settles the depth and window that device exports are
 prepared with (the training dataset's, unless told otherwise) and predicts one scan.
+:func:`is_out_of_memory` tells a failed allocation from other errors of a forward pass.
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ from enface.data.preprocess import FlattenParams
 from enface.engine.inference import Ensemble, EnsembleOutput, depth_note, training_preparation
 from enface.errors import CheckpointError
 
-__all__ = ["Predictor"]
+__all__ = ["Predictor", "is_out_of_memory"]
+
+_UNTYPED_OOM: tuple[str, ...] = ("can't allocate memory", "out of memory")
+"""What torch's CPU allocator and its MPS backend say when an allocation fails (a plain RuntimeError)."""
 
 log = logging.getLogger(__name__)
 
@@ -147,3 +151,13 @@ class Predictor:
         """
         x = np.stack([zscore_per_bscan(np.asarray(v, dtype=np.float32)) for v in volumes])
         return self.ensemble.run(torch.from_numpy(x)[None])
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """Whether an error of a forward pass is a failed allocation: ``MemoryError``,
+    ``torch.OutOfMemoryError`` (CUDA), or a failure of torch's CPU allocator or MPS backend.
+    Those last two are plain ``RuntimeError`` that torch gives no type of their own, so their
+    text is the only mark: this is the one place that reads an error's text, and only torch's."""
+    if isinstance(e, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    return isinstance(e, RuntimeError) and any(mark in str(e) for mark in _UNTYPED_OOM)

@@ -36,14 +36,17 @@ __all__ = [
     "SPACING_RANGE_MM",
     "Scan",
     "check_visit_day",
+    "clean_id",
     "full_image_box",
     "normalise_eye",
     "orient_scan",
+    "orientation_from_positions",
     "positions_from_box",
     "safe_id",
     "source_str",
     "spacing_error",
     "spacing_problem",
+    "to_unit_float",
     "unique_ids",
 ]
 
@@ -99,9 +102,9 @@ def check_visit_day(value: Any, where: str) -> int:
     if isinstance(value, float) and np.isfinite(value) and value.is_integer():
         ok, value = True, int(value)
     if not ok:
-        raise DatasetError(f"{where}: visit must be a whole number of days, got {value!r}")
+        raise DatasetError(f"visit must be a whole number of days, got {value!r}", path=where)
     if not 0 <= int(value) <= MAX_VISIT_DAY:
-        raise DatasetError(f"{where}: visit must be a day from 0 to {MAX_VISIT_DAY} (100 years), got {value!r}")
+        raise DatasetError(f"visit must be a day from 0 to {MAX_VISIT_DAY} (100 years), got {value!r}", path=where)
     return int(value)
 
 
@@ -188,12 +191,14 @@ class Scan:
         where = self.source
         vol = self.volume
         if vol.ndim != 3 or min(vol.shape) < 2:
-            raise DatasetError(f"{where}: OCT volume must be 3D (H, W, D) with every axis >= 2, got shape {vol.shape}")
+            raise DatasetError(
+                f"OCT volume must be 3D (H, W, D) with every axis >= 2, got shape {vol.shape}", path=where
+            )
         if not np.isfinite(vol).all():
             n = int((~np.isfinite(vol)).sum())
-            raise DatasetError(f"{where}: OCT volume has {n} NaN/inf voxels")
+            raise DatasetError(f"OCT volume has {n} NaN/inf voxels", path=where)
         if float(np.max(vol)) == float(np.min(vol)):
-            raise DatasetError(f"{where}: OCT volume is constant (every voxel {float(np.min(vol)):g}): no image")
+            raise DatasetError(f"OCT volume is constant (every voxel {float(np.min(vol)):g}): no image", path=where)
         problem = spacing_error(tuple(self.spacing), where)
         if problem:
             raise DatasetError(problem)
@@ -201,33 +206,33 @@ class Scan:
         for name, extra in self.extra_volumes.items():
             if extra.shape != vol.shape:
                 raise DatasetError(
-                    f"{where}: {name} volume has shape {extra.shape}, expected the OCT shape {vol.shape}"
+                    f"{name} volume has shape {extra.shape}, expected the OCT shape {vol.shape}", path=where
                 )
             if not np.isfinite(extra).all():
-                raise DatasetError(f"{where}: {name} volume has NaN/inf voxels")
+                raise DatasetError(f"{name} volume has NaN/inf voxels", path=where)
         for name in ("slo", "faf"):
             img = getattr(self, name)
             if img is None:
                 continue
             if img.ndim != 2 or min(img.shape) < 2:
-                raise DatasetError(f"{where}: {name} image must be 2D, got shape {img.shape}")
+                raise DatasetError(f"{name} image must be 2D, got shape {img.shape}", path=where)
             if not np.isfinite(img).all():
-                raise DatasetError(f"{where}: {name} image has NaN/inf pixels")
+                raise DatasetError(f"{name} image has NaN/inf pixels", path=where)
         if self.bscan_positions is not None:
             pos = np.asarray(self.bscan_positions)
             if pos.shape != (hw[0], 2, 2) or not np.isfinite(pos).all():
                 raise DatasetError(
-                    f"{where}: B-scan positions must be finite with shape {(hw[0], 2, 2)}, got {pos.shape}"
+                    f"B-scan positions must be finite with shape {(hw[0], 2, 2)}, got {pos.shape}", path=where
                 )
             _check_positions_spread(pos, where)
         if len(self.file_flips) != 3:
-            raise DatasetError(f"{where}: file_flips must be three booleans (H, W, D), got {self.file_flips!r}")
+            raise DatasetError(f"file_flips must be three booleans (H, W, D), got {self.file_flips!r}", path=where)
         if self.bm is not None and np.asarray(self.bm).shape != hw:
-            raise DatasetError(f"{where}: BM segmentation has shape {np.asarray(self.bm).shape}, expected {hw}")
+            raise DatasetError(f"BM segmentation has shape {np.asarray(self.bm).shape}, expected {hw}", path=where)
         for key, mask in self.masks.items():
             space = self.mask_spaces.get(key, "oct")
             if space not in MASK_SPACES:
-                raise DatasetError(f"{where}: mask {key!r} has unknown space {space!r} (known: {MASK_SPACES})")
+                raise DatasetError(f"mask {key!r} has unknown space {space!r} (known: {MASK_SPACES})", path=where)
             expected = {
                 "oct": hw,
                 "slo": None if self.slo is None else self.slo.shape,
@@ -235,13 +240,16 @@ class Scan:
             }[space]
             if expected is None:
                 raise DatasetError(
-                    f"{where}: mask {key!r} is drawn on the {space.upper()} but the scan has no {space.upper()} image"
+                    f"mask {key!r} is drawn on the {space.upper()} but the scan has no {space.upper()} image",
+                    path=where,
                 )
             if mask.shape != expected:
-                raise DatasetError(f"{where}: mask {key!r} has shape {mask.shape}, expected {expected} ({space} space)")
+                raise DatasetError(
+                    f"mask {key!r} has shape {mask.shape}, expected {expected} ({space} space)", path=where
+                )
             values = np.unique(mask)
             if not set(values.tolist()) <= {0, 1}:
-                raise DatasetError(f"{where}: mask {key!r} is not binary (values {values[:8].tolist()})")
+                raise DatasetError(f"mask {key!r} is not binary (values {values[:8].tolist()})", path=where)
 
 
 def _check_positions_spread(pos: np.ndarray, where: str) -> None:
@@ -249,13 +257,15 @@ def _check_positions_spread(pos: np.ndarray, where: str) -> None:
     SLO sampled there would be constant along B-scans or A-scans)."""
     if pos.shape[0] > 1 and float(np.ptp(pos, axis=0).max()) < 1e-6:
         raise DatasetError(
-            f"{where}: all {pos.shape[0]} B-scan positions are identical: the SLO cannot be placed on the grid "
-            "(check slo_box / faf_box, or the export's B-scan positions)"
+            f"all {pos.shape[0]} B-scan positions are identical: the SLO cannot be placed on the grid "
+            "(check slo_box / faf_box, or the export's B-scan positions)",
+            path=where,
         )
     if float(np.abs(pos[:, 1] - pos[:, 0]).max()) < 1e-6:
         raise DatasetError(
-            f"{where}: every B-scan starts and ends at the same point on the SLO: the SLO cannot be placed "
-            "on the grid (check slo_box / faf_box, or the export's B-scan positions)"
+            "every B-scan starts and ends at the same point on the SLO: the SLO cannot be placed "
+            "on the grid (check slo_box / faf_box, or the export's B-scan positions)",
+            path=where,
         )
 
 
@@ -292,6 +302,30 @@ def orient_scan(scan: Scan, flip_bscans: bool, flip_ascans: bool) -> Scan:
     scan.meta["flipped_bscans"] = scan.file_flips[0]
     scan.meta["flipped_ascans"] = scan.file_flips[1]
     return scan
+
+
+def orientation_from_positions(positions: np.ndarray | None) -> tuple[bool, bool]:
+    """Whether B-scans (H) and A-scans (W) run against the SLO's rows and columns: the
+    reversals :func:`orient_scan` needs to make B-scan 0 the topmost and A-scan 0 the leftmost."""
+    if positions is None or positions.shape[0] < 2:
+        return False, False
+    centre_y = positions[:, :, 1].mean(axis=1)
+    return bool(centre_y[0] > centre_y[-1]), bool(np.mean(positions[:, 1, 0] - positions[:, 0, 0]) < 0)
+
+
+def to_unit_float(arr: np.ndarray) -> np.ndarray:
+    """Stored intensities as float32 in [0, 1]: uint8 / 255, uint16 / 65535, other types
+    min-max scaled when they leave [0, 1]."""
+    arr = np.asarray(arr)
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / 255.0
+    if arr.dtype == np.uint16:
+        return arr.astype(np.float32) / 65535.0
+    out = arr.astype(np.float32)
+    if out.size and np.isfinite(out).all() and (out.min() < 0 or out.max() > 1):
+        lo, hi = float(out.min()), float(out.max())
+        out = (out - lo) / (hi - lo) if hi > lo else np.zeros_like(out)
+    return out
 
 
 def positions_from_box(box: tuple[float, float, float, float] | np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -334,6 +368,18 @@ def safe_id(text: str) -> str:
     """Turn ``text`` into a valid case / patient identifier (letters, digits, ``_.-``)."""
     out = _BAD_ID_CHARS.sub("_", str(text).strip()).strip("_.-")
     return out or "unknown"
+
+
+def clean_id(value: Any) -> str | None:
+    """A patient id from an export field, made safe (:func:`safe_id`), or None when the field
+    is empty, a placeholder (``unknown``, ``none``, ``0``) or has no letter or digit."""
+    if value is None:
+        return None
+    text = str(value).strip().strip("\x00").strip()
+    if not text or text.lower() in ("unknown", "none", "0"):
+        return None
+    cleaned = safe_id(text)
+    return None if cleaned == "unknown" else cleaned  # no letter or digit: no id (never one shared "unknown")
 
 
 def unique_ids(ids: Sequence[str]) -> list[str]:

@@ -75,7 +75,7 @@ def check_not_empty(path: Path, what: str) -> int:
     """
     size = path.stat().st_size if path.is_file() else -1
     if size == 0:
-        raise ScanKindError("empty file", f"{path}: empty file (0 bytes): not a {what}")
+        raise ScanKindError("empty file", f"empty file (0 bytes): not a {what}", path=path)
     return size
 
 
@@ -84,11 +84,11 @@ def _read_header(path: Path, size: int) -> VolHeader:
         head = f.read(_HEADER_SIZE)
     if not head.startswith(_VOL_MAGIC):
         raise ScanKindError(
-            "damaged file", f"{path}: not a Heidelberg .vol file (it does not start with {_VOL_MAGIC.decode()})"
+            "damaged file", f"not a Heidelberg .vol file (it does not start with {_VOL_MAGIC.decode()})", path=path
         )
     if len(head) < _HEADER_SIZE:
         raise ScanKindError(
-            "truncated file", f"{path}: truncated at byte {size} (the .vol header alone is {_HEADER_SIZE} bytes)"
+            "truncated file", f"truncated at byte {size} (the .vol header alone is {_HEADER_SIZE} bytes)", path=path
         )
     fields = _HEADER_FIELDS.unpack_from(head)
     return VolHeader(
@@ -155,37 +155,41 @@ def check_vol(path: Path) -> VolHeader:
         what = {"line scan": "1 B-scan", "circle scan": "1 circular B-scan around the optic disc"}.get(
             kind, f"{hdr.n_bscans} B-scans through one centre"
         )
-        raise ScanKindError(kind, f"{path}: {kind} ({what}): {NOT_A_VOLUME}")
+        raise ScanKindError(kind, f"{kind} ({what}): {NOT_A_VOLUME}", path=path)
     if hdr.n_bscans == 0 or hdr.size_x == 0 or hdr.size_y == 0:
         raise ScanKindError(
             "damaged file",
-            f"{path}: the header announces {hdr.n_bscans} B-scans of {hdr.size_x} x {hdr.size_y}: no volume",
+            f"the header announces {hdr.n_bscans} B-scans of {hdr.size_x} x {hdr.size_y}: no volume",
+            path=path,
         )
     if size < hdr.expected_size:
         n_whole = max(0, (size - hdr.data_start) // hdr.bscan_bytes)
         raise ScanKindError(
             "truncated file",
-            f"{path}: truncated at byte {size} of {hdr.expected_size} ({n_whole} of {hdr.n_bscans} B-scans complete)",
+            f"truncated at byte {size} of {hdr.expected_size} ({n_whole} of {hdr.n_bscans} B-scans complete)",
+            path=path,
         )
     extra = _count_extra_bscans(path, hdr, size)
     if extra:
         raise ScanKindError(
             "damaged file",
-            f"{path}: the header counts {hdr.n_bscans} B-scans but the file holds {hdr.n_bscans + extra}; "
+            f"the header counts {hdr.n_bscans} B-scans but the file holds {hdr.n_bscans + extra}; "
             "it was altered after export (re-export it)",
+            path=path,
         )
     with open(path, "rb") as f:
         for i in range(hdr.n_bscans):
             f.seek(hdr.data_start + i * hdr.bscan_bytes)
             if f.read(len(_BSCAN_MAGIC)) != _BSCAN_MAGIC:
                 raise ScanKindError(
-                    "damaged file", f"{path}: B-scan {i} does not start with its signature: the file is damaged"
+                    "damaged file", f"B-scan {i} does not start with its signature: the file is damaged", path=path
                 )
     bad = _nan_bscans(path, hdr)
     if bad:
         raise ScanKindError(
             "damaged file",
-            f"{path}: {len(bad)} B-scan(s) hold NaN samples (first: B-scan {bad[0]}); the export is damaged",
+            f"{len(bad)} B-scan(s) hold NaN samples (first: B-scan {bad[0]}); the export is damaged",
+            path=path,
         )
     return hdr
 
@@ -210,31 +214,35 @@ def check_xml(path: Path) -> int:
         line, col = e.position
         raise ScanKindError(
             "truncated file",
-            f"{path}: truncated or damaged XML ({size} bytes; not well-formed at line {line}, column {col})",
+            f"truncated or damaged XML ({size} bytes; not well-formed at line {line}, column {col})",
+            path=path,
         ) from None
     images = root.findall(".//ImageType[Type='OCT']..")
     if not images:
-        raise ScanKindError("damaged file", f"{path}: a HEYEX XML file without OCT images")
+        raise ScanKindError("damaged file", "a HEYEX XML file without OCT images", path=path)
     if len(images) == 1:
-        raise ScanKindError("single B-scan", f"{path}: single B-scan (a line or circle scan): {NOT_A_VOLUME}")
+        raise ScanKindError("single B-scan", f"single B-scan (a line or circle scan): {NOT_A_VOLUME}", path=path)
     sizes: dict[tuple[int, int], list[str]] = {}
     for im in images:
         url = im.find("./ImageData/ExamURL")
         name = (url.text or "").split("\\")[-1] if url is not None else ""
         file = path.parent / name
         if not name or not file.is_file():
-            raise ScanKindError("damaged file", f"{path}: B-scan image {name or '(unnamed)'} is missing")
+            raise ScanKindError("damaged file", f"B-scan image {name or '(unnamed)'} is missing", path=path)
         try:
             with Image.open(file) as img:
                 img.load()
                 sizes.setdefault(img.size, []).append(name)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            raise ScanKindError("damaged file", f"{file}: unreadable B-scan image ({type(e).__name__}: {e})") from None
+            raise ScanKindError(
+                "damaged file", f"unreadable B-scan image ({type(e).__name__}: {e})", path=file
+            ) from None
     if len(sizes) > 1:
         common = max(sizes, key=lambda s: len(sizes[s]))
         odd = next(n for s, names in sizes.items() if s != common for n in names)
         raise ScanKindError(
             "damaged file",
-            f"{path}: B-scan image {odd} is not {common[0]} x {common[1]} like the other B-scans",
+            f"B-scan image {odd} is not {common[0]} x {common[1]} like the other B-scans",
+            path=path,
         )
     return len(images)

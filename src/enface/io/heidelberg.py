@@ -30,12 +30,22 @@ from typing import Any
 import numpy as np
 
 from enface.errors import DatasetError, ScanKindError
-from enface.io.base import Scan, normalise_eye, orient_scan, safe_id, source_str
+from enface.io.base import (
+    Scan,
+    clean_id,
+    normalise_eye,
+    orient_scan,
+    orientation_from_positions,
+    source_str,
+    to_unit_float,
+)
 from enface.io.export_checks import NOT_A_VOLUME, check_not_empty, check_vol, check_xml
+from enface.io.formats import ExportFormat, ReadOptions, ScanUnit, register_format, scan_stem
+from enface.io.volumes import attach_companions, find_companions, read_sidecar
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HEIDELBERG_FORMATS", "eyevolume_to_scan", "read_heidelberg"]
+__all__ = ["HEIDELBERG_FORMATS", "eyevolume_to_scan", "read_export", "read_heidelberg"]
 
 HEIDELBERG_FORMATS: tuple[str, ...] = ("vol", "xml", "e2e")
 
@@ -52,29 +62,6 @@ def _iso_date(value: Any) -> str | None:
         return _dt.datetime.fromisoformat(text).date().isoformat()
     except ValueError:
         return None
-
-
-def _clean_id(value: Any) -> str | None:
-    if value is None:
-        return None
-    text = str(value).strip().strip("\x00").strip()
-    if not text or text.lower() in ("unknown", "none", "0"):
-        return None
-    cleaned = safe_id(text)
-    return None if cleaned == "unknown" else cleaned  # no letter or digit: no id (never one shared "unknown")
-
-
-def _to_unit_float(arr: np.ndarray) -> np.ndarray:
-    arr = np.asarray(arr)
-    if arr.dtype == np.uint8:
-        return arr.astype(np.float32) / 255.0
-    if arr.dtype == np.uint16:
-        return arr.astype(np.float32) / 65535.0
-    out = arr.astype(np.float32)
-    if out.size and np.isfinite(out).all() and (out.min() < 0 or out.max() > 1):
-        lo, hi = float(out.min()), float(out.max())
-        out = (out - lo) / (hi - lo) if hi > lo else np.zeros_like(out)
-    return out
 
 
 def _positions_px(bscan_meta: list[Any], localizer_meta: Any) -> np.ndarray | None:
@@ -100,8 +87,8 @@ def _volume_and_spacing(
     spacing ``(sh, sw, sd)`` in mm (given, from the export, or the default)."""
     data = np.asarray(ev.data)
     if data.ndim != 3:
-        raise DatasetError(f"{source}: expected a 3D OCT volume, got shape {data.shape}")
-    volume = _to_unit_float(np.transpose(data, (0, 2, 1)))  # (H, W, D)
+        raise DatasetError(f"expected a 3D OCT volume, got shape {data.shape}", path=source)
+    volume = to_unit_float(np.transpose(data, (0, 2, 1)))  # (H, W, D)
     meta = ev.meta
     unit = str(meta.get("scale_unit", ""))
     if spacing is None and unit != "mm":
@@ -109,12 +96,13 @@ def _volume_and_spacing(
     if spacing is None:
         if unit != "mm":
             raise DatasetError(
-                f"{source}: the export gives no spacing in mm (unit {unit!r}); pass the spacing "
-                "explicitly (--spacing SH,SW,SD in mm)"
+                f"the export gives no spacing in mm (unit {unit!r}); pass the spacing "
+                "explicitly (--spacing SH,SW,SD in mm)",
+                path=source,
             )
         spacing = (float(meta["scale_z"]), float(meta["scale_x"]), float(meta["scale_y"]))
         if not all(np.isfinite(s) and s > 0 for s in spacing):
-            raise DatasetError(f"{source}: invalid spacing in the export {spacing}")
+            raise DatasetError(f"invalid spacing in the export {spacing}", path=source)
     return volume, tuple(float(s) for s in spacing)  # type: ignore[return-value]
 
 
@@ -130,7 +118,7 @@ def _localizer(ev: Any, n_bscans: int, source: str) -> tuple[np.ndarray | None, 
     if positions is not None and positions.shape[0] != n_bscans:
         log.warning("%s: %d B-scan positions for %d B-scans; ignoring them", source, positions.shape[0], n_bscans)
         positions = None
-    return _to_unit_float(slo_data), positions
+    return to_unit_float(slo_data), positions
 
 
 def _export_bm(ev: Any, shape: tuple[int, int, int], source: str) -> np.ndarray | None:
@@ -148,14 +136,6 @@ def _export_bm(ev: Any, shape: tuple[int, int, int], source: str) -> np.ndarray 
     if valid.any():
         log.info("%s: BM segmentation covers only %.0f%% of A-scans; estimating BM instead", source, 100 * valid.mean())
     return None
-
-
-def _slo_orientation(positions: np.ndarray | None) -> tuple[bool, bool]:
-    """Whether B-scans (H) and A-scans (W) run against the SLO's rows and columns."""
-    if positions is None or positions.shape[0] < 2:
-        return False, False
-    centre_y = positions[:, :, 1].mean(axis=1)
-    return bool(centre_y[0] > centre_y[-1]), bool(np.mean(positions[:, 1, 0] - positions[:, 0, 0]) < 0)
 
 
 def eyevolume_to_scan(
@@ -188,14 +168,15 @@ def eyevolume_to_scan(
         DatasetError: unusable data (not 3D, unknown spacing, ...).
     """
     if np.asarray(ev.data).ndim == 3 and np.asarray(ev.data).shape[0] == 1:
-        raise ScanKindError("line scan", f"{source}: line scan (1 B-scan): {NOT_A_VOLUME}")
+        raise ScanKindError("line scan", f"line scan (1 B-scan): {NOT_A_VOLUME}", path=source)
     volume, spacing = _volume_and_spacing(ev, source, spacing, default_spacing)
     slo, positions = _localizer(ev, volume.shape[0], source)
     if positions is not None and volume.shape[0] > 1 and np.ptp(positions, axis=0).max() < 1e-6:
         raise ScanKindError(
             "repeated line scan",
-            f"{source}: all {volume.shape[0]} B-scans lie at the same place on the SLO (a repeated line "
+            f"all {volume.shape[0]} B-scans lie at the same place on the SLO (a repeated line "
             f"scan, or B-scan positions lost on export): {NOT_A_VOLUME}",
+            path=source,
         )
     meta = ev.meta
     eye = normalise_eye(meta.get("laterality"))
@@ -217,7 +198,7 @@ def eyevolume_to_scan(
         bm=_export_bm(ev, volume.shape, source),
         meta=info,
     )
-    return orient_scan(scan, *_slo_orientation(positions))
+    return orient_scan(scan, *orientation_from_positions(positions))
 
 
 @contextlib.contextmanager
@@ -246,7 +227,7 @@ def _check_kind(path: Path, fmt: str, source: str) -> None:
         if path.is_dir():
             found = sorted(path.glob("*.xml"))
             if len(found) != 1:
-                raise DatasetError(f"{source}: expected one HEYEX XML file in the folder, found {len(found)}")
+                raise DatasetError(f"expected one HEYEX XML file in the folder, found {len(found)}", path=source)
             xml = found[0]
         check_xml(xml)
     else:
@@ -280,9 +261,9 @@ def read_heidelberg(
     if fmt is None:
         fmt = "xml" if path.is_dir() else path.suffix.lower().lstrip(".")
     if fmt not in HEIDELBERG_FORMATS:
-        raise DatasetError(f"{source}: unknown Heidelberg format {fmt!r} (known: {HEIDELBERG_FORMATS})")
+        raise DatasetError(f"unknown Heidelberg format {fmt!r} (known: {HEIDELBERG_FORMATS})", path=source)
     if not path.exists():
-        raise DatasetError(f"{source}: file not found")
+        raise DatasetError("file not found", path=source)
     _check_kind(path, fmt, source)
     with _quiet_eyepy():
         ev, patient, visit = _parse(path, fmt, source)
@@ -300,7 +281,7 @@ def _parse(path: Path, fmt: str, source: str) -> tuple[Any, str | None, str | No
             reader = HeVolReader(path)
             ev = reader.volume
             pf = reader.parsed_file
-            patient = _clean_id(pf.patient_id) or _clean_id(pf.pid)
+            patient = clean_id(pf.patient_id) or clean_id(pf.pid)
             visit = _iso_date(pf.visit_date) or _iso_date(pf.exam_time)
         elif fmt == "xml":
             from eyepy.io.he import HeXmlReader
@@ -308,7 +289,7 @@ def _parse(path: Path, fmt: str, source: str) -> tuple[Any, str | None, str | No
             reader = HeXmlReader(path)
             ev = reader.volume
             pv = reader.parsed_values
-            patient = _clean_id(pv.get("patient_id")) or _clean_id(pv.get("pid"))
+            patient = clean_id(pv.get("patient_id")) or clean_id(pv.get("pid"))
             visit = _iso_date(pv.get("visit_date")) or _iso_date(pv.get("exam_time"))
         else:
             from eyepy.io.he import HeE2eReader
@@ -316,12 +297,50 @@ def _parse(path: Path, fmt: str, source: str) -> tuple[Any, str | None, str | No
             with HeE2eReader(path) as reader:
                 ev = reader.volume
             heyex = ev.meta.get("e2e_metadata", {}).get("heyex", {}) if hasattr(ev.meta, "get") else {}
-            patient = _clean_id(heyex.get("Patient", {}).get("Patient ID"))
+            patient = clean_id(heyex.get("Patient", {}).get("Patient ID"))
             visit = _iso_date(heyex.get("Container", {}).get("Series Date"))
     except DatasetError:
         raise
     except Exception as e:  # eyepy / construct raise many types on truncated or foreign files
         raise ScanKindError(
-            "damaged file", f"{source}: unreadable or truncated {fmt} export ({type(e).__name__}: {e})"
+            "damaged file", f"unreadable or truncated {fmt} export ({type(e).__name__}: {e})", path=source
         ) from None
     return ev, patient, visit
+
+
+def read_export(unit: ScanUnit, options: ReadOptions, fmt: str) -> Scan:
+    """One Heidelberg export with the companions beside it (``<stem>.json`` sidecar, whose
+    ``spacing`` overrides the export's, ``<stem>_faf.png``, masks, ``<stem>_bm.npy``; an
+    ``_slo`` companion is not used: the export has its own SLO).
+
+    Raises:
+        DatasetError: the export or a companion is unusable, naming the file.
+    """
+    path = unit.source
+    stem = scan_stem(path)
+    sidecar = read_sidecar(path.parent / f"{stem}.json")
+    sp = sidecar.get("spacing")
+    scan = read_heidelberg(
+        path,
+        fmt,
+        spacing=None if sp is None else (float(sp[0]), float(sp[1]), float(sp[2])),
+        default_spacing=options.spacing,
+    )
+    return attach_companions(scan, find_companions(path.parent, stem), sidecar, use_slo=False)
+
+
+def _read_vol(unit: ScanUnit, options: ReadOptions) -> Scan:
+    return read_export(unit, options, "vol")
+
+
+def _read_xml(unit: ScanUnit, options: ReadOptions) -> Scan:
+    return read_export(unit, options, "xml")
+
+
+def _read_e2e(unit: ScanUnit, options: ReadOptions) -> Scan:
+    return read_export(unit, options, "e2e")
+
+
+register_format(ExportFormat("vol", "Heidelberg Spectralis .vol", _read_vol, (".vol",)))
+register_format(ExportFormat("xml", "Heidelberg HEYEX XML export", _read_xml, (".xml",)))
+register_format(ExportFormat("e2e", "Heidelberg .e2e (needs --spacing)", _read_e2e, (".e2e",)))

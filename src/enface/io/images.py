@@ -17,10 +17,13 @@ import numpy as np
 
 from enface.errors import DatasetError
 
-__all__ = ["IMAGE_SUFFIXES", "read_bscan_stack", "read_image", "read_mask"]
+__all__ = ["IMAGE_SUFFIXES", "NOT_BINARY", "read_bscan_stack", "read_image", "read_mask"]
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")
 """File suffixes recognised as 2D images."""
+
+NOT_BINARY = "not a binary mask"
+"""The ``kind`` of the error :func:`read_mask` raises for a mask of more than two values."""
 
 
 def _open_array(path: Path, what: str) -> tuple[np.ndarray, str]:
@@ -32,7 +35,7 @@ def _open_array(path: Path, what: str) -> tuple[np.ndarray, str]:
     from PIL import Image, UnidentifiedImageError
 
     if not path.is_file():
-        raise DatasetError(f"{path}: {what} file not found")
+        raise DatasetError(f"{what} file not found", path=path)
     try:
         with Image.open(path) as opened:
             opened.load()
@@ -45,7 +48,7 @@ def _open_array(path: Path, what: str) -> tuple[np.ndarray, str]:
                 im = im.convert("RGB")
             return np.asarray(im), im.mode
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DatasetError(f"{path}: unreadable or truncated {what} ({e})") from None
+        raise DatasetError(f"unreadable or truncated {what} ({e})", path=path) from None
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -72,13 +75,13 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         else:
             arr = arr.astype(np.float64)
             if not np.isfinite(arr).all():
-                raise DatasetError(f"{path}: image has NaN or inf pixels")
+                raise DatasetError("image has NaN or inf pixels", path=path)
             lo, hi = float(arr.min()), float(arr.max())
             out = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
     else:
-        raise DatasetError(f"{path}: expected a 2D image, got shape {arr.shape}")
+        raise DatasetError(f"expected a 2D image, got shape {arr.shape}", path=path)
     if min(out.shape) < 2:
-        raise DatasetError(f"{path}: image is too small ({out.shape})")
+        raise DatasetError(f"image is too small ({out.shape})", path=path)
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
@@ -96,15 +99,16 @@ def _mask_plane(arr: np.ndarray, path: Path) -> np.ndarray:
     if arr.ndim == 2:
         return arr
     if arr.ndim != 3:
-        raise DatasetError(f"{path}: mask must be 2D, got shape {arr.shape}")
+        raise DatasetError(f"mask must be 2D, got shape {arr.shape}", path=path)
     has_alpha = arr.shape[2] in (2, 4)
     colour = arr[..., :-1] if has_alpha else arr
     if has_alpha and arr[..., -1].min() != arr[..., -1].max():
         return arr[..., -1]  # lesion painted on a transparent layer: alpha is the mask
     if not (colour == colour[..., :1]).all():
         raise DatasetError(
-            f"{path}: colour mask (colours {_describe_colours(colour)}); expected a binary mask: "
-            "black/white, 0/1, or a lesion painted on a transparent layer"
+            f"colour mask (colours {_describe_colours(colour)}); expected a binary mask: "
+            "black/white, 0/1, or a lesion painted on a transparent layer",
+            path=path,
         )
     return colour[..., 0]
 
@@ -133,7 +137,7 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     if values <= {0, 255}:
         return (plane > 0).astype(np.uint8)
     shown = ", ".join(str(v) for v in sorted(values)[:8]) + (", ..." if len(values) > 8 else "")
-    raise DatasetError(f"{path}: mask is not binary (values {shown}; expected 0/1 or 0/255)")
+    raise DatasetError(f"mask is not binary (values {shown}; expected 0/1 or 0/255)", path=path, kind=NOT_BINARY)
 
 
 def _read_bscan(path: Path) -> np.ndarray:
@@ -162,14 +166,14 @@ def read_bscan_stack(files: list[Path], where: str) -> np.ndarray:
         DatasetError: no files, an unreadable file, or B-scans of different sizes.
     """
     if not files:
-        raise DatasetError(f"{where}: no B-scan images found")
+        raise DatasetError("no B-scan images found", path=where)
     first = _read_bscan(files[0])
     vol = np.empty((len(files), first.shape[1], first.shape[0]), dtype=first.dtype)
     vol[0] = first.T
     for i, f in enumerate(files[1:], start=1):
         img = _read_bscan(f)
         if img.shape != first.shape:
-            raise DatasetError(f"{f}: B-scan has shape {img.shape}, expected {first.shape} like {files[0].name}")
+            raise DatasetError(f"B-scan has shape {img.shape}, expected {first.shape} like {files[0].name}", path=f)
         if img.dtype != vol.dtype:  # mixed bit depths: fall back to float in [0, 1]
             vol = vol.astype(np.float32) / (255.0 if vol.dtype == np.uint8 else 1.0)
             img = img.astype(np.float32) / (255.0 if img.dtype == np.uint8 else 1.0)

@@ -35,7 +35,8 @@ import numpy as np
 
 from enface.errors import DatasetError
 from enface.io.base import Scan, source_str
-from enface.io.images import read_bscan_stack, read_mask
+from enface.io.formats import ExportFormat, ReadOptions, ScanUnit, register_format
+from enface.io.images import NOT_BINARY, read_bscan_stack, read_mask
 
 log = logging.getLogger(__name__)
 
@@ -119,20 +120,20 @@ def find_octa500_cases(root: str | os.PathLike) -> list[Octa500Case]:
     """
     root = Path(root)
     if not root.is_dir():
-        raise DatasetError(f"{root}: folder not found")
+        raise DatasetError("folder not found", path=root)
     subsets = (
         [root]
         if _SUBSET_RE.match(root.name)
         else sorted(p for p in root.iterdir() if p.is_dir() and _SUBSET_RE.match(p.name))
     )
     if not subsets:
-        raise DatasetError(f"{root}: no OCTA_6mm/ or OCTA_3mm/ folder (is this the OCTA-500 layout?)")
+        raise DatasetError("no OCTA_6mm/ or OCTA_3mm/ folder (is this the OCTA-500 layout?)", path=root)
     cases = []
     for sub in subsets:
         subset = f"{_SUBSET_RE.match(sub.name).group(1)}mm"  # type: ignore[union-attr]
         oct_root = sub / "OCT"
         if not oct_root.is_dir():
-            raise DatasetError(f"{sub}: missing OCT/ folder")
+            raise DatasetError("missing OCT/ folder", path=sub)
         label_dirs = tuple(
             sorted(
                 {p for base in (sub, sub.parent) for p in (base / "Label").glob("GT_*") if p.is_dir()},
@@ -166,9 +167,9 @@ def _read_bm(mat_path: Path, grid: tuple[int, int], depth: int) -> np.ndarray | 
     try:
         layers = np.asarray(loadmat(mat_path)["Layer"], dtype=np.float64)
     except (KeyError, ValueError, OSError, TypeError) as e:
-        raise DatasetError(f"{mat_path}: unreadable layer file ({e})") from None
+        raise DatasetError(f"unreadable layer file ({e})", path=mat_path) from None
     if layers.ndim != 3 or layers.shape[0] <= _BM_SURFACE or layers.shape[1:] != grid:
-        raise DatasetError(f"{mat_path}: expected Layer of shape (6, {grid[0]}, {grid[1]}), got {layers.shape}")
+        raise DatasetError(f"expected Layer of shape (6, {grid[0]}, {grid[1]}), got {layers.shape}", path=mat_path)
     bm = layers[_BM_SURFACE]
     bm = np.where((bm > 0) & (bm < depth), bm, np.nan)
     return bm.astype(np.float32)
@@ -197,10 +198,10 @@ def read_octa500_case(
     extra = {}
     if with_octa:
         if not case.octa_dir.is_dir():
-            raise DatasetError(f"{case.octa_dir}: OCTA folder not found (needed for the OCTA channel)")
+            raise DatasetError("OCTA folder not found (needed for the OCTA channel)", path=case.octa_dir)
         octa = read_bscan_stack(_bscan_files(case.octa_dir), source_str(case.octa_dir))
         if octa.shape != vol.shape:
-            raise DatasetError(f"{case.octa_dir}: OCTA volume has shape {octa.shape}, OCT has {vol.shape}")
+            raise DatasetError(f"OCTA volume has shape {octa.shape}, OCT has {vol.shape}", path=case.octa_dir)
         extra["octa"] = octa
     grid = vol.shape[:2]
     masks: dict[str, np.ndarray] = {}
@@ -221,12 +222,14 @@ def read_octa500_case(
         try:
             mask = label_to_grid(read_mask(files[0]))
         except DatasetError as e:
-            if wanted is None and "not binary" in str(e):
+            if wanted is None and e.kind == NOT_BINARY:
                 log.debug("skipping multi-class label %s", files[0])
                 continue
             raise
         if mask.shape != grid:
-            raise DatasetError(f"{files[0]}: label has shape {mask.shape[::-1]}, expected {grid[::-1]} for this volume")
+            raise DatasetError(
+                f"label has shape {mask.shape[::-1]}, expected {grid[::-1]} for this volume", path=files[0]
+            )
         masks[name] = mask
     if wanted is not None:
         missing = sorted(wanted - set(masks))
@@ -248,3 +251,27 @@ def read_octa500_case(
             "split": octa500_split(case.case_id),
         },
     )
+
+
+def _find(root: Path) -> list[ScanUnit]:
+    """One unit per volume of the layout (its OCT folder named in reports)."""
+    return [ScanUnit(f"octa500:{c.case_id}", c.case_id, c.oct_dir, detail=c) for c in find_octa500_cases(root)]
+
+
+def _read(unit: ScanUnit, options: ReadOptions) -> Scan:
+    return read_octa500_case(
+        unit.detail, with_octa="octa" in options.channels, tasks=options.tasks, use_layers=options.export_bm
+    )
+
+
+register_format(
+    ExportFormat(
+        "octa500",
+        "the OCTA-500 layout (OCTA_6mm/, OCTA_3mm/)",
+        _read,
+        find=_find,
+        channels=("octa",),
+        official_split=octa500_split,
+        split_source="OCTA-500 official split",
+    )
+)

@@ -59,39 +59,40 @@ def check_iso_date(value: Any, where: str) -> str:
             date with a time, ``yesterday``) or no such day (``2021-02-30``).
     """
     if not isinstance(value, str) or not _ISO_DATE.match(value.strip()):
-        raise DatasetError(f"{where}: visit_date must be a date written YYYY-MM-DD (e.g. 2021-03-04), got {value!r}")
+        raise DatasetError(f"visit_date must be a date written YYYY-MM-DD (e.g. 2021-03-04), got {value!r}", path=where)
     try:
         return _dt.date.fromisoformat(value.strip()).isoformat()
     except ValueError as e:
-        raise DatasetError(f"{where}: visit_date {value!r} is no valid date ({e})") from None
+        raise DatasetError(f"visit_date {value!r} is no valid date ({e})", path=where) from None
 
 
 def _check_patient_id(value: Any, where: str) -> None:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise DatasetError(f"{where}: patient_id must be a name (a string), got {value!r}")
+        raise DatasetError(f"patient_id must be a name (a string), got {value!r}", path=where)
     if not _ID_CHARS.search(str(value)):
         raise DatasetError(
-            f"{where}: patient_id {value!r} is blank or has no letter or digit; give the patient's identifier "
-            "(or leave the key out: the scan is then its own patient, or use --patient-regex)"
+            f"patient_id {value!r} is blank or has no letter or digit; give the patient's identifier "
+            "(or leave the key out: the scan is then its own patient, or use --patient-regex)",
+            path=where,
         )
 
 
 def _check_mask_space(value: Any, where: str) -> None:
     if not isinstance(value, dict):
         raise DatasetError(
-            f'{where}: mask_space must be an object {{task: "oct" | "slo" | "faf"}} '
-            f'(e.g. {{"ga": "slo"}}), got {value!r}'
+            f'mask_space must be an object {{task: "oct" | "slo" | "faf"}} (e.g. {{"ga": "slo"}}), got {value!r}',
+            path=where,
         )
     for key, space in value.items():
         if space not in MASK_SPACES:
-            raise DatasetError(f"{where}: mask_space of {key!r} must be one of {MASK_SPACES}, got {space!r}")
+            raise DatasetError(f"mask_space of {key!r} must be one of {MASK_SPACES}, got {space!r}", path=where)
 
 
 def _check_box(value: Any, key: str, where: str) -> None:
     numbers = isinstance(value, list) and len(value) == 4
     numbers = numbers and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
     if not numbers or not np.isfinite(np.asarray(value, dtype=float)).all():
-        raise DatasetError(f"{where}: {key} must be [x0, y0, x1, y1] (pixels), got {value!r}")
+        raise DatasetError(f"{key} must be [x0, y0, x1, y1] (pixels), got {value!r}", path=where)
 
 
 def _check_values(obj: dict[str, Any], where: str) -> None:
@@ -103,15 +104,16 @@ def _check_values(obj: dict[str, Any], where: str) -> None:
             raise DatasetError(problem)
     for key in BOOLEAN_KEYS:
         if key in obj and not isinstance(obj[key], bool):
-            raise DatasetError(f"{where}: {key} must be true or false (a JSON boolean), got {obj[key]!r}")
+            raise DatasetError(f"{key} must be true or false (a JSON boolean), got {obj[key]!r}", path=where)
     if "eye" in obj and normalise_eye(obj["eye"]) is None:
-        raise DatasetError(f"{where}: eye must be 'OD' or 'OS', got {obj['eye']!r}")
+        raise DatasetError(f"eye must be 'OD' or 'OS', got {obj['eye']!r}", path=where)
     if "patient_id" in obj:
         _check_patient_id(obj["patient_id"], where)
     if "visit" in obj and "visit_date" in obj:
         raise DatasetError(
-            f"{where}: both visit ({obj['visit']!r}) and visit_date ({obj['visit_date']!r}) are given; "
-            "give one (all visits of an eye the same way)"
+            f"both visit ({obj['visit']!r}) and visit_date ({obj['visit_date']!r}) are given; "
+            "give one (all visits of an eye the same way)",
+            path=where,
         )
     if "visit" in obj:
         obj["visit"] = check_visit_day(obj["visit"], where)
@@ -126,12 +128,12 @@ def _check_values(obj: dict[str, Any], where: str) -> None:
         except (TypeError, ValueError):
             m = np.zeros(0)
         if m.shape != (3, 3) or not np.isfinite(m).all() or abs(np.linalg.det(m)) < 1e-9:
-            raise DatasetError(f"{where}: faf_to_slo must be an invertible 3 x 3 matrix")
+            raise DatasetError("faf_to_slo must be an invertible 3 x 3 matrix", path=where)
     if "mask_space" in obj:
         _check_mask_space(obj["mask_space"], where)
     for key in ("axes", "device"):
         if key in obj and not isinstance(obj[key], str):
-            raise DatasetError(f"{where}: {key} must be a string, got {obj[key]!r}")
+            raise DatasetError(f"{key} must be a string, got {obj[key]!r}", path=where)
 
 
 def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
@@ -150,7 +152,7 @@ def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
     obj = read_json_object(path)
     unknown = sorted(set(obj) - SIDECAR_KEYS)
     if unknown:
-        raise DatasetError(f"{path}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(SIDECAR_KEYS))})")
+        raise DatasetError(f"unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(SIDECAR_KEYS))})", path=path)
     _check_values(obj, str(path))
     obj["_path"] = str(path)
     return obj

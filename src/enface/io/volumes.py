@@ -57,6 +57,7 @@ from enface.io.base import (
     safe_id,
     source_str,
 )
+from enface.io.formats import ExportFormat, ReadOptions, ScanUnit, register_format, scan_stem
 from enface.io.images import IMAGE_SUFFIXES, read_image, read_mask
 from enface.io.sidecar import SIDECAR_KEYS, read_sidecar
 
@@ -64,20 +65,14 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "SIDECAR_KEYS",
-    "VOLUME_SUFFIXES",
     "attach_companions",
     "find_companions",
-    "find_volume_files",
     "parse_axes",
     "read_nifti_volume",
     "read_numpy_volume",
     "read_sidecar",
     "read_volume_scan",
-    "scan_stem",
 ]
-
-VOLUME_SUFFIXES: dict[str, tuple[str, ...]] = {"numpy": (".npy",), "nifti": (".nii", ".nii.gz")}
-"""File suffixes of each generic volume format."""
 
 _COMPANION_RE = re.compile(r"^_(?:(?P<mod>slo|faf|bm)|mask_(?P<key>[A-Za-z0-9-]+(?:\.[A-Za-z0-9_-]+)?))$")
 
@@ -90,40 +85,15 @@ def parse_axes(axes: str, where: str = "axes") -> tuple[int, int, int]:
     """
     a = str(axes).upper()
     if sorted(a) != ["D", "H", "W"]:
-        raise DatasetError(f"{where}: axes must be a permutation of 'HWD' (e.g. 'HWD', 'DWH'), got {axes!r}")
+        raise DatasetError(f"axes must be a permutation of 'HWD' (e.g. 'HWD', 'DWH'), got {axes!r}", path=where)
     return (a.index("H"), a.index("W"), a.index("D"))
-
-
-def scan_stem(path: Path) -> str:
-    """File name without its volume suffix (``a.nii.gz`` -> ``a``)."""
-    name = path.name
-    for suffix in (".nii.gz", ".nii", ".npy", ".vol", ".xml", ".e2e"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
-
-
-def find_volume_files(root: str | os.PathLike, fmt: str) -> list[Path]:
-    """Volume files of ``fmt`` (``numpy``/``nifti``) under ``root`` (recursive), companions excluded."""
-    root = Path(root)
-    suffixes = VOLUME_SUFFIXES[fmt]
-    out = []
-    for p in sorted(root.rglob("*")):
-        if not p.is_file() or p.name.startswith("."):
-            continue
-        if not p.name.lower().endswith(suffixes):
-            continue
-        if fmt == "numpy" and p.name.endswith("_bm.npy"):
-            continue
-        out.append(p)
-    return out
 
 
 def _squeeze_to_3d(arr: np.ndarray, where: str) -> np.ndarray:
     if arr.ndim > 3:
         arr = arr.reshape([n for n in arr.shape if n != 1] or [1])
     if arr.ndim != 3:
-        raise DatasetError(f"{where}: expected a 3D volume, got shape {arr.shape}")
+        raise DatasetError(f"expected a 3D volume, got shape {arr.shape}", path=where)
     return arr
 
 
@@ -177,7 +147,7 @@ def read_nifti_volume(
     path = Path(path)
     where = source_str(path)
     if not path.is_file():
-        raise DatasetError(f"{where}: file not found")
+        raise DatasetError("file not found", path=where)
     nib_log = logging.getLogger("nibabel.global")
     level = nib_log.level
     nib_log.setLevel(logging.ERROR)  # "setting 0 dims to 1": enface says it itself, naming the file
@@ -187,11 +157,11 @@ def read_nifti_volume(
         zooms = _raw_pixdim(path, img.header)
         unit = img.header.get_xyzt_units()[0]
     except Exception as e:  # nibabel raises many types on damaged files
-        raise DatasetError(f"{where}: unreadable or truncated NIfTI file ({type(e).__name__}: {e})") from None
+        raise DatasetError(f"unreadable or truncated NIfTI file ({type(e).__name__}: {e})", path=where) from None
     finally:
         nib_log.setLevel(level)
     if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-        raise DatasetError(f"{where}: expected a real numeric volume, got dtype {arr.dtype}")
+        raise DatasetError(f"expected a real numeric volume, got dtype {arr.dtype}", path=where)
     arr = _squeeze_to_3d(arr, where)
     perm = parse_axes(axes, where)
     spacing = None
@@ -200,8 +170,9 @@ def read_nifti_volume(
         spacing = tuple(zooms[i] * f for i in perm)
     elif need_spacing:
         raise DatasetError(
-            f"{where}: the NIfTI header gives voxel sizes (pixdim) {zooms}: zero, negative or not finite; "
-            'give "spacing": [sh, sw, sd] (mm) in the sidecar JSON or --spacing'
+            f"the NIfTI header gives voxel sizes (pixdim) {zooms}: zero, negative or not finite; "
+            'give "spacing": [sh, sw, sd] (mm) in the sidecar JSON or --spacing',
+            path=where,
         )
     return np.ascontiguousarray(np.transpose(arr, perm)), spacing  # type: ignore[return-value]
 
@@ -237,7 +208,9 @@ def find_companions(folder: Path, stem: str) -> dict[str, Any]:
         else:
             role, slot = key, found["masks"]
         if slot.get(role) is not None:
-            raise DatasetError(f"{p}: two companion files for {role!r} of scan {stem!r} ({slot[role].name}, {p.name})")
+            raise DatasetError(
+                f"two companion files for {role!r} of scan {stem!r} ({slot[role].name}, {p.name})", path=p
+            )
         slot[role] = p
     return found
 
@@ -257,8 +230,9 @@ def _infer_mask_space(key: str, mask: np.ndarray, scan: Scan, path: Path, declar
     faf_fit = scan.faf is not None and mask.shape == scan.faf.shape
     if slo_fit and faf_fit:
         raise DatasetError(
-            f"{path}: mask matches both the SLO and the FAF size {mask.shape}; say which one it is "
-            f'drawn on with "mask_space": {{"{task}": "slo" | "faf"}} in the sidecar JSON'
+            f"mask matches both the SLO and the FAF size {mask.shape}; say which one it is "
+            f'drawn on with "mask_space": {{"{task}": "slo" | "faf"}} in the sidecar JSON',
+            path=path,
         )
     if slo_fit:
         return "slo"
@@ -266,15 +240,16 @@ def _infer_mask_space(key: str, mask: np.ndarray, scan: Scan, path: Path, declar
         return "faf"
     if mask.shape == scan.grid_shape[::-1]:
         raise DatasetError(
-            f"{path}: mask has shape {mask.shape}, the OCT grid {scan.grid_shape} transposed; OCT-grid masks "
-            "are indexed [B-scan, A-scan] (rows = B-scans in the file's order)"
+            f"mask has shape {mask.shape}, the OCT grid {scan.grid_shape} transposed; OCT-grid masks "
+            "are indexed [B-scan, A-scan] (rows = B-scans in the file's order)",
+            path=path,
         )
     sizes = [f"OCT grid {scan.grid_shape}"]
     if scan.slo is not None:
         sizes.append(f"SLO {scan.slo.shape}")
     if scan.faf is not None:
         sizes.append(f"FAF {scan.faf.shape}")
-    raise DatasetError(f"{path}: mask has shape {mask.shape}, which matches none of: {', '.join(sizes)}")
+    raise DatasetError(f"mask has shape {mask.shape}, which matches none of: {', '.join(sizes)}", path=path)
 
 
 def _read_bm_file(path: Path, grid: tuple[int, int], depth: int) -> np.ndarray:
@@ -294,23 +269,24 @@ def _read_bm_file(path: Path, grid: tuple[int, int], depth: int) -> np.ndarray:
     try:
         bm = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
-        raise DatasetError(f"{path}: unreadable or truncated BM file ({e})") from None
+        raise DatasetError(f"unreadable or truncated BM file ({e})", path=path) from None
     if not np.issubdtype(bm.dtype, np.number) or np.iscomplexobj(bm):
-        raise DatasetError(f"{path}: BM map must be real numbers, got dtype {bm.dtype}")
+        raise DatasetError(f"BM map must be real numbers, got dtype {bm.dtype}", path=path)
     if bm.shape != grid:
         hint = " (transposed? OCT-grid companions are indexed [B-scan, A-scan])" if bm.shape == grid[::-1] else ""
-        raise DatasetError(f"{path}: BM map has shape {bm.shape}, expected the en-face grid {grid}{hint}")
+        raise DatasetError(f"BM map has shape {bm.shape}, expected the en-face grid {grid}{hint}", path=path)
     bm = np.asarray(bm, dtype=np.float64)
     known = ~np.isnan(bm)
     if not known.any():
-        raise DatasetError(f"{path}: BM map is NaN everywhere (no A-scan has a BM depth)")
+        raise DatasetError("BM map is NaN everywhere (no A-scan has a BM depth)", path=path)
     outside = known & ~((bm >= 0) & (bm <= depth - 1))  # inf counts as outside
     if outside.any():
         vals = bm[known]
         raise DatasetError(
-            f"{path}: {int(outside.sum())} of {bm.size} BM depths lie outside the volume's depth range "
+            f"{int(outside.sum())} of {bm.size} BM depths lie outside the volume's depth range "
             f"0 to {depth - 1} voxels (values {vals.min():g} to {vals.max():g}); BM depths are voxels counted "
-            "from the file's depth index 0 (NaN where unknown)"
+            "from the file's depth index 0 (NaN where unknown)",
+            path=path,
         )
     return bm.astype(np.float32)
 
@@ -373,7 +349,7 @@ def attach_companions(scan: Scan, comp: dict[str, Any], sidecar: dict[str, Any],
     if "eye" in sidecar:
         scan.meta["eye"] = normalise_eye(sidecar["eye"])
     if scan.bscan_positions is None and scan.slo is not None:
-        raise DatasetError(f"{where}: SLO present but its B-scan positions are unknown")
+        raise DatasetError("SLO present but its B-scan positions are unknown", path=where)
     return scan
 
 
@@ -406,15 +382,15 @@ def read_volume_scan(
     elif fmt == "nifti":
         vol, header_spacing = read_nifti_volume(path, ax, need_spacing=not (sidecar.get("spacing") or spacing))
     else:
-        raise DatasetError(f"{path}: unknown volume format {fmt!r} (numpy, nifti)")
+        raise DatasetError(f"unknown volume format {fmt!r} (numpy, nifti)", path=path)
     depth_flipped = bool(sidecar.get("depth_flipped"))
     if depth_flipped:
         vol = np.ascontiguousarray(vol[:, :, ::-1])
     sp = sidecar.get("spacing") or spacing or header_spacing
     if sp is None:
         raise DatasetError(
-            f'{path}: voxel spacing unknown; give "spacing": [sh, sw, sd] (mm) in {stem}.json '
-            "or --spacing on the command line"
+            f'voxel spacing unknown; give "spacing": [sh, sw, sd] (mm) in {stem}.json or --spacing on the command line',
+            path=path,
         )
     scan = Scan(
         volume=vol,
@@ -424,3 +400,15 @@ def read_volume_scan(
         file_flips=(False, False, depth_flipped),
     )
     return attach_companions(scan, comp, sidecar)
+
+
+def _read_numpy(unit: ScanUnit, options: ReadOptions) -> Scan:
+    return read_volume_scan(unit.source, "numpy", axes=options.axes, spacing=options.spacing)
+
+
+def _read_nifti(unit: ScanUnit, options: ReadOptions) -> Scan:
+    return read_volume_scan(unit.source, "nifti", axes=options.axes, spacing=options.spacing)
+
+
+register_format(ExportFormat("nifti", "NIfTI volumes with companions", _read_nifti, (".nii.gz", ".nii")))
+register_format(ExportFormat("numpy", "NumPy volumes (.npy) with companions", _read_numpy, (".npy",)))

@@ -17,7 +17,6 @@ earlier run left in it.
 from __future__ import annotations
 
 import contextlib
-import csv
 import logging
 import os
 import shutil
@@ -25,6 +24,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from enface.data.folder import dataset_of
+from enface.data.predictions import SUMMARY_FILE, read_summary
 from enface.errors import DatasetError, UnsafePathError
 from enface.fileio import FolderLock, atomic_write_csv, path_under, replace_folder, temp_dir
 
@@ -35,12 +36,8 @@ log = logging.getLogger(__name__)
 
 def _input_roots(path: Path) -> list[Path]:
     """The folders an input folder belongs to: itself, and the dataset of a case or ``cases`` folder."""
-    roots = [path]
-    if path.name == "cases" and (path.parent / "dataset.json").is_file():
-        roots.append(path.parent)
-    elif path.parent.name == "cases" and (path.parent.parent / "dataset.json").is_file():
-        roots.append(path.parent.parent)
-    return roots
+    dataset = dataset_of(path)
+    return [path] if dataset is None or dataset == path else [path, dataset]
 
 
 def check_out_placement(out: Path, inputs: Sequence[str | os.PathLike]) -> None:
@@ -59,32 +56,16 @@ def check_out_placement(out: Path, inputs: Sequence[str | os.PathLike]) -> None:
         for root in _input_roots(real):
             if o == root or root in o.parents:
                 raise DatasetError(
-                    f"{out}: --out lies inside the input {root} (predictions would be written among its "
-                    "cases or exports, and read back as scans); choose a folder outside it"
+                    f"--out lies inside the input {root} (predictions would be written among its "
+                    "cases or exports, and read back as scans); choose a folder outside it",
+                    path=out,
                 )
         if o in real.parents:
             raise DatasetError(
-                f"{out}: --out holds the input {path} (a scan's output folder could replace it); "
-                "choose a folder that does not contain the inputs"
+                f"--out holds the input {path} (a scan's output folder could replace it); "
+                "choose a folder that does not contain the inputs",
+                path=out,
             )
-
-
-def _read_rows(path: Path) -> list[dict[str, str]]:
-    """The rows of an earlier ``summary.csv``.
-
-    Raises:
-        DatasetError: unreadable, or not a summary of ``enface predict``.
-    """
-    try:
-        with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            rows = list(reader)
-            fields = set(reader.fieldnames or ())
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DatasetError(f"{path}: unreadable ({e})") from None
-    if not {"scan_id", "status"} <= fields:
-        raise DatasetError(f"{path}: not a summary of `enface predict` (no scan_id and status columns)")
-    return rows
 
 
 class OutputFolder:
@@ -109,14 +90,14 @@ class OutputFolder:
 
     def __enter__(self) -> OutputFolder:
         if self.out.exists() and not self.out.is_dir():
-            raise DatasetError(f"{self.out}: --out is a file, not a folder")
+            raise DatasetError("--out is a file, not a folder", path=self.out)
         self._created = not self.out.exists()
         lock = FolderLock(self.out, "predictions folder")
         try:
             lock.__enter__()
         except OSError as e:
             self._remove_if_created()
-            raise DatasetError(f"{self.out}: cannot write predictions there ({e.strerror or e})") from None
+            raise DatasetError(f"cannot write predictions there ({e.strerror or e})", path=self.out) from None
         self._lock = lock
         try:
             probe = self.out / f".write-test-{os.getpid()}"
@@ -124,7 +105,7 @@ class OutputFolder:
                 probe.write_bytes(b"")
                 probe.unlink()
             except OSError as e:
-                raise DatasetError(f"{self.out}: cannot write predictions there ({e.strerror or e})") from None
+                raise DatasetError(f"cannot write predictions there ({e.strerror or e})", path=self.out) from None
             self._earlier = self._earlier_rows()
         except BaseException:
             self.__exit__()
@@ -147,11 +128,11 @@ class OutputFolder:
                 self.out.rmdir()
 
     def _earlier_rows(self) -> list[dict[str, str]]:
-        path = self.out / "summary.csv"
+        path = self.out / SUMMARY_FILE
         if not path.is_file():
             return []
         try:
-            return _read_rows(path)
+            return read_summary(path)
         except DatasetError as e:
             if not self.overwrite:
                 raise DatasetError(f"{e}; pass --overwrite to replace it, or choose another --out") from None
@@ -176,8 +157,9 @@ class OutputFolder:
         if taken:
             shown = ", ".join(taken[:5]) + (f" and {len(taken) - 5} more" if len(taken) > 5 else "")
             raise DatasetError(
-                f"{self.out}: already holds predictions of {len(taken)} scan(s) of this run ({shown}); "
-                "pass --overwrite to replace them, or choose another --out"
+                f"already holds predictions of {len(taken)} scan(s) of this run ({shown}); "
+                "pass --overwrite to replace them, or choose another --out",
+                path=self.out,
             )
 
     @contextlib.contextmanager
@@ -199,4 +181,4 @@ class OutputFolder:
         kept = [r for r in self._earlier if r.get("scan_id") not in now]
         if kept:
             log.info("summary.csv keeps %d row(s) of earlier runs", len(kept))
-        return atomic_write_csv(self.out / "summary.csv", [*kept, *rows], columns)
+        return atomic_write_csv(self.out / SUMMARY_FILE, [*kept, *rows], columns)

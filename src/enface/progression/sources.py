@@ -18,10 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from enface.data.folder import Case, list_cases, mask_filename, read_dataset_info
+from enface.data.folder import Case, dataset_of, list_cases, mask_filename, read_dataset_info
+from enface.data.predictions import RECORD_FILE, SUMMARY_FILE, PredictionRecord, read_record, read_summary
 from enface.errors import DatasetError
-from enface.fileio import read_json_object
-from enface.io.images import read_mask
 from enface.progression.core import MIN_FOCUS_MM2, Skipped, Visit, VisitSet, lesion_features, raise_problems
 
 __all__ = ["prediction_visits", "reference_visits", "resolve_task"]
@@ -102,44 +101,12 @@ def reference_visits(
 # --------------------------------------------------------------------------- predictions
 
 
-def _read_summary(pred_dir: Path) -> list[dict[str, str]]:
-    import csv
-
-    path = pred_dir / "summary.csv"
-    if not path.is_file():
-        raise DatasetError(f"{path}: file not found (is {pred_dir} an output folder of `enface predict`?)")
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        rows = list(reader)
-        missing = {"scan_id", "status"} - set(reader.fieldnames or ())
-    if missing:
-        raise DatasetError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
-    ids = [r["scan_id"] for r in rows]
-    dup = sorted({i for i in ids if ids.count(i) > 1})
-    if dup:
-        raise DatasetError(f"{path}: scan id(s) listed twice: {', '.join(dup)}")
-    return rows
-
-
-def _read_prediction_json(scan_dir: Path) -> dict[str, Any]:
-    path = scan_dir / "prediction.json"
-    if not path.is_file():
-        raise DatasetError(f"{path}: file not found (summary.csv lists the scan as predicted)")
-    pj = read_json_object(path)
-    try:
-        spacing = [float(s) for s in pj["spacing"]]
-        if len(spacing) < 2 or not all(math.isfinite(s) and s > 0 for s in spacing):
-            raise ValueError
-    except (KeyError, TypeError, ValueError):
-        raise DatasetError(
-            f"{path}: 'spacing' must list the positive voxel spacing in mm, got {pj.get('spacing')!r}"
-        ) from None
-    members = pj.get("member_areas_mm2") or []
-    if not isinstance(members, list) or not all(
-        isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a) and a >= 0 for a in members
-    ):
-        raise DatasetError(f"{path}: 'member_areas_mm2' must be a list of areas in mm², got {members!r}")
-    return pj
+def _read_prediction(scan_dir: Path) -> tuple[PredictionRecord, tuple[float, float]]:
+    """A scan's checked ``prediction.json`` and its ``(sh, sw)`` spacing."""
+    if not (scan_dir / RECORD_FILE).is_file():
+        raise DatasetError("file not found (summary.csv lists the scan as predicted)", path=scan_dir / RECORD_FILE)
+    record = read_record(scan_dir)
+    return record, record.spacing()
 
 
 def _check_member_areas(pj: Mapping[str, Any], field_mm2: float, where: str) -> None:
@@ -178,14 +145,6 @@ def _one_model(models: Mapping[str, list[str]], pred_dir: Path) -> None:
         )
 
 
-def _source_dataset(source: str) -> Path | None:
-    """The dataset a scan was predicted from, when its source is an existing ``<dataset>/cases/<id>``."""
-    p = Path(source)
-    if p.parent.name == "cases" and p.parent.parent.is_dir() and (p.parent.parent / "dataset.json").is_file():
-        return p.parent.parent
-    return None
-
-
 def _meta_of_scan(
     scan_id: str, pj: Mapping[str, Any], source: str, case: Case | None, dataset: Path, where: str
 ) -> tuple[str, str, int]:
@@ -194,7 +153,7 @@ def _meta_of_scan(
     Raises:
         DatasetError: the scan belongs to another dataset, or its visit day is unknown.
     """
-    origin = _source_dataset(source)
+    origin = dataset_of(source) if Path(source).parent.name == "cases" else None
     if origin is not None and not os.path.samefile(origin, dataset):
         raise DatasetError(
             f"{where}: predicted from {source}, a case of the dataset {origin}, not of {dataset} "
@@ -258,7 +217,7 @@ def prediction_visits(
     """
     pred_dir, dataset = Path(pred_dir), Path(dataset)
     cases = {c.case_id: c for c in list_cases(dataset)}
-    rows = _read_summary(pred_dir)
+    rows = read_summary(pred_dir / SUMMARY_FILE)
     visits: list[Visit] = []
     skipped: list[Skipped] = []
     problems: list[str] = []
@@ -271,13 +230,12 @@ def prediction_visits(
             continue
         scan_dir = pred_dir / scan_id
         try:
-            pj = _read_prediction_json(scan_dir)
-            where = str(scan_dir / "prediction.json")
+            record, sp = _read_prediction(scan_dir)
+            pj, where = record.info, str(record.path)
             tasks.setdefault(str(pj.get("task")), []).append(scan_id)
-            mask = read_mask(scan_dir / "mask.png")
+            mask = record.load_mask()
             case = cases.get(scan_id)
             patient, eye, day = _meta_of_scan(scan_id, pj, str(pj.get("source") or source), case, dataset, where)
-            sp = (float(pj["spacing"][0]), float(pj["spacing"][1]))
             if case is not None:
                 _check_against_case(mask, sp, case, where)
             _check_member_areas(pj, mask.size * sp[0] * sp[1], where)
@@ -286,8 +244,7 @@ def prediction_visits(
             problems.append(str(e))
             continue
         feats = lesion_features(mask, sp, min_focus_mm2)
-        members = tuple(float(a) for a in pj.get("member_areas_mm2") or ())
-        visits.append(Visit(scan_id, patient, eye, day, sp, feats, members))
+        visits.append(Visit(scan_id, patient, eye, day, sp, feats, record.member_areas_mm2))
     raise_problems(problems, f"{pred_dir}: unusable predictions")
     if len(tasks) > 1:
         shown = "; ".join(

@@ -1,9 +1,8 @@
 """The output folder of ``enface predict`` read back for review, and a queue of ``enface select``.
 
-``enface predict --out DIR`` writes, per scan, ``DIR/<scan id>/`` with ``mask.png`` (0/255),
-``probability.npy`` and ``uncertainty.npy`` (float32 ``(H, W)``, on the case's grid and in
-its orientation) and ``prediction.json`` (``task``, ``area_mm2``, ``member_areas_mm2``,
-``shape``). A scan predicted from a dataset case has the case's id, which is how a
+``enface predict --out DIR`` writes, per scan, ``DIR/<scan id>/`` (its files and their
+reader: :mod:`enface.data.predictions`); the maps are on the case's grid and in its
+orientation. A scan predicted from a dataset case has the case's id, which is how a
 prediction is matched to its case here.
 
 ``enface select`` writes a queue CSV with the columns ``rank, case_id, patient_id, eye,
@@ -23,9 +22,9 @@ from typing import Any
 import numpy as np
 
 from enface.data.folder import QUEUE_COLUMNS
+from enface.data.predictions import RECORD_FILE, PredictionRecord, read_record
 from enface.errors import DatasetError, UnsafePathError
-from enface.fileio import load_npy, path_under, read_json_object
-from enface.io.images import read_mask
+from enface.fileio import path_under
 
 __all__ = ["QUEUE_COLUMNS", "Prediction", "PredictionFolder", "QueueEntry", "read_queue"]
 
@@ -35,30 +34,29 @@ class Prediction:
     """What ``prediction.json`` says about one case.
 
     Attributes:
-        folder: ``DIR/<case id>/``.
+        record: the checked ``prediction.json`` (:mod:`enface.data.predictions`).
         area_mm2: predicted lesion area.
         area_sd_mm2: population SD of the ensemble members' areas (NaN with < 2 members).
         shape: ``(H, W)`` of the maps.
     """
 
-    folder: Path
+    record: PredictionRecord
     area_mm2: float
     area_sd_mm2: float
     shape: tuple[int, int]
 
+    @property
+    def folder(self) -> Path:
+        """``DIR/<case id>/``."""
+        return self.record.folder
+
     def load_map(self, name: str) -> np.ndarray:
         """``probability`` or ``uncertainty`` as a float32 ``(H, W)`` array."""
-        arr = np.asarray(load_npy(path_under(self.folder, f"{name}.npy")), dtype=np.float32)
-        if arr.shape != self.shape:
-            raise DatasetError(f"{self.folder / (name + '.npy')}: shape {arr.shape}, expected {self.shape}")
-        return arr
+        return self.record.load_map(name, self.shape)
 
     def load_mask(self) -> np.ndarray:
         """The predicted binary mask ``(H, W)`` uint8 {0, 1}."""
-        mask = read_mask(path_under(self.folder, "mask.png"))
-        if mask.shape != self.shape:
-            raise DatasetError(f"{self.folder / 'mask.png'}: shape {mask.shape}, expected {self.shape}")
-        return mask
+        return self.record.load_mask(self.shape)
 
 
 def _number(value: Any) -> float:
@@ -92,7 +90,7 @@ class PredictionFolder:
                 folder = path_under(self.root, case_id)
             except UnsafePathError:
                 continue
-            if (folder / "prediction.json").is_file():
+            if (folder / RECORD_FILE).is_file():
                 self._items[case_id] = self._read(folder, task)
         if not self._items:
             raise DatasetError(
@@ -102,16 +100,15 @@ class PredictionFolder:
 
     @staticmethod
     def _read(folder: Path, task: str) -> Prediction:
-        path = folder / "prediction.json"
-        info = read_json_object(path)
+        record = read_record(folder)
+        info = record.info
         if info.get("task", task) != task:
-            raise DatasetError(f"{path}: a prediction of task {info.get('task')!r}, not of {task!r} (give --task)")
-        shape = info.get("shape")
-        if not (isinstance(shape, list) and len(shape) >= 2 and all(isinstance(s, int) for s in shape)):
-            raise DatasetError(f"{path}: missing or invalid 'shape'")
-        members = [_number(a) for a in info.get("member_areas_mm2") or []]
+            raise DatasetError(
+                f"a prediction of task {info.get('task')!r}, not of {task!r} (give --task)", path=record.path
+            )
+        members = record.member_areas_mm2
         sd = float(np.std(members)) if len(members) > 1 else math.nan
-        return Prediction(folder, _number(info.get("area_mm2")), sd, (int(shape[0]), int(shape[1])))
+        return Prediction(record, _number(info.get("area_mm2")), sd, record.shape())
 
     def get(self, case_id: str) -> Prediction | None:
         """The prediction of a case, or None."""

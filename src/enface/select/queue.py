@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from enface.config import FAST_DEFAULT
-from enface.data.folder import QUEUE_COLUMNS, Case, list_cases, load_case, read_dataset_info
+from enface.data.folder import QUEUE_COLUMNS, Case, is_dataset, list_cases, load_case, read_dataset_info
 from enface.engine.inference import Ensemble, read_run_config
 from enface.errors import DatasetError
 from enface.fileio import atomic_write_csv
@@ -108,7 +108,7 @@ def _check_grids(run: Path, cfg: dict[str, Any], cases: Iterable[Case]) -> None:
         DatasetError: naming the first case that differs, its grid and the run's.
     """
     train_root = Path(str(cfg.get("dataset") or ""))
-    if not (train_root / "dataset.json").is_file():
+    if not is_dataset(train_root):
         log.warning(
             "%s: the run's training dataset %s is not found here: only the depth is checked against the model",
             run,

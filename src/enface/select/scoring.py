@@ -40,6 +40,7 @@ import torch
 
 from enface.data.folder import Case
 from enface.engine.inference import Ensemble
+from enface.targets import binary
 
 __all__ = [
     "AREA_FLOOR_MM2",
@@ -175,14 +176,14 @@ def _samples(ensemble: Ensemble, volume: torch.Tensor, views: Sequence[tuple[int
 
 def _case_score(case: Case, probs: np.ndarray, area_floor_mm2: float, features: np.ndarray | None) -> CaseScore:
     px = float(case.spacing[0]) * float(case.spacing[1])
-    areas = (probs >= 0.5).reshape(len(probs), -1).sum(axis=1) * px
+    areas = binary(probs).reshape(len(probs), -1).sum(axis=1) * px
     return CaseScore(
         case.case_id,
         case.patient_id,
         case.meta.eye,
         None if case.meta.visit is None else int(case.meta.visit),
         uncertainty_score(probs, case.spacing, area_floor_mm2),
-        float((probs.mean(axis=0) >= 0.5).sum() * px),
+        float(binary(probs.mean(axis=0)).sum() * px),
         float(areas.std()),
         features,
     )

@@ -30,20 +30,19 @@ each pool case for the report's diagnostics only.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from enface.config import FAST_DEFAULT
 from enface.data.folder import load_case
 from enface.engine.inference import read_run_config
 from enface.errors import ConfigError
 from enface.fileio import atomic_write_json, read_json_object
 from enface.study.active_config import START, ActiveConfig
 from enface.study.config import StudyConfig
-from enface.study.plan import PlannedRun, run_folder
+from enface.study.plan import PlannedRun, run_config, run_folder
 
 __all__ = [
     "labeled_training_patients",
@@ -53,6 +52,10 @@ __all__ = [
     "selection_path",
     "start_patients",
 ]
+
+Trainer = Callable[[StudyConfig, PlannedRun], str]
+"""Trains a planned run (:func:`enface.study.run.execute_run`, handed in: the study's runner calls
+this module, so this module does not import it back)."""
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +116,10 @@ def _run_patients(folder: Path) -> tuple[str, ...]:
     return tuple(sorted(str(p) for p in patients))
 
 
-def round_patients(study: StudyConfig, run: PlannedRun) -> tuple[str, ...]:
+def round_patients(study: StudyConfig, run: PlannedRun, train: Trainer) -> tuple[str, ...]:
     """The labeled patients of an active round: drawn (round 0), recorded (by its selection here,
-    or in its ledger record), or made by its selection now.
+    or in its ledger record), or made by its selection now (``train`` trains the round before
+    when the ledger records it but this machine lacks it).
 
     Raises:
         ConfigError: the round before has not finished and is not recorded in the ledger.
@@ -131,10 +135,10 @@ def round_patients(study: StudyConfig, run: PlannedRun) -> tuple[str, ...]:
     if recorded is not None and recorded.get("active", {}).get("selection"):
         atomic_write_json(path, {**recorded["active"]["selection"], "strategy": run.strategy, "round": run.round})
         return tuple(recorded["active"]["patients"])
-    return tuple(_select_round(study, run, path)["patients"])
+    return tuple(_select_round(study, run, path, train)["patients"])
 
 
-def _source_folder(study: StudyConfig, run: PlannedRun) -> Path:
+def _source_folder(study: StudyConfig, run: PlannedRun, train: Trainer) -> Path:
     """The finished run folder of the round before ``run``, trained here first when the ledger
     records it but this machine does not have it.
 
@@ -142,7 +146,6 @@ def _source_folder(study: StudyConfig, run: PlannedRun) -> Path:
         ConfigError: the round before has neither finished here nor been recorded.
     """
     from enface.study.ledger import read_record
-    from enface.study.run import execute_run
 
     source = source_run(run)
     src = run_folder(study, source)
@@ -153,15 +156,15 @@ def _source_folder(study: StudyConfig, run: PlannedRun) -> Path:
                 f"which has not finished ({src}); run the earlier plan indices first"
             )
         log.info("training round %d again here: the round after it selects with its ensemble", source.round)
-        execute_run(study, source, progress=False)
+        train(study, source)
     return src
 
 
-def _select_round(study: StudyConfig, run: PlannedRun, path: Path) -> dict[str, Any]:
+def _select_round(study: StudyConfig, run: PlannedRun, path: Path, train: Trainer) -> dict[str, Any]:
     from enface.select import rank_cases
 
     active = _active(study)
-    src = _source_folder(study, run)
+    src = _source_folder(study, run, train)
     labeled = _run_patients(src)
     by_patient = labeled_training_patients(study)
     pool_cases = sorted(c for p, cases in by_patient.items() if p not in labeled for c in cases)
@@ -171,7 +174,7 @@ def _select_round(study: StudyConfig, run: PlannedRun, path: Path) -> dict[str, 
         scores = [_bare_score(load_case(Path(study.dataset) / "cases" / c)) for c in pool_cases]
         centers: list[CaseScore] = []
     else:
-        cache = pool_scores(study, src, pool_cases, [c for p in labeled for c in by_patient[p]], active.tta)
+        cache = pool_scores(study, source_run(run), pool_cases, [c for p in labeled for c in by_patient[p]], active.tta)
         scores, centers = cache["scores"], cache["labeled"]
     picks = rank_cases(scores, run.strategy, active.patients_per_round, "patient", [run.seed, run.round], centers)
     picked: list[dict[str, Any]] = [
@@ -206,21 +209,26 @@ def _bare_score(case: Any) -> Any:
 
 
 def pool_scores(
-    study: StudyConfig, run_dir: Path, pool: Sequence[str], labeled: Sequence[str], tta: bool
+    study: StudyConfig, source: PlannedRun, pool: Sequence[str], labeled: Sequence[str], tta: bool
 ) -> dict[str, Any]:
     """Scores (with features) of a pool and of the labeled cases by a run's ensemble, cached in the run.
 
-    The cache ``<run>/select/pool-scores.json`` is reused when it holds the same pool, labeled
+    The ensemble runs where the run trained and on its path (fast or plain), from the run's
+    resolved config (its ``train:`` settings over ``common:``), as its evaluation does. The
+    cache ``<run>/select/pool-scores.json`` is reused when it holds the same pool, labeled
     cases, ensemble size and views. It also records the oracle's Dice of each pool case
     (reference masks, for the report's diagnostics; the selection never reads it).
 
     Returns:
         ``{"scores": [CaseScore], "labeled": [CaseScore], "oracle_dice": {case_id: Dice}}``.
     """
+    from enface.engine.fit import run_device  # Lightning: only where a study trains anyway
     from enface.engine.inference import Ensemble
     from enface.metrics import dice_score
     from enface.select.scoring import CaseScore, score_cases
+    from enface.targets import binary
 
+    run_dir = run_folder(study, source)
     path = run_dir / "select" / "pool-scores.json"
     key = {"pool": sorted(pool), "labeled": sorted(labeled), "top_k": study.top_k, "tta": bool(tta)}
     if path.is_file():
@@ -232,11 +240,12 @@ def pool_scores(
                 "oracle_dice": cached["oracle_dice"],
             }
     root = Path(study.dataset)
-    ensemble = Ensemble.from_run(run_dir, study.top_k, fast=bool(study.common.get("fast", FAST_DEFAULT)))
+    config = run_config(study, source)
+    ensemble = Ensemble.from_run(run_dir, study.top_k, run_device(config), config.fast)
     oracle: dict[str, float] = {}
 
     def dice_of(cid: str, prob: np.ndarray) -> None:
-        oracle[cid] = dice_score(prob >= 0.5, load_case(root / "cases" / cid).load_mask(study.task))
+        oracle[cid] = dice_score(binary(prob), load_case(root / "cases" / cid).load_mask(study.task))
 
     scores = score_cases(ensemble, root, sorted(pool), tta, True, on_case=dice_of, progress=False)
     centers = score_cases(ensemble, root, sorted(labeled), False, True, progress=False)

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from enface.targets import binary
+
 __all__ = ["FULL_FRACTION", "RISE_TOLERANCE", "collapse_flag", "rising_flag"]
 
 RISE_TOLERANCE = 0.02
@@ -65,7 +67,7 @@ def collapse_flag(rows: Sequence[Mapping[str, Any]], predictions: Path | None = 
         return "collapsed (empty)"
     if predictions is not None and predictions.is_file():
         with np.load(predictions) as data:
-            fractions = [float(np.mean(data[k] >= 128)) for k in data.files]
+            fractions = [float(np.mean(binary(data[k] / 255))) for k in data.files]  # stored as round(p * 255)
         if fractions and np.mean([f > FULL_FRACTION for f in fractions]) >= 0.5:
             return "collapsed (full)"
     return None

@@ -20,6 +20,7 @@ import numpy as np
 
 from enface.data.folder import Case, load_case
 from enface.progression import Visit, lesion_features, rate_agreement
+from enface.targets import binary
 
 __all__ = ["GROWTH_COLUMNS", "growth_agreement", "seed_growth"]
 
@@ -75,7 +76,7 @@ def seed_growth(npz: Path, dataset: str, task: str) -> dict[str, Any] | None:
     predicted: list[Visit] = []
     with np.load(npz) as data:
         for cid in data.files:
-            v = _visit(cases.case(cid), data[cid] >= 128)
+            v = _visit(cases.case(cid), binary(data[cid] / 255))  # stored as round(p * 255)
             if v is not None and cid in cases.reference:
                 predicted.append(v)
     _, summary = rate_agreement(predicted, [cases.reference[v.case_id] for v in predicted])

@@ -26,6 +26,7 @@ from enface.study.plan import PlannedRun
 from enface.study.results import ACTIVE_COLUMNS, config_label
 from enface.study.stats import format_number as _fmt
 from enface.study.stats import format_p as _fmt_p
+from enface.targets import THRESHOLD
 
 __all__ = [
     "active_markdown",
@@ -269,7 +270,7 @@ def _report_markdown(study: StudyConfig, results: Mapping[str, Any], figures: Se
         f"# Study: {study.name}",
         "",
         f"Dataset `{study.dataset}`, task `{study.task}`; {_arms_text(study)}; seeds "
-        f"{', '.join(map(str, study.seeds))}. Top-{study.top_k} checkpoint ensembles, threshold 0.5. "
+        f"{', '.join(map(str, study.seeds))}. Top-{study.top_k} checkpoint ensembles, threshold {THRESHOLD:g}. "
         f"{_budget_text(study)}",
         "",
         *_cost_markdown(results),

@@ -23,13 +23,14 @@ from typing import Any
 import numpy as np
 import yaml
 
+from enface.data.folder import is_dataset
 from enface.engine.checkpoint import topk_checkpoints
 from enface.errors import ConfigError
 from enface.fileio import FolderLock, atomic_write_json, atomic_write_text, path_under, read_json_object
 from enface.study.config import StudyConfig, study_as_dict
 from enface.study.ledger import RECORD_METRICS, overlay_cases, pack_mask, read_record, record_number, write_record
 from enface.study.plan import PlannedRun, check_index, plan_study, run_config, run_folder
-from enface.targets import Target
+from enface.targets import Target, binary
 
 __all__ = ["ensure_datasets", "execute_run", "pretrained_checkpoint", "run_study"]
 
@@ -70,7 +71,7 @@ def ensure_datasets(study: StudyConfig) -> None:
     wanted = [("dataset", study.dataset, study.synth)]
     wanted += [(f"test set {name!r}", ts["dataset"], ts.get("synth")) for name, ts in study.test_sets.items()]
     for what, folder, synth in wanted:
-        if (Path(folder) / "dataset.json").is_file():
+        if is_dataset(folder):
             continue
         if not synth:
             raise ConfigError(f"study: {what} {folder} not found (and no 'synth' entry to generate it)")
@@ -101,6 +102,11 @@ def _check_test_set_cases(study: StudyConfig, name: str, ts: dict[str, Any]) -> 
         )
 
 
+def _train_quietly(study: StudyConfig, run: PlannedRun) -> str:
+    """Train a run an active round needs (its round before), without progress output."""
+    return execute_run(study, run, progress=False)
+
+
 def execute_run(study: StudyConfig, run: PlannedRun, progress: bool = True) -> str:
     """Train one planned run (resuming it when killed earlier), evaluate it on every test set
     and leave its record in the ledger unless one is there already.
@@ -118,7 +124,7 @@ def execute_run(study: StudyConfig, run: PlannedRun, progress: bool = True) -> s
     if run.stage == "active":  # its patients: drawn (round 0) or selected with the round before
         from enface.study.active import round_patients
 
-        patients = round_patients(study, run)
+        patients = round_patients(study, run, _train_quietly)
     config = run_config(study, run, init_ckpt, patients)
     result = fit(config, resume=True, progress=progress)
     if result.status == "interrupted":
@@ -175,7 +181,7 @@ def _evaluation_record(study: StudyConfig, run: PlannedRun, name: str, folder: P
     if run.stage == "train" and first and run.fraction == min(study.fractions) and run.seed == study.seeds[0]:
         ids = overlay_cases(Path(ts["dataset"]), [r["case_id"] for r in rows], study.task, study.overlay_cases)
         with np.load(npz) as data:
-            record["overlay"] = {c: pack_mask(data[c] >= 128) for c in ids}
+            record["overlay"] = {c: pack_mask(binary(data[c] / 255)) for c in ids}  # stored as round(p * 255)
     return record
 
 
@@ -185,7 +191,7 @@ def _active_record(study: StudyConfig, run: PlannedRun) -> dict[str, Any] | None
         return None
     from enface.study.active import round_patients, selection_diagnostics, selection_path
 
-    out: dict[str, Any] = {"patients": list(round_patients(study, run))}
+    out: dict[str, Any] = {"patients": list(round_patients(study, run, _train_quietly))}
     path = selection_path(study, run)
     if run.round > 0 and path.is_file():
         selection = read_json_object(path)

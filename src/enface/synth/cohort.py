@@ -19,7 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from enface.data.folder import CaseMeta, is_dataset, write_case, write_dataset_info
+from enface.data.splits import split_dataset
 from enface.fileio import writable_folder
+from enface.progress import Progress
 from enface.synth.eye import TASKS, EyeModel, make_grid
 from enface.synth.presets import get_preset
 from enface.synth.realism import get_difficulty
@@ -136,8 +139,7 @@ def _prepare_output(out: Path, overwrite: bool) -> None:
         raise ValueError(f"{out}: exists and is not a folder")
     if not out.exists() or not any(out.iterdir()):
         return
-    is_dataset = (out / "dataset.json").is_file() or (out / "cases").is_dir()
-    if not is_dataset:
+    if not is_dataset(out, unfinished=True):
         raise ValueError(f"{out}: folder is not empty and is not a dataset folder; choose another output")
     if not overwrite:
         raise ValueError(f"{out}: already holds a dataset (pass overwrite=True / --overwrite to replace it)")
@@ -186,8 +188,6 @@ def synthesize_dataset(
     Raises:
         ValueError: bad arguments, or ``out`` holds something that would be overwritten.
     """
-    from enface.data.splits import split_dataset
-
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     p = get_preset(preset)
@@ -240,14 +240,14 @@ def _write_cases(
     progress: bool,
 ) -> list[dict[str, Any]]:
     """Render and write every planned case, one eye model at a time; what each holds."""
-    from tqdm.auto import tqdm
-
     model: EyeModel | None = None
     written: list[dict[str, Any]] = []
-    for case in tqdm(plan, desc="enface synth", unit="case", disable=not progress):
-        if model is None or model.seed != case.eye_seed:
-            model = EyeModel(case.eye_seed, grid, task=task, eye=case.eye, difficulty=difficulty)
-        written.append(_write_phantom_case(out, model, case, device, source))
+    with Progress(len(plan), "enface synth", "case", progress, log) as bar:
+        for case in plan:
+            if model is None or model.seed != case.eye_seed:
+                model = EyeModel(case.eye_seed, grid, task=task, eye=case.eye, difficulty=difficulty)
+            written.append(_write_phantom_case(out, model, case, device, source))
+            bar.step(case.case_id)
     return written
 
 
@@ -255,8 +255,6 @@ def _write_info(
     out: Path, name: str, plan: list[CohortCase], written: list[dict[str, Any]], spacing: Any, generator: dict[str, Any]
 ) -> dict[str, int]:
     """Write ``dataset.json`` of a phantom; returns its counts."""
-    from enface.data.folder import write_dataset_info
-
     counts = {
         "patients": len({c.patient_id for c in plan}),
         "cases": len(plan),
@@ -278,8 +276,6 @@ def _write_info(
 
 def _write_phantom_case(out: Path, model: EyeModel, case: CohortCase, device: str, source: str) -> dict[str, Any]:
     """Render one planned visit of an eye and write it as a case; what it holds, for the counts."""
-    from enface.data.folder import CaseMeta, write_case
-
     ph = model.render(day=case.day, flattened=True)
     images = {"slo": ph.slo, **({"faf": ph.faf} if case.has_faf else {})}
     masks = {k: m for k, m in ph.masks.items() if "." not in k or case.grader2} if case.labeled else {}

@@ -1,0 +1,42 @@
+"""Hand-made engine checkpoints for the tests of inference, predict and what reads its output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from enface.data.normalize import zscore_per_bscan
+from enface.models import create_model, model_spec
+
+WIDTH = 0.125
+CASE = "P0001_OD_V1"
+"""The phantom case whose logits a saved FPN's head bias centres."""
+
+
+def save_checkpoint(path: Path, dataset: Path, seed: int, name: str = "fpn", task: str = "segment", **kwargs) -> Path:
+    """A hand-made engine checkpoint whose head bias centres the logits on a phantom case."""
+    torch.manual_seed(seed)
+    model = create_model(name, width=WIDTH, **kwargs).eval()
+    if name == "fpn":
+        vol = np.load(dataset / "cases" / CASE / "oct.npy").astype(np.float32)
+        with torch.no_grad():
+            logits = model(torch.from_numpy(zscore_per_bscan(vol))[None, None])
+            model.head.bias -= logits.median()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+            "enface": {
+                "model": model_spec(model),
+                "task": task,
+                "metric": None,
+                "epoch": 0,
+                "format_version": 1,
+                "config": {"dataset": str(dataset), "target": "ga" if task == "segment" else "faf_inv"},
+            },
+        },
+        path,
+    )
+    return path
