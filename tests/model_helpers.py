@@ -40,3 +40,10 @@ def save_checkpoint(path: Path, dataset: Path, seed: int, name: str = "fpn", tas
         path,
     )
     return path
+
+
+def ranked_run(root: Path, dataset: Path) -> Path:
+    """A run folder ``root`` with two ranked checkpoints of different weights (val Dice 0.40, 0.60)."""
+    save_checkpoint(root / "checkpoints" / "epoch=1-val_dice=0.40.ckpt", dataset, seed=1)
+    save_checkpoint(root / "checkpoints" / "epoch=2-val_dice=0.60.ckpt", dataset, seed=2)
+    return root

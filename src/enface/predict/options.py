@@ -34,6 +34,11 @@ class PredictOptions:
             computes it natively, else float32), ``"bf16"`` or ``"32"``.
         dicom_seg: also write each DICOM scan's mask as a DICOM Segmentation on the grid's
             own image (:mod:`enface.predict.dicom_seg`), into its study.
+        workers: processes predicting scans at once, each with its own copy of the ensemble
+            (:mod:`enface.predict.pipeline`).
+        overlap: with one worker, read and prepare the next scan while the current one runs
+            through the ensemble.
+        timings: write ``timings.csv`` (seconds of each scan's stages) into the output folder.
     """
 
     fmt: str | None = None
@@ -47,6 +52,9 @@ class PredictOptions:
     fast: bool = FAST_DEFAULT
     precision: str = INFERENCE_PRECISION_DEFAULT
     dicom_seg: bool = False
+    workers: int = 1
+    overlap: bool = True
+    timings: bool = False
 
     def __post_init__(self) -> None:
         if self.fmt is not None:
@@ -59,5 +67,7 @@ class PredictOptions:
             raise ValueError(f"bm must be 'auto', 'export' or 'estimate', got {self.bm!r}")
         if self.precision not in INFERENCE_PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(INFERENCE_PRECISIONS)}, got {self.precision!r}")
+        if int(self.workers) < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.precision == "bf16" and not self.fast:
             raise ValueError("precision bf16 runs on the fast path; the plain path (fast=False) is float32")
