@@ -36,7 +36,7 @@ from collections.abc import Callable
 import numpy as np
 
 from enface.data.preprocess import estimate_bm
-from enface.synth import EyeModel, make_grid
+from enface.synth.eye import EyeModel, make_grid
 
 REGIONS: tuple[str, ...] = ("inside GA", "outside GA", "normal", "drusen", "vessels")
 DRUSEN_MIN_MM = 0.01

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from enface.data.register import apply_matrix, register_images, registration_quality, warp_image
-from enface.synth import EyeModel, make_grid
+from enface.synth.eye import EyeModel, make_grid
 
 RIGHT_PX, WRONG_PX = 3.0, 10.0
 DEFAULT_THRESHOLD = 0.3

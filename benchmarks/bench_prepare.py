@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from enface.data.register import warp_image
-from enface.synth import EyeModel, make_grid
+from enface.synth.eye import EyeModel, make_grid
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from bench_faf_quality import _similarity  # a similarity about the image centre, (x, y) pixels

@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from enface.synth import EyeModel, make_grid, plan_cohort
+from enface.synth.cohort import plan_cohort
+from enface.synth.eye import EyeModel, make_grid
 
 AREA_BINS = (0.0, 0.25, 1.0, 2.5, 5.0, 10.0, 20.0, np.inf)
 SIZE_GROUPS = (("< 1 mm²", 0.0, 1.0), ("1-5 mm²", 1.0, 5.0), ("> 5 mm²", 5.0, np.inf))

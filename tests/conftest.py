@@ -28,7 +28,7 @@ def phantom_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Six patients on an 8 x 32 x 64 grid with GA and RPD masks (``task="both"``): labeled and
     unlabeled visits, visits without FAF, second-grader masks; ``splits.json`` included.
     """
-    from enface.synth import synthesize_dataset
+    from enface.synth.cohort import synthesize_dataset
 
     out = tmp_path_factory.mktemp("phantom") / "phantom"
     return synthesize_dataset(
@@ -43,3 +43,23 @@ def phantom_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
         grader2_fraction=0.5,
         progress=False,
     )
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The engine tests' tiny dataset (``tiny_data.make_tiny_dataset``: 8 patients, FAF and GA
+    following one bright band), one per test module."""
+    from tiny_data import make_tiny_dataset
+
+    return make_tiny_dataset(tmp_path_factory.mktemp("tiny") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny_finished_run(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder trained two epochs on ``tiny_dataset`` (a segmentation run of GA)."""
+    from enface.config import load_config
+    from enface.engine.fit import fit
+    from tiny_data import FAST
+
+    overrides = {"dataset": str(tiny_dataset), "runs_dir": str(tmp_path_factory.mktemp("runs")), **FAST, "epochs": 2}
+    return fit(load_config(None, "train", overrides), progress=False).run_dir

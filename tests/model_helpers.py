@@ -47,3 +47,23 @@ def ranked_run(root: Path, dataset: Path) -> Path:
     save_checkpoint(root / "checkpoints" / "epoch=1-val_dice=0.40.ckpt", dataset, seed=1)
     save_checkpoint(root / "checkpoints" / "epoch=2-val_dice=0.60.ckpt", dataset, seed=2)
     return root
+
+
+def tiny_run(root: Path) -> dict[str, Path]:
+    """A two-case dataset of depth 64 and a finished run folder with one hand-made checkpoint of
+    it: ``{"ds": dataset, "run": run folder, "ckpt": its checkpoint}``."""
+    import yaml
+
+    from tiny_data import make_tiny_dataset
+
+    ds = make_tiny_dataset(root / "ds", patients=2)
+    run = root / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    net = create_model("fpn", width=0.125).eval()
+    config = {"dataset": str(ds), "target": "ga", "stage": "train"}
+    ckpt = run / "checkpoints" / "epoch=1-val_dice=0.50.ckpt"
+    enface = {"model": model_spec(net), "task": "segment", "metric": None, "epoch": 1, "config": config}
+    torch.save({"state_dict": {f"model.{k}": v for k, v in net.state_dict().items()}, "enface": enface}, ckpt)
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    (run / "done.json").write_text("{}")
+    return {"ds": ds, "run": run, "ckpt": ckpt}

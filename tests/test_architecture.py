@@ -213,3 +213,41 @@ def test_the_error_text_finder_finds_what_it_looks_for() -> None:
     for code in ('"disk is full" in r.reason', 'str(e).removeprefix(f"{p}: ")', '"GLOBAL" not in str(e)'):
         assert _reads_error_text(ast.parse(code, mode="eval").body), code
     assert not _reads_error_text(ast.parse("e.kind == 'disk full'", mode="eval").body)
+
+
+def _face_problems(path: Path, package: str) -> list[str]:
+    """What an ``__init__.py`` holds besides its docstring, ``__all__`` and re-exports
+    ``from enface.<module> import <names>`` (not from the package itself: that would import a
+    module for its side effects)."""
+    problems = []
+    for i, node in enumerate(ast.parse(path.read_text(encoding="utf-8")).body):
+        if i == 0 and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            continue  # the docstring
+        module = node.module or "" if isinstance(node, ast.ImportFrom) else ""
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and module.startswith("enface.") and module != package:
+            continue
+        if isinstance(node, ast.Assign) and [ast.unparse(t) for t in node.targets] == ["__all__"]:
+            continue
+        problems.append(f"line {node.lineno}: {ast.unparse(node).splitlines()[0]}")
+    return problems
+
+
+@pytest.mark.parametrize(
+    "path", sorted(p for p in SRC.rglob("__init__.py") if p.parent != SRC), ids=lambda p: str(p.relative_to(SRC))
+)
+def test_a_package_face_only_says_what_it_holds_and_re_exports(path: Path) -> None:
+    """One convention for every package's ``__init__.py`` (docs/layout.md): a docstring and
+    re-exports of public names; no function, class, constant, lazy loader or logic."""
+    package = ".".join(path.parent.relative_to(SRC.parent).parts)
+    problems = _face_problems(path, package)
+    assert not problems, f"{path.relative_to(SRC)}: " + "; ".join(problems)
+
+
+def test_the_face_check_refuses_logic_and_side_imports(tmp_path: Path) -> None:
+    face = tmp_path / "__init__.py"
+    face.write_text(
+        '"""Doc."""\nfrom __future__ import annotations\nfrom enface.select.queue import select_queue\n'
+        "from enface.select import scoring\nimport numpy\n\ndef f():\n    pass\n__all__ = ['select_queue']\n"
+    )
+    problems = _face_problems(face, "enface.select")
+    assert [p.split(":")[0] for p in problems] == ["line 2", "line 4", "line 5", "line 7"]

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from enface.cli import main
 from enface.config import load_config
@@ -18,6 +19,8 @@ from enface.engine.checkpoint import load_model, topk_checkpoints
 from enface.engine.fit import fit
 from enface.engine.inference import Ensemble
 from enface.evaluate import evaluate, read_cases_csv, summarize
+from model_helpers import tiny_run
+from tiny_data import make_tiny_dataset
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +96,53 @@ def test_summarize_counts_undefined_hd95_apart() -> None:
     s = summarize(rows)
     assert s["hd95_mm"] == {"mean": 2.0, "std": 0.0, "median": 2.0, "n": 1, "n_undefined": 1}
     assert s["dice"]["mean"] == 0.25 and s["dice"]["std"] == pytest.approx(np.std([0.5, 0.0], ddof=1))
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A two-case dataset of depth 64, a run folder with one hand-made checkpoint of it."""
+    return tiny_run(tmp_path_factory.mktemp("workflow"))
+
+
+def test_evaluate_warns_of_a_depth_other_than_the_training_depth(
+    model: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from enface.evaluate import evaluate
+
+    deep = make_tiny_dataset(tmp_path / "deep", patients=2, shape=(8, 32, 128))
+    with caplog.at_level("WARNING"):
+        evaluate(model["run"], split="all", dataset=deep, top_k=1, out_dir=tmp_path / "ev", progress=False)
+    assert "scan depth 128 differs from the training depth 64" in caplog.text
+    assert caplog.text.count("differs from the training depth") == 1  # once, not once per case
+
+
+def test_evaluate_options_and_unfinished_runs(tiny_finished_run: Path, tmp_path: Path, capsys, caplog) -> None:
+    assert main(["evaluate", str(tiny_finished_run), "--top-k", "0"]) == 2
+    assert "top-k must be >= 1" in capsys.readouterr().err
+    assert main(["evaluate", str(tiny_finished_run), "--threshold", "7"]) == 2
+    assert "threshold must lie in (0, 1)" in capsys.readouterr().err
+    killed = tmp_path / "killed"
+    shutil.copytree(tiny_finished_run, killed)
+    (killed / "done.json").unlink()
+    with caplog.at_level("WARNING"):
+        assert main(["evaluate", str(killed), "--split", "all", "--top-k", "1"]) == 0
+    assert "has not finished" in caplog.text
+
+
+def test_evaluate_from_another_working_directory(tiny_finished_run: Path, tmp_path: Path, monkeypatch) -> None:
+    cfg = yaml.safe_load((tiny_finished_run / "config.yaml").read_text())
+    assert Path(cfg["dataset"]).is_absolute()  # stored absolute where the run starts
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", str(tiny_finished_run), "--split", "all", "--out", "ev"]) == 0
+
+
+def test_wrong_size_mask_names_the_case(tiny_finished_run: Path, tiny_dataset: Path, tmp_path: Path, capsys) -> None:
+    from PIL import Image
+
+    copy = tmp_path / "d"
+    shutil.copytree(tiny_dataset, copy)
+    case = sorted((copy / "cases").iterdir())[0]
+    Image.fromarray(np.zeros((3, 3), np.uint8)).save(case / "mask_ga.png")
+    assert main(["evaluate", str(tiny_finished_run), "--dataset", str(copy), "--split", "all"]) == 2
+    err = capsys.readouterr().err
+    assert f"case {case.name}: mask_ga.png has shape (3, 3)" in err

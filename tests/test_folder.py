@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from enface.cli import main
 from enface.data.folder import (
     CaseMeta,
     list_cases,
@@ -21,6 +23,7 @@ from enface.data.folder import (
 )
 from enface.errors import DatasetError
 from enface.fileio import atomic_save_png, atomic_write
+from tiny_data import disc_dataset
 
 META = CaseMeta(case_id="P1_OD_v0", patient_id="P1", eye="OD", visit=0, spacing=(0.12, 0.01, 0.004))
 
@@ -138,3 +141,60 @@ def test_splits_reject_a_patient_in_two_splits(tmp_path: Path) -> None:
     (tmp_path / "splits.json").write_text(json.dumps({"train": ["A"], "val": ["A"], "test": []}))
     with pytest.raises(DatasetError, match="patient 'A' appears in both 'train' and 'val'"):
         read_splits(tmp_path)
+
+
+def test_complex_volume_is_refused(tmp_path: Path) -> None:
+    from enface.data.folder import CaseMeta, write_case
+
+    with pytest.raises(DatasetError, match="real numbers, got dtype complex64"):
+        write_case(tmp_path, CaseMeta("c", "p"), np.zeros((2, 3, 4), np.complex64))
+    from enface.fileio import load_npy
+
+    np.save(tmp_path / "v.npy", np.zeros((2, 3, 4), np.complex128))
+    with pytest.raises(DatasetError, match="v.npy: expected real numbers, got dtype complex128"):
+        load_npy(tmp_path / "v.npy")
+
+
+def test_random_bytes_npy_is_named_not_a_npy_file(tmp_path: Path) -> None:
+    from enface.fileio import load_npy
+
+    (tmp_path / "oct.npy").write_bytes(os.urandom(4096))
+    with pytest.raises(DatasetError, match="oct.npy: not a .npy file") as e:
+        load_npy(tmp_path / "oct.npy")
+    assert "allow_pickle" not in str(e.value)
+
+
+@pytest.mark.parametrize("patient", [None, "", "  ", True])
+def test_null_patient_id_is_an_error(patient: object) -> None:
+    from enface.data.folder import CaseMeta
+
+    with pytest.raises(DatasetError, match="meta.json: patient_id is missing, null or not a name"):
+        CaseMeta.from_json({"case_id": "c", "patient_id": patient, "spacing": [1, 1, 1]})
+
+
+def test_case_id_is_optional_but_must_match(tiny_dataset: Path, tmp_path: Path) -> None:
+    from enface.data.check import check_dataset
+    from enface.data.folder import list_cases
+
+    copy = tmp_path / "d"
+    shutil.copytree(tiny_dataset, copy)
+    for meta in (copy / "cases").glob("*/meta.json"):
+        obj = json.loads(meta.read_text())
+        del obj["case_id"]
+        meta.write_text(json.dumps(obj))
+    assert [c.case_id for c in list_cases(copy)] == sorted(p.name for p in (copy / "cases").iterdir())
+    assert check_dataset(copy, deep=False).ok
+    first = sorted((copy / "cases").iterdir())[0] / "meta.json"
+    first.write_text(json.dumps({**json.loads(first.read_text()), "case_id": "other"}))
+    with pytest.raises(DatasetError, match="does not match"):
+        list_cases(copy)
+
+
+def test_deeply_nested_meta_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    ds = disc_dataset(tmp_path / "ds")
+    meta = ds / "cases" / "P1_OD_V1" / "meta.json"
+    meta.write_text('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    assert main(["check", str(ds)]) == 1
+    assert "meta.json: nested too deeply" in capsys.readouterr().out
+    assert main(["progression", str(ds), "--reference", "--out", str(tmp_path / "out")]) == 2
+    assert "nested too deeply" in capsys.readouterr().err

@@ -95,3 +95,19 @@ def test_sixteen_bit_image_scaling(tmp_path: Path) -> None:
     arr = np.arange(48, dtype=np.uint16).reshape(6, 8) * 1000
     Image.fromarray(arr).save(tmp_path / "i16.png")
     np.testing.assert_allclose(read_image(tmp_path / "i16.png"), arr / 65535.0, atol=1e-6)
+
+
+def test_image_and_mask_readers_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="missing.png: image file not found"):
+        read_image(tmp_path / "missing.png")
+    (tmp_path / "t.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    with pytest.raises(DatasetError, match="t.png: unreadable or truncated"):
+        read_image(tmp_path / "t.png")
+    Image.fromarray(np.array([[0, 3], [3, 0]], np.uint8)).save(tmp_path / "m.png")
+    with pytest.raises(DatasetError, match="m.png: mask is not binary"):
+        read_mask(tmp_path / "m.png")
+    rgb = np.zeros((2, 2, 3), np.uint8)
+    rgb[0, 0] = (255, 0, 0)
+    Image.fromarray(rgb).save(tmp_path / "c.png")
+    with pytest.raises(DatasetError, match="c.png: colour mask"):
+        read_mask(tmp_path / "c.png")

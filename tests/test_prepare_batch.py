@@ -1,4 +1,4 @@
-"""``prepare`` at scale: workers, re-runs after new files, where OUT may lie, bm.npy."""
+"""``prepare``'s batch: workers, re-runs after new files, where OUT may lie, a full disk, bm.npy."""
 
 from __future__ import annotations
 
@@ -13,12 +13,14 @@ from enface.cli import main
 from enface.data.prepare import PrepareOptions, prepare_dataset
 from enface.data.preprocess import FlattenParams, flatten_volume
 from enface.errors import DatasetError
+from fault_helpers import FillingDisk, disk_fills_after
 from formats_helpers import layered_volume
 
 OPTS = PrepareOptions(fmt="numpy", flatten=FlattenParams(0.2, 0.1, 16), spacing=(0.1, 0.02, 0.005))
 
 
 def _scan(folder: Path, name: str, seed: int, **sidecar: object) -> np.ndarray:
+    folder.mkdir(parents=True, exist_ok=True)
     vol, bm, _ = layered_volume((4, 24, 64), seed=seed)
     np.save(folder / f"{name}.npy", vol)
     if sidecar:
@@ -50,40 +52,6 @@ def test_workers_give_the_same_bytes(tmp_path: Path) -> None:
     assert _digest(one) == _digest(two)
 
 
-def test_rerun_with_a_new_file_whose_name_sanitises_alike(tmp_path: Path) -> None:
-    """a b, a_b, a&b -> three cases; adding a+b writes a fourth case from a+b, skips the others."""
-    src = tmp_path / "src"
-    src.mkdir()
-    for i, name in enumerate(("a b", "a_b", "a&b")):
-        _scan(src, name, i)
-    out = tmp_path / "ds"
-    first = prepare_dataset(src, out, OPTS, progress=False)
-    assert len(first.written) == 3
-    before = {cid: json.loads((out / "cases" / cid / "meta.json").read_text())["source"] for cid in first.written}
-    _scan(src, "a+b", 7)
-    second = prepare_dataset(src, out, OPTS, progress=False)
-    assert len(second.written) == 1 and sorted(second.skipped) == sorted(first.written)
-    new = second.written[0]
-    assert new not in before
-    assert json.loads((out / "cases" / new / "meta.json").read_text())["source"].endswith("a+b.npy")
-    after = {cid: json.loads((out / "cases" / cid / "meta.json").read_text())["source"] for cid in first.written}
-    assert after == before  # every finished case still holds its own scan
-    assert len({v for v in after.values()} | {str(src / "a+b.npy")}) == 4
-
-
-@pytest.mark.parametrize("where", ["same", "inside", "holds"])
-def test_out_and_src_must_not_nest(tmp_path: Path, where: str, capsys) -> None:
-    src = tmp_path / "src"
-    src.mkdir()
-    _scan(src, "s", 0)
-    out = {"same": src, "inside": src / "ds", "holds": tmp_path}[where]
-    with pytest.raises(DatasetError, match="inside the source folder|holds the source"):
-        prepare_dataset(src, out, OPTS, progress=False)
-    assert sorted(p.name for p in src.iterdir()) == ["s.npy"]
-    rc = main(["prepare", str(src), str(out), "--format", "numpy", "--spacing", "0.1,0.02,0.005", "--no-progress"])
-    assert rc == 2 and "Traceback" not in capsys.readouterr().err
-
-
 def test_bm_npy_records_the_bm_flattened_along(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
@@ -100,3 +68,88 @@ def test_bm_npy_records_the_bm_flattened_along(tmp_path: Path) -> None:
     assert main(["check", str(out)]) == 0
     np.save(case / "bm.npy", recorded + 1000)  # out of the source depth: check says so
     assert main(["check", str(out)]) == 1
+
+
+SPACING = ["--spacing", "0.1,0.02,0.005"]
+
+
+def _meta(case: Path) -> dict:
+    return json.loads((case / "meta.json").read_text())
+
+
+def test_prepare_rerun_writes_exactly_the_new_scan_when_names_sanitise_alike(tmp_path: Path) -> None:
+    """Ids are kept per source file; a+b added later gets a new id, nothing is rewritten."""
+    src, out = tmp_path / "src", tmp_path / "ds"
+    for i, name in enumerate(("a b", "a_b", "a&b")):
+        _scan(src, name, i)
+    first = prepare_dataset(src, out, OPTS, progress=False)
+    assert first.written == ["a_b", "a_b-2", "a_b-3"]  # by sorted source name: 'a b', 'a&b', 'a_b'
+    keys = {cid: _meta(out / "cases" / cid)["extra"]["source_key"] for cid in first.written}
+    assert keys == {"a_b": "a b.npy", "a_b-2": "a&b.npy", "a_b-3": "a_b.npy"}
+    before = {cid: (out / "cases" / cid / "oct.npy").read_bytes() for cid in first.written}
+    _scan(src, "a+b", 7)  # sorts between 'a&b' and 'a_b': positions would shift
+    second = prepare_dataset(src, out, OPTS, progress=False)
+    assert second.written == ["a_b-4"] and sorted(second.skipped) == sorted(first.written)
+    assert _meta(out / "cases" / "a_b-4")["extra"]["source_key"] == "a+b.npy"
+    assert {cid: (out / "cases" / cid / "oct.npy").read_bytes() for cid in first.written} == before
+    assert {cid: _meta(out / "cases" / cid)["extra"]["source_key"] for cid in first.written} == keys
+
+
+@pytest.mark.parametrize("where", ["same", "inside", "holds"])
+def test_prepare_refuses_out_and_src_nested(tmp_path: Path, where: str, capsys: pytest.CaptureFixture) -> None:
+    """OUT equal to or inside SRC, or holding it: refused, nothing written."""
+    src = tmp_path / "src"
+    _scan(src, "s", 0)
+    out = {"same": src, "inside": src / "ds", "holds": tmp_path}[where]
+    with pytest.raises(DatasetError, match="inside the source folder|holds the source"):
+        prepare_dataset(src, out, OPTS, progress=False)
+    rc = main(["prepare", str(src), str(out), "--format", "numpy", *SPACING, "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and ("inside the source folder" in err or "holds the source" in err)
+    assert sorted(p.name for p in src.iterdir()) == ["s.npy"]
+
+
+def test_prepare_on_a_full_disk_gives_one_message_and_no_half_case(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    src, out = tmp_path / "src", tmp_path / "ds"
+    for i in range(2):
+        _scan(src, f"s{i}", i)
+    disk_fills_after(monkeypatch, "s0")
+    rc = main(["prepare", str(src), str(out), "--format", "numpy", *SPACING, "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "disk is full" in err and str(out) in err
+    assert sorted(p.name for p in (out / "cases").iterdir()) == ["s0"]  # no temporary or half-written case
+    assert (out / "cases" / "s0" / "meta.json").is_file()
+
+
+def test_prepare_a_disk_filling_while_a_volume_is_written_fails_that_case_as_a_full_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src, out = tmp_path / "src", tmp_path / "ds"
+    for i in range(2):
+        _scan(src, f"s{i}", i)
+    import enface.fileio as fileio
+
+    real = fileio.atomic_write
+
+    def write(path, writer):
+        in_s1 = any(part == "s1" or part.startswith(".s1.") for part in Path(path).parts)  # not a random name
+        if in_s1 and str(path).endswith(".npy"):
+            writer(FillingDisk(room=512))  # the header fits, the voxels do not
+        return real(path, writer)
+
+    monkeypatch.setattr(fileio, "atomic_write", write)
+    report = prepare_dataset(src, out, OPTS, progress=False)
+    assert report.written == ["s0"] and report.kinds == {str(src / "s1.npy"): "disk full"}
+    assert "disk is full" in report.summary()
+    assert sorted(p.name for p in (out / "cases").iterdir()) == ["s0"]
+
+
+def test_prepare_nested_check_raises_before_anything_is_read(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _scan(src, "s", 0)
+    with pytest.raises(DatasetError, match="inside the source folder"):
+        prepare_dataset(src, src / "cases", OPTS, progress=False)
+    assert not (src / "cases").exists()

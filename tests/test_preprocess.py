@@ -87,7 +87,7 @@ def test_estimate_bm_over_drusen_stays_on_bm() -> None:
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_estimate_bm_on_the_unflattened_phantom(seed: int) -> None:
-    from enface.synth import generate_case
+    from enface.synth.eye import generate_case
 
     case = generate_case(seed, shape=(32, 128, 64), task="ga", flattened=False)
     ga = case.masks["ga"] > 0
@@ -100,7 +100,7 @@ def test_estimate_bm_on_the_unflattened_phantom(seed: int) -> None:
 
 
 def test_estimate_bm_then_flatten_makes_the_phantom_flat() -> None:
-    from enface.synth import generate_case
+    from enface.synth.eye import generate_case
 
     case = generate_case(4, shape=(16, 96, 96), task="ga", flattened=False)
     params = FlattenParams(above_mm=0.5, below_mm=0.3, depth=32)

@@ -6,6 +6,7 @@ import csv
 import json
 import logging
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from enface.progression import (
 )
 from enface.progression.run import run_progression
 from enface.progression.stats import bland_altman, fit_rate, icc_a1
+from tiny_data import disc_dataset
 
 SPACING = (0.03, 0.01)
 """Anisotropic (3:1) en-face grid of the geometry tests, mm."""
@@ -580,3 +582,57 @@ def test_split_restricts_the_patients(discs: Path, tmp_path: Path) -> None:
     assert res.cohort["split"] == "test" and "split 'test'" in res.cohort["source"]
     write_splits(discs, {"train": ["P1", "P2", "P3"], "val": [], "test": []})
     _refused(discs, tmp_path / "o2", "no visit of the 0 patients of split 'test'", split="test")
+
+
+def _predictions(pred: Path, ds: Path, **per_scan: dict) -> Path:
+    """A predictions folder as `enface predict` writes it, for the cases named in ``per_scan``."""
+    rows = ["scan_id,source,status"]
+    for scan_id, extra in per_scan.items():
+        (pred / scan_id).mkdir(parents=True)
+        case = ds / "cases" / scan_id
+        shutil.copy(case / "mask_ga.png", pred / scan_id / "mask.png")
+        pj = {"scan_id": scan_id, "source": str(case), "task": "ga", "spacing": [0.05, 0.05, 0.01], **extra}
+        (pred / scan_id / "prediction.json").write_text(json.dumps(pj))
+        rows.append(f"{scan_id},{case},ok")
+    (pred / "summary.csv").write_text("\n".join(rows) + "\n")
+    return pred
+
+
+def test_progression_keeps_a_users_files_in_its_earlier_output(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ds, out = disc_dataset(tmp_path / "ds"), tmp_path / "out"
+    run_progression(ds, out)
+    with caplog.at_level(logging.INFO, logger="enface.progression"):
+        run_progression(ds, out)  # an earlier output alone is replaced, and said so
+    assert "replacing the earlier progression output" in caplog.text and "cohort.json" in caplog.text
+    (out / "notes.txt").write_text("my notes")
+    (out / "figs").mkdir()
+    with pytest.raises(ValueError, match=r"also holds files it did not write \(figs/, notes.txt\)"):
+        run_progression(ds, out)
+    assert (out / "notes.txt").read_text() == "my notes" and (out / "figs").is_dir()
+
+
+def test_one_rated_eye_prints_no_nan(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["progression", str(disc_dataset(tmp_path / "ds")), "--reference", "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "nan" not in out and "mm²/year (n = 1, no spread)" in out
+    assert "nan" not in (tmp_path / "o" / "report.html").read_text()
+
+
+def test_predictions_of_two_models_in_one_folder_are_refused(tmp_path: Path) -> None:
+    ds = disc_dataset(tmp_path / "ds")
+    a, b = {"checkpoints": ["/runs/a/best.ckpt"]}, {"checkpoints": ["/runs/b/best.ckpt"]}
+    pred = _predictions(tmp_path / "pred", ds, P1_OD_V1=a, P1_OD_V2=b)
+    with pytest.raises(DatasetError, match=r"different models .*/runs/a/best.ckpt: P1_OD_V1; /runs/b/best.ckpt: P1"):
+        run_progression(ds, tmp_path / "out", predictions=pred)
+    same = _predictions(tmp_path / "same", ds, P1_OD_V1=a, P1_OD_V2=a)
+    assert run_progression(ds, tmp_path / "out", predictions=same).cohort["eyes"] == 1
+
+
+def test_hand_edited_member_areas_are_refused(tmp_path: Path) -> None:
+    ds = disc_dataset(tmp_path / "ds")
+    huge = {"member_areas_mm2": [1e308, 0.1]}
+    pred = _predictions(tmp_path / "pred", ds, P1_OD_V1=huge, P1_OD_V2={})
+    with pytest.raises(DatasetError, match=r"'member_areas_mm2' 1e\+308 exceeds the scan's whole en-face field"):
+        run_progression(ds, tmp_path / "out", predictions=pred)

@@ -64,7 +64,7 @@ def test_phantom_pair_is_registered_consistently() -> None:
     """On the phantom, FAF carries a small software misregistration of its own, so the
     recovered transform of the warped FAF must equal that of the unwarped one composed
     with the known warp."""
-    from enface.synth import generate_case
+    from enface.synth.eye import generate_case
 
     # an in-focus pair (the realistic phantom defocuses some SLOs, which registration may fail on)
     case = generate_case(2, shape=(128, 128, 32), task="ga", difficulty="easy")
@@ -86,7 +86,7 @@ def test_garbage_pair_gets_a_low_quality(kind: str) -> None:
     if kind == "noise":
         moving = np.random.default_rng(5).random(slo.shape).astype(np.float32)
     else:
-        from enface.synth import generate_case
+        from enface.synth.eye import generate_case
 
         moving = generate_case(9, shape=(128, 128, 32), task="ga").faf
     reg = register_images(slo, moving)

@@ -31,7 +31,7 @@ import pytest
 from enface.data.folder import CaseMeta, write_case, write_dataset_info
 from enface.io.images import read_mask
 from enface.review import CaseService, ReviewServer
-from enface.synth import generate_case
+from enface.synth.eye import generate_case
 
 INSTALL = "apt-get update && apt-get install -y chromium chromium-driver"
 BIG, SMALL = "P0001_OD_V1", "P0002_OS_V1"

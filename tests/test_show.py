@@ -11,6 +11,7 @@ from PIL import Image
 from enface.cli import main
 from enface.data.folder import list_cases
 from enface.viz import case_figure, default_bscan, show_case
+from tiny_data import disc_dataset
 
 
 def _pick(root: Path, labeled: bool, faf: bool):
@@ -64,3 +65,10 @@ def test_default_bscan_and_overlay_column() -> None:
         case_figure(vol, (0.5, 0.1, 0.01), 6)
     with pytest.raises(ValueError, match="en-face grid"):
         case_figure(vol, (0.5, 0.1, 0.01), 0, mask=mask[:, :5])
+
+
+def test_show_out_an_existing_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    ds = disc_dataset(tmp_path / "ds")
+    assert main(["show", str(ds / "cases" / "P1_OD_V1"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {tmp_path}: is a folder; give the image file to write" in err

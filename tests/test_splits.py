@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +41,6 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def fresh(dataset: Path, tmp_path: Path) -> Path:
     """A copy of the dataset without splits.json (so tests may write their own)."""
-    import shutil
-
     root = tmp_path / "ds"
     shutil.copytree(dataset, root)
     (root / "splits.json").unlink(missing_ok=True)
@@ -184,3 +183,12 @@ def test_make_splits_unchanged() -> None:
     s = make_splits(pids, seed=0)
     assert [len(s[k]) for k in ("train", "val", "test")] == [6, 1, 3]
     assert s == make_splits(list(reversed(pids)), seed=0)
+
+
+def test_split_ratios_that_do_not_sum_to_one_are_an_error(tiny_dataset: Path, tmp_path: Path, capsys) -> None:
+    copy = tmp_path / "d"
+    shutil.copytree(tiny_dataset, copy)
+    before = (copy / "splits.json").read_bytes()
+    assert main(["split", str(copy), "--redo", "--ratios", "0.5", "0.5", "0.5"]) == 2
+    assert "sum to 1" in capsys.readouterr().err
+    assert (copy / "splits.json").read_bytes() == before

@@ -14,8 +14,10 @@ import yaml
 from scipy.stats import wilcoxon
 
 from enface.cli import main
-from enface.errors import ConfigError
+from enface.errors import ConfigError, RunFolderError
+from enface.fileio import FolderLock
 from enface.study import collect_results, load_study, paired_wilcoxon, plan_study, run_folder, run_study
+from tiny_data import disc_dataset
 
 FAST = {"width": 0.125, "crop": [8, 32], "batch_size": 2, "num_workers": 0, "accelerator": "cpu"}
 
@@ -203,8 +205,6 @@ def test_growth_agreement_matches_an_independent_computation(dataset: Path, tmp_
 
 
 def test_a_study_is_run_by_one_process_at_a_time(dataset: Path, tmp_path: Path) -> None:
-    from enface.errors import RunFolderError
-    from enface.fileio import FolderLock
 
     study = load_study(_study_yaml(tmp_path, dataset))
     with FolderLock(study.out_dir, "study"):
@@ -234,3 +234,61 @@ def test_demo_paired_difference_by_patient_and_seed() -> None:
     assert seeds["high"] - seeds["low"] > 3 * (d["high"] - d["low"])
     study = demo_study("/tmp/x")
     assert min(study.fractions) < 1.0 and max(study.fractions) == 1.0 and set(study.inits) == {"scratch", "ssl-faf_inv"}
+
+
+def test_study_test_set_name_cannot_escape(tmp_path: Path, tiny_dataset: Path) -> None:
+    from enface.study import load_study
+
+    doc = {
+        "name": "s",
+        "dataset": str(tiny_dataset),
+        "test_sets": {"../../out": {"dataset": str(tiny_dataset)}},
+    }
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError, match=r"s.yaml: study: test set name '../../out' is not a valid name"):
+        load_study(path)
+
+
+def test_empty_study_yaml_is_a_clear_error(tmp_path: Path) -> None:
+    from enface.study import load_study
+
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    with pytest.raises(ConfigError, match=r"empty.yaml: the study needs 'name' and 'dataset'") as e:
+        load_study(path)
+    assert "StudyConfig" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("seeds: ['a']", "seeds must be a list of integers: 'a' is not a number"),
+        ("seeds: 'a'", r"seeds must be a list \(e.g. seeds: \[...\]\), got 'a'"),
+        ("fractions: '0.5'", "fractions must be a list"),
+        ("seeds: [1.5]", "1.5 is not an integer"),
+        ("top_k: x", "top_k must be an integer"),
+        ("common: [1]", "common must be a mapping"),
+        ("seeds: [0, 1, 0]", r"seeds lists the same value more than once \(0 and 0\)"),
+        ("fractions: [0.1, 0.2, 0.1]", r"fractions lists the same value more than once \(0.1 and 0.1\)"),
+        ("models: [fpn, fpn]", r"models lists the same value more than once \(fpn and fpn\)"),
+        ("test_sets: {ext: {dataset: ds, split: tset}}", "test set 'ext': unknown split 'tset'"),
+        ("test_sets: {ext: {dataset: ds, splt: test}}", r"test set 'ext': unknown keys \['splt'\]"),
+    ],
+)
+def test_study_yaml_values_are_checked_by_name(tmp_path: Path, line: str, message: str) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(f"name: s\ndataset: ds\n{line}\n")
+    with pytest.raises(ConfigError, match=message):
+        load_study(path)
+
+
+def test_test_set_without_its_split_fails_at_plan_time(
+    tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    nosplit = disc_dataset(tmp_path / "nosplit")  # no splits.json
+    path = tmp_path / "s.yaml"
+    path.write_text(f"name: s\ndataset: {tiny_dataset}\ntest_sets: {{ext: {{dataset: {nosplit}, split: test}}}}\n")
+    assert main(["experiment", str(path), "--plan", "--out", str(tmp_path / "study")]) == 2
+    err = capsys.readouterr().err
+    assert "test set 'ext'" in err and "splits.json" in err

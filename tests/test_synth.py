@@ -13,8 +13,10 @@ import pytest
 
 from enface.cli import main
 from enface.data.folder import list_cases, read_dataset_info, read_splits
-from enface.synth import PRESETS, EyeModel, generate_case, make_grid, plan_cohort, synthesize_dataset
+from enface.synth import PRESETS
 from enface.synth.anatomy import flat_bm_depth
+from enface.synth.cohort import plan_cohort, synthesize_dataset
+from enface.synth.eye import EyeModel, generate_case, make_grid
 
 SHAPE = (16, 64, 64)
 N_STAT = 8

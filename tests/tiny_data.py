@@ -29,3 +29,17 @@ def make_tiny_dataset(root: Path, patients: int = 8, seed: int = 0, shape: tuple
     write_dataset_info(root, "tiny", ("oct", "faf"), ("ga",), (0.2, 0.02, 0.004))
     split_dataset(root, seed=0)
     return root
+
+
+def disc_dataset(root: Path, visits: dict[tuple[str, str], list[tuple[int, int]]] | None = None) -> Path:
+    """A dataset of square 'lesions': one case per (day, half-width in pixels) of each eye."""
+    visits = visits or {("P1", "OD"): [(0, 3), (365, 5)]}
+    rng = np.random.default_rng(0)
+    for (patient, eye), rows in visits.items():
+        for i, (day, r) in enumerate(rows):
+            mask = np.zeros((24, 24), np.uint8)
+            mask[12 - r : 12 + r, 12 - r : 12 + r] = 1
+            meta = CaseMeta(f"{patient}_{eye}_V{i + 1}", patient, eye, day, (0.05, 0.05, 0.01))
+            write_case(root, meta, rng.random((24, 24, 4), np.float32), masks={"ga": mask})
+    write_dataset_info(root, "discs", ["oct"], ["ga"], (0.05, 0.05, 0.01))
+    return root

@@ -22,7 +22,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from enface.config import FAST_DEFAULT, INFERENCE_PRECISION_DEFAULT
+from enface.data.dataset import EnfaceDataset
 from enface.data.folder import Case, is_dataset, load_case, mask_filename, read_dataset_info
+from enface.data.splits import select_cases
 from enface.engine.inference import Ensemble, depth_note, read_run_config, training_preparation
 from enface.errors import DatasetError
 from enface.fileio import atomic_write, atomic_write_csv, atomic_write_json, path_under, writable_folder
@@ -222,8 +224,6 @@ def evaluate(
         ValueError: ``top_k`` < 1 or ``threshold`` outside (0, 1).
         ConfigError: an unknown precision, or bf16 on the plain path.
     """
-    from enface.data.dataset import EnfaceDataset
-    from enface.data.splits import select_cases
 
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must lie in (0, 1), got {threshold}")

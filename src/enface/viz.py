@@ -18,14 +18,16 @@ import io
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from scipy.ndimage import binary_erosion
 
+from enface.data.folder import load_case
 from enface.fileio import atomic_write_bytes
-
-if TYPE_CHECKING:  # pragma: no cover
-    from matplotlib.figure import Figure
+from enface.metrics import dice_score
 
 __all__ = [
     "MASK_COLOR",
@@ -53,9 +55,6 @@ YELLOW = (1.0, 0.9, 0.0)
 
 def new_figure(figsize: tuple[float, float]) -> Figure:
     """A matplotlib figure attached to an Agg canvas (safe without a display)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=figsize)
     FigureCanvasAgg(fig)
     return fig
@@ -191,8 +190,6 @@ def show_case(
         DatasetError: unreadable case; ValueError: unknown task, bad B-scan index, or ``out``
             is a folder.
     """
-    from enface.data.folder import load_case
-
     if Path(out).is_dir():
         raise ValueError(
             f"--out {out}: is a folder; give the image file to write, e.g. {Path(out) / (Path(case_dir).name + '.png')}"
@@ -266,8 +263,6 @@ def plot_overlay_grid(
             aspect ratio (B-scans are usually much farther apart than A-scans).
         images: ``{case id: {"SLO": (H, W), "FAF": (H, W)}}`` shown before the reference.
     """
-    from enface.metrics import dice_score
-
     cases = list(truths)
     labels = list(panels)
     names = sorted({n for imgs in (images or {}).values() for n in imgs}, key=lambda n: (n != "SLO", n))
@@ -453,8 +448,6 @@ def mask_overlay(
     Returns:
         ``(H', W', 3)`` uint8 RGB image.
     """
-    from scipy.ndimage import binary_erosion
-
     bg = _square_pixels(np.clip(np.asarray(background, dtype=np.float32), 0, 1), spacing)
     m = _square_pixels(np.asarray(mask).astype(bool), spacing)
     rgb = np.repeat(bg[..., None] * 255.0, 3, axis=-1)

@@ -313,7 +313,7 @@ def add_synth(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from enface.synth import synthesize_dataset
+    from enface.synth.cohort import synthesize_dataset
 
     # the library logs the summary line (cases, labeled, FAF, where, how long)
     synthesize_dataset(

@@ -23,12 +23,14 @@ import logging
 import os
 import pickle
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from enface.errors import CheckpointError, RunFolderError
+from enface.models import create_model
 
 __all__ = [
     "FORMAT_VERSION",
@@ -84,8 +86,6 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             but plain data (it is refused, not run). The message never suggests loading the
             file without ``weights_only``.
     """
-    import warnings
-
     p = Path(path)
     if not p.is_file():
         raise CheckpointError("checkpoint not found", path=p)
@@ -168,8 +168,6 @@ def load_model(path: str | os.PathLike, eval_mode: bool = True) -> tuple[torch.n
     Returns:
         ``(model, info)`` where ``info`` is the checkpoint's ``"enface"`` entry.
     """
-    from enface.models import create_model
-
     ckpt = read_checkpoint(path)
     info = checkpoint_info(ckpt, str(path))
     spec = info["model"]

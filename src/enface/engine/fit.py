@@ -45,17 +45,22 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader, RandomSampler
 
 from enface.config import RunConfig
-from enface.data.folder import read_dataset_info
+from enface.data.augment import AugmentConfig
+from enface.data.dataset import EnfaceDataset
+from enface.data.folder import is_dataset, load_case, read_dataset_info
+from enface.data.splits import select_cases
 from enface.engine.checkpoint import checkpoint_info, read_checkpoint, resumable_checkpoint
 from enface.engine.fastpath import FastPath
 from enface.engine.history import EpochLines, MetricsHistory
 from enface.engine.launch import run_folder_lock
 from enface.engine.module import TASK_METRIC, EnfaceModule
+from enface.engine.prior import foreground_share, set_head_prior
 from enface.engine.runs import RunSpec, dataset_fingerprint, file_sha256, identity_diff, run_identity
 from enface.engine.stopping import MAX_EPOCHS, how_stopped, plateau_stop
 from enface.engine.transfer import TransferReport, transfer_weights
 from enface.errors import CheckpointError, ConfigError, DatasetError, RunFolderError
 from enface.fileio import atomic_write, atomic_write_json, atomic_write_text, writable_folder
+from enface.models import create_model, list_models
 from enface.progress import on_terminal
 
 __all__ = [
@@ -128,8 +133,6 @@ def select_run_cases(config: RunConfig) -> tuple[list[str], list[str]]:
     Segmentation uses the labeled cases, training patients restricted to the label fraction
     (or to the patients the config names).
     """
-    from enface.data.splits import select_cases
-
     target = config.target_spec
     if target.kind == "reconstruct":
         train = select_cases(config.dataset, "train", requires=target.requires)
@@ -152,8 +155,6 @@ def _patients_cases(config: RunConfig) -> list[str]:
     Raises:
         DatasetError: a named patient is not a training patient with a mask of the task.
     """
-    from enface.data.folder import load_case
-    from enface.data.splits import select_cases
 
     target = config.target_spec
     ids = select_cases(config.dataset, "train", requires=target.requires)
@@ -177,13 +178,11 @@ def resolve_run(config: RunConfig) -> ResolvedRun:
         DatasetError: the dataset is unreadable, its name is unsafe, or it has no cases for the run.
         CheckpointError: the init checkpoint is unreadable or not an enface checkpoint.
     """
-    from enface.models import list_models
-
     config.validate()
     if config.model not in list_models():
         raise ConfigError(f"config field 'model': unknown model {config.model!r}; known: {', '.join(list_models())}")
     root = Path(config.dataset).expanduser()
-    if not (root / "dataset.json").is_file():
+    if not is_dataset(root):
         raise ConfigError(f"config field 'dataset': {config.dataset} is not a dataset folder (no dataset.json)")
     info = read_dataset_info(root)
     name = str(info["name"])
@@ -217,8 +216,6 @@ def resolve_run(config: RunConfig) -> ResolvedRun:
 
 def _transferred_weights(config: RunConfig, ckpt: dict[str, Any]) -> tuple[dict[str, Any], TransferReport]:
     """The run's network with the init checkpoint's weights transferred (refused: CheckpointError)."""
-    from enface.models import create_model
-
     net = create_model(config.model, len(config.channels or ("oct",)), 1, config.width, **config.model_kwargs)
     report = transfer_weights(net, ckpt, where=str(config.init))
     return net.state_dict(), report
@@ -285,8 +282,6 @@ def _start_folder(run: ResolvedRun, module: EnfaceModule) -> None:
                 f"expected {sorted(run.transfer.skipped)}; unexpected: {sorted(unexpected)})"
             )
     if run.init_weights is None and run.config.task == "segment":
-        from enface.engine.prior import foreground_share, set_head_prior
-
         set_head_prior(module.network, foreground_share(run.config.dataset, run.train_ids, run.config.target))
     atomic_write_text(run.folder / "config.yaml", yaml.safe_dump(run.config.to_dict(), sort_keys=False))
     atomic_write_json(run.folder / "identity.json", run.identity)
@@ -300,8 +295,6 @@ def _start_folder(run: ResolvedRun, module: EnfaceModule) -> None:
 def _loaders(
     config: RunConfig, fastpath: FastPath, train_ids: Sequence[str], val_ids: Sequence[str]
 ) -> tuple[DataLoader, DataLoader]:
-    from enface.data.augment import AugmentConfig
-    from enface.data.dataset import EnfaceDataset
 
     aug = AugmentConfig(crop=(config.crop[0], config.crop[1]))
     if not config.augment:  # random crops only
@@ -386,8 +379,6 @@ def _checkpoint_callbacks(ckdir: Path, metric: str, top_k: int) -> tuple[ModelCh
 
 def crop_bscans(config: RunConfig, case_ids: Sequence[str]) -> int:
     """B-scans of the run's training crops: ``crop[0]``, clipped to the thinnest volume."""
-    from enface.data.folder import load_case
-
     heights = [load_case(Path(config.dataset) / "cases" / c).oct_shape()[0] for c in case_ids]
     return min([int(config.crop[0]), *heights])
 

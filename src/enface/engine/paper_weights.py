@@ -23,6 +23,7 @@ Files are read with ``torch.load(..., weights_only=True)``: pickled code is neve
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -36,6 +37,7 @@ import torch
 from enface.engine.checkpoint import FORMAT_VERSION, read_checkpoint
 from enface.errors import CheckpointError
 from enface.fileio import atomic_write
+from enface.models import create_model
 from enface.targets import Target
 
 __all__ = [
@@ -306,8 +308,6 @@ def map_paper_state_dict(
         CheckpointError: a source key no rule maps, an enface key nothing maps to, two keys
             mapped to one, or a shape mismatch; the message names the keys.
     """
-    from enface.models import create_model
-
     if model not in PAPER_MODELS:
         raise ValueError(f"model must be one of {tuple(PAPER_MODELS)}, got {model!r}")
     source = _strip(state, SOURCE_PREFIXES[model], where)
@@ -433,8 +433,6 @@ def import_paper_weights(
             :func:`map_paper_state_dict`).
         ValueError: bad ``model``, ``task`` or ``target``.
     """
-    import io
-
     _check_task(task, target)
     if model not in PAPER_MODELS:
         raise ValueError(f"model must be one of {tuple(PAPER_MODELS)}, got {model!r}")

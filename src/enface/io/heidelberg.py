@@ -23,6 +23,7 @@ import contextlib
 import datetime as _dt
 import logging
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -205,8 +206,6 @@ def eyevolume_to_scan(
 def _quiet_eyepy() -> Iterator[None]:
     """eyepy's warnings (e.g. "less layers than expected" on every valid .vol) held back while
     it parses: what matters is reported by enface itself, naming the file."""
-    import warnings
-
     logger = logging.getLogger("eyepy")
     level = logger.level
     logger.setLevel(logging.ERROR)

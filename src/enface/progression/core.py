@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy.ndimage import label
 
 from enface.errors import DatasetError
 from enface.metrics import area_mm2
@@ -178,8 +179,6 @@ def lesion_features(mask: np.ndarray, spacing: Sequence[float], min_focus_mm2: f
         spacing: ``(sh, sw)`` or ``(sh, sw, sd)`` in mm.
         min_focus_mm2: smallest 8-connected component counted as a focus.
     """
-    from scipy.ndimage import label
-
     m = np.asarray(mask).astype(bool)
     if m.ndim != 2:
         raise ValueError(f"mask must be 2D (H, W), got shape {m.shape}")

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from matplotlib import colormaps
 
 from enface.viz import new_figure
 
@@ -43,7 +44,6 @@ def plot_sqrt_area(eyes: Sequence[EyeRates], reference: Sequence[EyeRates] | Non
     """
     fig = new_figure((7.5, 4.8))
     ax = fig.subplots()
-    from matplotlib import colormaps
 
     cmap = colormaps["tab10" if len(eyes) <= 10 else "tab20"]
     colours = [cmap(i % cmap.N) for i in range(len(eyes))]

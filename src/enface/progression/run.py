@@ -45,6 +45,7 @@ from enface.progression.core import (
     eye_rates,
     rate_agreement,
 )
+from enface.progression.figures import figure_png, plot_bland_altman, plot_sqrt_area, progression_html
 from enface.progression.sources import prediction_visits, reference_visits, resolve_task
 from enface.progression.stats import mean_sd_text
 
@@ -189,8 +190,6 @@ def _summary_lines(result: ProgressionResult, agreement: Mapping[str, Any] | Non
 
 
 def _report(result: ProgressionResult, figures: Mapping[str, bytes]) -> str:
-    from enface.progression.figures import progression_html
-
     vs, agreement = result.visits, result.cohort["agreement"]
     sections: list[tuple[str, list[Any]]] = [("Summary", [*_summary_lines(result, agreement), *vs.notes])]
     sections.append(("√area over time", [figures["sqrt_area.png"]]))
@@ -309,8 +308,6 @@ def run_progression(
         DatasetError: bad input (every check runs before anything is written).
         ValueError: ``out`` is something else than a previous output of this command.
     """
-    from enface.progression.figures import figure_png, plot_bland_altman, plot_sqrt_area
-
     dataset, out = Path(dataset), Path(out)
     if not min_focus_mm2 >= 0:
         raise ValueError(f"min_focus_mm2 must be >= 0, got {min_focus_mm2}")

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import t as student_t
 
 __all__ = ["BlandAltman", "RateFit", "bland_altman", "fit_rate", "icc_a1", "mean_sd", "mean_sd_text"]
 
@@ -76,7 +77,6 @@ def fit_rate(t: Sequence[float], values: Sequence[float], level: float = 0.95) -
     intercept = float(y.mean() - slope * x.mean())
     if n < 3:
         return RateFit(slope, intercept, math.nan, math.nan, math.nan, n)
-    from scipy.stats import t as student_t
 
     residual = y - (intercept + slope * x)
     se = math.sqrt(float((residual**2).sum()) / (n - 2) / sxx)

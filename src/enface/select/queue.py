@@ -19,6 +19,7 @@ from typing import Any
 
 from enface.config import FAST_DEFAULT
 from enface.data.folder import QUEUE_COLUMNS, Case, is_dataset, list_cases, load_case, read_dataset_info
+from enface.data.splits import select_cases
 from enface.engine.inference import Ensemble, read_run_config
 from enface.errors import DatasetError
 from enface.fileio import atomic_write_csv
@@ -134,8 +135,6 @@ def _check_grids(run: Path, cfg: dict[str, Any], cases: Iterable[Case]) -> None:
 
 def _pool(root: Path, split: str, target: Target) -> tuple[list[Case], list[Case]]:
     """``(unlabeled, labeled)`` cases of a split for a task."""
-    from enface.data.splits import select_cases
-
     ids = select_cases(root, split)
     cases = [load_case(root / "cases" / cid) for cid in ids]
     unlabeled = [c for c in cases if not c.has_mask(target.name)]

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from enface.data.dataset import EnfaceDataset
 from enface.data.folder import Case
 from enface.engine.inference import Ensemble
 from enface.targets import binary
@@ -217,8 +218,6 @@ def score_cases(
     Raises:
         DatasetError: a case that is missing or does not fit the members (channels, depth).
     """
-    from enface.data.dataset import EnfaceDataset
-
     ds = EnfaceDataset(root, list(case_ids), None, augment=None, channels=ensemble.channels)
     views = TTA_VIEWS if tta else TTA_VIEWS[:1]
     hooks = _HeadFeatures(ensemble.models) if features else None

@@ -66,7 +66,7 @@ def ensure_datasets(study: StudyConfig) -> None:
         ConfigError: a dataset is missing (without a ``synth`` entry), or a test set's split
             is missing or has no case with a mask of the task (the test set named).
     """
-    from enface.synth import synthesize_dataset
+    from enface.synth.cohort import synthesize_dataset
 
     wanted = [("dataset", study.dataset, study.synth)]
     wanted += [(f"test set {name!r}", ts["dataset"], ts.get("synth")) for name, ts in study.test_sets.items()]

@@ -12,44 +12,13 @@ Modules: :mod:`~enface.synth.presets` (device-like grids), :mod:`~enface.synth.c
 :mod:`~enface.synth.anatomy` and :mod:`~enface.synth.oct` (the volume),
 :mod:`~enface.synth.fundus` (SLO/FAF), :mod:`~enface.synth.eye` (one eye over visits),
 :mod:`~enface.synth.cohort` (patients, visits and the dataset writer).
+
+The face re-exports the presets only: the command line lists them when it builds its parser,
+which must not load the generator (NumPy rendering, SciPy). The generator is imported from its
+modules: :func:`enface.synth.cohort.synthesize_dataset`, :func:`enface.synth.eye.generate_case`,
+:class:`enface.synth.eye.EyeModel`.
 """
-
-from __future__ import annotations
-
-import importlib
-from typing import Any
 
 from enface.synth.presets import PRESETS, Preset, get_preset
 
-# the generator (numpy/scipy) is imported on first use, so that building the CLI parser,
-# which lists the presets, stays cheap
-_LAZY = {
-    "TASKS": "enface.synth.eye",
-    "PhantomCase": "enface.synth.eye",
-    "EyeModel": "enface.synth.eye",
-    "make_grid": "enface.synth.eye",
-    "generate_case": "enface.synth.eye",
-    "CohortCase": "enface.synth.cohort",
-    "plan_cohort": "enface.synth.cohort",
-    "synthesize_dataset": "enface.synth.cohort",
-}
-
-__all__ = [
-    "PRESETS",
-    "TASKS",
-    "CohortCase",
-    "EyeModel",
-    "PhantomCase",
-    "Preset",
-    "generate_case",
-    "get_preset",
-    "make_grid",
-    "plan_cohort",
-    "synthesize_dataset",
-]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = ["PRESETS", "Preset", "get_preset"]

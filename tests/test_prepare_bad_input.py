@@ -1,4 +1,4 @@
-"""Bad input (issue 4, part 5): every problem gives an error naming the case/file and what
+"""``prepare`` on bad input: every problem gives an error naming the case or file and what
 is wrong; a failing case never stops the batch nor damages what is already written."""
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from enface.data.prepare import PrepareOptions, prepare_dataset
 from enface.data.preprocess import FlattenParams
 from enface.errors import DatasetError
 from enface.io.heidelberg import read_heidelberg
-from enface.io.images import read_image, read_mask
 from formats_helpers import layered_volume, write_vol
 
 OPTS = PrepareOptions(fmt="numpy", flatten=FlattenParams(0.3, 0.1, 16))
@@ -197,87 +196,7 @@ def test_failing_rerun_never_damages_finished_cases(src: Path, tmp_path: Path, c
     assert check_dataset(out).ok
 
 
-def test_bad_cli_options_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    (tmp_path / "s").mkdir()
-    rc = main(["prepare", str(tmp_path / "s"), str(tmp_path / "o"), "--format", "numpy", "--window-mm", "0.3"])
-    assert rc == 2 and "--window-mm must be two numbers" in capsys.readouterr().err
-    rc = main(["prepare", str(tmp_path / "s"), str(tmp_path / "o"), "--format", "vol", "--octa"])
-    assert rc == 2 and "octa500" in capsys.readouterr().err
-    rc = main(["prepare", str(tmp_path / "s"), str(tmp_path / "o"), "--format", "numpy", "--patient-regex", "(x"])
-    assert rc == 2 and "invalid patient regex" in capsys.readouterr().err
-
-
 # --------------------------------------------------------------------------- reading 2D files
 
 
-def test_image_and_mask_readers_name_the_file(tmp_path: Path) -> None:
-    with pytest.raises(DatasetError, match="missing.png: image file not found"):
-        read_image(tmp_path / "missing.png")
-    (tmp_path / "t.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
-    with pytest.raises(DatasetError, match="t.png: unreadable or truncated"):
-        read_image(tmp_path / "t.png")
-    Image.fromarray(np.array([[0, 3], [3, 0]], np.uint8)).save(tmp_path / "m.png")
-    with pytest.raises(DatasetError, match="m.png: mask is not binary"):
-        read_mask(tmp_path / "m.png")
-    rgb = np.zeros((2, 2, 3), np.uint8)
-    rgb[0, 0] = (255, 0, 0)
-    Image.fromarray(rgb).save(tmp_path / "c.png")
-    with pytest.raises(DatasetError, match="c.png: colour mask"):
-        read_mask(tmp_path / "c.png")
-
-
 # --------------------------------------------------------------------------- check
-
-
-@pytest.fixture()
-def dataset(src: Path, tmp_path: Path) -> Path:
-    _scan(src, "other", 13)
-    out = tmp_path / "ds"
-    assert prepare_dataset(src, out, OPTS, progress=False).ok
-    assert check_dataset(out).ok
-    return out
-
-
-def _problems(root: Path) -> str:
-    report = check_dataset(root)
-    assert not report.ok
-    return "\n".join(f"{w}: {m}" for w, m in report.problems)
-
-
-def test_check_missing_files(dataset: Path) -> None:
-    (dataset / "cases" / "good" / "oct.npy").unlink()
-    (dataset / "cases" / "other" / "meta.json").unlink()
-    text = _problems(dataset)
-    assert "good/oct.npy: file not found" in text and "other: meta.json missing" in text
-    (dataset / "dataset.json").unlink()
-    assert "dataset.json: file not found" in _problems(dataset)
-
-
-def test_check_truncated_volume_and_nan(dataset: Path) -> None:
-    p = dataset / "cases" / "good" / "oct.npy"
-    p.write_bytes(p.read_bytes()[:-100])
-    q = dataset / "cases" / "other" / "oct.npy"
-    vol = np.load(q)
-    vol[0, 1, 2] = np.inf
-    np.save(q, vol)
-    text = _problems(dataset)
-    assert "good/oct.npy: unreadable or truncated" in text
-    assert "other/oct.npy: 1 NaN/inf voxel(s)" in text
-    assert check_dataset(dataset, deep=False).problems == [(str(p), check_dataset(dataset).problems[0][1])]
-
-
-def test_check_wrong_shapes_and_images(dataset: Path) -> None:
-    case = dataset / "cases" / "good"
-    Image.fromarray(np.zeros((5, 5), np.uint8)).save(case / "slo.png")
-    (case / "faf.png").write_bytes(b"garbage")
-    np.save(case / "octa.npy", np.zeros((2, 2, 2), np.float32))
-    text = _problems(dataset)
-    assert "slo.png: slo has shape (5, 5), expected the en-face grid (4, 12)" in text
-    assert "faf.png: unreadable or truncated" in text
-    assert "octa.npy: shape (2, 2, 2) differs from oct.npy (4, 12, 16)" in text
-
-
-def test_check_leftover_temp_folder_is_a_warning(dataset: Path) -> None:
-    (dataset / "cases" / ".good.abc.tmp").mkdir()
-    report = check_dataset(dataset)
-    assert report.ok and any("interrupted write" in m for _, m in report.warnings)

@@ -265,7 +265,7 @@ DATASET_COMMANDS: dict[str, tuple[Callable[[Path, dict, Path], list[str]], tuple
 }
 
 
-# issue 22 readers
+# readers
 def _visit_fractional(d: Path) -> str:
     _edit_json(_first_case(d) / "meta.json", visit=398.5)
     return "visit must be a whole number of days"
@@ -286,7 +286,7 @@ DATASET_BREAKS.update({f.__name__.lstrip("_"): f for f in (_visit_fractional, _v
 for _command in ("check", "split", "train", "pretrain", "evaluate", "predict", "progression", "select", "show"):
     _args, _kinds = DATASET_COMMANDS[_command]
     DATASET_COMMANDS[_command] = (_args, (*_kinds, *_VISIT_BREAKS))
-# end issue 22 readers
+# end readers
 
 
 @dataclass(frozen=True)
@@ -526,7 +526,7 @@ def test_resume_of_a_run_whose_checkpoints_are_all_unreadable(good: dict[str, Pa
 NOT_SWEPT = {
     "models": "reads nothing",
     "synth": "writes a new dataset; reads nothing",
-    "prepare": "reads device exports, not dataset folders (tests/test_prepare.py, tests/test_bad_input.py)",
+    "prepare": "reads device exports, not dataset folders (tests/test_prepare.py, tests/test_prepare_bad_input.py)",
     "experiment": "reads a study YAML (tests/test_study.py); its runs go through train and evaluate, swept here",
     "demo": "generates its own phantom and runs a study on it",
     "review": "serves until stopped; its hostile inputs (traversal, symlinks, uploads, bad dataset, queue and "

@@ -1,10 +1,8 @@
-"""Hostile inputs to the readers (issue 22, section 4): each gave a wrong result, lost data or a
-misleading message; each is now refused with a message naming the file and what is wrong.
-
-Numbered as in the issue: 1 an out-of-range ``_bm.npy``, 2 ``"flattened": "no"``, 3 a malformed
-``visit_date``, 4 a blank ``patient_id``, 9 a NIfTI with ``pixdim`` 0, 10 identical B-scan
-positions, 13 a ``.vol`` header counting fewer B-scans than the file holds; then the
-"confusing" items of the readers.
+"""The readers (enface.io) refuse what they cannot read right, naming the file and what is wrong:
+an out-of-range ``_bm.npy``, sidecar strings for booleans, malformed visit dates, blank patient
+ids, NIfTI voxel sizes of 0, identical B-scan positions, ``.vol`` headers counting fewer B-scans
+than the file holds, implausible spacings, constant volumes. Each once gave a wrong result, lost
+data or a misleading message.
 """
 
 from __future__ import annotations
@@ -192,7 +190,7 @@ def test_vol_with_identical_bscan_positions_gives_no_constant_slo(tmp_path: Path
 
 
 def test_vol_holding_more_bscans_than_its_header_counts_is_refused(tmp_path: Path) -> None:
-    """Already refused on main (issue 22, section 2): kept covered here."""
+    """Refused since the first readers: kept covered here."""
     path = write_vol(tmp_path / "u.vol", _bscans(5), **_vol_args(5), n_header=3)
     with pytest.raises(ScanKindError, match="the header counts 3 B-scans but the file holds 5") as info:
         read_heidelberg(path)
