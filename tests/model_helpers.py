@@ -1,4 +1,5 @@
-"""Hand-made engine checkpoints for the tests of inference, predict and what reads its output."""
+"""Hand-made engine checkpoints for the tests of inference, predict and what reads its output,
+and a training run killed on purpose (:class:`KillAt`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import Callback
 
 from enface.data.normalize import zscore_per_bscan
 from enface.models import create_model, model_spec
@@ -13,6 +15,18 @@ from enface.models import create_model, model_spec
 WIDTH = 0.125
 CASE = "P0001_OD_V1"
 """The phantom case whose logits a saved FPN's head bias centres."""
+
+
+class KillAt(Callback):
+    """The process dies at the start of epoch ``at`` (after the epoch before was checkpointed):
+    ``fit`` raises ``RuntimeError("simulated kill")``."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.at:
+            raise RuntimeError("simulated kill")
 
 
 def save_checkpoint(path: Path, dataset: Path, seed: int, name: str = "fpn", task: str = "segment", **kwargs) -> Path:

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback
 
 from enface.cli import main
 from enface.config import load_config
@@ -20,6 +19,7 @@ from enface.data.splits import split_dataset
 from enface.engine.checkpoint import load_model, read_checkpoint, topk_checkpoints
 from enface.engine.fit import fit, resolve_run
 from enface.errors import NonFiniteLossError
+from model_helpers import KillAt
 from tiny_data import FAST, SHAPE
 from tiny_data import make_tiny_dataset as _make_dataset
 
@@ -60,21 +60,10 @@ def test_pretrain_then_finetune(dataset: Path, tmp_path: Path) -> None:
     )
 
 
-class _Crash(Callback):
-    """Simulates the process being killed at the start of epoch ``at``."""
-
-    def __init__(self, at: int) -> None:
-        self.at = at
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        if trainer.current_epoch == self.at:
-            raise RuntimeError("simulated kill")
-
-
 def test_resume_after_kill_keeps_topk_and_finishes(dataset: Path, tmp_path: Path) -> None:
     cfg = _config(dataset, tmp_path, "train", epochs=4, top_k=2)
     with pytest.raises(RuntimeError, match="simulated kill"):
-        fit(cfg, callbacks=[_Crash(at=2)], progress=False)
+        fit(cfg, callbacks=[KillAt(at=2)], progress=False)
     folder = tmp_path / "tiny/ga/fpn-w0.125/scratch/frac-100/seed-0"
     last = folder / "checkpoints/last.ckpt"
     assert read_checkpoint(last)["epoch"] == 1  # epochs 0 and 1 done, nothing more lost

@@ -16,6 +16,7 @@ from enface.engine.fit import fit
 from enface.engine.history import read_history
 from enface.errors import CheckpointError, ConfigError, RunFolderError
 from enface.fileio import FolderLock
+from model_helpers import KillAt
 from tiny_data import FAST, make_tiny_dataset
 
 
@@ -49,21 +50,11 @@ def test_finished_run_with_other_config_is_refused(tiny_dataset: Path, tiny_fini
 
 
 def test_resume_keeps_the_whole_metrics_history(tiny_dataset: Path, tmp_path: Path) -> None:
-    from lightning.pytorch.callbacks import Callback
-
-    class Kill(Callback):
-        def __init__(self, at: int) -> None:
-            self.at = at
-
-        def on_train_epoch_start(self, trainer, pl_module) -> None:
-            if trainer.current_epoch == self.at:
-                raise RuntimeError("simulated kill")
-
     cfg = _config(tiny_dataset, tmp_path, epochs=5)
     with pytest.raises(RuntimeError):
-        fit(cfg, callbacks=[Kill(2)], progress=False)
+        fit(cfg, callbacks=[KillAt(2)], progress=False)
     with pytest.raises(RuntimeError):
-        fit(cfg, resume=True, callbacks=[Kill(4)], progress=False)
+        fit(cfg, resume=True, callbacks=[KillAt(4)], progress=False)
     result = fit(cfg, resume=True, progress=False)
     rows = read_history(result.run_dir / "logs" / "metrics.csv")
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3, 4]  # every epoch once, in order
@@ -118,32 +109,18 @@ def test_sigint_exits_130_and_resume_continues(tiny_dataset: Path, tmp_path: Pat
     assert len(read_history(history)) >= 2
     last = read_checkpoint(history.parents[1] / "checkpoints" / "last.ckpt")["epoch"]  # the history may be
     # one epoch ahead of it (Ctrl+C between the two writes): the resume trains that epoch again
-    from lightning.pytorch.callbacks import Callback
-
-    class Kill(Callback):
-        def on_train_epoch_start(self, trainer, pl_module) -> None:
-            if trainer.current_epoch == last + 2:
-                raise RuntimeError("simulated kill")
-
     cfg = _config(tiny_dataset, tmp_path, epochs=400, top_k=1)
     with pytest.raises(RuntimeError):
-        fit(cfg, resume=True, callbacks=[Kill()], progress=False)
+        fit(cfg, resume=True, callbacks=[KillAt(last + 2)], progress=False)
     epochs = [int(r["epoch"]) for r in read_history(history)]
     assert epochs == list(range(last + 2))  # the history before Ctrl+C survived, the resume appended
 
 
 def _killed_at_epoch_2(tiny_dataset: Path, runs: Path):
     """A 3-epoch run killed at the start of its third epoch: ``(config, run folder)``."""
-    from lightning.pytorch.callbacks import Callback
-
-    class Kill(Callback):
-        def on_train_epoch_start(self, trainer, pl_module) -> None:
-            if trainer.current_epoch == 2:
-                raise RuntimeError("simulated kill")
-
     cfg = _config(tiny_dataset, runs, epochs=3)
     with pytest.raises(RuntimeError):
-        fit(cfg, callbacks=[Kill()], progress=False)
+        fit(cfg, callbacks=[KillAt(2)], progress=False)
     return cfg, runs / "tiny/ga/fpn-w0.125/scratch/frac-100/seed-0"
 
 

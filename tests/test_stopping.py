@@ -9,12 +9,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback
 
 from enface.config import load_config
 from enface.engine.fit import fit
 from enface.engine.stopping import PlateauStop
 from enface.errors import ConfigError
+from model_helpers import KillAt
 from tiny_data import FAST
 from tiny_data import make_tiny_dataset as _make_dataset
 
@@ -106,24 +106,13 @@ def test_a_run_with_patience_stops_early_and_records_how(dataset: Path, tmp_path
     assert fixed.stopped == json.loads((fixed.run_dir / "done.json").read_text())["stopped"] == "max_epochs"
 
 
-class _Kill(Callback):
-    """The process dies at the start of epoch ``at`` (after the epoch before was checkpointed)."""
-
-    def __init__(self, at: int) -> None:
-        self.at = at
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        if trainer.current_epoch == self.at:
-            raise RuntimeError("simulated kill")
-
-
 def test_a_killed_run_resumes_its_counter_and_its_numbers(dataset: Path, tmp_path: Path) -> None:
     settings = {"epochs": 12, "patience": 3, "min_delta": 0.05}
     whole = fit(_config(dataset, tmp_path / "whole", **settings), progress=False)
     assert whole.stopped == "plateau" and whole.epochs < 12, "pick settings under which the tiny run plateaus"
     cfg = _config(dataset, tmp_path / "killed", **settings)
     with pytest.raises(RuntimeError, match="simulated kill"):
-        fit(cfg, callbacks=[_Kill(at=2)], progress=False)
+        fit(cfg, callbacks=[KillAt(at=2)], progress=False)
     resumed = fit(cfg, resume=True, progress=False)
     assert (resumed.stopped, resumed.epochs) == (whole.stopped, whole.epochs)
     assert _history(resumed.run_dir) == _history(whole.run_dir)  # the same numbers, epoch by epoch
