@@ -13,7 +13,7 @@
 #
 #   bash benchmarks/quiet_i29.sh OUTDIR
 #
-# From the repository root (uses .venv/bin/python). Reduced to fit ~25 minutes: bench_speed with
+# Runs in the repository root (uses its .venv/bin/python). Reduced to fit ~25 minutes: bench_speed with
 # 2 timed training steps and 1 timed forward after a warm-up (the defaults are 3 and 2), the
 # cohort 6 scans, the Spectralis-sized agreement on its test split (8 scans; the table in
 # docs/speed.md has all 20 scans of that dataset). Optional environment:
@@ -24,8 +24,9 @@
 # A step whose inputs are missing is reported as skipped; the others still run.
 set -uo pipefail
 OUT=${1:?usage: bash benchmarks/quiet_i29.sh OUTDIR}
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
+cd "$(dirname "$0")/.."  # the repository root
 PY=${PYTHON:-.venv/bin/python}
-mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 MIRROR=/work/.mirror/j-morano+multimodal-ssl-fpn/repo
 PHANTOM_RUN=${PHANTOM_RUN:-/tmp/i29/runs/phantom-demo-ga/ga/fpn-w0.25/scratch/frac-100/seed-0}
