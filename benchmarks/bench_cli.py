@@ -7,7 +7,9 @@
   path (the default), interleaved, median over ``--repeats``;
 * **prediction** with ``enface predict CKPT CASE...`` (one checkpoint): seconds per volume
   as the difference of the wall times of predicting ``k`` and 1 volumes, divided by
-  ``k - 1``, and the peak RSS of the process that predicts one volume;
+  ``k - 1``, and the peak RSS of the process that predicts one volume; plain
+  (``--no-fast``), fast in float32 (``--precision 32``) and fast as by default (bf16 where
+  the hardware computes it natively);
 * with ``REF_CODE=<export of github.com/j-morano/multimodal-ssl-fpn>``, the paper code's FPN
   measured by ``bench_speed.py`` (a training step through its wrapper; inference on 48
   B-scans, the most it takes of 49), for the ratios the issue asks for.
@@ -117,11 +119,11 @@ def train_steps(data: Path, tmp: Path, steps: tuple[int, int], repeats: int) -> 
 
 
 def predict_volumes(data: Path, tmp: Path, ckpt: Path, k: int, repeats: int) -> dict[str, Any]:
-    """Per-volume seconds and peak RSS of plain and fast ``enface predict``."""
+    """Per-volume seconds and peak RSS of plain, fast32 and fast ``enface predict``."""
     cases = sorted(p for p in (data / "cases").iterdir() if (p / "oct.npy").is_file())[:k]
     out: dict[str, Any] = {}
-    for mode in ("plain", "fast"):
-        flag = [] if mode == "fast" else ["--no-fast"]
+    flags = {"plain": ["--no-fast"], "fast32": ["--precision", "32"], "fast": []}
+    for mode, flag in flags.items():
         one, many = [], []
         for _ in range(repeats):
             one.append(
@@ -229,7 +231,7 @@ def _report(train: dict | None, pred: dict, paper: dict | None, args: argparse.N
                 f"plain {s / train['plain']['step_s']:.2f}x"
             )
     print(f"enface predict (one checkpoint; 1 vs {args.volumes} volumes):")
-    for mode in ("plain", "fast"):
+    for mode in ("plain", "fast32", "fast"):
         r = pred[mode]
         print(
             f"  {mode:<6} {r['volume_s']:6.2f} s/volume, peak RSS {r['rss_mib']:.0f} MiB "
@@ -237,7 +239,8 @@ def _report(train: dict | None, pred: dict, paper: dict | None, args: argparse.N
         )
     print(
         f"  fast vs plain: {pred['plain']['volume_s'] / pred['fast']['volume_s']:.2f}x, memory "
-        f"{pred['fast']['rss_mib'] / pred['plain']['rss_mib']:.2f}x"
+        f"{pred['fast']['rss_mib'] / pred['plain']['rss_mib']:.2f}x; fast vs fast32 "
+        f"{pred['fast32']['volume_s'] / pred['fast']['volume_s']:.2f}x"
     )
     if paper and "median_s" in paper["infer"]:
         s, m = paper["infer"]["median_s"], paper["infer"]["rss_mib"]

@@ -10,7 +10,10 @@ own grid:
   resize the prediction back to the scan's grid (order 0) so that it can be compared with
   the mask of the scan. One B-scan of evidence is interpolated away.
 * **enface**: z-score every B-scan, run the network, which pads internally to the multiples
-  it needs (49 -> 52 B-scans, replicate) and crops its output back: no resampling at all.
+  it needs (49 -> 52 B-scans, replicate) and crops its output back: no resampling at all;
+  on the plain path (the network's own float32 forward), and on the fast path
+  (:class:`enface.engine.fastpath.FastPath`, as ``predict`` runs it) in float32 (``fast32``)
+  and in the default precision (bf16 where the hardware computes it natively: ``fast``).
 
 Each pipeline runs in its own fresh process (spawned) so that its peak resident memory
 (``ru_maxrss``) can be reported too. Run: ``.venv/bin/python benchmarks/bench_inference.py``
@@ -26,6 +29,8 @@ import sys
 import time
 
 import numpy as np
+
+PIPELINES = ("paper", "enface", "fast32", "fast")
 
 
 def _paper_code(volume: np.ndarray, model, multiple: int = 16) -> np.ndarray:
@@ -55,6 +60,27 @@ def _enface(volume: np.ndarray, model) -> np.ndarray:
         return torch.sigmoid(model(torch.from_numpy(x)[None, None]))[0, 0].numpy()
 
 
+def _fast(precision: str):
+    """enface's pipeline on the fast path in ``precision``: a function of (volume, model)."""
+    import torch
+
+    from enface.data.normalize import zscore_per_bscan
+    from enface.engine.fastpath import FastPath
+
+    fastpath, nets = FastPath(True, precision=precision), {}
+    fastpath.tune_process("inference", "cpu")
+
+    def run(volume: np.ndarray, model) -> np.ndarray:
+        if id(model) not in nets:
+            nets[id(model)] = fastpath.inference_network(model)
+        net = nets[id(model)]
+        x = torch.from_numpy(zscore_per_bscan(volume.astype(np.float32)))[None, None]
+        with torch.inference_mode():
+            return torch.sigmoid(fastpath.logits(net, x))[0, 0].numpy()
+
+    return run
+
+
 def _worker(which: str, shape: tuple[int, int, int], width: float, repeats: int, threads: int, queue) -> None:
     import torch
 
@@ -65,7 +91,7 @@ def _worker(which: str, shape: tuple[int, int, int], width: float, repeats: int,
     rng = np.random.default_rng(0)
     volume = rng.gamma(2.0, 0.5, size=shape).astype(np.float32)
     model = create_model("fpn", width=width).eval()
-    fn = _paper_code if which == "paper" else _enface
+    fn = {"paper": _paper_code, "enface": _enface}.get(which) or _fast("32" if which == "fast32" else "auto")
     fn(volume, model)  # warm-up (allocator, kernels)
     times = []
     for _ in range(repeats):
@@ -85,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     ctx = mp.get_context("spawn")
     results = {}
-    for which in ("paper", "enface"):
+    for which in PIPELINES:
         q = ctx.Queue()
         proc = ctx.Process(target=_worker, args=(which, tuple(args.shape), args.width, args.repeats, args.threads, q))
         proc.start()
@@ -98,12 +124,15 @@ def main(argv: list[str] | None = None) -> int:
         f"median of {args.repeats}"
     )
     print(f"{'pipeline':<42} {'s/volume':>9} {'peak RSS (MiB)':>15} {'speed-up':>9}")
+    print("(fast path: the network of the first call is kept, as an ensemble keeps it)")
     base = results["paper"][0]
     labels = {
         "paper": f"paper-code approach (resize to {max(16, h // 16 * 16)} B-scans)",
         "enface": f"enface (pad to {-(-h // 4) * 4} B-scans, crop back)",
+        "fast32": "enface, fast path, float32",
+        "fast": "enface, fast path (bf16 where native)",
     }
-    for name in ("paper", "enface"):
+    for name in PIPELINES:
         s, rss = results[name]
         print(f"{labels[name]:<42} {s:>9.2f} {rss:>15.0f} {base / s:>8.2f}x")
     return 0

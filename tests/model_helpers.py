@@ -56,6 +56,13 @@ def save_checkpoint(path: Path, dataset: Path, seed: int, name: str = "fpn", tas
     return path
 
 
+def ranked_run(root: Path, dataset: Path) -> Path:
+    """A run folder ``root`` with two ranked checkpoints of different weights (val Dice 0.40, 0.60)."""
+    save_checkpoint(root / "checkpoints" / "epoch=1-val_dice=0.40.ckpt", dataset, seed=1)
+    save_checkpoint(root / "checkpoints" / "epoch=2-val_dice=0.60.ckpt", dataset, seed=2)
+    return root
+
+
 def tiny_run(root: Path) -> dict[str, Path]:
     """A two-case dataset of depth 64 and a finished run folder with one hand-made checkpoint of
     it: ``{"ds": dataset, "run": run folder, "ckpt": its checkpoint}``."""

@@ -8,11 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from enface.config import load_config
-from enface.engine import fastpath
+from enface.engine import fastpath, precision
 from enface.engine.checkpoint import load_model, read_checkpoint, topk_checkpoints
+from enface.engine.fastlayers import DepthAvgPool3d, VolumeInstanceNorm3d, swap_layers
 from enface.engine.fastpath import FastPath, channels_last_suits, fast_precision, fold_batchnorm
 from enface.engine.fit import fit, resolved_precision
 from enface.engine.inference import Ensemble
@@ -53,7 +55,7 @@ def test_fast_inference_equals_plain_for_every_model(name: str) -> None:
     x = torch.randn(VOLUME) * 1.5
     with torch.inference_mode():
         plain = torch.sigmoid(FastPath(False).logits(model, x))
-        fastpath = FastPath(True, slab_mb=0.05)  # many slabs
+        fastpath = FastPath(True, slab_mb=0.05, precision="32")  # many slabs; float32 as the plain path
         fast = torch.sigmoid(fastpath.logits(fastpath.inference_network(model), x))
     assert fast.shape == plain.shape == (1, 1, *VOLUME[2:4])
     assert (fast - plain).abs().max().item() < FAST_PLAIN_TOLERANCE.get(name, 5e-6)
@@ -108,6 +110,75 @@ def test_networks_that_cannot_be_streamed_run_whole() -> None:
         assert streamed_forward(create_model("fpn", width=0.125).train(), x) is None
 
 
+def _as(layout: str, x: torch.Tensor) -> torch.Tensor:
+    return channels_last_input(x) if layout == "channels-last" else x.contiguous()
+
+
+@pytest.mark.parametrize("layout", ["channels-last", "contiguous"])
+def test_volume_instance_norm_computes_torch_s_instance_norm(layout: str) -> None:
+    torch.manual_seed(0)
+    ref = nn.InstanceNorm3d(6, affine=True)
+    with torch.no_grad():
+        ref.weight.uniform_(0.5, 1.5), ref.bias.uniform_(-0.5, 0.5)
+    fast = copy.deepcopy(ref)
+    swap_layers(fast, inference=False)
+    assert type(fast) is VolumeInstanceNorm3d and fast.state_dict().keys() == ref.state_dict().keys()
+    x = (torch.randn(3, 6, 4, 10, 12) * 3 + 2).requires_grad_(True)  # several volumes: each its own statistics
+    xs = _as(layout, x.detach()).requires_grad_(True)
+    grad = torch.randn(3, 6, 4, 10, 12)
+    (ref(x) * grad).sum().backward()
+    out = fast(xs)
+    (out * grad).sum().backward()
+    assert out.is_contiguous(
+        memory_format=torch.channels_last_3d if layout == "channels-last" else torch.contiguous_format
+    )
+    assert torch.allclose(out, ref(x), atol=1e-5)
+    assert torch.allclose(xs.grad, x.grad, atol=1e-4)
+    assert torch.allclose(fast.weight.grad, ref.weight.grad, atol=1e-3) and torch.allclose(
+        fast.bias.grad, ref.bias.grad
+    )
+
+
+@pytest.mark.parametrize("layout", ["channels-last", "contiguous"])
+def test_depth_pooling_computes_torch_s_average_pooling(layout: str) -> None:
+    torch.manual_seed(0)
+    pool = nn.AvgPool3d((1, 1, 4), stride=(1, 1, 4))
+    fast = swap_layers(nn.Sequential(copy.deepcopy(pool)), inference=True)[0]
+    assert type(fast) is DepthAvgPool3d
+    x = torch.randn(2, 3, 2, 5, 14, requires_grad=True)  # 14 depth samples: the last 2 left out, as torch does
+    xs = _as(layout, x.detach()).requires_grad_(True)
+    grad = torch.randn(2, 3, 2, 5, 3)
+    (pool(x) * grad).sum().backward()
+    out = fast(xs)
+    (out * grad).sum().backward()
+    assert out.shape == (2, 3, 2, 5, 3) and torch.allclose(out, pool(x), atol=1e-6)
+    assert torch.allclose(xs.grad, x.grad, atol=1e-6)
+    with torch.inference_mode():  # the oneDNN kernel of inference, also in bf16 (torch's pooling has none)
+        assert torch.allclose(fast(_as(layout, x.detach())), pool(x.detach()), atol=1e-6)
+        low = fast(_as(layout, x.detach()).bfloat16())
+        assert low.dtype == torch.bfloat16 and torch.allclose(low.float(), pool(x.detach()), atol=3e-2)
+    other = swap_layers(nn.Sequential(nn.AvgPool3d(2)), inference=False)[0]  # not along depth only: torch's own
+    assert torch.allclose(other(x), F.avg_pool3d(x, 2))
+
+
+def test_lachinov_fast_training_follows_the_plain_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Float32, channels-last with the fast layers: the first loss and gradient of the plain path."""
+    monkeypatch.setattr(EnfaceModule, "log", lambda *a, **k: None)
+    batch = _batches(4)[0]
+    grads = {}
+    for fast in (False, True):
+        torch.manual_seed(0)
+        module = EnfaceModule("lachinov", width=0.25, fast=fast)
+        if fast:
+            assert any(isinstance(m, VolumeInstanceNorm3d) for m in module.model.modules())
+            module.fastpath.layout_choice = "skipped: this test"  # channels-last, as the network is
+        loss = module.training_step(batch, 0)
+        loss.backward()
+        grads[fast] = (loss.item(), torch.cat([p.grad.flatten() for p in module.parameters()]))
+    assert abs(grads[True][0] - grads[False][0]) < 1e-5
+    assert (grads[True][1] - grads[False][1]).norm() < 1e-3 * grads[False][1].norm()
+
+
 # --------------------------------------------------------------------------- layout, hardware
 
 
@@ -126,18 +197,11 @@ def test_channels_last_keeps_names_shapes_and_values() -> None:
     assert one_channel.stride(1) == 1  # so that convolutions return channels-last outputs
 
 
-def test_bf16_only_where_native(monkeypatch: pytest.MonkeyPatch) -> None:
-    fastpath._cpu_native_bf16.cache_clear()
-    monkeypatch.setattr(fastpath, "_cpu_flags", lambda: frozenset({"avx2", "fma"}))
-    monkeypatch.setattr(fastpath.platform, "machine", lambda: "x86_64")
-    assert not fastpath.native_bf16("cpu")
+def test_training_precision_is_bf16_only_where_native(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(precision, "native_bf16", lambda device: False)
     assert fast_precision("cpu") == "32-true"
-    fastpath._cpu_native_bf16.cache_clear()
-    monkeypatch.setattr(fastpath, "_cpu_flags", lambda: frozenset({"avx2", "avx512_bf16"}))
-    expected = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    assert fastpath.native_bf16("cpu") is expected
-    assert fast_precision("cpu") == ("bf16-mixed" if expected else "32-true")
-    fastpath._cpu_native_bf16.cache_clear()
+    monkeypatch.setattr(precision, "native_bf16", lambda device: True)
+    assert fast_precision("cpu") == "bf16-mixed"
     cfg = load_config(None, "train", {"dataset": "d", "fast": False})
     assert resolved_precision(cfg) == "32-true"
     assert resolved_precision(load_config(None, "train", {"dataset": "d", "precision": "16-mixed"})) == "16-mixed"
@@ -284,7 +348,7 @@ def test_checkpoints_of_either_path_load_in_the_other(phantom_dataset: Path, tmp
         assert any(isinstance(m, nn.BatchNorm3d) for m in model.modules())
     x = torch.randn(1, 1, 8, 32, 64)
     for run in runs.values():  # each run's checkpoint, on both inference paths
-        out = {fast: Ensemble.from_run(run, 1, fast=fast).run(x).mean for fast in (True, False)}
+        out = {fast: Ensemble.from_run(run, 1, fast=fast, precision="32").run(x).mean for fast in (True, False)}
         assert np.abs(out[True] - out[False]).max() < 1e-4
 
 

@@ -1,4 +1,4 @@
-"""predict's batch and its output folder (enface.predict.run, enface.predict.output): where
+"""predict's batch and its output folder (enface.predict.run, .scan, .output): where
 --out may lie, its lock, an earlier run's outputs, whole scan folders on a full disk, a scan
 that runs out of memory, devices, a checkpoints folder given for a run."""
 

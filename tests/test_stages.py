@@ -71,7 +71,7 @@ def test_a_toy_model_streams_by_declaring_its_stages() -> None:
         runner = Recorder(slab_mb=0.0005)
         streamed = net(x, run=runner)
         via_engine = streamed_forward(net, x, slab_mb=0.0005)
-        fastpath = FastPath(True, slab_mb=0.0005)
+        fastpath = FastPath(True, slab_mb=0.0005, precision="32")
         via_fastpath = fastpath.logits(fastpath.inference_network(net), x)
     assert len(runner.widths) > 4 and max(runner.widths) < 96  # really in slabs
     for out in (streamed, via_engine, via_fastpath):

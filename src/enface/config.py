@@ -20,12 +20,30 @@ import yaml
 from enface.errors import ConfigError
 from enface.targets import Target
 
-__all__ = ["FAST_DEFAULT", "RunConfig", "load_config", "parse_overrides", "read_yaml_mapping"]
+__all__ = [
+    "FAST_DEFAULT",
+    "INFERENCE_PRECISIONS",
+    "INFERENCE_PRECISION_DEFAULT",
+    "RunConfig",
+    "load_config",
+    "parse_overrides",
+    "read_yaml_mapping",
+]
 
 FAST_DEFAULT = True
 """Whether training and inference run on the fast path (:mod:`enface.engine.fastpath`) unless
 told otherwise (``fast: false``, ``--no-fast``, ``fast=False``). Every default of ``fast``
 in enface is this one."""
+
+INFERENCE_PRECISIONS = ("auto", "bf16", "32")
+"""What inference may compute in (``--precision`` of ``predict`` and ``evaluate``): ``auto``
+is bf16 where the hardware computes it natively, float32 elsewhere
+(:func:`enface.engine.precision.inference_dtype`)."""
+
+INFERENCE_PRECISION_DEFAULT = "auto"
+"""The inference precision unless told otherwise; every default of inference ``precision`` in
+enface is this one. bf16 became the default where native once its masks were measured to
+agree with float32's (``docs/speed.md``, *bf16 inference*)."""
 
 
 @dataclass

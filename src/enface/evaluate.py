@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from enface.config import FAST_DEFAULT
+from enface.config import FAST_DEFAULT, INFERENCE_PRECISION_DEFAULT
 from enface.data.dataset import EnfaceDataset
 from enface.data.folder import Case, is_dataset, load_case, mask_filename, read_dataset_info
 from enface.data.splits import select_cases
@@ -195,6 +195,7 @@ def evaluate(
     save_probabilities: bool = True,
     progress: bool = True,
     fast: bool = FAST_DEFAULT,
+    precision: str = INFERENCE_PRECISION_DEFAULT,
 ) -> EvalResult:
     """Evaluate the top-k ensemble of a segmentation run on a split of a dataset.
 
@@ -212,6 +213,8 @@ def evaluate(
         progress: log one line per case.
         fast: run the ensemble on the fast inference path (same probabilities to float32
             rounding; see :mod:`enface.engine.inference`).
+        precision: what the fast path computes in: ``"auto"`` (bf16 where the hardware
+            computes it natively), ``"bf16"`` or ``"32"``; written to ``summary.json``.
 
     Returns:
         An :class:`EvalResult`; files ``cases.csv`` and ``summary.json`` are written atomically.
@@ -219,6 +222,7 @@ def evaluate(
     Raises:
         DatasetError: not a segmentation run folder, no cases, or a case that does not fit.
         ValueError: ``top_k`` < 1 or ``threshold`` outside (0, 1).
+        ConfigError: an unknown precision, or bf16 on the plain path.
     """
 
     if not 0.0 < threshold < 1.0:
@@ -235,7 +239,7 @@ def evaluate(
     if not ids:
         raise DatasetError(f"{root}: no cases with a {target.name!r} mask in split {split!r}")
     out = writable_folder(Path(out_dir) if out_dir else path_under(run, "eval", f"{name}-{split}"))
-    ensemble = Ensemble.from_run(run, top_k, device, fast=fast)
+    ensemble = Ensemble.from_run(run, top_k, device, fast=fast, precision=precision)
     ds = EnfaceDataset(root, ids, None, augment=None, channels=ensemble.channels)
     rows, agreement, probs = _evaluate_cases(ensemble, ds, target.name, threshold, progress)
     summary = _summary(
@@ -248,6 +252,7 @@ def evaluate(
         task=target.name,
         threshold=threshold,
         checkpoints=[str(p) for p in ensemble.paths],
+        precision=ensemble.precision,
     )
     _write_outputs(out, rows, summary, probs, save_probabilities)
     log.info("evaluated %s; results in %s", _headline(summary), out)

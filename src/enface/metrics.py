@@ -21,6 +21,7 @@ __all__ = [
     "dice_score",
     "gaussian_window",
     "hd95_mm",
+    "probability_agreement",
     "ssim",
     "ssim_map",
 ]
@@ -85,6 +86,36 @@ def area_mm2(mask: np.ndarray, spacing: Sequence[float]) -> float:
 def abs_area_difference(pred: np.ndarray, target: np.ndarray, spacing: Sequence[float]) -> float:
     """Absolute difference of the en-face areas of ``pred`` and ``target`` in mm²."""
     return abs(area_mm2(pred, spacing) - area_mm2(target, spacing))
+
+
+def probability_agreement(
+    probs: np.ndarray, reference: np.ndarray, spacing: Sequence[float], threshold: float = 0.5
+) -> dict[str, float]:
+    """How a probability map agrees with another of the same scan (e.g. bf16 vs float32 inference).
+
+    Args:
+        probs: ``(H, W)`` probabilities.
+        reference: ``(H, W)`` probabilities to compare with.
+        spacing: ``(sh, sw)`` or ``(sh, sw, sd)`` in mm.
+        threshold: the masks are ``p >= threshold``.
+
+    Returns:
+        ``dice`` of the two masks (1 when both are empty), ``max_abs_dp`` and ``p999_abs_dp``
+        (the largest and the 99.9th-percentile ``|probs - reference|``), ``area_change_mm2``
+        (the mask area of ``probs`` minus that of ``reference``) and ``flipped`` (pixels whose
+        label differs).
+    """
+    if probs.shape != reference.shape:
+        raise ValueError(f"probability maps differ in shape: {probs.shape} vs {reference.shape}")
+    a, b = probs >= threshold, reference >= threshold
+    dp = np.abs(probs.astype(np.float64) - reference.astype(np.float64))
+    return {
+        "dice": dice_score(a, b),
+        "max_abs_dp": float(dp.max(initial=0.0)),
+        "p999_abs_dp": float(np.percentile(dp, 99.9)) if dp.size else 0.0,
+        "area_change_mm2": area_mm2(a, spacing) - area_mm2(b, spacing),
+        "flipped": int(np.count_nonzero(a != b)),
+    }
 
 
 def hd95_mm(pred: np.ndarray, target: np.ndarray, spacing: Sequence[float]) -> float:

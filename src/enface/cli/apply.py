@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from enface.cli.data import add_scan_options, parse_numbers
+from enface.config import INFERENCE_PRECISION_DEFAULT, INFERENCE_PRECISIONS
 from enface.io.formats import list_formats
 from enface.targets import THRESHOLD
 
@@ -57,7 +58,38 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
         action="store_false",
         help="plain inference path (each network's own forward on the whole volume, BatchNorm unfolded)",
     )
+    add_precision(p)
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes predicting scans at once, each with its own copy of the model and its share of the cores "
+        "(default 1: one process, which reads and prepares the next scan while the current one is predicted)",
+    )
+    p.add_argument(
+        "--no-overlap",
+        dest="overlap",
+        action="store_false",
+        help="with one worker, read and prepare each scan only once the one before is written",
+    )
+    p.add_argument(
+        "--timings",
+        action="store_true",
+        help="write OUT/timings.csv (seconds of each scan's stages: read, bm, flatten, enface, inference, write) "
+        "and print the share of each stage",
+    )
     p.set_defaults(handler=_cmd_predict)
+
+
+def add_precision(p: argparse.ArgumentParser) -> None:
+    """``--precision`` of the commands that run inference (predict, evaluate)."""
+    p.add_argument(
+        "--precision",
+        choices=INFERENCE_PRECISIONS,
+        default=INFERENCE_PRECISION_DEFAULT,
+        help="what the fast path computes in: auto = bf16 where the hardware computes it natively (AVX512-BF16 "
+        "or AMX CPUs, bf16 GPUs), else float32; bf16 or 32 force either (default auto; see docs/speed.md)",
+    )
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -73,7 +105,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         spacing=parse_numbers(args.spacing, 3, "--spacing") if args.spacing else None,  # type: ignore[arg-type]
         device=args.device,
         fast=args.fast,
+        precision=args.precision,
         dicom_seg=args.dicom_seg,
+        workers=args.workers,
+        overlap=args.overlap,
+        timings=args.timings,
     )
     report = predict(
         args.model,
@@ -89,6 +125,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         for r in report.failed:
             print(f"  {r.scan_id} ({r.source}): {r.reason}", file=sys.stderr)
     print(report.summary())
+    stages = report.stage_seconds() if args.timings else {}
+    if stages:  # none when no scan was predicted
+        total = sum(stages.values()) or 1.0
+        shares = ", ".join(f"{k} {100 * v / total:.0f} %" for k, v in stages.items())
+        print(f"stages ({total:.1f} s over the scans predicted): {shares}")
     return 0 if report.ok else 1
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from enface.cli.apply import add_precision
 from enface.targets import THRESHOLD
 
 # --------------------------------------------------------------------------- pretrain / train
@@ -100,6 +101,7 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
         action="store_false",
         help="plain inference path (each network's own forward, BatchNorm unfolded)",
     )
+    add_precision(p)
     p.set_defaults(handler=_cmd_evaluate)
 
 
@@ -116,6 +118,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         out_dir=args.out,
         device=args.device,
         fast=args.fast,
+        precision=args.precision,
     )
     m = res.summary["metrics"]
     print(f"{res.summary['n_cases']} cases, {len(res.summary['checkpoints'])} checkpoints averaged")

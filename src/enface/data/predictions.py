@@ -15,17 +15,19 @@ No other module names these files::
         overlay.png        the mask over an en-face projection of the OCT (and the SLO)
         prediction.json    the record: scan_id, source, task, area_mm2, member_areas_mm2,
                            n_pixels, mean_uncertainty_in_mask, threshold, shape, spacing,
-                           patient_id, eye, visit, visit_date, checkpoints, grid, notes
+                           patient_id, eye, visit, visit_date, checkpoints, precision
+                           (bf16 or 32), grid, notes
                            (and dicom_files with --dicom-seg)
         enface.dcm         --dicom-seg, a DICOM scan: the en-face image (Secondary Capture)
         seg.dcm            --dicom-seg, a DICOM scan: the mask as a DICOM Segmentation
+    timings.csv            --timings: seconds of each scan's stages (one row per scan)
 """
 
 from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,15 @@ from typing import Any
 import numpy as np
 
 from enface.errors import DatasetError
-from enface.fileio import atomic_save_npy, atomic_save_png, atomic_write_json, load_npy, path_under, read_json_object
+from enface.fileio import (
+    atomic_save_npy,
+    atomic_save_png,
+    atomic_write_csv,
+    atomic_write_json,
+    load_npy,
+    path_under,
+    read_json_object,
+)
 from enface.io.images import read_mask
 
 __all__ = [
@@ -43,13 +53,16 @@ __all__ = [
     "RECORD_FILE",
     "SUMMARY_COLUMNS",
     "SUMMARY_FILE",
+    "TIMINGS_FILE",
     "PredictionRecord",
     "read_record",
     "read_summary",
     "write_scan_outputs",
+    "write_timings",
 ]
 
 SUMMARY_FILE = "summary.csv"
+TIMINGS_FILE = "timings.csv"
 MASK_FILE = "mask.png"
 RECORD_FILE = "prediction.json"
 OVERLAY_FILE = "overlay.png"
@@ -95,6 +108,27 @@ def write_scan_outputs(
         atomic_save_png(folder / f"{name}.png", np.round(np.clip(values / top, 0, 1) * 65535).astype(np.uint16))
     atomic_save_png(folder / OVERLAY_FILE, overlay)
     atomic_write_json(folder / RECORD_FILE, dict(record))
+
+
+def write_timings(out: Path, scans: Sequence[tuple[str, str, Mapping[str, float]]], stages: Sequence[str]) -> Path:
+    """Write ``timings.csv``: per scan its id, status, the wall seconds of each of ``stages``
+    (empty where the stage did not run) and their total.
+
+    Args:
+        out: the output folder.
+        scans: ``(scan_id, status, {stage: seconds})`` per scan.
+        stages: the column order of the stages.
+    """
+    rows = [
+        {
+            "scan_id": sid,
+            "status": status,
+            **{k: round(float(v), 4) for k, v in sec.items()},
+            "total": round(sum(float(v) for v in sec.values()), 4),
+        }
+        for sid, status, sec in scans
+    ]
+    return atomic_write_csv(out / TIMINGS_FILE, rows, ["scan_id", "status", *stages, "total"])
 
 
 def read_summary(path: Path) -> list[dict[str, str]]:

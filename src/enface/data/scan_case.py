@@ -18,7 +18,8 @@ produces the arrays and ``meta.json`` of one dataset case, in named steps:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ from enface.data.register import apply_matrix, register_images
 from enface.errors import DatasetError
 from enface.io.base import Scan, normalise_eye, safe_id
 
-__all__ = ["CaseArrays", "PrepareOptions", "scan_to_case"]
+__all__ = ["STEPS", "CaseArrays", "PrepareOptions", "scan_to_case"]
 """Input formats of ``enface prepare``."""
 
 
@@ -51,6 +52,9 @@ class CaseArrays:
         bm: ``(H, W)`` BM the volume was flattened with (``bm.npy``), in voxels of the source
             volume as read (depth 0 on the vitreous side), on the case's grid; None for an
             input that was already flattened.
+        seconds: wall seconds of the steps (:data:`STEPS`: ``bm``, the estimate or the
+            export's BM made usable; ``flatten``, flattening and depth resampling; ``enface``,
+            the 2D images and masks onto the grid and the metadata); never written to a case.
     """
 
     meta: CaseMeta
@@ -60,6 +64,11 @@ class CaseArrays:
     volumes: dict[str, np.ndarray]
     notes: list[str]
     bm: np.ndarray | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+STEPS = ("bm", "flatten", "enface")
+"""The steps of :func:`scan_to_case` that :attr:`CaseArrays.seconds` times."""
 
 
 def _patient_id(scan: Scan, case_id: str, source: Path, opts: PrepareOptions, notes: list[str]) -> str:
@@ -99,10 +108,11 @@ def _bm_for_flattening(scan: Scan, opts: PrepareOptions, extra: dict[str, Any]) 
 
 
 def _flatten(
-    scan: Scan, opts: PrepareOptions, extra: dict[str, Any]
+    scan: Scan, opts: PrepareOptions, extra: dict[str, Any], seconds: dict[str, float]
 ) -> tuple[np.ndarray, dict[str, np.ndarray], float, np.ndarray | None]:
     """Flatten (or only resample) the volume and extra channels; returns them, the new sd and
-    the BM flattened along (None for an input already flattened).
+    the BM flattened along (None for an input already flattened). The seconds of making the
+    BM go to ``seconds["bm"]``.
 
     Records in ``extra`` how output depth maps to the input: ``flatten`` (window in mm and
     in input voxels, step, interpolation, anti-aliasing) or ``flattening`` (an input
@@ -130,7 +140,9 @@ def _flatten(
             f"voxel of the scan ({sd:g} mm); widen --window-mm",
             path=scan.source,
         )
+    start = time.perf_counter()
     bm = _bm_for_flattening(scan, opts, extra)
+    seconds["bm"] = time.perf_counter() - start
     step = (params.above_mm + params.below_mm) / sd / params.depth
     extra["bm_depth_range"] = [round(float(bm.min()), 2), round(float(bm.max()), 2)]
     extra["flatten"] = {
@@ -293,7 +305,11 @@ def scan_to_case(scan: Scan, case_id: str, opts: PrepareOptions) -> CaseArrays:
     scan.validate()
     notes: list[str] = []
     extra: dict[str, Any] = {}
-    oct_flat, volumes, sd_out, bm = _flatten(scan, opts, extra)
+    seconds = {"bm": 0.0}
+    start = time.perf_counter()
+    oct_flat, volumes, sd_out, bm = _flatten(scan, opts, extra, seconds)
+    seconds["flatten"] = time.perf_counter() - start - seconds["bm"]
+    start = time.perf_counter()
     points = None if scan.bscan_positions is None else enface_points(scan.bscan_positions, scan.grid_shape[1])
     images, faf_to_ref = _enface_images(scan, opts, points, extra, notes)
     masks = _enface_masks(scan, opts, points, faf_to_ref, extra)
@@ -301,4 +317,5 @@ def scan_to_case(scan: Scan, case_id: str, opts: PrepareOptions) -> CaseArrays:
         extra["channels"] = ["oct", *sorted(volumes)]
     spacing = (float(scan.spacing[0]), float(scan.spacing[1]), float(sd_out))
     meta = _case_meta(scan, case_id, opts, spacing, extra, notes)
-    return CaseArrays(meta, oct_flat, images, masks, volumes, notes, bm)
+    seconds["enface"] = time.perf_counter() - start
+    return CaseArrays(meta, oct_flat, images, masks, volumes, notes, bm, seconds)

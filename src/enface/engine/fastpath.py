@@ -7,40 +7,44 @@ library; the default is :data:`enface.config.FAST_DEFAULT`), changes how the num
 computed, never which numbers are learned. One object, :class:`FastPath`, owns every
 difference between the two, so that the engine asks it and never decides itself:
 
-* **precision**: bf16 mixed precision for training (autocast; weights, optimiser and losses
-  stay float32) where the hardware computes bf16 natively: CPUs with AVX512-BF16 or AMX,
-  GPUs that support bf16 (:func:`native_bf16`). Elsewhere (e.g. AVX2-only CPUs) float32;
+* **precision** (:mod:`enface.engine.precision`): bf16 mixed precision for training
+  (autocast; weights, optimiser and losses stay float32) and bf16 inference networks where
+  the hardware computes bf16 natively: CPUs with AVX512-BF16 or AMX, GPUs that support
+  bf16 (:func:`~enface.engine.precision.native_bf16`). Elsewhere (e.g. AVX2-only CPUs)
+  float32; inference may be forced either way (``precision``). Validation during training
+  stays float32;
 * **the training layout**: channels-last weights and inputs (:mod:`enface.engine.layout`),
   which oneDNN's convolutions run about twice as fast; on a CPU, narrow networks train
   contiguous instead, by a rule on their channels (:func:`channels_last_suits`), never by a
   timing that the machine's load could change. The layout is recorded in every checkpoint
   and kept when a run resumes. Checkpoints are written contiguous, so a checkpoint of
   either path loads in the other;
-* **the inference copy** (validation, ``evaluate``, ``predict``): float32, BatchNorm folded
-  into the convolution before it (on a copy: the trained network and its checkpoints are
-  never changed), oneDNN convolutions even where PyTorch would fall back to its generic
-  kernel (small batch-1 volumes), channels-last, and the parts a model declares local along
-  the A-scans run over slabs of A-scans with exact halos (:mod:`enface.engine.streaming`),
-  which bounds peak memory;
+* **layers** (:mod:`enface.engine.fastlayers`): instance norms and depth poolings swapped for
+  kernels that keep the channels-last layout and bf16, in training and inference;
+* **the inference copy** (validation, ``evaluate``, ``predict``): BatchNorm folded into the
+  convolution before it (on a copy: the trained network and its checkpoints are never
+  changed), oneDNN convolutions even where PyTorch would fall back to its generic kernel
+  (small batch-1 volumes), channels-last, bf16 weights where chosen, and the parts a model
+  declares local along the A-scans run over slabs of A-scans with exact halos
+  (:mod:`enface.engine.streaming`), which bounds peak memory;
 * **process settings**: glibc's allocator told to reuse freed tensor memory
   (:func:`tune_allocator`) instead of having the kernel map and zero-fill it again for every
   large tensor; pinned loader memory and cuDNN's autotuner on GPUs.
 
-Probabilities of the fast inference path equal the plain path's to float32 rounding (only
-the order of summation differs): tests compare both paths for every registered model and
-require them to agree to 5e-6 (measured: at most 1.2e-6), or 1e-4 for Lachinov's network,
-whose instance norms the fast path computes as batch statistics (measured: at most 2e-5).
+In float32, probabilities of the fast inference path equal the plain path's to float32
+rounding (only the order of summation differs): tests compare both paths for every
+registered model and require them to agree to 5e-6 (measured: at most 1.2e-6), or 1e-4 for
+Lachinov's network, whose instance norms the fast path computes as batch statistics
+(measured: at most 2e-5). In bf16 the masks agree with float32's as measured in
+``docs/speed.md`` and held by ``tests/test_precision.py``.
 """
 
 from __future__ import annotations
 
 import copy
 import ctypes
-import functools
 import logging
-import platform
 from collections.abc import MutableMapping
-from pathlib import Path
 from typing import Any, cast
 
 import torch
@@ -48,8 +52,10 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
-from enface.config import FAST_DEFAULT
+from enface.config import FAST_DEFAULT, INFERENCE_PRECISION_DEFAULT
+from enface.engine.fastlayers import swap_layers
 from enface.engine.layout import channels_last_input, contiguous_state, to_channels_last, to_contiguous
+from enface.engine.precision import fast_precision, inference_dtype, native_bf16
 from enface.engine.streaming import DEFAULT_SLAB_MB, streamed_forward
 
 __all__ = [
@@ -59,72 +65,15 @@ __all__ = [
     "fold_batchnorm",
     "inference_network",
     "native_bf16",
+    "network_dtype",
     "release_free_memory",
     "tune_allocator",
-    "use_onednn",
 ]
 
 log = logging.getLogger(__name__)
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-
-
-# --------------------------------------------------------------------------- hardware
-
-
-def _cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags as Linux reports them (empty elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace").splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.partition(":")[2].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
-@functools.cache
-def _cpu_native_bf16() -> bool:
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
-    flags = _cpu_flags()
-    if not ({"avx512_bf16", "amx_bf16"} & flags):
-        return False
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # pragma: no cover - a build without oneDNN
-        return False
-
-
-def native_bf16(device: str | torch.device = "cpu") -> bool:
-    """Whether ``device`` computes bf16 natively (so bf16 autocast is a speed-up there).
-
-    CPU: x86-64 with the ``avx512_bf16`` or ``amx_bf16`` flag and a oneDNN build of torch
-    (AVX2-only CPUs emulate bf16, which is slower than float32). CUDA: the GPU supports bf16
-    (Ampere and newer). Anything else: False.
-    """
-    kind = torch.device(device).type if not isinstance(device, str) or device not in ("gpu", "cuda") else "cuda"
-    if kind == "cuda":
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    if kind == "cpu":
-        return _cpu_native_bf16()
-    return False
-
-
-def fast_precision(accelerator: str) -> str:
-    """The Lightning precision of the fast path on ``accelerator``: ``"bf16-mixed"`` where
-    bf16 is native (:func:`native_bf16`), else ``"32-true"``.
-
-    ``accelerator`` is Lightning's name (``"cpu"``, ``"gpu"``, ``"cuda"``, ``"auto"``);
-    ``"auto"`` means the GPU when one is available, else the CPU.
-    """
-    name = str(accelerator).lower()
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name not in ("gpu", "cuda", "cpu"):
-        return "32-true"
-    return "bf16-mixed" if native_bf16(name) else "32-true"
 
 
 # --------------------------------------------------------------------------- the training layout
@@ -200,77 +149,27 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
-def _onednn_conv(conv: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    if x.device.type == "cpu" and not torch.is_grad_enabled() and x.dtype == weight.dtype:
-        return torch.ops.aten.mkldnn_convolution(x, weight, bias, conv.padding, conv.stride, conv.dilation, conv.groups)
-    parent: Any = type(conv).__mro__[1]  # the nn.ConvNd's own
-    return parent._conv_forward(conv, x, weight, bias)
-
-
-class _OneDNNConv2d(nn.Conv2d):
-    """``nn.Conv2d`` that always runs oneDNN's kernel for CPU inference (see :func:`use_onednn`)."""
-
-    def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        return _onednn_conv(self, input, weight, bias)
-
-
-class _OneDNNConv3d(nn.Conv3d):
-    """``nn.Conv3d`` that always runs oneDNN's kernel for CPU inference (see :func:`use_onednn`)."""
-
-    def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        return _onednn_conv(self, input, weight, bias)
-
-
-def use_onednn(model: nn.Module) -> nn.Module:
-    """Make the convolutions of an inference network always use oneDNN on the CPU, in place.
-
-    For a batch of one small volume (fewer than ~20k values in its first four dimensions,
-    e.g. 4 channels x 32 x 128) PyTorch picks its generic im2col convolution, which is
-    10-15x slower than oneDNN's there (and adds a copy of the bias). Networks of small width
-    validated on small volumes spent most of their validation there. Only zero-padded
-    convolutions with numeric padding are switched; their weights and outputs are unchanged
-    up to float rounding. Without oneDNN (``torch.backends.mkldnn``), nothing changes.
-    """
-    if not torch.backends.mkldnn.is_available():
-        return model
-    for layer in model.modules():
-        if (
-            type(layer) in (nn.Conv2d, nn.Conv3d)
-            and layer.padding_mode == "zeros"
-            and not isinstance(layer.padding, str)
-        ):
-            layer.__class__ = _OneDNNConv2d if type(layer) is nn.Conv2d else _OneDNNConv3d
-    return model
-
-
-class _SingleVolumeInstanceNorm3d(nn.InstanceNorm3d):
-    """``nn.InstanceNorm3d`` that normalises a batch of one volume as a batch norm with batch
-    statistics, which is the same computation but runs on channels-last tensors as they
-    are (instance norm first copies its input to the contiguous layout)."""
-
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if input.dim() != 5 or input.shape[0] != 1 or self.track_running_stats:
-            return super().forward(input)
-        return torch.nn.functional.batch_norm(input, None, None, self.weight, self.bias, True, 0.0, self.eps)
-
-
-def inference_network(model: nn.Module, fast: bool = FAST_DEFAULT) -> nn.Module:
+def inference_network(model: nn.Module, fast: bool = FAST_DEFAULT, dtype: torch.dtype = torch.float32) -> nn.Module:
     """The network to run inference with.
 
     Plain: ``model`` itself in eval mode. Fast: an eval-mode copy with BatchNorm folded
-    (:func:`fold_batchnorm`), weights channels-last, oneDNN convolutions
-    (:func:`use_onednn`), instance norms that keep the channels-last layout, and
+    (:func:`fold_batchnorm`; in float64, then rounded to ``dtype``), weights channels-last
+    and in ``dtype``, the fast layers (:func:`~enface.engine.fastlayers.swap_layers`: oneDNN
+    convolutions, instance norms and depth poolings on the channels-last layout), and
     ``requires_grad`` off.
     """
     if not fast:
         return model.eval()
-    net = use_onednn(to_channels_last(fold_batchnorm(model)))
-    for layer in net.modules():
-        if type(layer) is nn.InstanceNorm3d:
-            layer.__class__ = _SingleVolumeInstanceNorm3d
+    net = to_channels_last(fold_batchnorm(model).to(dtype))
+    swap_layers(net, inference=True)
     for p in net.parameters():
         p.requires_grad_(False)
     return net
+
+
+def network_dtype(net: nn.Module) -> torch.dtype:
+    """The dtype of ``net``'s floating-point weights (float32 for a network without any)."""
+    return next((p.dtype for p in net.parameters() if p.is_floating_point()), torch.float32)
 
 
 # --------------------------------------------------------------------------- allocator
@@ -351,17 +250,29 @@ class FastPath:
         enabled: the fast path (else the plain path: eager float32, contiguous layout, the
             network's own forward everywhere).
         slab_mb: memory of one slab activation of streamed inference (fast path), in MiB.
+        precision: what inference networks compute in (one of
+            :data:`~enface.config.INFERENCE_PRECISIONS`; ``"auto"``: bf16 where native, see
+            :func:`~enface.engine.precision.inference_dtype`). Validation during training
+            is float32 whatever this says.
 
     Attributes:
         layout: the training layout, ``"channels-last"`` or ``"contiguous"``.
         layout_choice: how the layout was chosen: ``"pending"`` (before the first batch),
             ``"rule: <n> channels"`` (:func:`channels_last_suits`), ``"kept: ..."`` (a
             resumed run's), ``"skipped: ..."`` (why no rule), or ``"none"`` (plain path).
+        dtype: what the last inference network made computes in.
     """
 
-    def __init__(self, enabled: bool = FAST_DEFAULT, slab_mb: float = DEFAULT_SLAB_MB) -> None:
+    def __init__(
+        self,
+        enabled: bool = FAST_DEFAULT,
+        slab_mb: float = DEFAULT_SLAB_MB,
+        precision: str = INFERENCE_PRECISION_DEFAULT,
+    ) -> None:
         self.enabled = bool(enabled)
         self.slab_mb = float(slab_mb)
+        self.inference_precision = precision
+        self.dtype = torch.float32
         self.layout = CHANNELS_LAST if self.enabled else CONTIGUOUS
         self.layout_choice = "pending" if self.enabled else "none"
         self._validation_net: nn.Module | None = None
@@ -407,10 +318,11 @@ class FastPath:
     # ---- training
 
     def training_network(self, net: nn.Module, rule: bool = True) -> nn.Module:
-        """``net`` in the training layout, in place; ``rule``: let the first CPU batch
-        choose the layout by :func:`channels_last_suits` (off for compiled networks)."""
+        """``net`` in the training layout with the fast layers
+        (:func:`~enface.engine.fastlayers.swap_layers`), in place; ``rule``: let the first CPU
+        batch choose the layout by :func:`channels_last_suits` (off for compiled networks)."""
         if self.enabled:
-            to_channels_last(net)
+            to_channels_last(swap_layers(net, inference=False))
             if not rule:
                 self.layout_choice = "skipped: compiled network"
         return net
@@ -452,7 +364,8 @@ class FastPath:
         log.info("training layout: %s (%d channels at the first 3D convolution)", self.layout, channels)
 
     def begin_validation(self, net: nn.Module) -> None:
-        """Validate on an inference copy of this epoch's weights (fast path)."""
+        """Validate on a float32 inference copy of this epoch's weights (fast path): the
+        checkpoints are ranked on the numbers the plain path computes."""
         self._validation_net = inference_network(net) if self.enabled else None
 
     def end_validation(self) -> None:
@@ -476,16 +389,24 @@ class FastPath:
     # ---- inference
 
     def inference_network(self, model: nn.Module) -> nn.Module:
-        """The network to run inference with (:func:`inference_network`)."""
-        return inference_network(model, self.enabled)
+        """The network to run inference with (:func:`inference_network`), in the precision
+        asked for on the device ``model`` is on (recorded as :attr:`dtype`).
+
+        Raises:
+            ConfigError: an unknown precision, or bf16 on the plain path.
+        """
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        self.dtype = inference_dtype(self.inference_precision, device, self.enabled)
+        return inference_network(model, self.enabled, self.dtype)
 
     def logits(self, net: nn.Module, volume: torch.Tensor) -> torch.Tensor:
-        """Logits ``(N, C_out, H, W)`` of an eval-mode network (from :meth:`inference_network`)
-        for normalised volumes ``(N, C_in, H, W, D)`` on its device: on the fast path with a
-        channels-last input and the model's slab stages over slabs of A-scans; else the
-        network's own forward on ``volume`` as given."""
+        """Float32 logits ``(N, C_out, H, W)`` of an eval-mode network (from
+        :meth:`inference_network`) for normalised volumes ``(N, C_in, H, W, D)`` on its
+        device: on the fast path in the network's dtype, with a channels-last input and the
+        model's slab stages over slabs of A-scans; else the network's own forward on
+        ``volume`` as given."""
         if not self.enabled:
-            return net(volume)
-        volume = channels_last_input(volume)
+            return net(volume).float()
+        volume = channels_last_input(volume.to(network_dtype(net)))
         logits = streamed_forward(net, volume, self.slab_mb)
-        return net(volume) if logits is None else logits
+        return (net(volume) if logits is None else logits).float()

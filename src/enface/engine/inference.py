@@ -7,11 +7,13 @@ returns per volume the mean probability, the members' standard deviation (an unc
 and, when asked, each member's probability map. ``evaluate`` and ``predict`` both use it.
 
 By default the members run on the fast path (:class:`~enface.engine.fastpath.FastPath`):
-BatchNorm folded into the convolutions, channels-last weights and inputs, float32, and the
-parts of each network that it declares local along the A-scans run over slabs of A-scans
-with exact halos (:mod:`enface.engine.streaming`), which keeps the peak memory of a
+BatchNorm folded into the convolutions, channels-last weights and inputs, bf16 where the
+hardware computes it natively (``precision``: :data:`~enface.config.INFERENCE_PRECISIONS`),
+and the parts of each network that it declares local along the A-scans run over slabs of
+A-scans with exact halos (:mod:`enface.engine.streaming`), which keeps the peak memory of a
 49 x 1024 x 128 volume under 1 GB. ``fast=False`` runs each member's own forward on the
-volume as given (the plain path); both give the same probabilities to float32 rounding.
+volume as given (the plain path, float32); in float32 both give the same probabilities to
+float32 rounding, and bf16 masks agree with float32's as ``docs/speed.md`` measures.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from enface.config import FAST_DEFAULT
+from enface.config import FAST_DEFAULT, INFERENCE_PRECISION_DEFAULT
 from enface.engine.checkpoint import load_model, topk_checkpoints
 from enface.engine.fastpath import FastPath
+from enface.engine.precision import precision_name
 from enface.errors import CheckpointError, ConfigError, DatasetError
 from enface.fileio import load_npy, read_json_object
 
@@ -106,19 +109,29 @@ class Ensemble:
         checkpoints: checkpoint files (each rebuilt from its own description).
         device: torch device for inference.
         fast: run the members on the fast path (see the module's description).
+        precision: what the members compute in on the fast path (``"auto"``: bf16 where the
+            device computes it natively; ``"bf16"``, ``"32"``).
+
+    Attributes:
+        precision: what the members compute in, ``"bf16"`` or ``"32"``.
 
     Raises:
         CheckpointError: no checkpoints, an unreadable one, or members that disagree on
             their task, input channels, output channels or fixed depth.
+        ConfigError: an unknown device or precision, or bf16 asked of the plain path.
     """
 
     def __init__(
-        self, checkpoints: Sequence[str | os.PathLike], device: str | torch.device = "cpu", fast: bool = FAST_DEFAULT
+        self,
+        checkpoints: Sequence[str | os.PathLike],
+        device: str | torch.device = "cpu",
+        fast: bool = FAST_DEFAULT,
+        precision: str = INFERENCE_PRECISION_DEFAULT,
     ) -> None:
         if not checkpoints:
             raise CheckpointError("no checkpoints to ensemble")
         self.device = inference_device(device)
-        self.fastpath = FastPath(fast)
+        self.fastpath = FastPath(fast, precision=precision)
         self.fastpath.tune_process("inference", self.device)  # slab activations are reused, not faulted in again
         self.paths = [Path(p) for p in checkpoints]
         self.models: list[torch.nn.Module] = []
@@ -127,6 +140,7 @@ class Ensemble:
             model, info = load_model(p)
             self.models.append(self.fastpath.inference_network(model.to(self.device)))
             self.infos.append(info)
+        self.precision = precision_name(self.fastpath.dtype)
         self._check_members()
 
     def _check_members(self) -> None:
@@ -154,9 +168,14 @@ class Ensemble:
 
     @classmethod
     def from_run(
-        cls, run: str | os.PathLike, top_k: int = 5, device: str | torch.device = "cpu", fast: bool = FAST_DEFAULT
+        cls,
+        run: str | os.PathLike,
+        top_k: int = 5,
+        device: str | torch.device = "cpu",
+        fast: bool = FAST_DEFAULT,
+        precision: str = INFERENCE_PRECISION_DEFAULT,
     ) -> Ensemble:
-        """The top-k checkpoints of a run folder.
+        """The top-k checkpoints of a run folder (the other arguments as for the class).
 
         A run that has not finished (no ``done.json``) is used with a warning; a run with no
         ranked checkpoint falls back to ``last.ckpt``, also with a warning.
@@ -186,7 +205,7 @@ class Ensemble:
             paths = [last]
         elif len(paths) < top_k:
             log.info("%s: %d checkpoint(s) available for a top-%d ensemble", run, len(paths), top_k)
-        return cls(paths, device, fast)
+        return cls(paths, device, fast, precision)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -220,7 +239,7 @@ class Ensemble:
     def run(self, volume: torch.Tensor) -> EnsembleOutput:
         """All members' probabilities for a normalised volume ``(1, C_in, H, W, D)``."""
         x = volume.to(self.device, torch.float32)
-        probs = [torch.sigmoid(self.fastpath.logits(m, x).float())[0].cpu().numpy() for m in self.models]
+        probs = [torch.sigmoid(self.fastpath.logits(m, x))[0].cpu().numpy() for m in self.models]
         return EnsembleOutput(np.stack(probs))
 
     def __call__(self, volume: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

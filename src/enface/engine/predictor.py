@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from enface.config import FAST_DEFAULT
+from enface.config import FAST_DEFAULT, INFERENCE_PRECISION_DEFAULT
 from enface.data.normalize import zscore_per_bscan
 from enface.data.preprocess import FlattenParams
 from enface.engine.inference import Ensemble, EnsembleOutput, depth_note, training_preparation
@@ -75,6 +75,11 @@ class Predictor:
         return self.ensemble.fixed_depth
 
     @property
+    def precision(self) -> str:
+        """What the members compute in, ``"bf16"`` or ``"32"``."""
+        return self.ensemble.precision
+
+    @property
     def checkpoints(self) -> list[Path]:
         return list(self.ensemble.paths)
 
@@ -87,13 +92,15 @@ class Predictor:
         depth: int | None = None,
         window_mm: tuple[float, float] | None = None,
         fast: bool = FAST_DEFAULT,
+        precision: str = INFERENCE_PRECISION_DEFAULT,
     ) -> Predictor:
         """Load a checkpoint file or the top-k checkpoints of a run folder.
 
         The depth of prepared exports is, in order: ``depth``; the fixed depth of the
         network (ReSensNet); the training dataset's preparation depth (its ``dataset.json``,
         else its first case); 128. The window is ``window_mm``, else the training dataset's,
-        else the ``enface prepare`` default.
+        else the ``enface prepare`` default. ``fast`` and ``precision``: how the members run
+        (:class:`~enface.engine.inference.Ensemble`).
 
         Raises:
             CheckpointError: missing or unusable checkpoint(s), not a segmentation model.
@@ -101,9 +108,9 @@ class Predictor:
         """
         path = Path(model_or_run)
         if path.is_dir():
-            ensemble = Ensemble.from_run(path, top_k, device, fast)
+            ensemble = Ensemble.from_run(path, top_k, device, fast, precision)
         elif path.is_file():
-            ensemble = Ensemble([path], device, fast)
+            ensemble = Ensemble([path], device, fast, precision)
         else:
             raise CheckpointError(f"{path}: no such checkpoint file or run folder")
         predictor = cls(ensemble, FlattenParams())

@@ -186,6 +186,10 @@ class LachinovNet(nn.Module):
             )
             for i in range(self.levels - 1)
         )
+        self.skip_pools = nn.ModuleList(
+            nn.AvgPool3d((1, 1, 2 ** (self.levels - 1 - i)), stride=(1, 1, 2 ** (self.levels - 1 - i)))
+            for i in range(self.levels - 1)
+        )
         self.upsample = nn.ModuleList(UpAlongAScans(chs[i + 1], chs[i]) for i in range(self.levels - 1))
         self.decoder = nn.ModuleList(DecoderLevel(chs[i], blocks[i]) for i in range(self.levels - 1))
         self.head = nn.Conv2d(chs[0], out_channels, 3, padding=1, bias=True)
@@ -216,9 +220,8 @@ class LachinovNet(nn.Module):
         ``(N, C_in, H, W, D)`` -> ``(N, C, H, W)``."""
         x = self.stem(x)
         skips = []
-        for i, down in enumerate(self.encoder):
-            rate = 2 ** (self.levels - 1 - i)
-            skips.append(F.avg_pool3d(x, kernel_size=(1, 1, rate), stride=(1, 1, rate)))
+        for pool, down in zip(self.skip_pools, self.encoder):
+            skips.append(pool(x))
             x = down(x)
         for i in reversed(range(self.levels - 1)):
             x = self.decoder[i](self.upsample[i](x), skips[i])

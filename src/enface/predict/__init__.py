@@ -10,7 +10,9 @@ probability is the prediction, their standard deviation the uncertainty. Each sc
 
 * :mod:`enface.predict.options` — :class:`PredictOptions`;
 * :mod:`enface.predict.inputs` — the inputs expanded into scans, each loaded for the network;
-* :mod:`enface.predict.run` — the batch, each scan's outputs, the report;
+* :mod:`enface.predict.run` — the batch, the report;
+* :mod:`enface.predict.scan` — each scan: loaded, predicted, its outputs written, its result;
+* :mod:`enface.predict.pipeline` — the scans in one process (overlapping) or in workers;
 * :mod:`enface.predict.output` — the ``--out`` folder: placement, lock, earlier outputs.
 """
 

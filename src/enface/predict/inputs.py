@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -44,6 +45,8 @@ class PreparedScan:
             as far as the case or the export tells them.
         flips: ``{"flipped_bscans": bool, "flipped_ascans": bool}``: how the grid (SLO
             orientation) relates to the file's stored order.
+        seconds: wall seconds of loading it, per stage: ``read``, and for an export
+            ``bm``, ``flatten`` and ``enface`` (:data:`enface.data.scan_case.STEPS`).
     """
 
     volumes: np.ndarray
@@ -52,6 +55,7 @@ class PreparedScan:
     notes: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
     flips: dict[str, bool] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 def _flips(extra: dict[str, Any]) -> dict[str, bool]:
@@ -67,9 +71,10 @@ class PredictInput:
     load: Callable[[], PreparedScan]
 
 
-def _load_case(path: Path, predictor: Predictor) -> PreparedScan:
+def _load_case(path: Path, channels: tuple[str, ...]) -> PreparedScan:
+    start = time.perf_counter()
     case = load_case(path)
-    names = list(predictor.channels)
+    names = list(channels)
     missing = [n for n in names if not (path / f"{n}.npy").is_file()]
     if missing:
         raise DatasetError(
@@ -87,7 +92,9 @@ def _load_case(path: Path, predictor: Predictor) -> PreparedScan:
         "visit_date": case.meta.extra.get("visit_date"),
         "dicom": case.meta.extra.get("dicom"),
     }
-    return PreparedScan(np.stack(vols), case.spacing, slo, meta=meta, flips=_flips(case.meta.extra))
+    volumes = np.stack(vols)
+    seconds = {"read": time.perf_counter() - start}
+    return PreparedScan(volumes, case.spacing, slo, meta=meta, flips=_flips(case.meta.extra), seconds=seconds)
 
 
 def _prepare_options(opts: PredictOptions, fmt: str, predictor: Predictor) -> PrepareOptions:
@@ -103,7 +110,9 @@ def _prepare_options(opts: PredictOptions, fmt: str, predictor: Predictor) -> Pr
 
 
 def _load_export(read: Callable[[], Scan], scan_id: str, popts: PrepareOptions) -> PreparedScan:
+    start = time.perf_counter()
     scan = read()
+    seconds = {"read": time.perf_counter() - start}
     # no FAF (only the SLO is shown) and no masks: nothing to register, nothing to validate
     scan = replace(scan, faf=None, faf_to_slo=None, masks={}, mask_spaces={})
     arrays = scan_to_case(scan, scan_id, popts)
@@ -113,18 +122,23 @@ def _load_export(read: Callable[[], Scan], scan_id: str, popts: PrepareOptions) 
     dated = m.extra.get("visit_date")  # a visit date: its day is counted per patient later (progression)
     meta = {"patient_id": m.patient_id, "eye": m.eye, "visit": None if dated else m.visit, "visit_date": dated}
     meta["dicom"] = m.extra.get("dicom")  # where a DICOM scan came from (--dicom-seg writes back to it)
-    return PreparedScan(np.stack(vols), m.spacing, arrays.images.get("slo"), notes, meta, flips=_flips(m.extra))
+    seconds.update(arrays.seconds)
+    slo = arrays.images.get("slo")
+    return PreparedScan(np.stack(vols), m.spacing, slo, notes, meta, flips=_flips(m.extra), seconds=seconds)
+
+
+def _raise(error: Exception) -> PreparedScan:
+    raise error
 
 
 def _failing(error: Exception) -> Callable[[], PreparedScan]:
-    def load() -> PreparedScan:
-        raise error
-
-    return load
+    """A load that fails with ``error`` (a partial, so that it travels to worker processes)."""
+    return functools.partial(_raise, error)
 
 
 def _case_inputs(dirs: list[Path], predictor: Predictor) -> list[PredictInput]:
-    return [PredictInput(d.name, str(d), functools.partial(_load_case, d, predictor)) for d in dirs]
+    channels = tuple(predictor.channels)
+    return [PredictInput(d.name, str(d), functools.partial(_load_case, d, channels)) for d in dirs]
 
 
 def _export_inputs(path: Path, predictor: Predictor, opts: PredictOptions) -> list[PredictInput]:
