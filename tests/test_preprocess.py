@@ -148,3 +148,21 @@ def test_sample_mask_keeps_area() -> None:
     small = sample_enface_mask(mask, pts)
     assert set(np.unique(small)) == {0, 1}
     assert small.sum() * 36 == pytest.approx(mask.sum(), rel=0.1)
+
+
+@pytest.mark.parametrize(("depth", "half"), [(40, 3), (7, 3), (6, 3), (64, 2)])
+def test_bm_edge_response_is_the_difference_of_the_window_means(depth: int, half: int) -> None:
+    from enface.data.bm import _edge_response
+
+    s = np.random.default_rng(depth).random((3, 5, depth), dtype=np.float32)
+    c = np.concatenate([np.zeros((3, 5, 1), np.float32), np.cumsum(s, axis=-1, dtype=np.float32)], axis=-1)
+    expected = np.zeros(s.shape)
+    for z in range(half, depth - half):  # the definition, one depth at a time, from the same running sum
+        expected[..., z] = (c[..., z] - c[..., z - half]) / np.int64(half) - (c[..., z + half] - c[..., z]) / np.int64(
+            half
+        )
+    got = _edge_response(s, half)
+    assert got.dtype == np.float64 and np.array_equal(got, expected)  # bit for bit: the BM estimate is unchanged
+    window = s[..., half - half : half].mean(-1) - s[..., half : 2 * half].mean(-1) if depth > 2 * half else None
+    if window is not None:
+        np.testing.assert_allclose(got[..., half], window, atol=1e-5)

@@ -75,20 +75,20 @@ def _block_mean_depth(volume: np.ndarray, factor: int) -> np.ndarray:
 
 
 def _edge_response(s: np.ndarray, half: int) -> np.ndarray:
-    """``mean(s[z-half:z]) - mean(s[z:z+half])`` along the last axis (bright above -> positive).
+    """``mean(s[z-half:z]) - mean(s[z:z+half])`` along the last axis (bright above -> positive),
+    float64; 0 within ``half`` samples of either end.
 
-    The value at ``z`` describes the boundary between samples ``z - 1`` and ``z``.
+    The value at ``z`` describes the boundary between samples ``z - 1`` and ``z``. Both means
+    are differences of one running sum, taken as slices of it (no gathers).
     """
     d = s.shape[-1]
     c = np.concatenate([np.zeros(s.shape[:-1] + (1,), np.float32), np.cumsum(s, axis=-1, dtype=np.float32)], axis=-1)
-    z = np.arange(d)
-    lo = np.clip(z - half, 0, d)
-    hi = np.clip(z + half, 0, d)
-    above = (c[..., z] - c[..., lo]) / np.maximum(z - lo, 1)
-    below = (c[..., hi] - c[..., z]) / np.maximum(hi - z, 1)
-    e = above - below
-    e[..., :half] = 0
-    e[..., d - half :] = 0
+    e = np.zeros(s.shape, np.float64)
+    if d > 2 * half:
+        mid = c[..., half : d - half]
+        above = (mid - c[..., : d - 2 * half]).astype(np.float64) / half
+        below = (c[..., 2 * half : d] - mid).astype(np.float64) / half
+        e[..., half : d - half] = above - below
     return e
 
 
