@@ -26,8 +26,8 @@ from enface.study.stats import format_p, paired_wilcoxon
 
 __all__ = ["DEMO_PATIENTS", "DEMO_SEEDS", "demo_study", "headline", "paired_difference"]
 
-DEMO_PATIENTS = 18
-"""Phantom patients of the demo dataset (about 60 scans at the ``demo`` preset, 32 x 128 x 64)."""
+DEMO_PATIENTS = 16
+"""Phantom patients of the demo dataset (about 55 scans at the ``demo`` preset, 32 x 128 x 64)."""
 DEMO_SEEDS = 2
 """Training seeds of every demo configuration: the headline's interval covers training randomness."""
 
@@ -56,7 +56,7 @@ def demo_study(out: str | os.PathLike, seed: int = 0) -> StudyConfig:
         common={"width": 0.25, "crop": (32, 64), "num_workers": 0, "accelerator": "cpu"},
         pretrain={"epochs": 10, "batch_size": 4, "samples_per_epoch": 32},
         train={
-            "epochs": 14,
+            "epochs": 12,
             "patience": 4,
             "min_delta": 0.002,
             "min_epochs": 6,
