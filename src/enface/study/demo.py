@@ -54,9 +54,9 @@ def demo_study(out: str | os.PathLike, seed: int = 0) -> StudyConfig:
         pretrain_seed=seed,
         reference={"model": "fpn", "init": "ssl-faf_inv"},
         common={"width": 0.25, "crop": (32, 64), "num_workers": 0, "accelerator": "cpu"},
-        pretrain={"epochs": 10, "batch_size": 4, "samples_per_epoch": 32},
+        pretrain={"epochs": 8, "batch_size": 4, "samples_per_epoch": 32},
         train={
-            "epochs": 12,
+            "epochs": 11,
             "patience": 4,
             "min_delta": 0.002,
             "min_epochs": 6,
