@@ -160,13 +160,19 @@ class StudyConfig:
             return self.arms
         return tuple(Arm(m, tuple(self.inits), tuple(sorted(self.fractions))) for m in self.models)
 
+    def arm_of(self, model: str) -> Arm | None:
+        """``model``'s arm (one per model), None for a model the study does not train."""
+        return next((a for a in self.arm_list if a.model == model), None)
+
     def model_kwargs(self, model: str) -> dict[str, Any]:
         """The constructor arguments the study gives ``model`` (its arm's ``model_kwargs``)."""
-        return next((dict(a.model_kwargs) for a in self.arm_list if a.model == model and a.model_kwargs), {})
+        arm = self.arm_of(model)
+        return dict(arm.model_kwargs) if arm else {}
 
     def arm_train(self, model: str) -> dict[str, Any]:
         """The training settings ``model``'s arm sets over the study's ``train:`` block."""
-        return next((dict(a.train) for a in self.arm_list if a.model == model and a.train), {})
+        arm = self.arm_of(model)
+        return dict(arm.train) if arm else {}
 
     @property
     def active_config(self) -> ActiveConfig | None:
