@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from enface.study.convergence import collapse_flag, rising_flag
+from enface.study.convergence import collapse_flag, rising_flag, stalled_flag
 
 
 def _history(values: list[float]) -> list[dict]:
@@ -23,6 +24,26 @@ def test_rising_flag() -> None:
     assert rising_flag(flat) is None
     assert rising_flag(short) is None and rising_flag([]) is None
     assert rising_flag([*rising, {"epoch": 10, "val_dice": None}]) == flag  # an epoch without validation
+
+
+# (validation Dice per epoch, training loss per epoch, how it stopped, flagged?)
+STALLS = [
+    # the FPN SSL-SLO runs at 5 %: Dice fixed at the empty-mask value, loss still falling
+    ([0.4] * 11, [1.39, 1.29, 1.21, 1.20, 1.19, 1.18, 1.17, 1.16, 1.14, 1.13, 1.12], "plateau", True),
+    ([0.4] * 11, [1.39] * 11, "plateau", False),  # nothing moved at all: a plateau indeed
+    ([0.4, 0.6, 0.7] + [0.7] * 8, [1.3 - 0.1 * i for i in range(11)], "plateau", False),  # it learned
+    ([0.4] * 11, [1.3 - 0.1 * i for i in range(11)], "max_epochs", False),  # not stopped by patience
+    ([0.4], [1.3], "plateau", False),  # too short to tell
+]
+
+
+@pytest.mark.parametrize(("dice", "loss", "stopped", "flagged"), STALLS)
+def test_stalled_flag(dice: list[float], loss: list[float], stopped: str, flagged: bool) -> None:
+    history = [{"epoch": i, "train_loss": tl, "val_dice": d} for i, (d, tl) in enumerate(zip(dice, loss))]
+    flag = stalled_flag(history, stopped)
+    assert (flag is not None) == flagged, flag
+    if flagged:
+        assert flag == "stalled (validation Dice 0.400 throughout, training loss -19 %)"
 
 
 def test_collapse_flag(tmp_path: Path) -> None:

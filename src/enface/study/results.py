@@ -26,7 +26,7 @@ import numpy as np
 from enface.evaluate import summarize
 from enface.study.active_config import START
 from enface.study.config import StudyConfig
-from enface.study.convergence import rising_flag
+from enface.study.convergence import rising_flag, stalled_flag
 from enface.study.ledger import ledger_records
 from enface.study.plan import PlannedRun, plan_study, run_label
 from enface.study.stats import paired_wilcoxon
@@ -91,9 +91,10 @@ class _Groups:
             sm[m].append(means[m]["mean"])
         outcome = record["outcome"]
         rising = rising_flag(record["history"], outcome["stopped"], outcome["metric"])
+        stalled = stalled_flag(record["history"], outcome["stopped"], outcome["metric"])
         self.seeds.setdefault(key, {})[int(record["run"]["seed"])] = {
             "dice": means["dice"]["mean"],
-            "flags": [f for f in (ev.get("collapse"), rising) if f],
+            "flags": [f for f in (ev.get("collapse"), rising, stalled) if f],
             "epochs_run": outcome["epochs_run"],
             "stopped": outcome["stopped"],
             "cpu_seconds": outcome["cpu_seconds"],
