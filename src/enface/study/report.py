@@ -100,14 +100,17 @@ def growth_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
 
 def _convergence_markdown(table: Sequence[Mapping[str, Any]]) -> list[str]:
     """The report's convergence section: how runs were checked, which were flagged."""
-    from enface.study.convergence import FULL_FRACTION, RISE_TOLERANCE
+    from enface.study.convergence import FULL_FRACTION, RISE_TOLERANCE, STALL_LOSS_DROP, STALL_TOLERANCE
 
     flagged = [r for r in table if r.get("flags")]
     md = [
         "## Convergence",
         "",
         f"Every training run is checked: *still rising* when its mean validation Dice over the last quarter of its "
-        f"epochs exceeds that of the quarter before by more than {RISE_TOLERANCE}; *collapsed (empty)* on a test set "
+        f"epochs exceeds that of the quarter before by more than {RISE_TOLERANCE}; *stalled* when its patience "
+        f"stopped it while its validation Dice had stayed within {STALL_TOLERANCE} of its first value and its "
+        f"training loss had fallen by more than {STALL_LOSS_DROP:.0%} (it was still learning: its result measures "
+        "the stopping rule, not its initialisation); *collapsed (empty)* on a test set "
         "when it predicts nothing on at least half of the test cases with a lesion; *collapsed (full)* when it marks "
         f"over {FULL_FRACTION:.0%} of the scan on at least half of the test cases. Flagged seeds stay in the means "
         "above; the last column gives the mean over the other seeds.",
