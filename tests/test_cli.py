@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -72,3 +74,14 @@ def test_bad_cli_options_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture
     assert rc == 2 and "octa500" in capsys.readouterr().err
     rc = main(["prepare", str(tmp_path / "s"), str(tmp_path / "o"), "--format", "numpy", "--patient-regex", "(x"])
     assert rc == 2 and "invalid patient regex" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("preset", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_openmp_threads_wait_passively_unless_told(preset: str | None, expected: str) -> None:
+    """Importing enface (before torch) makes OpenMP threads sleep at barriers; a user's choice is kept."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if preset is not None:
+        env["OMP_WAIT_POLICY"] = preset
+    code = "import os, enface, torch; print(os.environ['OMP_WAIT_POLICY'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == expected

@@ -5,5 +5,15 @@ map ``(H, W)`` comes out. README.md describes the axes, the dataset folder layou
 command line and how the package is laid out.
 """
 
+import os
+
+# OpenMP threads that sleep, not spin, while they wait (read once, when torch loads libgomp,
+# so it is set here, before any module of the package imports torch; a value the user set is
+# kept). Alone on a 2-core machine it costs nothing (demo pre-training 45 vs 46 s); beside
+# another busy process a training step's threads no longer burn their time slices spinning at
+# each barrier: the same pre-training took 91 s instead of over 450 s beside one other torch
+# process (docs/speed.md, "Sharing the machine").
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 __version__ = "0.2.0"
 """The package version (its one source: pyproject.toml reads it). 0.2.0: checkpoint format 2."""
