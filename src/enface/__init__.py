@@ -9,10 +9,10 @@ import os
 
 # OpenMP threads that sleep, not spin, while they wait (read once, when torch loads libgomp,
 # so it is set here, before any module of the package imports torch; a value the user set is
-# kept). Alone on a 2-core machine it costs nothing (demo pre-training 45 vs 46 s); beside
-# another busy process a training step's threads no longer burn their time slices spinning at
-# each barrier: the same pre-training took 91 s instead of over 450 s beside one other torch
-# process (docs/speed.md, "Sharing the machine").
+# kept). Alone on a 2-core machine it changes nothing (the demo's pre-training: 45 vs 46 s);
+# beside another busy process the threads no longer burn the shared cores spinning at each
+# barrier: the same pre-training beside a one-thread torch training loop took 91 s instead of
+# 116 s, with 97 instead of 155 CPU-seconds (benchmarks/bench_sharing.py, docs/speed.md).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.2.0"
