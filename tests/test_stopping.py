@@ -48,7 +48,11 @@ def _epochs_until_stop(values: list[float], **kw) -> int | None:
     ("values", "kw", "stopped_after"),
     [
         ([0.5, 0.6, 0.7, 0.8], {"patience": 1}, None),  # improving every time
-        ([0.5, 0.5, 0.5], {"patience": 2}, 2),  # two validations without a gain
+        ([0.5, 0.6, 0.6, 0.6], {"patience": 2}, 3),  # two validations without a gain
+        ([0.5, 0.5, 0.5, 0.5], {"patience": 2}, None),  # never moved from its first value: not started yet
+        ([0.5, 0.5, 0.5, 0.4, 0.4], {"patience": 2}, 4),  # it moved (down): now the counter runs
+        # the FPN pre-trained on SLO at 5 %: empty masks (Dice 0.400) for 10 epochs, then it learns
+        ([0.4] * 10 + [0.4058, 0.4446, 0.9355, 0.9133, 0.93, 0.93], {"patience": 3, "min_epochs": 10}, 15),
         ([0.5, 0.501, 0.502, 0.503], {"patience": 2, "min_delta": 0.002}, 2),  # gains below min_delta do not count
         ([0.5, 0.501, 0.503, 0.503, 0.503], {"patience": 2, "min_delta": 0.002}, 4),  # 0.503 > 0.5 + 0.002 resets
         ([0.5, 0.4, 0.4, 0.4, 0.4], {"patience": 1, "min_epochs": 4}, 3),  # not before min_epochs
@@ -57,6 +61,18 @@ def _epochs_until_stop(values: list[float], **kw) -> int | None:
 )
 def test_plateau_rule(values: list[float], kw: dict, stopped_after: int | None) -> None:
     assert _epochs_until_stop(values, **kw) == stopped_after
+
+
+def test_the_counter_state_survives_a_checkpoint() -> None:
+    stop = PlateauStop("val_dice", patience=3)
+    for epoch, v in enumerate([0.4, 0.4, 0.5, 0.5]):
+        stop.update(v, epoch)
+    again = PlateauStop("val_dice", patience=3)
+    again.load_state_dict(stop.state_dict())
+    assert (again.first, again.moved, again.best, again.wait) == (0.4, True, 0.5, 1)
+    old = {"best": 0.4, "wait": 1, "stopped_epoch": None}  # written before the rule waited for a start
+    again.load_state_dict(old)
+    assert again.moved and again.first == 0.4
 
 
 def test_an_epoch_without_validation_counts_nothing() -> None:
@@ -98,8 +114,11 @@ def test_a_run_with_patience_stops_early_and_records_how(dataset: Path, tmp_path
     result = fit(_config(dataset, tmp_path, epochs=8, patience=1, min_delta=1.0, min_epochs=2), progress=False)
     done = json.loads((result.run_dir / "done.json").read_text())
     assert result.stopped == done["stopped"] == "plateau"
-    assert result.epochs == done["epochs_run"] == 2 < 8  # no gain of 1.0 Dice after the first validation
-    assert len(_history(result.run_dir)) == 2
+    # no gain of 1.0 Dice ever counts: it stops one validation after its Dice first moves
+    history = _history(result.run_dir)
+    rule = PlateauStop("val_dice", patience=1, min_delta=1.0, min_epochs=2)
+    expected = next(e + 1 for e, row in enumerate(history) if rule.update(float(row["val_dice"]), e))
+    assert result.epochs == done["epochs_run"] == len(history) == expected < 8
     assert done["layout"] == "contiguous" and done["threads"] == torch.get_num_threads()
     assert done["cpu_seconds"] > 0 and done["seconds"] > 0
     fixed = fit(_config(dataset, tmp_path / "fixed", epochs=2), progress=False)
@@ -107,7 +126,7 @@ def test_a_run_with_patience_stops_early_and_records_how(dataset: Path, tmp_path
 
 
 def test_a_killed_run_resumes_its_counter_and_its_numbers(dataset: Path, tmp_path: Path) -> None:
-    settings = {"epochs": 12, "patience": 3, "min_delta": 0.05}
+    settings = {"epochs": 12, "patience": 2, "min_delta": 0.5}
     whole = fit(_config(dataset, tmp_path / "whole", **settings), progress=False)
     assert whole.stopped == "plateau" and whole.epochs < 12, "pick settings under which the tiny run plateaus"
     cfg = _config(dataset, tmp_path / "killed", **settings)
@@ -124,4 +143,31 @@ def test_a_run_killed_after_it_stopped_stops_again_at_once(dataset: Path, tmp_pa
     first = fit(cfg, progress=False)
     (first.run_dir / "done.json").unlink()  # killed between the last checkpoint and done.json
     again = fit(cfg, resume=True, progress=False)
-    assert (again.stopped, again.epochs) == ("plateau", 2)
+    assert (again.stopped, again.epochs) == ("plateau", first.epochs)
+
+
+def _ledger_records() -> list[Path]:
+    root = Path(__file__).resolve().parents[1] / "docs"
+    return sorted(p for p in root.glob("*/ledger/train/**/*.json"))
+
+
+def test_every_committed_record_stopped_where_the_rule_says() -> None:
+    """A study's ledger holds runs trained by earlier code: each must have stopped where the
+    current plateau rule, applied to its own validation history, stops it (or not before)."""
+    records = [json.loads(p.read_text()) for p in _ledger_records()]
+    checked = 0
+    for record in records:
+        identity, outcome = record["identity"], record["outcome"]
+        if identity.get("patience") is None:
+            continue
+        rule = PlateauStop("val_dice", identity["patience"], identity["min_delta"], identity["min_epochs"])
+        stop = next(
+            (int(h["epoch"]) + 1 for h in record["history"] if rule.update(float(h["val_dice"]), int(h["epoch"]))),
+            None,
+        )
+        expected = outcome["epochs_run"] if outcome["stopped"] == "plateau" else None
+        assert stop == expected, (
+            f"{record['run']['label']}: the rule stops it after {stop}, it ran {outcome['epochs_run']}"
+        )
+        checked += 1
+    assert checked >= 1

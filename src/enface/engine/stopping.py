@@ -5,6 +5,13 @@ has not improved by at least ``min_delta`` for ``patience`` validations in a row
 trained ``min_epochs`` epochs, and after ``epochs`` epochs at the latest. Without
 ``patience`` it trains all ``epochs`` (the paper's fixed budget).
 
+A run that has not started is not on a plateau: while every validation gives exactly the
+value of the first (within :data:`UNMOVED`), as a network whose output lies below the
+threshold everywhere does (empty masks score the same whatever it learns meanwhile), the
+counter waits. The FPN pre-trained on SLO showed why: at 5 % labels its validation Dice stayed
+at 0.400 for 10 epochs while its training loss fell, then rose to 0.94 by epoch 12 — the rule
+without this stopped it after epoch 11, empty (docs/phantom-study/STATUS.md).
+
 The counter is part of the run's checkpoints (Lightning stores the callback's state), so a
 killed run resumes it where the last epoch left it, and a run killed after it had decided
 to stop stops again at once. ``done.json`` records how the run ended (:data:`PLATEAU` or
@@ -23,12 +30,14 @@ from lightning.pytorch.callbacks import Callback
 
 from enface.config import RunConfig
 
-__all__ = ["MAX_EPOCHS", "PLATEAU", "PlateauStop", "how_stopped", "plateau_stop"]
+__all__ = ["MAX_EPOCHS", "PLATEAU", "UNMOVED", "PlateauStop", "how_stopped", "plateau_stop"]
 
 log = logging.getLogger(__name__)
 
 PLATEAU, MAX_EPOCHS = "plateau", "max_epochs"
 """How a run ended: its metric stopped improving, or it used its whole budget of epochs."""
+UNMOVED = 1e-6
+"""Largest difference from the first validation value of a metric that has not moved yet."""
 
 
 class PlateauStop(Callback):
@@ -42,7 +51,9 @@ class PlateauStop(Callback):
 
     Attributes:
         best: the best value so far (None before the first validation).
-        wait: validations since the last improvement.
+        first: the first finite value (None before it).
+        moved: whether a value has differed from the first (the counter runs only once it has).
+        wait: validations since the last improvement (once the metric has moved).
         stopped_epoch: the epoch after which the run stopped (None while it runs on).
     """
 
@@ -54,6 +65,8 @@ class PlateauStop(Callback):
         self.min_delta = float(min_delta)
         self.min_epochs = int(min_epochs)
         self.best: float | None = None
+        self.first: float | None = None
+        self.moved = False
         self.wait = 0
         self.stopped_epoch: int | None = None
         self._validated = False
@@ -63,12 +76,35 @@ class PlateauStop(Callback):
         return f"PlateauStop[{self.metric}]"
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "wait": self.wait, "stopped_epoch": self.stopped_epoch}
+        return {
+            "best": self.best,
+            "first": self.first,
+            "moved": self.moved,
+            "wait": self.wait,
+            "stopped_epoch": self.stopped_epoch,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best = state_dict["best"]
         self.wait = int(state_dict["wait"])
         self.stopped_epoch = state_dict["stopped_epoch"]
+        # a checkpoint written before the counter waited for a start counts as started
+        self.first = state_dict.get("first", self.best)
+        self.moved = bool(state_dict.get("moved", True))
+
+    def update(self, value: float, epoch: int) -> bool:
+        """Take one validation's value (after epoch ``epoch``, 0-based); whether to stop now."""
+        if not math.isfinite(value):
+            self.moved = True  # a broken validation is no start to wait for
+        elif self.first is None:
+            self.first = value
+        elif abs(value - self.first) > UNMOVED:
+            self.moved = True
+        if math.isfinite(value) and (self.best is None or value > self.best + self.min_delta):
+            self.best, self.wait = value, 0
+        elif self.moved:
+            self.wait += 1
+        return self.wait >= self.patience and epoch + 1 >= self.min_epochs
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.stopped_epoch is not None:  # resumed from the checkpoint of the epoch it stopped after
@@ -84,12 +120,7 @@ class PlateauStop(Callback):
             return
         self._validated = False
         value = trainer.callback_metrics.get(self.metric)
-        current = float(value) if value is not None else math.nan
-        if math.isfinite(current) and (self.best is None or current > self.best + self.min_delta):
-            self.best, self.wait = current, 0
-        else:
-            self.wait += 1
-        stop = self.wait >= self.patience and trainer.current_epoch + 1 >= self.min_epochs
+        stop = self.update(float(value) if value is not None else math.nan, int(trainer.current_epoch))
         if trainer.strategy.reduce_boolean_decision(stop, all=False):
             self.stopped_epoch = int(trainer.current_epoch)
             trainer.should_stop = True
