@@ -116,9 +116,10 @@ def test_bf16_masks_agree_with_float32(trained: tuple[Path, Path]) -> None:
     ensembles = {p: Ensemble.from_run(run, 2, precision=p) for p in ("32", "bf16")}
     assert (ensembles["32"].precision, ensembles["bf16"].precision) == ("32", "bf16")
     cases = sorted(p for p in (data / "cases").iterdir() if (p / "oct.npy").is_file())
-    rows, overlap, total = [], 0, 0
+    rows, overlap, total, pixel_mm2 = [], 0, 0, 0.0
     for case_dir in cases:
         case = load_case(case_dir)
+        pixel_mm2 = max(pixel_mm2, float(np.prod(case.spacing[:2])))
         x = torch.from_numpy(zscore_per_bscan(np.load(case_dir / "oct.npy").astype(np.float32)))[None, None]
         probs = {p: e.run(x).mean[0] for p, e in ensembles.items()}
         rows.append(probability_agreement(probs["bf16"], probs["32"], case.spacing))
@@ -132,7 +133,6 @@ def test_bf16_masks_agree_with_float32(trained: tuple[Path, Path]) -> None:
     assert 2 * overlap / total >= MIN_DICE, rows
     # 0.01 mm² is a pixel of a Spectralis grid, and a tiny-phantom pixel is 0.14 mm²: at most
     # the larger of the two per case
-    pixel_mm2 = max(float(np.prod(load_case(c).spacing[:2])) for c in cases)
     assert max(abs(r["area_change_mm2"]) for r in rows) <= max(MAX_AREA_CHANGE_MM2, pixel_mm2 + 1e-9), rows
     assert 0 < max(r["max_abs_dp"] for r in rows) <= MAX_ABS_DP, rows  # bf16 really ran, and stayed close
 

@@ -146,25 +146,36 @@ def test_a_run_killed_after_it_stopped_stops_again_at_once(dataset: Path, tmp_pa
     assert (again.stopped, again.epochs) == ("plateau", first.epochs)
 
 
-def _ledger_records() -> list[Path]:
-    root = Path(__file__).resolve().parents[1] / "docs"
-    return sorted(p for p in root.glob("*/ledger/train/**/*.json"))
+def _committed_records() -> list[dict]:
+    """Every record in the ledgers of the repository's study configs, read (and checked against
+    its config) the way ``enface experiment`` reads them."""
+    from enface.study import load_study
+    from enface.study.ledger import ledger_records
+    from enface.study.run import plan_study
+
+    records: list[dict] = []
+    for path in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")):
+        try:
+            study = load_study(path)
+        except ConfigError:  # a run config (configs/paper.yaml), not a study
+            continue
+        records += ledger_records(study, plan_study(study)).values()
+    return records
 
 
 def test_every_committed_record_stopped_where_the_rule_says() -> None:
     """A study's ledger holds runs trained by earlier code: each must have stopped where the
     current plateau rule, applied to its own validation history, stops it (or not before)."""
-    records = [json.loads(p.read_text()) for p in _ledger_records()]
     checked = 0
-    for record in records:
+    for record in _committed_records():
         identity, outcome = record["identity"], record["outcome"]
         if identity.get("patience") is None:
             continue
-        rule = PlateauStop("val_dice", identity["patience"], identity["min_delta"], identity["min_epochs"])
-        stop = next(
-            (int(h["epoch"]) + 1 for h in record["history"] if rule.update(float(h["val_dice"]), int(h["epoch"]))),
-            None,
-        )
+        metric = outcome["metric"]
+        rule = PlateauStop(metric, identity["patience"], identity["min_delta"], identity["min_epochs"])
+        # as the callback: an epoch without validation counts nothing
+        validated = [h for h in record["history"] if h.get(metric) is not None]
+        stop = next((int(h["epoch"]) + 1 for h in validated if rule.update(float(h[metric]), int(h["epoch"]))), None)
         expected = outcome["epochs_run"] if outcome["stopped"] == "plateau" else None
         assert stop == expected, (
             f"{record['run']['label']}: the rule stops it after {stop}, it ran {outcome['epochs_run']}"
