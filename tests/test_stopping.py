@@ -12,8 +12,8 @@ import torch
 
 from enface.config import load_config
 from enface.engine.fit import fit
-from enface.engine.stopping import PlateauStop
-from enface.errors import ConfigError
+from enface.engine.stopping import PlateauStop, replay
+from enface.errors import ConfigError, RunFolderError
 from model_helpers import KillAt
 from tiny_data import FAST
 from tiny_data import make_tiny_dataset as _make_dataset
@@ -146,6 +146,28 @@ def test_a_run_killed_after_it_stopped_stops_again_at_once(dataset: Path, tmp_pa
     assert (again.stopped, again.epochs) == ("plateau", first.epochs)
 
 
+def test_a_run_finished_under_another_rule_is_not_reused(dataset: Path, tmp_path: Path, monkeypatch) -> None:
+    """The rule is not part of a run's identity: a finished folder is reused only where the
+    current rule, replayed on its history, stops it where it stopped."""
+    cfg = _config(dataset, tmp_path, epochs=6, patience=1, min_delta=1.0, min_epochs=2)
+    with monkeypatch.context() as m:  # an older rule: stop after the first validation
+        m.setattr(PlateauStop, "update", lambda self, value, epoch: True)
+        old = fit(cfg, progress=False)
+    assert (old.stopped, old.epochs) == ("plateau", 1)
+    with pytest.raises(RunFolderError, match=r"ran 1 epochs \(plateau\), but the current plateau rule"):
+        fit(cfg, resume=True, progress=False)
+    # a folder the current rule agrees with is reused as it is
+    agreeing = _config(dataset, tmp_path / "current", epochs=6, patience=1, min_delta=1.0, min_epochs=2)
+    current, again = fit(agreeing, progress=False), fit(agreeing, progress=False)
+    assert again.status == "skipped" and (again.stopped, again.epochs) == (current.stopped, current.epochs)
+
+
+def test_replay_counts_no_epoch_without_validation() -> None:
+    history = [(0, 0.5), (1, None), (2, 0.6), (3, None), (4, 0.6), (5, 0.6)]
+    assert replay(PlateauStop("val_dice", patience=2), history) == 6
+    assert replay(PlateauStop("val_dice", patience=3), history) is None
+
+
 def _committed_records() -> list[dict]:
     """Every record in the ledgers of the repository's study configs, read (and checked against
     its config) the way ``enface experiment`` reads them."""
@@ -173,9 +195,7 @@ def test_every_committed_record_stopped_where_the_rule_says() -> None:
             continue
         metric = outcome["metric"]
         rule = PlateauStop(metric, identity["patience"], identity["min_delta"], identity["min_epochs"])
-        # as the callback: an epoch without validation counts nothing
-        validated = [h for h in record["history"] if h.get(metric) is not None]
-        stop = next((int(h["epoch"]) + 1 for h in validated if rule.update(float(h[metric]), int(h["epoch"]))), None)
+        stop = replay(rule, [(int(h["epoch"]), h.get(metric)) for h in record["history"]])
         expected = outcome["epochs_run"] if outcome["stopped"] == "plateau" else None
         assert stop == expected, (
             f"{record['run']['label']}: the rule stops it after {stop}, it ran {outcome['epochs_run']}"

@@ -30,7 +30,7 @@ from lightning.pytorch.callbacks import Callback
 
 from enface.config import RunConfig
 
-__all__ = ["MAX_EPOCHS", "PLATEAU", "UNMOVED", "PlateauStop", "how_stopped", "plateau_stop"]
+__all__ = ["MAX_EPOCHS", "PLATEAU", "UNMOVED", "PlateauStop", "how_stopped", "plateau_stop", "replay"]
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +140,21 @@ def plateau_stop(config: RunConfig, metric: str) -> list[Callback]:
         return []
     given: dict[str, Any] = {"min_delta": config.min_delta, "min_epochs": config.min_epochs}
     return [PlateauStop(metric, config.patience, **{k: v for k, v in given.items() if v is not None})]
+
+
+def replay(rule: PlateauStop, history: Iterable[tuple[int, float | None]]) -> int | None:
+    """The epochs a run with this validation history trains under ``rule``: the number of the
+    epoch after which the rule stops it, or None where it never stops (it runs to ``epochs``).
+
+    Args:
+        rule: a fresh :class:`PlateauStop` (it is updated in place).
+        history: ``(epoch, value)`` per trained epoch, 0-based epochs in order; ``None`` for an
+            epoch without validation, which counts nothing (as in training).
+    """
+    for epoch, value in history:
+        if value is not None and rule.update(float(value), int(epoch)):
+            return int(epoch) + 1
+    return None
 
 
 def how_stopped(callbacks: Iterable[Callback]) -> str:

@@ -48,7 +48,7 @@ def pretrained_checkpoint(study: StudyConfig, model: str, target: str, progress:
     folder = run_folder(study, pretraining)
     if not (folder / "done.json").is_file():
         log.info("pre-training %s -> %s first: its checkpoints are not on this machine", model, target)
-        execute_run(study, pretraining, progress=progress)
+    execute_run(study, pretraining, progress=progress)  # a finished one is checked against the rule, not retrained
     best = topk_checkpoints(folder, 1)
     if not best:
         raise ConfigError(f"{folder}: pre-training finished but left no ranked checkpoint")
