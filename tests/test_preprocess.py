@@ -150,19 +150,36 @@ def test_sample_mask_keeps_area() -> None:
     assert small.sum() * 36 == pytest.approx(mask.sum(), rel=0.1)
 
 
-@pytest.mark.parametrize(("depth", "half"), [(40, 3), (7, 3), (6, 3), (64, 2)])
+@pytest.mark.parametrize(("depth", "half"), [(40, 3), (7, 3), (6, 3), (64, 2), (248, 3)])
 def test_bm_edge_response_is_the_difference_of_the_window_means(depth: int, half: int) -> None:
     from enface.data.bm import _edge_response
 
     s = np.random.default_rng(depth).random((3, 5, depth), dtype=np.float32)
-    c = np.concatenate([np.zeros((3, 5, 1), np.float32), np.cumsum(s, axis=-1, dtype=np.float32)], axis=-1)
     expected = np.zeros(s.shape)
-    for z in range(half, depth - half):  # the definition, one depth at a time, from the same running sum
-        expected[..., z] = (c[..., z] - c[..., z - half]) / np.int64(half) - (c[..., z + half] - c[..., z]) / np.int64(
-            half
+    for z in range(half, depth - half):  # the definition, one depth at a time, in float64
+        expected[..., z] = s[..., z - half : z].mean(-1, dtype=np.float64) - s[..., z : z + half].mean(
+            -1, dtype=np.float64
         )
     got = _edge_response(s, half)
-    assert got.dtype == np.float64 and np.array_equal(got, expected)  # bit for bit: the BM estimate is unchanged
-    if depth > 2 * half:  # and the definition itself, from the samples: the window means at z = half
-        window = s[..., :half].mean(-1) - s[..., half : 2 * half].mean(-1)
-        np.testing.assert_allclose(got[..., half], window, atol=1e-5)
+    assert got.dtype == np.float32 and got.shape == s.shape
+    # float32 running sums over a whole A-scan of samples in [0, 1): a few units of its last place
+    np.testing.assert_allclose(got, expected, rtol=0, atol=4e-5)
+    assert not got[..., :half].any() and not got[..., depth - half :].any()
+
+
+@pytest.mark.parametrize("shift", [0.0, 2.0, -3.0, 1.4])
+def test_bm_axial_motion_finds_a_shift_between_bscans(shift: float) -> None:
+    """Each B-scan after the first is the first moved down by ``shift`` samples more than the one
+    before; the offsets found are that motion (centred), to a tenth of a sample."""
+    from scipy import ndimage
+
+    from enface.data.bm import _axial_motion, _edge_response
+
+    rng = np.random.default_rng(0)
+    base = ndimage.gaussian_filter1d(rng.random((16, 96)), 1.5, axis=-1).astype(np.float32)
+    h = 5
+    s = np.stack([ndimage.shift(base, (0, i * shift), order=3, mode="nearest") for i in range(h)])
+    e = _edge_response(s, 3)
+    offsets = _axial_motion(e, sdw=0.008)
+    expected = np.arange(h) * shift
+    np.testing.assert_allclose(offsets, expected - expected.mean(), atol=0.1)
