@@ -282,3 +282,21 @@ def test_positions_from_box() -> None:
     pos = positions_from_box((1, 2, 9, 6), (3, 5))
     np.testing.assert_allclose(pos[:, 0, 1], [2, 4, 6])
     np.testing.assert_allclose(pos[1], [[1, 4], [9, 4]])
+
+
+def test_vol_display_gives_eyepys_uint8_values() -> None:
+    """enface maps .vol intensities itself (faster); the values are eyepy's, bit for bit."""
+    from eyepy.core.utils import from_vol_intensity
+
+    from enface.io.heidelberg import vol_display
+
+    rng = np.random.default_rng(0)
+    raw = rng.random((3, 40, 50), dtype=np.float32) ** 4  # linear intensities, mostly dark
+    raw[0, :5] = np.finfo(np.float32).max  # not measured
+    raw[1, :3] = 0.0
+    raw[1, 3:6] = 1.0
+    raw[2, :4] = rng.uniform(1.0, 3.0, (4, 50)).astype(np.float32)  # above the file's range
+    expected = from_vol_intensity(np.copy(raw))
+    got = vol_display(raw)
+    assert got.dtype == np.uint8 and np.array_equal(got, expected)
+    assert (got[0, :5] == 0).all()
