@@ -77,6 +77,22 @@ def test_estimate_bm_holds_in_ga_over_drusen_lumens_and_shadows(seed: int) -> No
     assert err[~ga].max() < 2.0, f"outside GA max {err[~ga].max():.2f}"
 
 
+@pytest.mark.parametrize("width", [192, 191])
+def test_estimate_bm_on_dense_ascans_groups_them_and_keeps_the_grid(width: int) -> None:
+    """A-scans 6 µm apart (a Spectralis cube's density) are searched in pairs; the surface
+    comes back on every A-scan (an odd count too), as close to BM as at full density."""
+    from enface.data import bm as bm_module
+
+    vol, bm, ga = layered_volume((12, width, 128), seed=3, ga=True, shadows=True)
+    spacing = (0.1, 0.006, 0.005)
+    assert round(bm_module._ASCAN_MM / spacing[1]) == 2  # grouped
+    est = estimate_bm(vol, spacing)
+    assert est.shape == bm.shape and est.dtype == np.float32
+    err = np.abs(est - bm)
+    assert err.mean() < 1.0 and err.max() < 3.0, f"mean {err.mean():.2f}, max {err.max():.2f} voxels"
+    assert ga.any() and err[ga].max() < 3.0
+
+
 def test_estimate_bm_over_drusen_stays_on_bm() -> None:
     vol, bm, _ = layered_volume((12, 96, 128), seed=3, drusen=True)
     flat_vol, _, _ = layered_volume((12, 96, 128), seed=3)

@@ -58,6 +58,7 @@ _RPE_MM = 0.012  # half-width of the coarse edge operator: about an RPE's thickn
 _REFIT_TOL_MM = 0.008  # fine edges further than this from the re-fitted surface are replaced
 _REFIT_SMOOTH_MM = 0.2  # lateral reach of the re-fitted surface (bridges drusen and shadows)
 _MIN_VOTE = 0.1  # fine edges weaker than this (relative, squared for RPE edges) do not vote
+_ASCAN_MM = 0.012  # A-scans closer than this are averaged in groups before the search (its smoothing is wider)
 _MEDIAN_SAMPLES = 25  # A-scans across the robust fit's starting median (wider windows are decimated)
 _MULTIPLICATIVE_SLOPE = 0.6  # log(local spread) vs log(local mean) above this: linear intensities
 
@@ -421,6 +422,10 @@ def estimate_bm(
             the B-scans (across B-scans it is smoothed after the eye's axial motion is
             taken out).
 
+    A-scans closer than :data:`_ASCAN_MM` (a Spectralis cube's 1024 over 6 mm) are averaged in
+    groups (pairs) before the search and the surface interpolated back to every A-scan: the
+    surface is smoothed over more than that anyway, and it takes half the time.
+
     Returns:
         ``(H, W)`` float32 BM depth in voxels of ``volume`` (sub-voxel).
 
@@ -434,13 +439,38 @@ def estimate_bm(
         raise ValueError(f"volume has only {vol.shape[2]} depth samples; BM estimation needs at least 16")
     sp: tuple[float, float, float] = tuple(float(s) for s in (spacing if spacing is not None else DEFAULT_SPACING))  # type: ignore[assignment]
     u, took_log = _intensity_domain(vol)
+    group = max(1, int(round(_ASCAN_MM / sp[1])))
+    if group > 1 and vol.shape[1] >= 2 * group:  # a Spectralis cube's 1024 A-scans: pairs
+        bm = _estimate(_group_ascans(u, group), (sp[0], sp[1] * group, sp[2]), took_log, smooth_mm, max_depth_samples)
+        centres = (np.arange(vol.shape[1]) + 0.5) / group - 0.5  # each A-scan on the grid of the groups
+        return np.stack([np.interp(centres, np.arange(bm.shape[1]), row) for row in bm]).astype(np.float32)
+    return _estimate(u, sp, took_log, smooth_mm, max_depth_samples)
+
+
+def _group_ascans(u: np.ndarray, group: int) -> np.ndarray:
+    """``(H, W, D) -> (H, ceil(W / group), D)``: the mean of each ``group`` neighbouring A-scans
+    (the last group repeats the last A-scan when ``W`` is no multiple of ``group``)."""
+    h, w, d = u.shape
+    n = -(-w // group)
+    if n * group != w:
+        u = np.concatenate([u, np.repeat(u[:, -1:], n * group - w, axis=1)], axis=1)
+    out = np.empty((h, n, d), dtype=np.float32)
+    for i in range(h):  # per B-scan keeps memory low on large volumes
+        out[i] = u[i].reshape(n, group, d).mean(axis=1)
+    return out
+
+
+def _estimate(
+    u: np.ndarray, sp: tuple[float, float, float], took_log: bool, smooth_mm: float, max_depth_samples: int
+) -> np.ndarray:
+    """:func:`estimate_bm` on the volume in its intensity domain (``u``, changed in place)."""
     work = _working_volume(u, sp, max_depth_samples)
     offsets = _axial_motion(work.e, work.sdw)
     surface = _coarse_surface(work, sp, offsets) * work.factor
     offsets_vox = offsets * work.factor
     u = _normalise_bscans(u, work)
     del work
-    sigma_h = max(0.3, min(1.0, 0.1 / sp[0])) if vol.shape[0] > 2 else 0.0
+    sigma_h = max(0.3, min(1.0, 0.1 / sp[0])) if u.shape[0] > 2 else 0.0
     everywhere = np.ones(surface.shape, bool)
     surface = bm_track.congeal(u, surface, sp, sigma_h)
     template = bm_track.template_edge(u, surface, sp, everywhere)
