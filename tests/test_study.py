@@ -189,7 +189,22 @@ def test_paired_wilcoxon_matches_scipy_on_paired_cases() -> None:
     assert res["n"] == 20 and res["p_value"] == pytest.approx(expected.pvalue)
     assert res["median_difference"] > 0
     same = paired_wilcoxon(ref, dict(ref))
-    assert math.isnan(same["p_value"]) and same["median_difference"] == 0
+    assert math.isnan(same["p_value"]) and same["median_difference"] == 0 and same["signed_rank_sum"] == 0
+
+
+def test_a_claim_answers_with_the_side_the_signed_ranks_favour() -> None:
+    """Most cases a little higher, two much lower: the means favour the reference, the signed-rank
+    test the other side, and the answer follows the test."""
+    from enface.study.claims import _compare
+
+    ref = {f"c{i}": 0.8 for i in range(20)}
+    other = {k: 0.8 + 0.01 * (1 + i % 3) for i, k in enumerate(ref)}
+    other["c0"], other["c1"] = 0.2, 0.1
+    row = _compare(1, "t", "x", ref, other)
+    assert row["mean_difference"] < 0 and row["p_value"] < 0.05
+    assert row["signed_rank_sum"] > 0 and row["answer"] == "yes"
+    flipped = _compare(1, "t", "x", other, ref)
+    assert flipped["signed_rank_sum"] < 0 and flipped["answer"] == "no"
 
 
 def test_growth_agreement_matches_an_independent_computation(dataset: Path, tmp_path: Path) -> None:

@@ -254,7 +254,8 @@ def _claims_markdown(results: Mapping[str, Any]) -> list[str]:
         "",
         "Each claim as paired Wilcoxon signed-rank tests on the seed-averaged per-case Dice (two-sided): "
         f"*yes* where the claimed side is higher with p < {ALPHA}, *no* where the other side is, *not shown* "
-        "otherwise. For the last claim the paired values are each case's SSL − scratch gain.",
+        "otherwise. Higher is the side the signed ranks favour (W⁺ > W⁻), which the means can contradict "
+        "when a few cases differ a lot. For the last claim the paired values are each case's SSL − scratch gain.",
         "",
         "| claim | test set | comparison | n | mean (reference) | mean (claimed higher) | median Δ | p | answer |",
         "|---|---|---|---:|---:|---:|---:|---:|---|",

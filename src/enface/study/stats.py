@@ -22,10 +22,13 @@ def paired_wilcoxon(
         alternative: passed to :func:`scipy.stats.wilcoxon`.
 
     Returns:
-        ``{"n", "statistic", "p_value", "median_difference"}`` (``other - reference``);
-        p is NaN when fewer than 2 paired cases differ.
+        ``{"n", "statistic", "p_value", "median_difference", "signed_rank_sum"}`` (``other -
+        reference``); p is NaN when fewer than 2 paired cases differ. ``signed_rank_sum`` is
+        W+ - W- (the ranks of ``|other - reference|`` over the cases that differ, signed): the
+        side the test finds higher is the side it favours, which the means need not agree with
+        when a few cases differ a lot.
     """
-    from scipy.stats import wilcoxon
+    from scipy.stats import rankdata, wilcoxon
 
     common = sorted(set(reference) & set(other))
     a = np.array([reference[c] for c in common], dtype=float)
@@ -38,6 +41,7 @@ def paired_wilcoxon(
         "statistic": math.nan,
         "p_value": math.nan,
         "median_difference": float(np.median(diff)) if diff.size else math.nan,
+        "signed_rank_sum": float(np.sum(np.sign(diff[diff != 0]) * rankdata(np.abs(diff[diff != 0])))),
     }
     if np.count_nonzero(diff) >= 2:
         res = wilcoxon(b, a, alternative=alternative)
