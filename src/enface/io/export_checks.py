@@ -24,7 +24,7 @@ import numpy as np
 
 from enface.errors import ScanKindError
 
-__all__ = ["VolHeader", "check_not_empty", "check_vol", "check_xml"]
+__all__ = ["VolHeader", "check_not_empty", "check_vol", "check_xml", "refuse_nan_bscans"]
 
 _VOL_MAGIC = b"HSF-OCT"
 _BSCAN_MAGIC = b"HSF-BS"
@@ -134,8 +134,27 @@ def _nan_bscans(path: Path, hdr: VolHeader) -> list[int]:
     return bad
 
 
-def check_vol(path: Path) -> VolHeader:
+def refuse_nan_bscans(bad: list[int], path: Path) -> None:
+    """Refuse a ``.vol`` export whose B-scans ``bad`` (indices) hold NaN samples.
+
+    Raises:
+        ScanKindError: ``damaged file`` when ``bad`` is not empty.
+    """
+    if bad:
+        raise ScanKindError(
+            "damaged file",
+            f"{len(bad)} B-scan(s) hold NaN samples (first: B-scan {bad[0]}); the export is damaged",
+            path=path,
+        )
+
+
+def check_vol(path: Path, samples: bool = True) -> VolHeader:
     """Say what a ``.vol`` file is when it is not a complete volume scan.
+
+    Args:
+        path: the file.
+        samples: also read every B-scan's samples for NaN (a reader that checks the samples
+            it parses anyway passes False, and :func:`refuse_nan_bscans` its findings).
 
     Returns:
         The header of a complete volume scan.
@@ -184,13 +203,8 @@ def check_vol(path: Path) -> VolHeader:
                 raise ScanKindError(
                     "damaged file", f"B-scan {i} does not start with its signature: the file is damaged", path=path
                 )
-    bad = _nan_bscans(path, hdr)
-    if bad:
-        raise ScanKindError(
-            "damaged file",
-            f"{len(bad)} B-scan(s) hold NaN samples (first: B-scan {bad[0]}); the export is damaged",
-            path=path,
-        )
+    if samples:
+        refuse_nan_bscans(_nan_bscans(path, hdr), path)
     return hdr
 
 

@@ -40,7 +40,7 @@ from enface.io.base import (
     source_str,
     to_unit_float,
 )
-from enface.io.export_checks import NOT_A_VOLUME, check_not_empty, check_vol, check_xml
+from enface.io.export_checks import NOT_A_VOLUME, check_not_empty, check_vol, check_xml, refuse_nan_bscans
 from enface.io.formats import ExportFormat, ReadOptions, ScanUnit, register_format, scan_stem
 from enface.io.volumes import attach_companions, find_companions, read_sidecar
 
@@ -51,7 +51,7 @@ __all__ = ["HEIDELBERG_FORMATS", "eyevolume_to_scan", "read_export", "read_heide
 HEIDELBERG_FORMATS: tuple[str, ...] = ("vol", "xml", "e2e")
 
 
-def vol_display(raw: np.ndarray) -> np.ndarray:
+def vol_display(raw: np.ndarray, *, in_place: bool = False) -> np.ndarray:
     """Heyex's display mapping of ``.vol`` intensities, as eyepy's ``vol`` transform computes it
     (the same uint8 values), in float32 over the whole array in place of masked gathers (~4x
     faster on a Spectralis cube).
@@ -62,11 +62,12 @@ def vol_display(raw: np.ndarray) -> np.ndarray:
 
     Args:
         raw: the file's float32 intensities, any shape.
+        in_place: map ``raw`` itself (float32) instead of a copy (eyepy hands its hook a copy).
 
     Returns:
         uint8 array of the same shape.
     """
-    data = np.array(raw, dtype=np.float32)  # the one full-size float buffer, mapped in place
+    data = raw if in_place and raw.dtype == np.float32 else np.array(raw, dtype=np.float32)
     unmeasured = data == np.finfo(np.float32).max
     above = data > 1  # outside the mapping: clipped to 1 below
     with np.errstate(invalid="ignore", divide="ignore"):  # values outside the file's range, as eyepy
@@ -80,6 +81,19 @@ def vol_display(raw: np.ndarray) -> np.ndarray:
     data *= np.float32(255)
     np.rint(data, out=data)
     return data.astype(np.uint8)
+
+
+class _VolHook:
+    """eyepy's intensity transform of a ``.vol`` volume: :func:`vol_display` on the copy of the
+    raw intensities eyepy passes in, noting the B-scans that hold NaN on the way (so that the
+    file's samples are not read a second time to check them)."""
+
+    def __init__(self) -> None:
+        self.nan_bscans: list[int] = []
+
+    def __call__(self, raw: np.ndarray) -> np.ndarray:
+        self.nan_bscans = np.flatnonzero(np.isnan(raw).any(axis=tuple(range(1, raw.ndim)))).tolist()
+        return vol_display(raw, in_place=True)
 
 
 def _iso_date(value: Any) -> str | None:
@@ -251,7 +265,7 @@ def _quiet_eyepy() -> Iterator[None]:
 def _check_kind(path: Path, fmt: str, source: str) -> None:
     """Refuse, naming its kind, a file that is no readable volume scan (before eyepy parses it)."""
     if fmt == "vol":
-        check_vol(path)
+        check_vol(path, samples=False)  # the samples are checked as they are parsed (_parse)
     elif fmt == "xml":
         xml = path
         if path.is_dir():
@@ -311,7 +325,12 @@ def _parse(path: Path, fmt: str, source: str) -> tuple[Any, str | None, str | No
             reader = HeVolReader(path)
             ev = reader.volume
             if ev.meta.get("intensity_transform") == "vol":
-                ev.set_intensity_transform(vol_display)
+                hook = _VolHook()
+                ev.set_intensity_transform(hook)
+                ev.data  # noqa: B018  (maps the intensities now, and finds NaN B-scans)
+                refuse_nan_bscans(hook.nan_bscans, path)
+            else:  # another mapping (angiography): the file's samples are read for NaN on their own
+                check_vol(path)
             pf = reader.parsed_file
             patient = clean_id(pf.patient_id) or clean_id(pf.pid)
             visit = _iso_date(pf.visit_date) or _iso_date(pf.exam_time)
