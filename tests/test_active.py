@@ -155,6 +155,12 @@ def test_active_study_runs_end_to_end_resumes_and_reports(dataset: Path, tmp_pat
         r["dice"] for r in old["evaluations"]["test"]["cases"]
     ]
 
+    # given more rounds later, the study keeps the rounds it has recorded
+    from enface.study.ledger import ledger_records
+
+    longer = load_study(_study_yaml(tmp_path, dataset, {"rounds": 2}))
+    assert len(plan_study(longer)) == 7 and sorted(ledger_records(longer, plan_study(longer))) == [0, 1, 2, 3]
+
 
 def test_the_pool_is_scored_where_and_how_the_round_trained(
     dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -98,7 +98,9 @@ def planned_identity(study: StudyConfig, run: PlannedRun) -> dict[str, Any]:
     if run.stage != "pretrain":
         ident["evaluation"] = {"top_k": study.top_k, "test_sets": _test_sets(study)}
     if run.stage == "active":
-        ident["active"] = {k: v for k, v in (study.active or {}).items() if k != "strategies"}
+        # how many rounds follow, and which other strategies run, is no part of a round: a study
+        # given more rounds later keeps the rounds it has recorded
+        ident["active"] = {k: v for k, v in (study.active or {}).items() if k not in ("strategies", "rounds")}
         ident["strategy"], ident["round"] = run.strategy, run.round
     return ident
 
