@@ -192,6 +192,20 @@ def test_paired_wilcoxon_matches_scipy_on_paired_cases() -> None:
     assert math.isnan(same["p_value"]) and same["median_difference"] == 0 and same["signed_rank_sum"] == 0
 
 
+def test_the_claims_are_summed_up_per_claim() -> None:
+    from enface.study.claims import CLAIMS, claim_summary
+
+    rows = [
+        {"claim": CLAIMS[1], "comparison": "a", "test_set": "t", "p_value": 0.001, "answer": "yes"},
+        {"claim": CLAIMS[0], "comparison": "b", "test_set": "t", "p_value": 0.5, "answer": "not shown"},
+        {"claim": CLAIMS[1], "comparison": "c", "test_set": "u", "p_value": 0.02, "answer": "no"},
+    ]
+    got = claim_summary(rows)
+    assert [c["claim"] for c in got] == [CLAIMS[0], CLAIMS[1]]  # the paper's order, only claims compared
+    assert got[0]["not shown"] == ["b (t, p = 0.500)"] and got[0]["n"] == 1
+    assert got[1]["yes"] == ["a (t, p = 0.001)"] and got[1]["no"] == ["c (u, p = 0.020)"] and got[1]["n"] == 2
+
+
 def test_a_claim_answers_with_the_side_the_signed_ranks_favour() -> None:
     """Most cases a little higher, two much lower: the means favour the reference, the signed-rank
     test the other side, and the answer follows the test."""

@@ -21,14 +21,14 @@ significant difference). A comparison whose configurations the study lacks is le
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from enface.study.stats import paired_wilcoxon
 
-__all__ = ["ALPHA", "CLAIMS", "claim_rows"]
+__all__ = ["ALPHA", "CLAIMS", "claim_rows", "claim_summary"]
 
 ALPHA = 0.05
 """Significance level of the answers."""
@@ -132,3 +132,21 @@ def _shrinking(ts: str, dice: Mapping[tuple[str, str, float], Values]) -> list[d
         what = f"{model}: {init} − scratch at {100 * lo:g} % vs at {100 * hi:g} %"
         rows.append(_compare(3, ts, what, gain(hi), gain(lo)))
     return rows
+
+
+def claim_summary(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per claim (in :data:`CLAIMS` order, those with comparisons): how its comparisons were
+    answered, ``{"claim", "n", "yes": [...], "no": [...], "not shown": [...]}``, each list
+    holding ``"<comparison> (<test set>, p = ...)"``."""
+    from enface.study.stats import format_p
+
+    out = []
+    for claim in CLAIMS:
+        mine = [r for r in rows if r["claim"] == claim]
+        if not mine:
+            continue
+        summary: dict[str, Any] = {"claim": claim, "n": len(mine), "yes": [], "no": [], "not shown": []}
+        for r in mine:
+            summary[r["answer"]].append(f"{r['comparison']} ({r['test_set']}, p = {format_p(r['p_value'])})")
+        out.append(summary)
+    return out

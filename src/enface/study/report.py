@@ -244,7 +244,7 @@ def _cost_markdown(results: Mapping[str, Any]) -> list[str]:
 
 
 def _claims_markdown(results: Mapping[str, Any]) -> list[str]:
-    from enface.study.claims import ALPHA, claim_rows
+    from enface.study.claims import ALPHA, claim_rows, claim_summary
 
     rows = claim_rows(results["per_case"])
     if not rows:
@@ -265,6 +265,13 @@ def _claims_markdown(results: Mapping[str, Any]) -> list[str]:
             f"| {r['claim']} | {r['test_set']} | {r['comparison']} | {r['n']} | {_fmt(r['mean_reference'])} | "
             f"{_fmt(r['mean_other'])} | {_fmt(r['median_difference'])} | {_fmt_p(r['p_value'])} | {r['answer']} |"
         )
+    md += ["", "In short, per claim:", ""]
+    for c in claim_summary(rows):
+        counts = ", ".join(f"{answer} {len(c[answer])}" for answer in ("yes", "no", "not shown") if c[answer])
+        md.append(f"* **{c['claim']}** ({c['n']} comparisons: {counts})")
+        for answer in ("yes", "no"):
+            if c[answer]:
+                md.append(f"  * {answer}: " + "; ".join(c[answer]))
     return [*md, ""]
 
 
