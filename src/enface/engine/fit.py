@@ -51,12 +51,12 @@ from enface.data.folder import is_dataset, load_case, read_dataset_info
 from enface.data.splits import select_cases
 from enface.engine.checkpoint import checkpoint_info, read_checkpoint, resumable_checkpoint
 from enface.engine.fastpath import FastPath
-from enface.engine.history import EpochLines, MetricsHistory, read_history
+from enface.engine.history import EpochLines, MetricsHistory
 from enface.engine.launch import run_folder_lock
 from enface.engine.module import TASK_METRIC, EnfaceModule
 from enface.engine.prior import foreground_share, set_head_prior
 from enface.engine.runs import RunSpec, dataset_fingerprint, file_sha256, identity_diff, run_identity
-from enface.engine.stopping import MAX_EPOCHS, PLATEAU, how_stopped, plateau_stop, replay
+from enface.engine.stopping import MAX_EPOCHS, check_finished_run, how_stopped, plateau_stop
 from enface.engine.transfer import TransferReport, transfer_weights
 from enface.errors import CheckpointError, ConfigError, DatasetError, RunFolderError
 from enface.fileio import atomic_write, atomic_write_json, atomic_write_text, writable_folder
@@ -472,39 +472,12 @@ def fit(
         state, resume_from = _existing_state(run, resume)
         if state == "finished":
             summary = json.loads((run.folder / "done.json").read_text(encoding="utf-8"))
-            _check_stopped_as_the_rule_says(run, summary)
+            check_finished_run(run.config, TASK_METRIC[run.config.task], run.folder, summary)
             log.info("run already finished: %s", run.folder)
             best = [tuple(b) for b in summary.get("best", [])]
             epochs, stopped = summary.get("epochs", 0), summary.get("stopped", MAX_EPOCHS)
             return FitResult(run.folder, "skipped", best, metric, epochs, stopped)
         return _train(run, resume_from, callbacks, progress)
-
-
-def _check_stopped_as_the_rule_says(run: ResolvedRun, summary: dict[str, Any]) -> None:
-    """A finished run is reused only where the current plateau rule, replayed on its own
-    validation history, stops it where it stopped: the rule is not part of a run's identity, so
-    a folder trained under an earlier rule would otherwise stand for a run it is not.
-
-    Raises:
-        RunFolderError: the rule stops the run elsewhere (both epochs named).
-    """
-    rules = plateau_stop(run.config, TASK_METRIC[run.config.task])
-    if not rules:  # a fixed budget: its epochs are part of the identity
-        return
-    metric = TASK_METRIC[run.config.task]
-    history = [
-        (int(float(r["epoch"])), float(r[metric]) if r.get(metric) not in (None, "") else None)
-        for r in read_history(run.folder / "logs" / "metrics.csv")
-    ]
-    ran = int(summary.get("epochs_run", summary.get("epochs", 0)))
-    expected = ran if summary.get("stopped") == PLATEAU else None
-    stop = replay(cast(Any, rules[0]), history)
-    if stop != expected:
-        now = f"stops it after epoch {stop}" if stop is not None else "would not have stopped it yet"
-        raise RunFolderError(
-            f"{run.folder}: this finished run ran {ran} epochs ({summary.get('stopped')}), but the current "
-            f"plateau rule {now}: it was trained under another rule; remove the folder to train it again"
-        )
 
 
 def _train(run: ResolvedRun, resume_from: Path | None, callbacks: Sequence[Callback], progress: bool) -> FitResult:

@@ -22,15 +22,27 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, cast
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 from enface.config import RunConfig
+from enface.engine.history import read_history
+from enface.errors import RunFolderError
 
-__all__ = ["MAX_EPOCHS", "PLATEAU", "UNMOVED", "PlateauStop", "how_stopped", "plateau_stop", "replay"]
+__all__ = [
+    "MAX_EPOCHS",
+    "PLATEAU",
+    "UNMOVED",
+    "PlateauStop",
+    "check_finished_run",
+    "how_stopped",
+    "plateau_stop",
+    "replay",
+]
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +167,33 @@ def replay(rule: PlateauStop, history: Iterable[tuple[int, float | None]]) -> in
         if value is not None and rule.update(float(value), int(epoch)):
             return int(epoch) + 1
     return None
+
+
+def check_finished_run(config: RunConfig, metric: str, folder: Path, summary: Mapping[str, Any]) -> None:
+    """A finished run is reused only where the current rule, replayed on its own validation
+    history (``logs/metrics.csv``), stops it where it stopped (``done.json``: ``summary``): the
+    rule is not part of a run's identity, so a folder trained under an earlier rule would
+    otherwise stand for a run it is not.
+
+    Raises:
+        RunFolderError: the rule stops the run elsewhere (both epochs named).
+    """
+    rules = plateau_stop(config, metric)
+    if not rules:  # a fixed budget: its epochs are part of the identity
+        return
+    history = [
+        (int(float(r["epoch"])), float(r[metric]) if r.get(metric) not in (None, "") else None)
+        for r in read_history(folder / "logs" / "metrics.csv")
+    ]
+    ran = int(summary.get("epochs_run", summary.get("epochs", 0)))
+    expected = ran if summary.get("stopped") == PLATEAU else None
+    stop = replay(cast(PlateauStop, rules[0]), history)
+    if stop != expected:
+        now = f"stops it after epoch {stop}" if stop is not None else "would not have stopped it yet"
+        raise RunFolderError(
+            f"{folder}: this finished run ran {ran} epochs ({summary.get('stopped')}), but the current "
+            f"plateau rule {now}: it was trained under another rule; remove the folder to train it again"
+        )
 
 
 def how_stopped(callbacks: Iterable[Callback]) -> str:
