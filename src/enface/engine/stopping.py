@@ -10,7 +10,7 @@ value of the first (within :data:`UNMOVED`), as a network whose output lies belo
 threshold everywhere does (empty masks score the same whatever it learns meanwhile), the
 counter waits. The FPN pre-trained on SLO showed why: at 5 % labels its validation Dice stayed
 at 0.400 for 10 epochs while its training loss fell, then rose to 0.94 by epoch 12 — the rule
-without this stopped it after epoch 11, empty (docs/phantom-study/STATUS.md).
+without this stopped it after epoch 11, empty (docs/phantom-study/slo-budget/report.md, docs/study.md).
 
 The counter is part of the run's checkpoints (Lightning stores the callback's state), so a
 killed run resumes it where the last epoch left it, and a run killed after it had decided
