@@ -346,3 +346,25 @@ def test_test_set_without_its_split_fails_at_plan_time(
     assert main(["experiment", str(path), "--plan", "--out", str(tmp_path / "study")]) == 2
     err = capsys.readouterr().err
     assert "test set 'ext'" in err and "splits.json" in err
+
+
+@pytest.mark.parametrize(
+    ("random_dice", "other_dice", "expected"),
+    [
+        ([0.80, 0.85, 0.90], [0.80, 0.90, 0.92], "1 patients saved"),  # reaches 0.90 one round earlier
+        ([0.80, 0.92, 0.90], [0.80, 0.91, 0.93], "0 patients saved"),  # random itself had 0.90 at 2 patients
+        ([0.80, 0.85, 0.90], [0.80, 0.84, 0.89], "never reached"),
+    ],
+)
+def test_labels_saved_count_from_where_random_first_reached_its_final_dice(
+    random_dice: list[float], other_dice: list[float], expected: str
+) -> None:
+    from enface.study.report import _labels_saved
+
+    rows = [
+        {"test_set": "t", "strategy": s, "round": r, "n_patients": 1 + r, "dice_mean": d}
+        for s, values in (("random", random_dice), ("uncertainty", other_dice))
+        for r, d in enumerate(values)
+    ]
+    (line,) = _labels_saved(rows)
+    assert line.endswith(expected), line
