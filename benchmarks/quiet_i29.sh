@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Issue 29's "Must show", measured in one go on a quiet machine (nothing else running: pause
-# any study first). About 25 minutes on the 2-core development machine. In order:
+# any study first). About 30 minutes on the 2-core development machine. In order:
 #
 #   1. cli.txt        bench_cli.py: paper code vs the enface CLI side by side (training step
 #                     and predict, plain / fast float32 / fast bf16, peak RSS)       ~10 min
 #   2. speed.txt      bench_speed.py --models fpn lachinov: plain vs fast, training step and
 #                     inference, FLOPs and GFLOP/s per row, the machine's peaks     ~6 min
 #   3. cohort.txt     bench_cohort.py: scans per hour with 1 worker (without and with overlap)
-#                     and 2 workers, and the share of each stage, on .vol exports  ~5 min
+#                     and 2 workers, and the share of each stage, on .vol exports ~10 min
 #   4. precision-*.txt bench_precision.py: the bf16 agreement table (Dice, |dp|, area) on the
 #                     phantom's and the Spectralis-sized phantom's test scans        ~4 min
 #
@@ -15,7 +15,9 @@
 #
 # Runs in the repository root (uses its .venv/bin/python). Reduced to fit ~25 minutes: bench_speed with
 # 2 timed training steps and 1 timed forward after a warm-up (the defaults are 3 and 2), the
-# cohort 6 scans, the Spectralis-sized agreement on its test split (8 scans; the table in
+# cohort 24 scans (fewer undercount it: each setting pays its process start once; the
+# exports take ~5 min to write the first time), the Spectralis-sized agreement on its test
+# split (8 scans; the table in
 # docs/speed.md has all 20 scans of that dataset). Optional environment:
 #   REF_CODE   the paper code (default: exported from the local mirror of j-morano/multimodal-ssl-fpn)
 #   PHANTOM_RUN, PHANTOM_DATA   run and dataset of the phantom agreement row
@@ -64,7 +66,7 @@ step "plain vs fast, FPN and LachinovNet" speed.txt \
     "$PY" benchmarks/bench_speed.py --models fpn lachinov --repeats 2 --infer-repeats 1 --timeout 600
 
 step "a cohort end to end" cohort.txt \
-    "$PY" benchmarks/bench_cohort.py --scans 6 --workers 2 --exports "$EXPORTS"
+    "$PY" benchmarks/bench_cohort.py --scans 24 --workers 2 --exports "$EXPORTS"
 
 if [[ -d "$PHANTOM_RUN" && -d "$PHANTOM_DATA" ]]; then
     step "bf16 vs float32, phantom" precision-phantom.txt "$PY" benchmarks/bench_precision.py \
