@@ -13,7 +13,7 @@
 #
 #   bash benchmarks/quiet_i29.sh OUTDIR
 #
-# Runs in the repository root (uses its .venv/bin/python). Reduced to fit ~25 minutes: bench_speed with
+# Runs in the repository root (uses its .venv/bin/python). Reduced to fit ~30 minutes: bench_speed with
 # 2 timed training steps and 1 timed forward after a warm-up (the defaults are 3 and 2), the
 # cohort 24 scans (fewer undercount it: each setting pays its process start once; the
 # exports take ~5 min to write the first time), the Spectralis-sized agreement on its test
