@@ -25,6 +25,7 @@ import logging
 import os
 import warnings
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -83,17 +84,19 @@ def vol_display(raw: np.ndarray, *, in_place: bool = False) -> np.ndarray:
     return data.astype(np.uint8)
 
 
-class _VolHook:
-    """eyepy's intensity transform of a ``.vol`` volume: :func:`vol_display` on the copy of the
-    raw intensities eyepy passes in, noting the B-scans that hold NaN on the way (so that the
-    file's samples are not read a second time to check them)."""
+class _NanNoting:
+    """An intensity transform for eyepy that notes the B-scans holding NaN in the raw samples
+    it is handed before mapping them (so that the file's samples are not read a second time to
+    check them). A ``.vol`` OCT volume is mapped by :func:`vol_display`, in place on the copy
+    eyepy passes in; another mapping (angiography) is eyepy's own."""
 
-    def __init__(self) -> None:
+    def __init__(self, transform: Any) -> None:
+        self.transform = transform
         self.nan_bscans: list[int] = []
 
     def __call__(self, raw: np.ndarray) -> np.ndarray:
         self.nan_bscans = np.flatnonzero(np.isnan(raw).any(axis=tuple(range(1, raw.ndim)))).tolist()
-        return vol_display(raw, in_place=True)
+        return self.transform(raw)
 
 
 def _iso_date(value: Any) -> str | None:
@@ -328,13 +331,11 @@ def _parse(path: Path, fmt: str, source: str) -> tuple[Any, str | None, str | No
 
             reader = HeVolReader(path)
             ev = reader.volume
-            if ev.meta.get("intensity_transform") == "vol":
-                hook = _VolHook()
-                ev.set_intensity_transform(hook)
-                ev.data  # noqa: B018  (maps the intensities now, and finds NaN B-scans)
-                refuse_nan_bscans(hook.nan_bscans, path)
-            else:  # another mapping (angiography): the file's samples are read for NaN on their own
-                check_vol(path)
+            oct_mapping = ev.meta.get("intensity_transform") == "vol"
+            hook = _NanNoting(partial(vol_display, in_place=True) if oct_mapping else ev.intensity_transform)
+            ev.set_intensity_transform(hook)
+            ev.data  # noqa: B018  (maps the intensities now, and finds NaN B-scans)
+            refuse_nan_bscans(hook.nan_bscans, path)
             pf = reader.parsed_file
             patient = clean_id(pf.patient_id) or clean_id(pf.pid)
             visit = _iso_date(pf.visit_date) or _iso_date(pf.exam_time)
