@@ -17,6 +17,7 @@ import csv
 import logging
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -26,7 +27,7 @@ from lightning.pytorch.callbacks import Callback, ProgressBar
 from enface.errors import RunFolderError
 from enface.fileio import atomic_write_csv
 
-__all__ = ["EpochLines", "MetricsHistory", "read_history"]
+__all__ = ["EpochLines", "MetricsHistory", "history_values", "read_history"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,13 @@ def read_history(path: str | Path) -> list[dict[str, str]]:
         if reader.fieldnames is None or "epoch" not in reader.fieldnames:
             raise RunFolderError(f"{path}: not a metrics history (no 'epoch' column)")
         return list(reader)
+
+
+def history_values(rows: Sequence[Mapping[str, Any]], name: str) -> list[tuple[int, float | None]]:
+    """``(epoch, value)`` of column ``name`` per row of a metrics history (the rows of
+    :func:`read_history`, or the history a study's ledger keeps); ``None`` where the row has
+    no value (an epoch without validation)."""
+    return [(int(float(r["epoch"])), float(r[name]) if r.get(name) not in (None, "") else None) for r in rows]
 
 
 class MetricsHistory(Callback):

@@ -30,7 +30,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 from enface.config import RunConfig
-from enface.engine.history import read_history
+from enface.engine.history import history_values, read_history
 from enface.errors import RunFolderError
 
 __all__ = [
@@ -181,10 +181,7 @@ def check_finished_run(config: RunConfig, metric: str, folder: Path, summary: Ma
     rules = plateau_stop(config, metric)
     if not rules:  # a fixed budget: its epochs are part of the identity
         return
-    history = [
-        (int(float(r["epoch"])), float(r[metric]) if r.get(metric) not in (None, "") else None)
-        for r in read_history(folder / "logs" / "metrics.csv")
-    ]
+    history = history_values(read_history(folder / "logs" / "metrics.csv"), metric)
     ran = int(summary.get("epochs_run", summary.get("epochs", 0)))
     expected = ran if summary.get("stopped") == PLATEAU else None
     stop = replay(cast(PlateauStop, rules[0]), history)

@@ -43,7 +43,7 @@ import numpy as np
 
 from enface import __version__
 from enface.data.splits import fraction_key
-from enface.engine.history import read_history
+from enface.engine.history import history_values, read_history
 from enface.engine.runs import OPERATIONAL_FIELDS, identity_diff
 from enface.errors import ConfigError
 from enface.fileio import atomic_write_json, read_json_object
@@ -179,13 +179,16 @@ def unpack_mask(packed: Mapping[str, Any]) -> np.ndarray:
 
 
 def _history(run_dir: Path, metric: str) -> list[dict[str, Any]]:
-    rows = []
-    for r in read_history(run_dir / "logs" / "metrics.csv"):
-        row: dict[str, Any] = {"epoch": int(float(r["epoch"]))}
-        for name in ("train_loss", metric):
-            row[name] = round(float(r[name]), 5) if r.get(name) not in (None, "") else None
-        rows.append(row)
-    return rows
+    rows = read_history(run_dir / "logs" / "metrics.csv")
+    losses, values = history_values(rows, "train_loss"), history_values(rows, metric)
+    return [
+        {"epoch": epoch, "train_loss": _rounded(loss), metric: _rounded(value)}
+        for (epoch, loss), (_, value) in zip(losses, values)
+    ]
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 5)
 
 
 def _machine() -> dict[str, Any]:
