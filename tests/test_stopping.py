@@ -12,6 +12,7 @@ import torch
 
 from enface.config import load_config
 from enface.engine.fit import fit
+from enface.engine.history import history_values
 from enface.engine.stopping import PlateauStop, replay
 from enface.errors import ConfigError, RunFolderError
 from model_helpers import KillAt
@@ -195,7 +196,7 @@ def test_every_committed_record_stopped_where_the_rule_says() -> None:
             continue
         metric = outcome["metric"]
         rule = PlateauStop(metric, identity["patience"], identity["min_delta"], identity["min_epochs"])
-        stop = replay(rule, [(int(h["epoch"]), h.get(metric)) for h in record["history"]])
+        stop = replay(rule, history_values(record["history"], metric))
         expected = outcome["epochs_run"] if outcome["stopped"] == "plateau" else None
         assert stop == expected, (
             f"{record['run']['label']}: the rule stops it after {stop}, it ran {outcome['epochs_run']}"
