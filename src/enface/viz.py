@@ -387,13 +387,13 @@ def plot_training_curves(curves: Mapping[str, Sequence[Mapping[str, Any]]], out:
             rows of a run's ``logs/metrics.csv``, or the history a study's ledger keeps).
         out: output image path.
     """
-    from enface.engine.history import history_values  # not at import: it brings Lightning
-
     fig = new_figure((10, 4))
     axes = fig.subplots(1, 2)
     for label, rows in curves.items():
         for ax, metric in zip(axes, ("val_ssim", "val_dice")):
-            pts = sorted({epoch: v for epoch, v in history_values(rows, metric) if v is not None}.items())
+            pts = sorted(
+                {int(float(r["epoch"])): float(r[metric]) for r in rows if r.get(metric) not in (None, "")}.items()
+            )
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label, linewidth=1)
     for ax, name in zip(axes, ("pre-training: validation SSIM", "segmentation: validation Dice")):
